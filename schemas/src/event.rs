@@ -1,0 +1,204 @@
+//! `PostPurchaseEvent`: what shops, return portals, warehouses and support tools publish.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::SchemaKind;
+use crate::codec::AvroRecord;
+use crate::primitives::{Money, TimestampMicros};
+
+/// One post-purchase fact, as `avro/post_purchase_event.avsc` (version 2) describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostPurchaseEvent {
+    pub event_id: String,
+    /// The producer's idempotency key: a retried publish of the same fact carries the same key.
+    pub idempotency_key: String,
+    pub event_type: EventType,
+    /// The RMA or claim id that ties one case's lifecycle together.
+    pub case_id: String,
+    pub order_id: String,
+    pub order_line_id: String,
+    pub customer_id: String,
+    /// The product id of the order line.
+    pub sku: String,
+    pub quantity: i32,
+    pub reason: Option<ReasonCode>,
+    /// The customer's own words: may hold personal data (marked `"pii": true`).
+    pub reason_text: Option<String>,
+    pub amount: Option<Money>,
+    pub method: Option<ReturnMethod>,
+    pub channel: Channel,
+    pub outcome: Outcome,
+    pub occurred_at: TimestampMicros,
+    pub source_system: String,
+    pub replacement_sku: Option<String>,
+    pub warranty_resolution: Option<WarrantyResolution>,
+    /// Added in schema version 2.
+    pub disposition: Option<Disposition>,
+    /// Added in schema version 2: producer-specific extensions.
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl AvroRecord for PostPurchaseEvent {
+    const KIND: SchemaKind = SchemaKind::PostPurchaseEvent;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EventType {
+    ReturnRequested,
+    ReturnApproved,
+    ReturnRejected,
+    ReturnLabelCreated,
+    ReturnInTransit,
+    ReturnReceived,
+    ReturnInspected,
+    RefundIssued,
+    StoreCreditIssued,
+    ExchangeRequested,
+    ExchangeApproved,
+    ExchangeShipped,
+    ExchangeCompleted,
+    ExchangeCancelled,
+    WarrantyFiled,
+    WarrantyApproved,
+    WarrantyDenied,
+    WarrantyRepaired,
+    WarrantyReplaced,
+    WarrantyResolved,
+}
+
+/// The kind of case an event belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CaseKind {
+    Return,
+    Refund,
+    Exchange,
+    Warranty,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 20] = [
+        EventType::ReturnRequested,
+        EventType::ReturnApproved,
+        EventType::ReturnRejected,
+        EventType::ReturnLabelCreated,
+        EventType::ReturnInTransit,
+        EventType::ReturnReceived,
+        EventType::ReturnInspected,
+        EventType::RefundIssued,
+        EventType::StoreCreditIssued,
+        EventType::ExchangeRequested,
+        EventType::ExchangeApproved,
+        EventType::ExchangeShipped,
+        EventType::ExchangeCompleted,
+        EventType::ExchangeCancelled,
+        EventType::WarrantyFiled,
+        EventType::WarrantyApproved,
+        EventType::WarrantyDenied,
+        EventType::WarrantyRepaired,
+        EventType::WarrantyReplaced,
+        EventType::WarrantyResolved,
+    ];
+
+    pub fn case_kind(self) -> CaseKind {
+        use EventType::*;
+        match self {
+            ReturnRequested | ReturnApproved | ReturnRejected | ReturnLabelCreated
+            | ReturnInTransit | ReturnReceived | ReturnInspected => CaseKind::Return,
+            RefundIssued | StoreCreditIssued => CaseKind::Refund,
+            ExchangeRequested | ExchangeApproved | ExchangeShipped | ExchangeCompleted
+            | ExchangeCancelled => CaseKind::Exchange,
+            WarrantyFiled | WarrantyApproved | WarrantyDenied | WarrantyRepaired
+            | WarrantyReplaced | WarrantyResolved => CaseKind::Warranty,
+        }
+    }
+
+    /// The Avro symbol, e.g. `RETURN_REQUESTED`: a stable, low-cardinality label.
+    pub fn symbol(self) -> &'static str {
+        use EventType::*;
+        match self {
+            ReturnRequested => "RETURN_REQUESTED",
+            ReturnApproved => "RETURN_APPROVED",
+            ReturnRejected => "RETURN_REJECTED",
+            ReturnLabelCreated => "RETURN_LABEL_CREATED",
+            ReturnInTransit => "RETURN_IN_TRANSIT",
+            ReturnReceived => "RETURN_RECEIVED",
+            ReturnInspected => "RETURN_INSPECTED",
+            RefundIssued => "REFUND_ISSUED",
+            StoreCreditIssued => "STORE_CREDIT_ISSUED",
+            ExchangeRequested => "EXCHANGE_REQUESTED",
+            ExchangeApproved => "EXCHANGE_APPROVED",
+            ExchangeShipped => "EXCHANGE_SHIPPED",
+            ExchangeCompleted => "EXCHANGE_COMPLETED",
+            ExchangeCancelled => "EXCHANGE_CANCELLED",
+            WarrantyFiled => "WARRANTY_FILED",
+            WarrantyApproved => "WARRANTY_APPROVED",
+            WarrantyDenied => "WARRANTY_DENIED",
+            WarrantyRepaired => "WARRANTY_REPAIRED",
+            WarrantyReplaced => "WARRANTY_REPLACED",
+            WarrantyResolved => "WARRANTY_RESOLVED",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReasonCode {
+    TooLarge,
+    TooSmall,
+    Defective,
+    DamagedInTransit,
+    NotAsDescribed,
+    WrongItem,
+    ChangedMind,
+    ArrivedLate,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ReturnMethod {
+    Mail,
+    InStore,
+    DropOff,
+    Pickup,
+    KeepIt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Channel {
+    Web,
+    MobileApp,
+    Store,
+    Marketplace,
+    SupportAgent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Outcome {
+    Pending,
+    Completed,
+    Denied,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum WarrantyResolution {
+    Repair,
+    Replace,
+    Refund,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Disposition {
+    Restock,
+    Refurbish,
+    Resell,
+    Recycle,
+    Dispose,
+}

@@ -1,0 +1,30 @@
+//! The Avro schemas of Boomerang's topics (`schemas/avro/*.avsc`) and the typed Rust model that
+//! matches them.
+//!
+//! - [`catalog`]: every schema, parsed once, with its earlier versions and its PII fields.
+//! - [`codec`]: Avro datum encoding and decoding of the model, including decoding data written
+//!   with an earlier schema version into the current model.
+//! - The model: [`PostPurchaseEvent`] (what platforms publish), [`Customer`] and [`Order`] (CRM
+//!   and order-system reference data) and [`EnrichedPostPurchaseEvent`] (what enrich emits).
+//!
+//! Money is integer minor units with an ISO 4217 code ([`Money`]); times are UTC microseconds
+//! since the Unix epoch ([`TimestampMicros`]).
+
+pub mod catalog;
+pub mod codec;
+mod customer;
+mod enriched;
+mod event;
+mod order;
+mod primitives;
+
+pub use catalog::SchemaKind;
+pub use codec::{AvroRecord, CodecError};
+pub use customer::Customer;
+pub use enriched::EnrichedPostPurchaseEvent;
+pub use event::{
+    CaseKind, Channel, Disposition, EventType, Outcome, PostPurchaseEvent, ReasonCode,
+    ReturnMethod, WarrantyResolution,
+};
+pub use order::{Order, OrderLine};
+pub use primitives::{Money, TimestampMicros};
