@@ -1,1 +1,130 @@
-fn main() {}
+//! `boomerang`: the operator CLI.
+//!
+//! - `boomerang schemas register`: registers every topic's value schema (with its history) in
+//!   the schema registry under TopicNameStrategy subjects (`<topic>-value`).
+//! - `boomerang topics create`: creates the pipeline's topics with their partitions, reference
+//!   topics compacted.
+
+use std::process::ExitCode;
+
+use boomerang_runtime::config::{self, error_chain};
+use boomerang_runtime::kafka::{self, KafkaArgs, TopicSpec};
+use boomerang_runtime::registry::{self, RegistryArgs};
+use boomerang_runtime::telemetry::{self, LogArgs, LogFormat};
+use boomerang_runtime::topics::TopicsArgs;
+
+#[derive(Debug, clap::Parser)]
+#[command(name = "boomerang", version, about = "Operate a Boomerang pipeline")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// A TOML config file of settings by their flag names (flags and variables win over it).
+    #[arg(long = "config", env = "BOOMERANG_CONFIG", global = true)]
+    config: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Schema registry operations.
+    #[command(subcommand)]
+    Schemas(SchemasCommand),
+    /// Kafka topic operations.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum SchemasCommand {
+    /// Register every topic's value schema, earlier versions first, under `<topic>-value`.
+    Register {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[command(flatten)]
+        topics: TopicsArgs,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum TopicsCommand {
+    /// Create the pipeline's topics that do not exist yet.
+    Create {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        topics: TopicsArgs,
+        /// Partitions of the event topics (the unit of parallelism of each stage).
+        #[arg(long, env = "BOOMERANG_EVENT_PARTITIONS", default_value_t = 6)]
+        event_partitions: i32,
+        /// Partitions of the reference topics (customers, orders).
+        #[arg(long, env = "BOOMERANG_REFERENCE_PARTITIONS", default_value_t = 3)]
+        reference_partitions: i32,
+        /// Replication factor of every topic.
+        #[arg(long, env = "BOOMERANG_REPLICATION", default_value_t = 1)]
+        replication: i32,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli: Cli = config::load();
+    telemetry::init(&LogArgs {
+        format: LogFormat::Text,
+        filter: "warn".into(),
+    });
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", error_chain(error.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Schemas(SchemasCommand::Register { registry, topics }) => {
+            let settings = registry.settings()?;
+            let registrations = registry::register_all(&settings, &topics).await?;
+            for registration in registrations {
+                let version = if registration.current {
+                    "current"
+                } else {
+                    "earlier"
+                };
+                println!(
+                    "{:<48} {:<38} {:<8} id {}",
+                    registration.subject, registration.record, version, registration.schema_id
+                );
+            }
+            Ok(())
+        }
+        Command::Topics(TopicsCommand::Create {
+            kafka: kafka_args,
+            topics,
+            event_partitions,
+            reference_partitions,
+            replication,
+        }) => {
+            let with_replication = |spec: TopicSpec| TopicSpec {
+                replication,
+                ..spec
+            };
+            let specs: Vec<TopicSpec> = [
+                TopicSpec::new(&topics.raw_events, event_partitions),
+                TopicSpec::new(&topics.validated_events, event_partitions),
+                TopicSpec::new(&topics.enriched_events, event_partitions),
+                TopicSpec::new(&topics.dead_letter, event_partitions),
+                TopicSpec::new(&topics.customers, reference_partitions).compacted(),
+                TopicSpec::new(&topics.orders, reference_partitions).compacted(),
+            ]
+            .into_iter()
+            .map(with_replication)
+            .collect();
+            kafka::ensure_topics(&kafka_args, &specs).await?;
+            for spec in specs {
+                println!("{:<48} {} partitions", spec.name, spec.partitions);
+            }
+            Ok(())
+        }
+    }
+}

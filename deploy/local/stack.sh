@@ -8,6 +8,7 @@
 #   deploy/local/stack.sh status          say what runs where
 #   deploy/local/stack.sh install         only install (warm the cache)
 #   deploy/local/stack.sh env             print the env file's path
+#   deploy/local/stack.sh python          print the path of the front end's Python (for its tests)
 #   deploy/local/stack.sh clean           down, then delete the stack's state (data, logs)
 #
 # Everything is overridable by environment variable; see the defaults below and README.md.
@@ -372,7 +373,7 @@ main() {
   for arg in "$@"; do
     case $arg in
       --sqlite) use_sqlite=yes ;;
-      *) die "unknown option $arg (try: up [--sqlite] | down | status | install | env | clean)" ;;
+      *) die "unknown option $arg (try: up [--sqlite] | down | status | install | env | python | clean)" ;;
     esac
   done
   case $command in
@@ -381,11 +382,15 @@ main() {
     status) cmd_status ;;
     install) install_all ;;
     env) echo "$env_file" ;;
+    python)
+      install_chdb
+      echo "$(chdb_venv)/bin/python"
+      ;;
     clean)
       cmd_down
       rm -rf "$state_dir"
       ;;
-    *) die "usage: stack.sh up [--sqlite] | down | status | install | env | clean" ;;
+    *) die "usage: stack.sh up [--sqlite] | down | status | install | env | python | clean" ;;
   esac
 }
 

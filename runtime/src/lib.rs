@@ -1,1 +1,20 @@
+//! What Boomerang's stages share, so that each stage's own code is only its processing step.
+//!
+//! - [`config`]: one way to load settings (flag, then environment variable, then config file,
+//!   then default) and the argument groups every binary uses.
+//! - [`kafka`]: librdkafka client settings with safe defaults and pass-through properties.
+//! - [`registry`]: the schema registry client and `schemas register`.
+//! - [`topics`]: the topic names and the schema each topic carries.
+//! - [`metrics`], [`http`]: the Prometheus registry and the `/metrics`, `/healthz`, `/readyz`
+//!   endpoints.
+//! - [`service`]: a stage's life: telemetry, endpoints, readiness, SIGTERM and draining.
 
+pub mod config;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
+pub mod registry;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topics;

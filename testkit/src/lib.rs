@@ -1,1 +1,264 @@
+//! Test helpers for tests that run against the local stack (`deploy/local/stack.sh up`).
+//!
+//! - [`Stack`]: the stack's endpoints, from the environment or the stack's env file.
+//! - [`unique_name`]: names that never collide between tests or runs.
+//! - [`poll_until`]: wait for a condition with a deadline, never a bare sleep.
+//! - [`StageProcess`]: a stage binary under test, killed on drop.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The local stack's endpoints.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub kafka_brokers: String,
+    pub schema_registry_url: String,
+    pub clickhouse_url: String,
+    pub prometheus_url: String,
+}
+
+impl Stack {
+    /// Reads `BOOMERANG_*` variables, else the env file `stack.sh up` wrote. Panics with what to
+    /// do when neither is there: these tests need the real stack, never mocks.
+    pub fn from_env() -> Self {
+        let file = env_file_path();
+        let from_file = std::fs::read_to_string(&file)
+            .map(|text| parse_env_file(&text))
+            .unwrap_or_default();
+        let get = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .or_else(|| from_file.get(name).cloned())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{name} is not set and {} has no value for it: start the local stack with \
+                         deploy/local/stack.sh up (or run deploy/local/test.sh)",
+                        file.display()
+                    )
+                })
+        };
+        Self {
+            kafka_brokers: get("BOOMERANG_KAFKA_BROKERS"),
+            schema_registry_url: get("BOOMERANG_SCHEMA_REGISTRY_URL"),
+            clickhouse_url: get("BOOMERANG_CLICKHOUSE_URL"),
+            prometheus_url: get("BOOMERANG_PROMETHEUS_URL"),
+        }
+    }
+}
+
+fn env_file_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("BOOMERANG_STACK_ENV") {
+        return PathBuf::from(path);
+    }
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default();
+    workspace.join("target/stack/stack.env")
+}
+
+fn parse_env_file(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.trim().to_string(), value.trim().to_string()))
+        .collect()
+}
+
+/// `prefix-<pid>-<time>-<n>`: unique across tests in a run and across runs on one stack.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{prefix}-{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Calls `check` until it returns `Some`, pausing briefly between calls; panics with `what`
+/// when `deadline` passes first.
+pub async fn poll_until<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if started.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free TCP port on loopback (free when asked; bind it soon).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free loopback port")
+}
+
+/// A binary under test; killed (SIGKILL) on drop if still running.
+pub struct StageProcess {
+    child: Child,
+    pub http_address: String,
+}
+
+impl StageProcess {
+    /// Starts `binary` with `arguments`, its endpoints on a free port, logs to the test's stderr.
+    pub fn start(binary: &str, arguments: &[&str], environment: &[(&str, &str)]) -> Self {
+        let http_address = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(binary)
+            .args(arguments)
+            .arg("--http-listen")
+            .arg(&http_address)
+            .envs(environment.iter().copied())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {binary}: {error}"));
+        Self {
+            child,
+            http_address,
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_address)
+    }
+
+    /// GETs an endpoint: `Some((status, body))`, or `None` while nothing listens.
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        let response = reqwest::get(self.url(path)).await.ok()?;
+        let status = response.status().as_u16();
+        let body = response.text().await.ok()?;
+        Some((status, body))
+    }
+
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the process to exit, polling; panics after `deadline`.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let child = &mut self.child;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if started.elapsed() > deadline {
+                panic!("process did not exit within {deadline:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for StageProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Starts a stage binary configured by a config file (brokers) and a variable (the Prometheus
+/// targets folder), and checks its whole life: alive, ready once the brokers answer, metrics
+/// labelled with its stage, registered as a scrape target, and a clean exit within 10 s of
+/// SIGTERM that removes its scrape target.
+pub async fn assert_stage_lifecycle(binary: &str, stage: &str) {
+    let stack = Stack::from_env();
+    let scratch = std::env::temp_dir().join(unique_name("boomerang-lifecycle"));
+    let targets = scratch.join("targets");
+    std::fs::create_dir_all(&targets).expect("targets folder");
+    let config = scratch.join("stage.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "kafka-brokers = \"{}\"\nlog-format = \"text\"\n",
+            stack.kafka_brokers
+        ),
+    )
+    .expect("write config file");
+    let config = config.to_string_lossy().into_owned();
+    let targets_text = targets.to_string_lossy().into_owned();
+
+    let mut process = StageProcess::start(
+        binary,
+        &["--config", &config],
+        &[("BOOMERANG_PROMETHEUS_TARGETS_DIR", &targets_text)],
+    );
+    let health = poll_until("/healthz", Duration::from_secs(30), || {
+        process.get("/healthz")
+    })
+    .await;
+    assert_eq!(health, (200, "ok\n".to_string()));
+    poll_until("/readyz to say ready", Duration::from_secs(30), || async {
+        process
+            .get("/readyz")
+            .await
+            .filter(|(status, _)| *status == 200)
+    })
+    .await;
+    let (status, metrics) = process.get("/metrics").await.expect("metrics answer");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(&format!("boomerang_build_info{{stage=\"{stage}\"")),
+        "{metrics}"
+    );
+    let target_file = targets.join(format!("{stage}-{}.json", process.id()));
+    let target = std::fs::read_to_string(&target_file).expect("scrape target registered");
+    assert!(target.contains(&process.http_address), "{target}");
+
+    process.terminate();
+    let exit = process.wait_exit(Duration::from_secs(10)).await;
+    assert!(exit.success(), "exit after SIGTERM: {exit}");
+    assert!(!target_file.exists(), "scrape target removed at exit");
+    let _ = std::fs::remove_dir_all(scratch);
+}
+
+/// A stage whose brokers do not answer is alive but not ready, says why, and still stops
+/// promptly on SIGTERM.
+pub async fn assert_not_ready_without_brokers(binary: &str) {
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let mut process = StageProcess::start(
+        binary,
+        &["--kafka-brokers", &nowhere, "--log-format", "text"],
+        &[],
+    );
+    poll_until("/healthz", Duration::from_secs(30), || {
+        process.get("/healthz")
+    })
+    .await;
+    let (status, reason) = poll_until("/readyz to explain", Duration::from_secs(30), || async {
+        process
+            .get("/readyz")
+            .await
+            .filter(|(_, body)| body.contains("kafka brokers do not answer"))
+    })
+    .await;
+    assert_eq!(status, 503, "{reason}");
+    process.terminate();
+    let exit = process.wait_exit(Duration::from_secs(10)).await;
+    assert!(exit.success(), "exit after SIGTERM: {exit}");
+}

@@ -1,0 +1,217 @@
+//! A stage's life, the same for every stage: logs, metrics and health endpoints up first; the
+//! stage's work runs until it ends or a SIGTERM asks it to drain; the endpoints stay up while
+//! it drains, and the process exits within the shutdown timeout whatever the stage does.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::error_chain;
+use crate::http::{self, Readiness};
+use crate::kafka::{self, KafkaArgs};
+use crate::metrics::Metrics;
+use crate::shutdown;
+use crate::telemetry::{self, LogArgs};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServiceArgs {
+    /// Address of /metrics, /healthz and /readyz (port 0 picks a free port). Defaults to
+    /// 127.0.0.1 and the stage's own port.
+    #[arg(long = "http-listen", env = "BOOMERANG_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// A folder Prometheus watches (file-based service discovery): the process writes its
+    /// scrape target there while it runs.
+    #[arg(
+        long = "prometheus-targets-dir",
+        env = "BOOMERANG_PROMETHEUS_TARGETS_DIR"
+    )]
+    pub prometheus_targets_dir: Option<PathBuf>,
+
+    /// How long a SIGTERM'd stage may take to drain and commit before the process exits anyway,
+    /// in milliseconds.
+    #[arg(
+        long = "shutdown-timeout-ms",
+        env = "BOOMERANG_SHUTDOWN_TIMEOUT_MS",
+        default_value_t = 8_000
+    )]
+    pub shutdown_timeout_ms: u64,
+
+    /// A TOML config file of settings by their flag names (flags and variables win over it).
+    #[arg(long = "config", env = "BOOMERANG_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// What a stage's work gets from its service.
+pub struct StageContext {
+    pub stage: &'static str,
+    pub metrics: Metrics,
+    pub readiness: Readiness,
+    /// Cancelled at SIGTERM: stop consuming, flush, commit, return.
+    pub shutdown: CancellationToken,
+}
+
+/// Runs a stage binary: `work` is the stage itself. Returns the process exit code.
+pub async fn main<Work, WorkFuture>(
+    stage: &'static str,
+    default_http_port: u16,
+    args: &ServiceArgs,
+    work: Work,
+) -> ExitCode
+where
+    Work: FnOnce(StageContext) -> WorkFuture,
+    WorkFuture: Future<Output = anyhow::Result<()>>,
+{
+    telemetry::init(&args.log);
+    match run(stage, default_http_port, args, work).await {
+        Ok(()) => {
+            tracing::info!(stage, "stopped");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(stage, error = %error_chain(error.as_ref()), "stage failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run<Work, WorkFuture>(
+    stage: &'static str,
+    default_http_port: u16,
+    args: &ServiceArgs,
+    work: Work,
+) -> anyhow::Result<()>
+where
+    Work: FnOnce(StageContext) -> WorkFuture,
+    WorkFuture: Future<Output = anyhow::Result<()>>,
+{
+    let metrics = Metrics::for_stage(stage)?;
+    let shutdown = shutdown::on_signals()?;
+    let readiness = Readiness::new("starting");
+    // The endpoints outlive the stage's work, so /metrics and /readyz answer while it drains.
+    let endpoints_shutdown = CancellationToken::new();
+    let listen = args
+        .http_listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], default_http_port)));
+    let (http_address, endpoints) = http::serve(
+        listen,
+        metrics.clone(),
+        readiness.clone(),
+        endpoints_shutdown.clone(),
+    )
+    .await
+    .map_err(|error| anyhow::anyhow!("cannot listen on {listen}: {error}"))?;
+    let _scrape_target = match &args.prometheus_targets_dir {
+        Some(folder) => Some(ScrapeTarget::register(folder, stage, http_address)?),
+        None => None,
+    };
+    tracing::info!(stage, http = %http_address, "started");
+
+    let context = StageContext {
+        stage,
+        metrics,
+        readiness: readiness.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let work = work(context);
+    tokio::pin!(work);
+    let result = tokio::select! {
+        result = &mut work => result,
+        () = shutdown.cancelled() => {
+            readiness.set_not_ready("shutting down");
+            let drain_timeout = Duration::from_millis(args.shutdown_timeout_ms);
+            match tokio::time::timeout(drain_timeout, &mut work).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(stage, timeout_ms = args.shutdown_timeout_ms, "did not drain in time; exiting without it");
+                    Ok(())
+                }
+            }
+        }
+    };
+    endpoints_shutdown.cancel();
+    if let Ok(Err(error)) = endpoints.await {
+        tracing::warn!(error = %error, "endpoints stopped with an error");
+    }
+    result
+}
+
+/// A scrape target file for Prometheus's file-based service discovery, removed on drop.
+struct ScrapeTarget {
+    path: PathBuf,
+}
+
+impl ScrapeTarget {
+    fn register(folder: &Path, stage: &str, address: SocketAddr) -> anyhow::Result<Self> {
+        let advertised = if address.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], address.port()))
+        } else {
+            address
+        };
+        let path = folder.join(format!("{stage}-{}.json", std::process::id()));
+        let body = serde_json::json!([{ "targets": [advertised.to_string()], "labels": { "job": format!("boomerang-{stage}") } }]);
+        // Write then rename: Prometheus must never read half a file.
+        let partial = path.with_extension("json.partial");
+        std::fs::create_dir_all(folder)?;
+        std::fs::write(&partial, body.to_string())?;
+        std::fs::rename(&partial, &path)?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for ScrapeTarget {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The work of a stage that has nothing to process yet: ready once the brokers answer, then
+/// idle until SIGTERM.
+pub async fn idle_once_brokers_answer(
+    kafka_args: KafkaArgs,
+    context: StageContext,
+) -> anyhow::Result<()> {
+    wait_for_brokers(&kafka_args, &context).await;
+    if !context.shutdown.is_cancelled() {
+        context.readiness.set_ready();
+        tracing::info!(stage = context.stage, "ready");
+    }
+    context.shutdown.cancelled().await;
+    Ok(())
+}
+
+/// Retries until the brokers answer a metadata request or shutdown is asked for; `/readyz`
+/// says why it is waiting.
+pub async fn wait_for_brokers(kafka_args: &KafkaArgs, context: &StageContext) {
+    const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
+    const RETRY_PAUSE: Duration = Duration::from_millis(500);
+    while !context.shutdown.is_cancelled() {
+        let args = kafka_args.clone();
+        let checked =
+            tokio::task::spawn_blocking(move || kafka::check_brokers(&args, METADATA_TIMEOUT))
+                .await;
+        match checked {
+            Ok(Ok(_)) => return,
+            Ok(Err(error)) => {
+                context
+                    .readiness
+                    .set_not_ready(format!("kafka brokers do not answer: {error}"));
+                tracing::warn!(brokers = %kafka_args.brokers, error = %error, "kafka brokers do not answer; retrying");
+            }
+            Err(join_error) => {
+                tracing::warn!(error = %join_error, "broker check task failed; retrying");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(RETRY_PAUSE) => {}
+            () = context.shutdown.cancelled() => {}
+        }
+    }
+}
