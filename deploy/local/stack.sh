@@ -218,11 +218,19 @@ start_process() {
   echo "$1" >"$pid_dir/$name.cmd"
 }
 
+# Alive and not a zombie. (pid_of's command-line check cannot be used right after start: until
+# the forked shell has exec'd, /proc/PID/cmdline still shows bash.)
+process_alive() {
+  [[ -d /proc/$1 ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+
 wait_healthy() {
   local name=$1 check=$2
   local deadline=$((SECONDS + health_deadline))
+  local pid
+  pid=$(cat "$pid_dir/$name.pid")
   while ((SECONDS < deadline)); do
-    if ! pid_of "$name" >/dev/null; then
+    if ! process_alive "$pid"; then
       die "$name exited during start-up; the last lines of $log_dir/$name.log say why"
     fi
     if $check; then return 0; fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command. Brings the local stack up (installing and caching it on a fresh machine),
-# runs the ClickHouse front end's own tests and `cargo test --workspace` against the stack, and
+# runs the ClickHouse front end's own tests and `cargo test --workspace --no-fail-fast` against the stack, and
 # brings the stack down again if this script started it. Extra arguments go to cargo test,
 # e.g. deploy/local/test.sh -p boomerang-schemas.
 set -euo pipefail
@@ -24,4 +24,4 @@ set -a
 # shellcheck disable=SC1090
 . "$($stack env)"
 set +a
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"

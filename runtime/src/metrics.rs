@@ -57,8 +57,16 @@ mod tests {
     fn every_metric_carries_the_stage_label() {
         let metrics = Metrics::for_stage("ingest").expect("metrics");
         let text = metrics.render().expect("render");
+        let build_info = text
+            .lines()
+            .find(|line| line.starts_with("boomerang_build_info{"))
+            .unwrap_or_else(|| panic!("no build info in {text}"));
+        assert!(build_info.contains(r#"stage="ingest""#), "{build_info}");
+        assert!(build_info.contains("version="), "{build_info}");
         assert!(
-            text.contains(r#"boomerang_build_info{stage="ingest",version=""#),
+            text.lines()
+                .filter(|line| line.starts_with("process_"))
+                .all(|line| line.contains(r#"stage="ingest""#)),
             "{text}"
         );
         assert!(text.contains("process_resident_memory_bytes"), "{text}");

@@ -222,8 +222,11 @@ pub async fn assert_stage_lifecycle(binary: &str, stage: &str) {
     .await;
     let (status, metrics) = process.get("/metrics").await.expect("metrics answer");
     assert_eq!(status, 200);
+    let stage_label = format!("stage=\"{stage}\"");
     assert!(
-        metrics.contains(&format!("boomerang_build_info{{stage=\"{stage}\"")),
+        metrics
+            .lines()
+            .any(|line| line.starts_with("boomerang_build_info{") && line.contains(&stage_label)),
         "{metrics}"
     );
     let target_file = targets.join(format!("{stage}-{}.json", process.id()));
