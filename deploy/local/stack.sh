@@ -202,7 +202,8 @@ require_free_port() {
   local name=$1 port=$2 variable=$3
   if port_taken "$port"; then
     local holder
-    holder=$(ss -ltnpH "sport = :$port" 2>/dev/null | grep -o 'users:(([^)]*' | head -n 1 || true)
+    holder=$(ss -ltnpH "sport = :$port" 2>/dev/null | grep -o '"[^"]*",pid=[0-9]*' | head -n 1 |
+      sed 's/"\([^"]*\)",pid=/\1, pid /' || true)
     die "port $port for $name is taken by another process${holder:+ ($holder)}; stop it, or choose another port with $variable=PORT"
   fi
 }
@@ -310,6 +311,14 @@ start_prometheus() {
   require_free_port prometheus "$prometheus_port" BOOMERANG_PROMETHEUS_PORT
   local dir=$state_dir/prometheus
   mkdir -p "$dir/targets" "$dir/data"
+  # A binary removes its target file when it exits; one that was killed cannot.
+  local target pid
+  for target in "$dir"/targets/*-*.json; do
+    [[ -e $target ]] || continue
+    pid=${target##*-}
+    pid=${pid%.json}
+    [[ $pid =~ ^[0-9]+$ ]] && ! process_alive "$pid" && rm -f "$target"
+  done
   cat >"$dir/prometheus.yml" <<EOF
 # Written by deploy/local/stack.sh; edits are lost at the next 'up'.
 global:
@@ -342,10 +351,20 @@ EOF
   mv "$env_file.partial" "$env_file"
 }
 
+# Every port a part that is not running yet needs, checked before anything starts, so that a
+# conflict never leaves half a stack behind.
+check_ports() {
+  pid_of kafka >/dev/null || require_free_port kafka "$kafka_port" BOOMERANG_KAFKA_PORT
+  pid_of registry >/dev/null || require_free_port registry "$registry_port" BOOMERANG_REGISTRY_PORT
+  pid_of clickhouse >/dev/null || require_free_port clickhouse "$clickhouse_port" BOOMERANG_CLICKHOUSE_PORT
+  pid_of prometheus >/dev/null || require_free_port prometheus "$prometheus_port" BOOMERANG_PROMETHEUS_PORT
+}
+
 cmd_up() {
   local started=$SECONDS
   install_all
   mkdir -p "$log_dir" "$pid_dir"
+  check_ports
   start_kafka
   start_registry
   start_clickhouse

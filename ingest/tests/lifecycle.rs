@@ -11,3 +11,8 @@ async fn starts_serves_its_endpoints_and_stops_on_sigterm() {
 async fn is_not_ready_while_the_brokers_do_not_answer() {
     boomerang_testkit::assert_not_ready_without_brokers(BINARY).await;
 }
+
+#[tokio::test]
+async fn the_local_stack_prometheus_scrapes_it() {
+    boomerang_testkit::assert_prometheus_scrapes(BINARY).await;
+}

@@ -18,6 +18,8 @@ pub struct Stack {
     pub schema_registry_url: String,
     pub clickhouse_url: String,
     pub prometheus_url: String,
+    /// Where a binary registers its scrape target for the stack's Prometheus.
+    pub prometheus_targets_dir: String,
 }
 
 impl Stack {
@@ -45,6 +47,7 @@ impl Stack {
             schema_registry_url: get("BOOMERANG_SCHEMA_REGISTRY_URL"),
             clickhouse_url: get("BOOMERANG_CLICKHOUSE_URL"),
             prometheus_url: get("BOOMERANG_PROMETHEUS_URL"),
+            prometheus_targets_dir: get("BOOMERANG_PROMETHEUS_TARGETS_DIR"),
         }
     }
 }
@@ -264,4 +267,39 @@ pub async fn assert_not_ready_without_brokers(binary: &str) {
     process.terminate();
     let exit = process.wait_exit(Duration::from_secs(10)).await;
     assert!(exit.success(), "exit after SIGTERM: {exit}");
+}
+
+/// Starts a stage registered with the stack's Prometheus and waits until Prometheus has scraped
+/// it successfully (its target is `up`).
+pub async fn assert_prometheus_scrapes(binary: &str) {
+    let stack = Stack::from_env();
+    let process = StageProcess::start(
+        binary,
+        &[
+            "--kafka-brokers",
+            &stack.kafka_brokers,
+            "--log-format",
+            "text",
+        ],
+        &[(
+            "BOOMERANG_PROMETHEUS_TARGETS_DIR",
+            &stack.prometheus_targets_dir,
+        )],
+    );
+    let targets_url = format!("{}/api/v1/targets?state=active", stack.prometheus_url);
+    let address = process.http_address.clone();
+    poll_until(
+        "Prometheus to scrape the stage",
+        Duration::from_secs(60),
+        || async {
+            let body: serde_json::Value =
+                reqwest::get(&targets_url).await.ok()?.json().await.ok()?;
+            let targets = body["data"]["activeTargets"].as_array()?;
+            let target = targets
+                .iter()
+                .find(|target| target["labels"]["instance"] == address.as_str())?;
+            (target["health"] == "up").then_some(())
+        },
+    )
+    .await;
 }
