@@ -4,7 +4,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_boomerang-enrich");
 
 #[tokio::test]
 async fn starts_serves_its_endpoints_and_stops_on_sigterm() {
-    boomerang_testkit::assert_stage_lifecycle(BINARY, "enrich").await;
+    boomerang_testkit::assert_stage_lifecycle(BINARY, "enrich", "").await;
 }
 
 #[tokio::test]

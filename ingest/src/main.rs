@@ -1,16 +1,22 @@
-//! boomerang-ingest: decodes raw post-purchase events, validates them, de-duplicates them on the
-//! producer's idempotency key and publishes the clean ones. Dead-letters what it cannot pass.
-//!
-//! So far the stage starts, loads its config, serves /metrics, /healthz and /readyz (ready once
-//! the Kafka brokers answer) and stops cleanly on SIGTERM; its processing lands next.
+//! boomerang-ingest: decodes raw post-purchase events, validates them, de-duplicates them on
+//! the producer's idempotency key and publishes the first-seen ones to the validated topic.
+//! Whatever it cannot pass goes to the dead-letter topic. See `lib.rs` for the way of a record.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context;
+use boomerang_ingest::processor::{IngestMetrics, IngestProcessor, IngestSettings};
+use boomerang_ingest::validate::Rules;
 use boomerang_runtime::config;
 use boomerang_runtime::kafka::KafkaArgs;
-use boomerang_runtime::registry::RegistryArgs;
-use boomerang_runtime::service::{self, ServiceArgs};
+use boomerang_runtime::metrics::StageMetrics;
+use boomerang_runtime::registry::{self, RegistryArgs, WriterSchemas};
+use boomerang_runtime::service::{self, ServiceArgs, StageContext};
+use boomerang_runtime::stage_loop::{self, LoopArgs, LoopSettings};
 use boomerang_runtime::topics::TopicsArgs;
+use boomerang_schemas::SchemaKind;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
 const STAGE: &str = "ingest";
 /// The stage's own port for /metrics, /healthz and /readyz, so the three stages can share a host.
@@ -26,15 +32,173 @@ struct Args {
     #[command(flatten)]
     topics: TopicsArgs,
     #[command(flatten)]
+    stage_loop: LoopArgs,
+    #[command(flatten)]
+    ingest: IngestArgs,
+    #[command(flatten)]
     service: ServiceArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct IngestArgs {
+    /// How far in the future an event's occurred_at may be (producers' clock skew), in seconds.
+    #[arg(
+        long = "max-future-skew-secs",
+        env = "BOOMERANG_MAX_FUTURE_SKEW_SECS",
+        default_value_t = 300
+    )]
+    max_future_skew_secs: u64,
+
+    /// How old an event's occurred_at may be before it is implausible, in seconds. Keep it
+    /// within the de-duplication window, or late duplicates of old events can pass.
+    #[arg(
+        long = "max-event-age-secs",
+        env = "BOOMERANG_MAX_EVENT_AGE_SECS",
+        default_value_t = 7 * 24 * 3600
+    )]
+    max_event_age_secs: u64,
+
+    /// Within this window of event time, exactly one event per idempotency key passes, in
+    /// seconds.
+    #[arg(
+        long = "dedup-window-secs",
+        env = "BOOMERANG_DEDUP_WINDOW_SECS",
+        default_value_t = 7 * 24 * 3600
+    )]
+    dedup_window_secs: u64,
+
+    /// The most idempotency keys an instance remembers (about 60 bytes each), shared by the
+    /// partitions it owns; past it the oldest are forgotten early (and counted).
+    #[arg(
+        long = "dedup-max-keys",
+        env = "BOOMERANG_DEDUP_MAX_KEYS",
+        default_value_t = 10_000_000
+    )]
+    dedup_max_keys: usize,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Args = config::load();
-    let kafka = args.kafka.clone();
-    service::main(STAGE, DEFAULT_HTTP_PORT, &args.service, |context| {
-        service::idle_once_brokers_answer(kafka, context)
+    let service_args = args.service.clone();
+    service::main(STAGE, DEFAULT_HTTP_PORT, &service_args, |context| {
+        run(args, context)
     })
     .await
+}
+
+async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
+    if args.ingest.max_event_age_secs > args.ingest.dedup_window_secs {
+        tracing::warn!(
+            max_event_age_secs = args.ingest.max_event_age_secs,
+            dedup_window_secs = args.ingest.dedup_window_secs,
+            "events older than the de-duplication window can pass; late duplicates of them too"
+        );
+    }
+    service::wait_for_brokers(&args.kafka, &context).await;
+    if context.shutdown.is_cancelled() {
+        return Ok(());
+    }
+    let kafka = args.kafka.clone();
+    let (raw, validated) = (
+        args.topics.raw_events.clone(),
+        args.topics.validated_events.clone(),
+    );
+    tokio::task::spawn_blocking(move || check_co_partitioned(&kafka, &raw, &validated)).await??;
+    let Some(validated_schema_id) = register_output_schema(&args, &context).await? else {
+        return Ok(()); // shut down while the registry was not answering
+    };
+
+    let stage_metrics = StageMetrics::register(&context.metrics)?;
+    let ingest_metrics = IngestMetrics::register(context.metrics.registry())?;
+    let settings = IngestSettings {
+        validated_topic: args.topics.validated_events.clone(),
+        validated_schema_id,
+        rules: Rules {
+            max_future_skew: Duration::from_secs(args.ingest.max_future_skew_secs),
+            max_event_age: Duration::from_secs(args.ingest.max_event_age_secs),
+        },
+        dedup_window: Duration::from_secs(args.ingest.dedup_window_secs),
+        dedup_max_keys: args.ingest.dedup_max_keys,
+    };
+    let processor = IngestProcessor::new(
+        WriterSchemas::new(&args.registry)?,
+        settings,
+        Some(args.kafka.clone()),
+        Some(ingest_metrics),
+    );
+    let loop_settings = LoopSettings::new(
+        STAGE,
+        &args.stage_loop,
+        vec![args.topics.raw_events.clone()],
+        args.topics.dead_letter.clone(),
+    );
+    stage_loop::run(
+        loop_settings,
+        &args.kafka,
+        processor,
+        stage_metrics,
+        &context,
+    )
+    .await
+}
+
+/// Validated partition P is raw partition P's de-duplication log: the counts must match.
+fn check_co_partitioned(kafka: &KafkaArgs, raw: &str, validated: &str) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = kafka.client_config().create()?;
+    let count = |topic: &str| -> anyhow::Result<usize> {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("cannot read the metadata of {topic}"))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map(|topic| topic.partitions().len())
+            .unwrap_or(0);
+        if partitions == 0 {
+            anyhow::bail!("topic {topic} does not exist; create it with `boomerang topics create`");
+        }
+        Ok(partitions)
+    };
+    let (raw_partitions, validated_partitions) = (count(raw)?, count(validated)?);
+    if raw_partitions != validated_partitions {
+        anyhow::bail!(
+            "{raw} has {raw_partitions} partitions and {validated} has {validated_partitions}: \
+             ingest needs them equal (validated partition P de-duplicates raw partition P)"
+        );
+    }
+    Ok(())
+}
+
+/// The validated subject's id for the current event schema, registering it if needed;
+/// retried while the registry does not answer. `None` if shutdown came first.
+async fn register_output_schema(
+    args: &Args,
+    context: &StageContext,
+) -> anyhow::Result<Option<u32>> {
+    let settings = args.registry.settings()?;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match registry::register_value_schema(
+            &settings,
+            &args.topics.validated_events,
+            SchemaKind::PostPurchaseEvent,
+        )
+        .await
+        {
+            Ok(id) => return Ok(Some(id)),
+            Err(error) => {
+                let reason = config::error_chain(&error);
+                tracing::warn!(error = %reason, "cannot register the validated schema; retrying");
+                context
+                    .readiness
+                    .set_not_ready(format!("schema registry: {reason}"));
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = context.shutdown.cancelled() => return Ok(None),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
 }

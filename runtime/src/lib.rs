@@ -8,13 +8,18 @@
 //! - [`metrics`], [`http`]: the Prometheus registry and the `/metrics`, `/healthz`, `/readyz`
 //!   endpoints.
 //! - [`service`]: a stage's life: telemetry, endpoints, readiness, SIGTERM and draining.
+//! - [`stage_loop`]: consume → process → produce → commit, the same for every stage.
+//! - [`dead_letter`]: the dead-letter header contract; [`wire`]: Confluent framing.
 
 pub mod config;
+pub mod dead_letter;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod registry;
 pub mod service;
 pub mod shutdown;
+pub mod stage_loop;
 pub mod telemetry;
 pub mod topics;
+pub mod wire;

@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 
-use prometheus::{Encoder, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -46,6 +49,91 @@ impl Metrics {
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
         // The text encoder writes UTF-8 only.
         Ok(String::from_utf8_lossy(&buffer).into_owned())
+    }
+}
+
+/// The counters every stage keeps, named so that conservation is one query:
+/// `received = sent + deduplicated + dead_lettered`, per stage.
+#[derive(Clone)]
+pub struct StageMetrics {
+    /// Records consumed, by source topic.
+    pub received_events: IntCounterVec,
+    /// Events delivered downstream (acknowledged), by destination topic.
+    pub sent_events: IntCounterVec,
+    /// Events intentionally dropped as duplicates of one already passed.
+    pub deduplicated_events: IntCounter,
+    /// Records sent to the dead-letter topic, by `error_kind`.
+    pub dead_lettered_events: IntCounterVec,
+    /// Failures that are not a record's fault (broker, registry), by `error_kind`.
+    pub errors: IntCounterVec,
+    pub batch_duration: Histogram,
+    /// Consumer lag per partition (librdkafka's view, refreshed with its statistics).
+    pub consumer_lag: IntGaugeVec,
+    /// Event time of the last event processed, UTC seconds since the epoch.
+    pub last_event_timestamp: Gauge,
+}
+
+impl StageMetrics {
+    pub fn register(metrics: &Metrics) -> Result<Self, MetricsError> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
+        let stage_metrics = Self {
+            received_events: counter(
+                "boomerang_received_events_total",
+                "Records consumed.",
+                &["topic"],
+            )?,
+            sent_events: counter(
+                "boomerang_sent_events_total",
+                "Events delivered downstream and acknowledged.",
+                &["topic"],
+            )?,
+            deduplicated_events: IntCounter::new(
+                "boomerang_deduplicated_events_total",
+                "Events dropped on purpose as duplicates of one already passed.",
+            )?,
+            dead_lettered_events: counter(
+                "boomerang_dead_lettered_events_total",
+                "Records sent to the dead-letter topic.",
+                &["error_kind"],
+            )?,
+            errors: counter(
+                "boomerang_errors_total",
+                "Failures that are not a record's fault (broker, registry, commit).",
+                &["error_kind"],
+            )?,
+            batch_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "boomerang_batch_duration_seconds",
+                    "Time to process a batch and have its outputs acknowledged.",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )?,
+            consumer_lag: IntGaugeVec::new(
+                Opts::new(
+                    "boomerang_consumer_lag",
+                    "Records behind the high watermark.",
+                ),
+                &["topic", "partition"],
+            )?,
+            last_event_timestamp: Gauge::new(
+                "boomerang_last_event_timestamp_seconds",
+                "Event time of the last event processed, UTC seconds since the epoch.",
+            )?,
+        };
+        let registry = metrics.registry();
+        registry.register(Box::new(stage_metrics.received_events.clone()))?;
+        registry.register(Box::new(stage_metrics.sent_events.clone()))?;
+        registry.register(Box::new(stage_metrics.deduplicated_events.clone()))?;
+        registry.register(Box::new(stage_metrics.dead_lettered_events.clone()))?;
+        registry.register(Box::new(stage_metrics.errors.clone()))?;
+        registry.register(Box::new(stage_metrics.batch_duration.clone()))?;
+        registry.register(Box::new(stage_metrics.consumer_lag.clone()))?;
+        registry.register(Box::new(stage_metrics.last_event_timestamp.clone()))?;
+        Ok(stage_metrics)
     }
 }
 

@@ -121,3 +121,110 @@ pub async fn register_all(
     }
     Ok(registrations)
 }
+
+/// Why a writer schema could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// The registry answered that it has no such id: the record's fault.
+    #[error("schema id {0} is not in the schema registry")]
+    UnknownId(u32),
+    /// The registry has it, but it is not an Avro schema we can read: the record's fault.
+    #[error("schema id {id} is not a readable Avro schema: {reason}")]
+    Unreadable { id: u32, reason: String },
+    /// The registry did not answer properly: nobody's fault, retry.
+    #[error("the schema registry did not answer")]
+    Unavailable(#[source] anyhow::Error),
+}
+
+/// Writer schemas by registry id, fetched once and kept for the life of the process.
+pub struct WriterSchemas {
+    client: reqwest::Client,
+    args: RegistryArgs,
+    schemas: std::collections::HashMap<u32, &'static apache_avro::Schema>,
+}
+
+#[derive(serde::Deserialize)]
+struct SchemaById {
+    schema: String,
+    #[serde(rename = "schemaType")]
+    schema_type: Option<String>,
+}
+
+impl WriterSchemas {
+    pub fn new(args: &RegistryArgs) -> Result<Self, LookupError> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(args.timeout_ms))
+            .build()
+            .map_err(|error| LookupError::Unavailable(error.into()))?;
+        Ok(Self {
+            client,
+            args: args.clone(),
+            schemas: std::collections::HashMap::new(),
+        })
+    }
+
+    pub async fn get(&mut self, id: u32) -> Result<&'static apache_avro::Schema, LookupError> {
+        if let Some(schema) = self.schemas.get(&id) {
+            return Ok(schema);
+        }
+        let url = format!("{}/schemas/ids/{id}", self.args.url.trim_end_matches('/'));
+        let mut request = self.client.get(&url);
+        if let Some(username) = &self.args.username {
+            request = request.basic_auth(username, self.args.password.as_deref());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| LookupError::Unavailable(error.into()))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Err(LookupError::UnknownId(id));
+        }
+        if !response.status().is_success() {
+            return Err(LookupError::Unavailable(anyhow::anyhow!(
+                "GET /schemas/ids/{id} answered {}",
+                response.status()
+            )));
+        }
+        let body: SchemaById = response
+            .json()
+            .await
+            .map_err(|error| LookupError::Unavailable(error.into()))?;
+        if let Some(schema_type) = body.schema_type.filter(|kind| kind != "AVRO") {
+            return Err(LookupError::Unreadable {
+                id,
+                reason: format!("it is a {schema_type} schema"),
+            });
+        }
+        let schema = apache_avro::Schema::parse_str(&body.schema).map_err(|error| {
+            LookupError::Unreadable {
+                id,
+                reason: error.to_string(),
+            }
+        })?;
+        // Leaked on purpose: a schema is fetched once per id and lives as long as the process;
+        // the count is bounded by the ids that exist in the registry, and readers built on it
+        // can then be cached without self-referential structs.
+        let schema: &'static apache_avro::Schema = Box::leak(Box::new(schema));
+        self.schemas.insert(id, schema);
+        Ok(schema)
+    }
+}
+
+/// Registers `kind`'s current schema under `topic`'s value subject (as Confluent serializers
+/// do with auto-registration) and returns its id; an unchanged schema keeps its id.
+pub async fn register_value_schema(
+    settings: &SrSettings,
+    topic: &str,
+    kind: boomerang_schemas::SchemaKind,
+) -> Result<u32, RegistryError> {
+    let subject = value_subject(topic);
+    let schema = SuppliedSchema::new(
+        Some(kind.full_name().to_string()),
+        SchemaType::Avro,
+        kind.avsc().to_string(),
+    );
+    post_schema(settings, subject.clone(), schema)
+        .await
+        .map(|registered| registered.id)
+        .map_err(|source| RegistryError::Register { subject, source })
+}

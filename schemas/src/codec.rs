@@ -114,7 +114,8 @@ pub fn decode<T: AvroRecord>(datum: &[u8]) -> Result<T, CodecError> {
 }
 
 /// Decodes a datum written with `writer_schema`, resolved to the current schema: fields the
-/// writer lacks take their defaults, fields the reader lacks are skipped.
+/// writer lacks take their defaults, fields the reader lacks are skipped. Builds the resolution
+/// on every call: keep a [`ResolvingReader`] to decode many datums of one writer schema.
 pub fn decode_written_with<T: AvroRecord>(
     datum: &[u8],
     writer_schema: &Schema,
@@ -122,16 +123,37 @@ pub fn decode_written_with<T: AvroRecord>(
     if writer_schema == T::KIND.schema() {
         return decode(datum);
     }
-    let reader = GenericDatumReader::builder(writer_schema)
-        .reader_schema(T::KIND.schema())
-        .build()
-        .map_err(|source| decode_error::<T>(source))?;
-    let mut remaining = datum;
-    let value = reader
-        .read_value(&mut remaining)
-        .map_err(|source| decode_error::<T>(source))?;
-    ensure_consumed::<T>(remaining)?;
-    apache_avro::from_value(&value).map_err(|source| decode_error::<T>(source))
+    ResolvingReader::<T>::new(writer_schema)?.decode(datum)
+}
+
+/// Decodes datums written with one (other) writer schema into the current model, with the
+/// schema resolution built once.
+pub struct ResolvingReader<'writer, T> {
+    reader: GenericDatumReader<'writer>,
+    record: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<'writer, T: AvroRecord> ResolvingReader<'writer, T> {
+    pub fn new(writer_schema: &'writer Schema) -> Result<Self, CodecError> {
+        let reader = GenericDatumReader::builder(writer_schema)
+            .reader_schema(T::KIND.schema())
+            .build()
+            .map_err(|source| decode_error::<T>(source))?;
+        Ok(Self {
+            reader,
+            record: std::marker::PhantomData,
+        })
+    }
+
+    pub fn decode(&self, datum: &[u8]) -> Result<T, CodecError> {
+        let mut remaining = datum;
+        let value = self
+            .reader
+            .read_value(&mut remaining)
+            .map_err(|source| decode_error::<T>(source))?;
+        ensure_consumed::<T>(remaining)?;
+        apache_avro::from_value(&value).map_err(|source| decode_error::<T>(source))
+    }
 }
 
 fn decode_error<T: AvroRecord>(source: apache_avro::Error) -> CodecError {

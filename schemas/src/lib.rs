@@ -19,7 +19,7 @@ mod order;
 mod primitives;
 
 pub use catalog::SchemaKind;
-pub use codec::{AvroRecord, CodecError};
+pub use codec::{AvroRecord, CodecError, ResolvingReader};
 pub use customer::Customer;
 pub use enriched::EnrichedPostPurchaseEvent;
 pub use event::{

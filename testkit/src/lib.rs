@@ -189,7 +189,8 @@ impl Drop for StageProcess {
 /// targets folder), and checks its whole life: alive, ready once the brokers answer, metrics
 /// labelled with its stage, registered as a scrape target, and a clean exit within 10 s of
 /// SIGTERM that removes its scrape target.
-pub async fn assert_stage_lifecycle(binary: &str, stage: &str) {
+/// `extra_config` is TOML appended to the config file (a stage's topics, say).
+pub async fn assert_stage_lifecycle(binary: &str, stage: &str, extra_config: &str) {
     let stack = Stack::from_env();
     let scratch = std::env::temp_dir().join(unique_name("boomerang-lifecycle"));
     let targets = scratch.join("targets");
@@ -198,7 +199,7 @@ pub async fn assert_stage_lifecycle(binary: &str, stage: &str) {
     std::fs::write(
         &config,
         format!(
-            "kafka-brokers = \"{}\"\nlog-format = \"text\"\n",
+            "kafka-brokers = \"{}\"\nlog-format = \"text\"\n{extra_config}",
             stack.kafka_brokers
         ),
     )
@@ -271,16 +272,11 @@ pub async fn assert_not_ready_without_brokers(binary: &str) {
 
 /// Starts a stage registered with the stack's Prometheus and waits until Prometheus has scraped
 /// it successfully (its target is `up`).
-pub async fn assert_prometheus_scrapes(binary: &str) {
+pub async fn assert_prometheus_scrapes(binary: &str, arguments: &[&str]) {
     let stack = Stack::from_env();
     let process = StageProcess::start(
         binary,
-        &[
-            "--kafka-brokers",
-            &stack.kafka_brokers,
-            "--log-format",
-            "text",
-        ],
+        arguments,
         &[(
             "BOOMERANG_PROMETHEUS_TARGETS_DIR",
             &stack.prometheus_targets_dir,
@@ -302,4 +298,135 @@ pub async fn assert_prometheus_scrapes(binary: &str) {
         },
     )
     .await;
+}
+
+/// The sum of a metric over all its label sets in a Prometheus text exposition, counting only
+/// the label sets that contain every `label_filters` entry (`name="value"`).
+pub fn metric_sum(exposition: &str, metric: &str, label_filters: &[&str]) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let name = series.split('{').next()?;
+            if name != metric || !label_filters.iter().all(|filter| series.contains(filter)) {
+                return None;
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// One consumed record, as a test inspects it.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub timestamp_ms: Option<i64>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl ReadRecord {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .and_then(|(_, value)| value.as_ref())
+            .map(|value| String::from_utf8_lossy(value).into_owned())
+    }
+}
+
+/// Every record of `topic` from the start of each partition to its high watermark as of now.
+pub fn read_topic_to_end(brokers: &str, topic: &str) -> Vec<ReadRecord> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique_name("testkit-reader"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader consumer");
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .expect("topic metadata");
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .first()
+        .map(|topic| {
+            topic
+                .partitions()
+                .iter()
+                .map(|partition| partition.id())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut records = Vec::new();
+    for partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, timeout)
+            .expect("watermarks");
+        if high <= low {
+            continue;
+        }
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, partition, Offset::Offset(low))
+            .expect("assignment");
+        consumer.assign(&assignment).expect("assign");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut next = low;
+        while next < high {
+            assert!(
+                Instant::now() < deadline,
+                "reading {topic}/{partition} stalled at {next} of {high}"
+            );
+            let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let message = message.expect("consume");
+            next = message.offset() + 1;
+            records.push(ReadRecord {
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key().map(<[u8]>::to_vec),
+                value: message.payload().map(<[u8]>::to_vec),
+                timestamp_ms: message.timestamp().to_millis(),
+                headers: message
+                    .headers()
+                    .map(|headers| {
+                        headers
+                            .iter()
+                            .map(|header| {
+                                (header.key.to_string(), header.value.map(<[u8]>::to_vec))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    records
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sum_adds_matching_series_only() {
+        let text = "# HELP x\nboomerang_sent_events_total{stage=\"ingest\",topic=\"a\"} 3\n\
+                    boomerang_sent_events_total{stage=\"ingest\",topic=\"b\"} 4\n\
+                    boomerang_sent_events_total_other 9\nboomerang_dedup 1\n";
+        assert_eq!(metric_sum(text, "boomerang_sent_events_total", &[]), 7.0);
+        assert_eq!(
+            metric_sum(text, "boomerang_sent_events_total", &["topic=\"b\""]),
+            4.0
+        );
+        assert_eq!(metric_sum(text, "boomerang_dedup", &[]), 1.0);
+    }
 }

@@ -1,0 +1,276 @@
+//! Decoding a raw record: Confluent frame → writer schema (from the registry, by id) → the
+//! current `PostPurchaseEvent`, resolving data written with an earlier schema version.
+
+use std::collections::HashMap;
+use std::future::Future;
+
+use apache_avro::Schema;
+use apache_avro::schema_compatibility::SchemaCompatibility;
+use boomerang_runtime::dead_letter::Rejection;
+use boomerang_runtime::registry::{LookupError, WriterSchemas};
+use boomerang_runtime::stage_loop::RetryableError;
+use boomerang_runtime::wire::{self, FrameError};
+use boomerang_schemas::codec;
+use boomerang_schemas::{AvroRecord, PostPurchaseEvent, ResolvingReader};
+
+pub const EMPTY_VALUE: &str = "empty_value";
+pub const TRUNCATED_FRAME: &str = "truncated_frame";
+pub const BAD_MAGIC_BYTE: &str = "bad_magic_byte";
+pub const UNKNOWN_SCHEMA_ID: &str = "unknown_schema_id";
+pub const UNREADABLE_SCHEMA: &str = "unreadable_schema";
+pub const INCOMPATIBLE_SCHEMA: &str = "incompatible_schema";
+pub const UNDECODABLE: &str = "undecodable";
+pub const SCHEMA_REGISTRY_UNAVAILABLE: &str = "schema_registry_unavailable";
+
+/// Where writer schemas come from: the registry in production, a map in unit tests.
+pub trait WriterSchemaSource: Send {
+    fn writer_schema(
+        &mut self,
+        id: u32,
+    ) -> impl Future<Output = Result<&'static Schema, LookupError>> + Send;
+}
+
+impl WriterSchemaSource for WriterSchemas {
+    fn writer_schema(
+        &mut self,
+        id: u32,
+    ) -> impl Future<Output = Result<&'static Schema, LookupError>> + Send {
+        self.get(id)
+    }
+}
+
+/// How records of one writer schema id are read.
+enum Reader {
+    /// Written with the current schema: the fast path.
+    Current,
+    /// Written with another compatible version: resolved to the current one.
+    Resolving(ResolvingReader<'static, PostPurchaseEvent>),
+    /// Cannot be read as a PostPurchaseEvent.
+    Incompatible(String),
+}
+
+#[derive(Debug)]
+pub enum DecodeFailure {
+    /// The record's fault: dead-letter it.
+    Rejected(Rejection),
+    /// Nobody's fault: retry.
+    Retry(RetryableError),
+}
+
+#[derive(Debug)]
+pub struct Decoded {
+    pub event: PostPurchaseEvent,
+    pub schema_id: u32,
+}
+
+pub struct EventDecoder<Source> {
+    source: Source,
+    readers: HashMap<u32, Reader>,
+}
+
+impl<Source: WriterSchemaSource> EventDecoder<Source> {
+    pub fn new(source: Source) -> Self {
+        Self {
+            source,
+            readers: HashMap::new(),
+        }
+    }
+
+    pub async fn decode(&mut self, value: Option<&[u8]>) -> Result<Decoded, DecodeFailure> {
+        let rejected =
+            |kind, message: String| DecodeFailure::Rejected(Rejection::new(kind, message));
+        let (schema_id, datum) = wire::parse(value.unwrap_or_default()).map_err(|error| {
+            let kind = match error {
+                FrameError::Empty => EMPTY_VALUE,
+                FrameError::Truncated { .. } => TRUNCATED_FRAME,
+                FrameError::BadMagicByte { .. } => BAD_MAGIC_BYTE,
+            };
+            rejected(kind, error.to_string())
+        })?;
+        let with_id =
+            |rejection: Rejection| DecodeFailure::Rejected(rejection.with_schema_id(schema_id));
+        if !self.readers.contains_key(&schema_id) {
+            let reader = match self.source.writer_schema(schema_id).await {
+                Ok(writer) => reader_for(writer),
+                Err(LookupError::UnknownId(_)) => {
+                    // Not cached: the id may be registered later.
+                    return Err(with_id(Rejection::new(
+                        UNKNOWN_SCHEMA_ID,
+                        format!("schema id {schema_id} is not in the schema registry"),
+                    )));
+                }
+                Err(error @ LookupError::Unreadable { .. }) => {
+                    Reader::Incompatible(error.to_string())
+                }
+                Err(LookupError::Unavailable(source)) => {
+                    return Err(DecodeFailure::Retry(RetryableError {
+                        kind: SCHEMA_REGISTRY_UNAVAILABLE,
+                        source,
+                    }));
+                }
+            };
+            self.readers.insert(schema_id, reader);
+        }
+        let decoded = match &self.readers[&schema_id] {
+            Reader::Current => codec::decode::<PostPurchaseEvent>(datum),
+            Reader::Resolving(reader) => reader.decode(datum),
+            Reader::Incompatible(reason) => {
+                return Err(with_id(Rejection::new(INCOMPATIBLE_SCHEMA, reason.clone())));
+            }
+        };
+        match decoded {
+            Ok(event) => Ok(Decoded { event, schema_id }),
+            Err(error) => Err(with_id(Rejection::new(
+                UNDECODABLE,
+                boomerang_runtime::config::error_chain(&error),
+            ))),
+        }
+    }
+}
+
+fn reader_for(writer: &'static Schema) -> Reader {
+    let current = PostPurchaseEvent::KIND.schema();
+    if writer == current {
+        return Reader::Current;
+    }
+    if let Err(error) = SchemaCompatibility::can_read(writer, current) {
+        return Reader::Incompatible(format!(
+            "the writer schema cannot be read as the current PostPurchaseEvent: {error}"
+        ));
+    }
+    match ResolvingReader::new(writer) {
+        Ok(reader) => Reader::Resolving(reader),
+        Err(error) => Reader::Incompatible(boomerang_runtime::config::error_chain(&error)),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
+    use apache_avro::types::Value;
+    use apache_avro::writer::datum::GenericDatumWriter;
+    use boomerang_schemas::{Channel, EventType, Outcome, SchemaKind, TimestampMicros};
+
+    use super::*;
+
+    /// Writer schemas from a map: id 1 = version 1, id 2 = current, id 9 = a Customer.
+    pub struct MapSource(pub HashMap<u32, &'static Schema>);
+
+    impl MapSource {
+        pub fn standard() -> Self {
+            let v1: &'static Schema = Box::leak(Box::new(
+                Schema::parse_str(SchemaKind::PostPurchaseEvent.history()[0]).expect("v1"),
+            ));
+            Self(HashMap::from([
+                (1, v1),
+                (2, SchemaKind::PostPurchaseEvent.schema()),
+                (9, SchemaKind::Customer.schema()),
+            ]))
+        }
+    }
+
+    impl WriterSchemaSource for MapSource {
+        fn writer_schema(
+            &mut self,
+            id: u32,
+        ) -> impl Future<Output = Result<&'static Schema, LookupError>> + Send {
+            let found = self.0.get(&id).copied().ok_or(LookupError::UnknownId(id));
+            async move { found }
+        }
+    }
+
+    pub fn event() -> PostPurchaseEvent {
+        PostPurchaseEvent {
+            event_id: "e-1".into(),
+            idempotency_key: "k-1".into(),
+            event_type: EventType::ReturnRequested,
+            case_id: "c-1".into(),
+            order_id: "o-1".into(),
+            order_line_id: "o-1/1".into(),
+            customer_id: "cu-1".into(),
+            sku: "s-1".into(),
+            quantity: 1,
+            reason: None,
+            reason_text: None,
+            amount: None,
+            method: None,
+            channel: Channel::Web,
+            outcome: Outcome::Pending,
+            occurred_at: TimestampMicros::now(),
+            source_system: "portal".into(),
+            replacement_sku: None,
+            warranty_resolution: None,
+            disposition: None,
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    pub fn framed(schema_id: u32, datum: &[u8]) -> Vec<u8> {
+        let mut value = Vec::new();
+        wire::start_frame(schema_id, &mut value);
+        value.extend_from_slice(datum);
+        value
+    }
+
+    fn kind(failure: DecodeFailure) -> &'static str {
+        match failure {
+            DecodeFailure::Rejected(rejection) => rejection.error_kind,
+            DecodeFailure::Retry(error) => panic!("unexpected retry: {error}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn current_and_version_1_data_decode() {
+        let mut decoder = EventDecoder::new(MapSource::standard());
+        let event = event();
+        let current = framed(2, &codec::encode(&event).expect("encode"));
+        let decoded = decoder
+            .decode(Some(&current))
+            .await
+            .expect("current decodes");
+        assert_eq!((decoded.schema_id, decoded.event), (2, event.clone()));
+
+        let Value::Record(fields) = apache_avro::to_value(&event).expect("value") else {
+            panic!("record");
+        };
+        let v1_fields: Vec<(String, Value)> = fields
+            .into_iter()
+            .filter(|(name, _)| name != "disposition" && name != "attributes")
+            .collect();
+        let v1 = MapSource::standard().0[&1];
+        let datum = GenericDatumWriter::builder(v1)
+            .build()
+            .expect("writer")
+            .write_value_to_vec(Value::Record(v1_fields))
+            .expect("v1 datum");
+        let decoded = decoder
+            .decode(Some(&framed(1, &datum)))
+            .await
+            .expect("v1 decodes");
+        assert_eq!((decoded.schema_id, decoded.event), (1, event));
+    }
+
+    #[tokio::test]
+    async fn each_bad_frame_has_its_kind() {
+        let mut decoder = EventDecoder::new(MapSource::standard());
+        let datum = codec::encode(&event()).expect("encode");
+        let cases: Vec<(Option<Vec<u8>>, &str)> = vec![
+            (None, EMPTY_VALUE),
+            (Some(vec![]), EMPTY_VALUE),
+            (Some(vec![0, 0, 1]), TRUNCATED_FRAME),
+            (Some(b"{\"json\": true}".to_vec()), BAD_MAGIC_BYTE),
+            (Some(framed(77, &datum)), UNKNOWN_SCHEMA_ID),
+            (Some(framed(9, &datum)), INCOMPATIBLE_SCHEMA),
+            (Some(framed(2, &datum[..datum.len() / 2])), UNDECODABLE),
+            (Some(framed(2, &[0xff; 16])), UNDECODABLE),
+        ];
+        for (value, expected) in cases {
+            let failure = decoder
+                .decode(value.as_deref())
+                .await
+                .expect_err("must fail");
+            assert_eq!(kind(failure), expected, "{value:?}");
+        }
+    }
+}

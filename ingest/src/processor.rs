@@ -1,0 +1,224 @@
+//! Ingest's step of the stage loop, one raw record at a time:
+//! decode (`decode.rs`) → validate (`validate.rs`) → de-duplicate (`dedup.rs`) → publish
+//! (`publish.rs`); anything that fails the first two is dead-lettered.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use boomerang_runtime::kafka::KafkaArgs;
+use boomerang_runtime::stage_loop::{InputRecord, Outcome, Partition, Processor, RetryableError};
+use boomerang_schemas::TimestampMicros;
+use prometheus::{IntCounter, IntGaugeVec, Opts};
+
+use crate::decode::{DecodeFailure, EventDecoder, WriterSchemaSource};
+use crate::dedup::{DedupState, Verdict};
+use crate::publish::validated_record;
+use crate::restore::restore_partition;
+use crate::validate::{Rules, validate};
+
+pub const ENCODE_FAILED: &str = "encode_failed";
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    pub validated_topic: String,
+    /// The registry id of the schema validated events are written with.
+    pub validated_schema_id: u32,
+    pub rules: Rules,
+    pub dedup_window: Duration,
+    /// The most idempotency keys kept, over all partitions this instance owns.
+    pub dedup_max_keys: usize,
+}
+
+/// Ingest-specific metrics, beside the shared stage counters.
+#[derive(Clone)]
+pub struct IngestMetrics {
+    pub dedup_keys: IntGaugeVec,
+    pub dedup_evictions: IntCounter,
+}
+
+impl IngestMetrics {
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let metrics = Self {
+            dedup_keys: IntGaugeVec::new(
+                Opts::new(
+                    "boomerang_dedup_keys",
+                    "Idempotency keys remembered, by input partition.",
+                ),
+                &["partition"],
+            )?,
+            dedup_evictions: IntCounter::new(
+                "boomerang_dedup_evictions_total",
+                "Keys forgotten before their window ended because the state was full; raise --dedup-max-keys if this grows.",
+            )?,
+        };
+        registry.register(Box::new(metrics.dedup_keys.clone()))?;
+        registry.register(Box::new(metrics.dedup_evictions.clone()))?;
+        Ok(metrics)
+    }
+}
+
+pub struct IngestProcessor<Source> {
+    decoder: EventDecoder<Source>,
+    settings: IngestSettings,
+    /// `None` in unit tests and benchmarks: partitions start empty instead of restored.
+    restore_from: Option<KafkaArgs>,
+    dedup: HashMap<i32, DedupState>,
+    metrics: Option<IngestMetrics>,
+    last_expiry: Instant,
+}
+
+impl<Source: WriterSchemaSource> IngestProcessor<Source> {
+    pub fn new(
+        source: Source,
+        settings: IngestSettings,
+        restore_from: Option<KafkaArgs>,
+        metrics: Option<IngestMetrics>,
+    ) -> Self {
+        Self {
+            decoder: EventDecoder::new(source),
+            settings,
+            restore_from,
+            dedup: HashMap::new(),
+            metrics,
+            last_expiry: Instant::now(),
+        }
+    }
+
+    fn max_keys_per_partition(&self, partitions: usize) -> usize {
+        (self.settings.dedup_max_keys / partitions.max(1)).max(1)
+    }
+
+    fn publish_state_metrics(&self) {
+        let Some(metrics) = &self.metrics else { return };
+        for (partition, state) in &self.dedup {
+            metrics
+                .dedup_keys
+                .with_label_values(&[&partition.to_string()])
+                .set(state.len() as i64);
+        }
+    }
+
+    fn expire_now_and_then(&mut self) {
+        if self.last_expiry.elapsed() < EXPIRY_INTERVAL {
+            return;
+        }
+        self.last_expiry = Instant::now();
+        let now = TimestampMicros::now();
+        for state in self.dedup.values_mut() {
+            state.expire(now);
+        }
+        self.publish_state_metrics();
+    }
+}
+
+/// A partition's de-duplication state: restored from the validated topic, or empty when there
+/// is no Kafka to restore from (unit tests, benchmarks).
+async fn restored_state(
+    restore_from: Option<KafkaArgs>,
+    validated_topic: String,
+    window: Duration,
+    partition: i32,
+    max_keys: usize,
+) -> anyhow::Result<DedupState> {
+    let Some(kafka) = restore_from else {
+        return Ok(DedupState::new(window, max_keys));
+    };
+    let (state, stats) = tokio::task::spawn_blocking(move || {
+        restore_partition(
+            &kafka,
+            &validated_topic,
+            partition,
+            window,
+            max_keys,
+            TimestampMicros::now(),
+        )
+    })
+    .await??;
+    tracing::info!(
+        partition,
+        records_read = stats.records_read,
+        keys = stats.keys,
+        elapsed_ms = stats.elapsed.as_millis() as u64,
+        "restored de-duplication state"
+    );
+    Ok(state)
+}
+
+impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
+    async fn assign(&mut self, partitions: &[Partition]) -> anyhow::Result<()> {
+        let max_keys = self.max_keys_per_partition(self.dedup.len() + partitions.len());
+        for (_topic, partition) in partitions {
+            let state = restored_state(
+                self.restore_from.clone(),
+                self.settings.validated_topic.clone(),
+                self.settings.dedup_window,
+                *partition,
+                max_keys,
+            )
+            .await?;
+            self.dedup.insert(*partition, state);
+        }
+        self.publish_state_metrics();
+        Ok(())
+    }
+
+    fn revoke(&mut self, partitions: &[Partition]) {
+        for (_topic, partition) in partitions {
+            self.dedup.remove(partition);
+            if let Some(metrics) = &self.metrics {
+                let _ = metrics
+                    .dedup_keys
+                    .remove_label_values(&[&partition.to_string()]);
+            }
+        }
+    }
+
+    async fn process(&mut self, record: &InputRecord) -> Result<Outcome, RetryableError> {
+        self.expire_now_and_then();
+        let decoded = match self.decoder.decode(record.value.as_deref()).await {
+            Ok(decoded) => decoded,
+            Err(DecodeFailure::Rejected(rejection)) => return Ok(Outcome::DeadLetter(rejection)),
+            Err(DecodeFailure::Retry(error)) => return Err(error),
+        };
+        if let Err(rejection) =
+            validate(&decoded.event, TimestampMicros::now(), &self.settings.rules)
+        {
+            return Ok(Outcome::DeadLetter(
+                rejection.with_schema_id(decoded.schema_id),
+            ));
+        }
+        let Some(state) = self.dedup.get_mut(&record.partition) else {
+            // The loop assigns before it processes; a record of an unassigned partition is a bug.
+            return Err(RetryableError {
+                kind: "partition_not_assigned",
+                source: anyhow::anyhow!(
+                    "no de-duplication state for partition {}",
+                    record.partition
+                ),
+            });
+        };
+        let evicted_before = state.evicted_for_capacity();
+        let verdict = state.check(&decoded.event.idempotency_key, decoded.event.occurred_at);
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .dedup_evictions
+                .inc_by(state.evicted_for_capacity() - evicted_before);
+        }
+        if verdict == Verdict::Duplicate {
+            return Ok(Outcome::Deduplicated);
+        }
+        let output = validated_record(
+            &decoded.event,
+            self.settings.validated_schema_id,
+            &self.settings.validated_topic,
+            record.partition,
+            record.offset,
+        )
+        .map_err(|error| RetryableError {
+            kind: ENCODE_FAILED,
+            source: error.into(),
+        })?;
+        Ok(Outcome::Emit(vec![output]))
+    }
+}

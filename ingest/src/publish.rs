@@ -1,0 +1,42 @@
+//! Publishing a validated event: Confluent-framed with the validated subject's schema id,
+//! keyed by order id (a case's events stay in order), timestamped with the event time, to the
+//! validated partition with the same number as the raw partition it came from, and with the
+//! idempotency key in a header: the validated topic is the de-duplication log (`restore.rs`).
+
+use boomerang_runtime::stage_loop::OutputRecord;
+use boomerang_runtime::wire;
+use boomerang_schemas::{CodecError, PostPurchaseEvent, codec};
+
+/// The header that carries a validated event's idempotency key.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "boomerang.idempotency_key";
+/// The raw record a validated event came from, `partition/offset`, for lineage.
+pub const SOURCE_HEADER: &str = "boomerang.source";
+
+pub fn validated_record(
+    event: &PostPurchaseEvent,
+    schema_id: u32,
+    topic: &str,
+    partition: i32,
+    source_offset: i64,
+) -> Result<OutputRecord, CodecError> {
+    let mut value = Vec::with_capacity(256);
+    wire::start_frame(schema_id, &mut value);
+    codec::encode_into(event, &mut value)?;
+    Ok(OutputRecord {
+        topic: topic.to_string(),
+        partition: Some(partition),
+        key: Some(event.order_id.as_bytes().to_vec()),
+        value: Some(value),
+        timestamp_ms: Some(event.occurred_at.as_unix_millis()),
+        headers: vec![
+            (
+                IDEMPOTENCY_KEY_HEADER.to_string(),
+                Some(event.idempotency_key.as_bytes().to_vec()),
+            ),
+            (
+                SOURCE_HEADER.to_string(),
+                Some(format!("{partition}/{source_offset}").into_bytes()),
+            ),
+        ],
+    })
+}

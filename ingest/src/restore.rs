@@ -1,0 +1,115 @@
+//! Rebuilding a partition's de-duplication state from the validated topic, the source of truth:
+//! every event ingest ever passed for raw partition P sits in validated partition P with its
+//! idempotency key in a header, acknowledged before the raw offset was committed. Reading
+//! validated P from the start of the window therefore recovers every key a crashed or
+//! rebalanced-away instance passed, including those it passed but never committed.
+
+use std::time::{Duration, Instant};
+
+use boomerang_runtime::kafka::KafkaArgs;
+use boomerang_schemas::TimestampMicros;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::dedup::{DedupState, key_hash};
+use crate::publish::IDEMPOTENCY_KEY_HEADER;
+
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreStats {
+    pub records_read: u64,
+    pub keys: usize,
+    pub elapsed: Duration,
+}
+
+/// Reads validated `partition` from `now - window` to its high watermark. Blocking: run it on
+/// a blocking thread.
+pub fn restore_partition(
+    kafka: &KafkaArgs,
+    validated_topic: &str,
+    partition: i32,
+    window: Duration,
+    max_keys: usize,
+    now: TimestampMicros,
+) -> anyhow::Result<(DedupState, RestoreStats)> {
+    let started = Instant::now();
+    let mut state = DedupState::new(window, max_keys);
+    let mut config = kafka.consumer_config("boomerang-ingest-restore");
+    config.set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create()?;
+    let (_low, high) = consumer.fetch_watermarks(validated_topic, partition, KAFKA_TIMEOUT)?;
+    let window_start_ms = now.saturating_sub(window).as_unix_millis();
+    let mut by_time = TopicPartitionList::new();
+    by_time.add_partition_offset(validated_topic, partition, Offset::Offset(window_start_ms))?;
+    let start = consumer
+        .offsets_for_times(by_time, KAFKA_TIMEOUT)?
+        .find_partition(validated_topic, partition)
+        .map(|element| element.offset())
+        .unwrap_or(Offset::End);
+    let start_offset = match start {
+        Offset::Offset(offset) => offset,
+        // No record at or after the window start: nothing to restore.
+        _ => high,
+    };
+    let mut records_read = 0u64;
+    if start_offset < high {
+        let mut assignment = TopicPartitionList::new();
+        assignment.add_partition_offset(
+            validated_topic,
+            partition,
+            Offset::Offset(start_offset),
+        )?;
+        consumer.assign(&assignment)?;
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let mut next_offset = start_offset;
+        while next_offset < high {
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "restoring {validated_topic}/{partition} stalled at offset {next_offset} of {high}"
+                );
+            }
+            let Some(message) = consumer.poll(Duration::from_secs(1)) else {
+                continue;
+            };
+            let message = message?;
+            next_offset = message.offset() + 1;
+            records_read += 1;
+            let key = message.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|header| header.key == IDEMPOTENCY_KEY_HEADER)
+                    .and_then(|header| header.value)
+            });
+            let (Some(key), Some(timestamp_ms)) = (key, message.timestamp().to_millis()) else {
+                tracing::warn!(
+                    topic = validated_topic,
+                    partition,
+                    offset = message.offset(),
+                    "validated record without an idempotency key header; skipped"
+                );
+                continue;
+            };
+            state.remember(
+                key_hash_bytes(key),
+                TimestampMicros::from_unix_millis(timestamp_ms),
+            );
+        }
+    }
+    state.expire(now);
+    let stats = RestoreStats {
+        records_read,
+        keys: state.len(),
+        elapsed: started.elapsed(),
+    };
+    Ok((state, stats))
+}
+
+fn key_hash_bytes(key: &[u8]) -> u128 {
+    match std::str::from_utf8(key) {
+        Ok(text) => key_hash(text),
+        // Keys were written from Rust strings, so this cannot happen; hash the bytes anyway.
+        Err(_) => xxhash_rust::xxh3::xxh3_128(key),
+    }
+}

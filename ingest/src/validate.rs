@@ -1,0 +1,328 @@
+//! Business rules of a decoded event. Each violation has a stable, low-cardinality
+//! `error_kind` (a metric label and a dead-letter header) and a message that names the field
+//! without quoting its contents.
+
+use std::time::Duration;
+
+use boomerang_runtime::dead_letter::Rejection;
+use boomerang_schemas::{EventType, PostPurchaseEvent, TimestampMicros};
+
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// How far in the future `occurred_at` may be (producers' clocks drift).
+    pub max_future_skew: Duration,
+    /// How old `occurred_at` may be before the event is implausible.
+    pub max_event_age: Duration,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            max_future_skew: Duration::from_secs(5 * 60),
+            max_event_age: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+pub const EMPTY_IDENTIFIER: &str = "empty_identifier";
+pub const NON_POSITIVE_QUANTITY: &str = "non_positive_quantity";
+pub const NEGATIVE_AMOUNT: &str = "negative_amount";
+pub const INVALID_CURRENCY: &str = "invalid_currency";
+pub const MISSING_AMOUNT: &str = "missing_amount";
+pub const OCCURRED_IN_FUTURE: &str = "occurred_in_future";
+pub const OCCURRED_TOO_LONG_AGO: &str = "occurred_too_long_ago";
+pub const MISSING_REPLACEMENT_SKU: &str = "missing_replacement_sku";
+pub const MISSING_WARRANTY_RESOLUTION: &str = "missing_warranty_resolution";
+
+/// The first rule `event` breaks, if any. `now` is the validation time.
+pub fn validate(
+    event: &PostPurchaseEvent,
+    now: TimestampMicros,
+    rules: &Rules,
+) -> Result<(), Rejection> {
+    let identifiers = [
+        ("event_id", &event.event_id),
+        ("idempotency_key", &event.idempotency_key),
+        ("case_id", &event.case_id),
+        ("order_id", &event.order_id),
+        ("order_line_id", &event.order_line_id),
+        ("customer_id", &event.customer_id),
+        ("sku", &event.sku),
+        ("source_system", &event.source_system),
+    ];
+    for (field, value) in identifiers {
+        if value.trim().is_empty() {
+            return Err(Rejection::new(
+                EMPTY_IDENTIFIER,
+                format!("{field} is empty"),
+            ));
+        }
+    }
+    if event.quantity <= 0 {
+        return Err(Rejection::new(
+            NON_POSITIVE_QUANTITY,
+            format!("quantity must be positive, got {}", event.quantity),
+        ));
+    }
+    if let Some(amount) = &event.amount {
+        if amount.amount_minor < 0 {
+            return Err(Rejection::new(NEGATIVE_AMOUNT, "amount is negative"));
+        }
+        if !is_iso_4217(&amount.currency) {
+            return Err(Rejection::new(
+                INVALID_CURRENCY,
+                "amount currency is not an ISO 4217 code",
+            ));
+        }
+    }
+    let needs_amount = matches!(
+        event.event_type,
+        EventType::RefundIssued | EventType::StoreCreditIssued
+    );
+    if needs_amount && event.amount.is_none() {
+        return Err(Rejection::new(
+            MISSING_AMOUNT,
+            format!("{} needs an amount", event.event_type.symbol()),
+        ));
+    }
+    if event.occurred_at > now.saturating_add(rules.max_future_skew) {
+        return Err(Rejection::new(
+            OCCURRED_IN_FUTURE,
+            format!(
+                "occurred_at is more than {} s in the future",
+                rules.max_future_skew.as_secs()
+            ),
+        ));
+    }
+    if event.occurred_at < now.saturating_sub(rules.max_event_age) {
+        return Err(Rejection::new(
+            OCCURRED_TOO_LONG_AGO,
+            format!(
+                "occurred_at is more than {} s in the past",
+                rules.max_event_age.as_secs()
+            ),
+        ));
+    }
+    let exchange_with_replacement = matches!(
+        event.event_type,
+        EventType::ExchangeRequested
+            | EventType::ExchangeApproved
+            | EventType::ExchangeShipped
+            | EventType::ExchangeCompleted
+    );
+    let has_replacement = event
+        .replacement_sku
+        .as_deref()
+        .is_some_and(|sku| !sku.trim().is_empty());
+    if exchange_with_replacement && !has_replacement {
+        return Err(Rejection::new(
+            MISSING_REPLACEMENT_SKU,
+            format!("{} needs a replacement_sku", event.event_type.symbol()),
+        ));
+    }
+    if event.event_type == EventType::WarrantyResolved && event.warranty_resolution.is_none() {
+        return Err(Rejection::new(
+            MISSING_WARRANTY_RESOLUTION,
+            "WARRANTY_RESOLVED needs a warranty_resolution",
+        ));
+    }
+    Ok(())
+}
+
+/// Active ISO 4217 alphabetic codes.
+const ISO_4217: [&str; 156] = [
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
+    "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD",
+    "CDF", "CHF", "CLP", "CNY", "COP", "CRC", "CUP", "CVE", "CZK", "DJF", "DKK", "DOP", "DZD",
+    "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ",
+    "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "IQD", "IRR", "ISK", "JMD", "JOD",
+    "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD", "KYD", "KZT", "LAK", "LBP", "LKR",
+    "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP", "MRU", "MUR", "MVR",
+    "MWK", "MXN", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN",
+    "PGK", "PHP", "PKR", "PLN", "PYG", "QAR", "RON", "RSD", "RUB", "RWF", "SAR", "SBD", "SCR",
+    "SDG", "SEK", "SGD", "SHP", "SLE", "SOS", "SRD", "SSP", "STN", "SVC", "SYP", "SZL", "THB",
+    "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "UYU", "UZS",
+    "VES", "VND", "VUV", "WST", "XAF", "XCD", "XCG", "XOF", "XPF", "YER", "ZAR", "ZMW", "ZWG",
+];
+
+pub fn is_iso_4217(code: &str) -> bool {
+    ISO_4217.binary_search(&code).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use boomerang_schemas::{Channel, Money, Outcome, WarrantyResolution};
+
+    use super::*;
+
+    const NOW: TimestampMicros = TimestampMicros::from_unix_micros(1_763_000_000_000_000);
+
+    fn event() -> PostPurchaseEvent {
+        PostPurchaseEvent {
+            event_id: "e".into(),
+            idempotency_key: "k".into(),
+            event_type: EventType::ReturnRequested,
+            case_id: "c".into(),
+            order_id: "o".into(),
+            order_line_id: "o/1".into(),
+            customer_id: "cu".into(),
+            sku: "s".into(),
+            quantity: 1,
+            reason: None,
+            reason_text: None,
+            amount: None,
+            method: None,
+            channel: Channel::Web,
+            outcome: Outcome::Pending,
+            occurred_at: NOW,
+            source_system: "portal".into(),
+            replacement_sku: None,
+            warranty_resolution: None,
+            disposition: None,
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    fn kind_of(event: &PostPurchaseEvent) -> Option<&'static str> {
+        validate(event, NOW, &Rules::default())
+            .err()
+            .map(|rejection| rejection.error_kind)
+    }
+
+    #[test]
+    fn currency_codes_are_sorted_for_binary_search() {
+        assert!(ISO_4217.windows(2).all(|pair| pair[0] < pair[1]));
+        assert!(is_iso_4217("EUR") && is_iso_4217("JPY"));
+        assert!(!is_iso_4217("eur") && !is_iso_4217("EURO") && !is_iso_4217("XXX"));
+    }
+
+    #[test]
+    fn a_valid_event_passes() {
+        assert_eq!(kind_of(&event()), None);
+    }
+
+    #[test]
+    fn each_rule_has_its_kind() {
+        let cases: Vec<(PostPurchaseEvent, &str)> = vec![
+            (
+                PostPurchaseEvent {
+                    order_id: " ".into(),
+                    ..event()
+                },
+                EMPTY_IDENTIFIER,
+            ),
+            (
+                PostPurchaseEvent {
+                    quantity: 0,
+                    ..event()
+                },
+                NON_POSITIVE_QUANTITY,
+            ),
+            (
+                PostPurchaseEvent {
+                    amount: Some(Money::new(-1, "EUR")),
+                    ..event()
+                },
+                NEGATIVE_AMOUNT,
+            ),
+            (
+                PostPurchaseEvent {
+                    amount: Some(Money::new(1, "EURO")),
+                    ..event()
+                },
+                INVALID_CURRENCY,
+            ),
+            (
+                PostPurchaseEvent {
+                    event_type: EventType::RefundIssued,
+                    ..event()
+                },
+                MISSING_AMOUNT,
+            ),
+            (
+                PostPurchaseEvent {
+                    event_type: EventType::StoreCreditIssued,
+                    ..event()
+                },
+                MISSING_AMOUNT,
+            ),
+            (
+                PostPurchaseEvent {
+                    occurred_at: NOW.saturating_add(Duration::from_secs(301)),
+                    ..event()
+                },
+                OCCURRED_IN_FUTURE,
+            ),
+            (
+                PostPurchaseEvent {
+                    occurred_at: NOW.saturating_sub(Duration::from_secs(8 * 24 * 3600)),
+                    ..event()
+                },
+                OCCURRED_TOO_LONG_AGO,
+            ),
+            (
+                PostPurchaseEvent {
+                    event_type: EventType::ExchangeShipped,
+                    ..event()
+                },
+                MISSING_REPLACEMENT_SKU,
+            ),
+            (
+                PostPurchaseEvent {
+                    event_type: EventType::WarrantyResolved,
+                    ..event()
+                },
+                MISSING_WARRANTY_RESOLUTION,
+            ),
+        ];
+        for (case, expected) in cases {
+            assert_eq!(kind_of(&case), Some(expected), "{case:?}");
+        }
+    }
+
+    #[test]
+    fn type_specific_fields_satisfy_their_rules() {
+        let refund = PostPurchaseEvent {
+            event_type: EventType::RefundIssued,
+            amount: Some(Money::new(0, "JPY")),
+            ..event()
+        };
+        assert_eq!(kind_of(&refund), None);
+        let exchange = PostPurchaseEvent {
+            event_type: EventType::ExchangeCancelled,
+            ..event()
+        };
+        assert_eq!(
+            kind_of(&exchange),
+            None,
+            "a cancelled exchange names no replacement"
+        );
+        let warranty = PostPurchaseEvent {
+            event_type: EventType::WarrantyResolved,
+            warranty_resolution: Some(WarrantyResolution::Repair),
+            ..event()
+        };
+        assert_eq!(kind_of(&warranty), None);
+        let skewed = PostPurchaseEvent {
+            occurred_at: NOW.saturating_add(Duration::from_secs(299)),
+            ..event()
+        };
+        assert_eq!(kind_of(&skewed), None, "within the allowed clock skew");
+    }
+
+    #[test]
+    fn messages_never_quote_identifiers() {
+        let rejection = validate(
+            &PostPurchaseEvent {
+                customer_id: "".into(),
+                ..event()
+            },
+            NOW,
+            &Rules::default(),
+        )
+        .expect_err("empty customer id");
+        assert_eq!(rejection.message, "customer_id is empty");
+    }
+}

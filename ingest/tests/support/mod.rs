@@ -1,0 +1,241 @@
+//! A private pipeline for one ingest test: its own topics, schemas and consumer group on the
+//! local stack, the real binary, and ways to feed it and read what it wrote.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use apache_avro::Schema;
+use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
+use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
+use boomerang_runtime::registry::{RegistryArgs, register_all};
+use boomerang_runtime::topics::{TopicsArgs, value_subject};
+use boomerang_runtime::wire;
+use boomerang_schemas::codec;
+use boomerang_schemas::{
+    Channel, EventType, Outcome, PostPurchaseEvent, SchemaKind, TimestampMicros,
+};
+use boomerang_testkit::{ReadRecord, Stack, StageProcess, metric_sum, poll_until, unique_name};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_boomerang-ingest");
+
+pub struct Pipeline {
+    pub stack: Stack,
+    pub topics: TopicsArgs,
+    pub kafka: KafkaArgs,
+    pub group: String,
+    pub current_schema_id: u32,
+    pub v1_schema_id: u32,
+    pub customer_schema_id: u32,
+    producer: FutureProducer,
+}
+
+/// A record to produce to the raw topic.
+pub struct Raw {
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(&'static str, &'static str)>,
+}
+
+impl Pipeline {
+    pub async fn new(partitions: i32) -> Self {
+        let stack = Stack::from_env();
+        let topics = TopicsArgs::with_prefix(&unique_name("it-ingest"));
+        let kafka = KafkaArgs::for_brokers(&stack.kafka_brokers);
+        ensure_topics(
+            &kafka,
+            &[
+                TopicSpec::new(&topics.raw_events, partitions),
+                TopicSpec::new(&topics.validated_events, partitions),
+                TopicSpec::new(&topics.dead_letter, 1),
+            ],
+        )
+        .await
+        .expect("create topics");
+        let settings = RegistryArgs::for_url(&stack.schema_registry_url)
+            .settings()
+            .expect("registry settings");
+        let registrations = register_all(&settings, &topics).await.expect("register");
+        let id_of = |subject: String, current: bool| {
+            registrations
+                .iter()
+                .find(|registration| {
+                    registration.subject == subject && registration.current == current
+                })
+                .map(|registration| registration.schema_id)
+                .expect("registered")
+        };
+        let producer = kafka.producer_config().create().expect("producer");
+        Self {
+            current_schema_id: id_of(value_subject(&topics.raw_events), true),
+            v1_schema_id: id_of(value_subject(&topics.raw_events), false),
+            customer_schema_id: id_of(value_subject(&topics.customers), true),
+            group: unique_name("it-ingest-group"),
+            stack,
+            topics,
+            kafka,
+            producer,
+        }
+    }
+
+    pub fn arguments(&self) -> Vec<String> {
+        [
+            ("--kafka-brokers", self.stack.kafka_brokers.as_str()),
+            (
+                "--schema-registry-url",
+                self.stack.schema_registry_url.as_str(),
+            ),
+            ("--raw-events-topic", self.topics.raw_events.as_str()),
+            (
+                "--validated-events-topic",
+                self.topics.validated_events.as_str(),
+            ),
+            ("--dead-letter-topic", self.topics.dead_letter.as_str()),
+            ("--group-id", self.group.as_str()),
+            ("--batch-max-wait-ms", "50"),
+            ("--log-format", "text"),
+            ("--log-filter", "info,rdkafka=warn"),
+        ]
+        .iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
+        .collect()
+    }
+
+    pub fn start(&self, environment: &[(&str, &str)]) -> StageProcess {
+        let arguments = self.arguments();
+        let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
+        StageProcess::start(BINARY, &arguments, environment)
+    }
+
+    pub fn event(&self, idempotency_key: &str) -> PostPurchaseEvent {
+        PostPurchaseEvent {
+            event_id: format!("evt-{idempotency_key}"),
+            idempotency_key: idempotency_key.to_string(),
+            event_type: EventType::ReturnRequested,
+            case_id: format!("rma-{idempotency_key}"),
+            order_id: format!("ord-{idempotency_key}"),
+            order_line_id: format!("ord-{idempotency_key}/1"),
+            customer_id: "cus-1".into(),
+            sku: "SKU-1".into(),
+            quantity: 1,
+            reason: None,
+            reason_text: None,
+            amount: None,
+            method: None,
+            channel: Channel::Web,
+            outcome: Outcome::Pending,
+            occurred_at: TimestampMicros::now(),
+            source_system: "it".into(),
+            replacement_sku: None,
+            warranty_resolution: None,
+            disposition: None,
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    pub fn framed(&self, schema_id: u32, datum: &[u8]) -> Vec<u8> {
+        let mut value = Vec::new();
+        wire::start_frame(schema_id, &mut value);
+        value.extend_from_slice(datum);
+        value
+    }
+
+    /// The event as a producer on the current schema frames it.
+    pub fn current(&self, event: &PostPurchaseEvent) -> Raw {
+        let datum = codec::encode(event).expect("encode");
+        Raw {
+            key: event.order_id.clone(),
+            value: Some(self.framed(self.current_schema_id, &datum)),
+            headers: vec![],
+        }
+    }
+
+    /// The event as a producer still on version 1 of the schema frames it.
+    pub fn version_1(&self, event: &PostPurchaseEvent) -> Raw {
+        let v1 = Schema::parse_str(SchemaKind::PostPurchaseEvent.history()[0]).expect("v1");
+        let Value::Record(fields) = apache_avro::to_value(event).expect("value") else {
+            panic!("record");
+        };
+        let fields: Vec<(String, Value)> = fields
+            .into_iter()
+            .filter(|(name, _)| name != "disposition" && name != "attributes")
+            .collect();
+        let datum = GenericDatumWriter::builder(&v1)
+            .build()
+            .expect("v1 writer")
+            .write_value_to_vec(Value::Record(fields))
+            .expect("v1 datum");
+        Raw {
+            key: event.order_id.clone(),
+            value: Some(self.framed(self.v1_schema_id, &datum)),
+            headers: vec![],
+        }
+    }
+
+    pub async fn produce(&self, records: &[Raw]) {
+        for record in records {
+            let mut headers = OwnedHeaders::new();
+            for (key, value) in &record.headers {
+                headers = headers.insert(Header {
+                    key,
+                    value: Some(*value),
+                });
+            }
+            let mut future_record: FutureRecord<'_, str, [u8]> =
+                FutureRecord::to(&self.topics.raw_events)
+                    .key(record.key.as_str())
+                    .headers(headers);
+            if let Some(value) = &record.value {
+                future_record = future_record.payload(value.as_slice());
+            }
+            self.producer
+                .send(future_record, Duration::from_secs(10))
+                .await
+                .expect("produce raw record");
+        }
+    }
+
+    pub fn validated(&self) -> Vec<ReadRecord> {
+        boomerang_testkit::read_topic_to_end(
+            &self.stack.kafka_brokers,
+            &self.topics.validated_events,
+        )
+    }
+
+    pub fn dead_letters(&self) -> Vec<ReadRecord> {
+        boomerang_testkit::read_topic_to_end(&self.stack.kafka_brokers, &self.topics.dead_letter)
+    }
+}
+
+/// The process's current metrics text.
+pub async fn metrics(process: &StageProcess) -> String {
+    process
+        .get("/metrics")
+        .await
+        .map(|(_, body)| body)
+        .unwrap_or_default()
+}
+
+pub fn counter(exposition: &str, name: &str) -> u64 {
+    metric_sum(exposition, name, &[]) as u64
+}
+
+/// Waits until the processes together have received `expected` records and answered for them.
+pub async fn wait_until_received(processes: &[&StageProcess], expected: u64) {
+    poll_until(
+        &format!("{expected} records received"),
+        Duration::from_secs(90),
+        || async {
+            let mut received = 0;
+            for process in processes {
+                received += counter(&metrics(process).await, "boomerang_received_events_total");
+            }
+            (received >= expected).then_some(())
+        },
+    )
+    .await;
+}

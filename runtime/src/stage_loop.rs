@@ -1,0 +1,610 @@
+//! consume → process → produce → commit: the loop every stage runs, so that a stage's own code
+//! is only its [`Processor`].
+//!
+//! The loop's guarantees, which the stages build on:
+//! - **At-least-once.** A record's offset is stored, and committed, only after every output of
+//!   every record up to it (events and dead letters) has been acknowledged by the brokers. A
+//!   crash at any point replays from the last commit; stages make the replay harmless.
+//! - **Nothing is dropped silently.** Every consumed record ends as sent, deduplicated or
+//!   dead-lettered, each counted ([`StageMetrics`]).
+//! - **Partition ownership is explicit.** A processor hears about assigned partitions before it
+//!   sees their records (to restore state) and about revoked ones after their last commit.
+//! - **Bad input never stops the loop**: only the processor decides a record is bad, and a
+//!   rejection becomes a dead letter. Failures that are not a record's fault (a registry that
+//!   does not answer) are retried with backoff while `/readyz` says why.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::Message;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+
+use crate::dead_letter::{self, Rejection};
+use crate::kafka::KafkaArgs;
+use crate::metrics::StageMetrics;
+use crate::service::StageContext;
+
+/// A topic and partition.
+pub type Partition = (String, i32);
+
+/// A consumed record, owned.
+#[derive(Debug, Clone)]
+pub struct InputRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    /// The record's timestamp, milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// A record to produce.
+#[derive(Debug, Clone)]
+pub struct OutputRecord {
+    pub topic: String,
+    /// `None`: the producer's partitioner picks by key.
+    pub partition: Option<i32>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    /// Milliseconds since the epoch; for events, their event time.
+    pub timestamp_ms: Option<i64>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// What becomes of one input record.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Produce these (possibly none), then count the record as sent.
+    Emit(Vec<OutputRecord>),
+    /// A duplicate of a record already passed: dropped on purpose.
+    Deduplicated,
+    /// Cannot be processed: to the dead-letter topic with its original bytes.
+    DeadLetter(Rejection),
+}
+
+/// A failure that is not the record's fault, retried by the loop.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}")]
+pub struct RetryableError {
+    /// Stable and low-cardinality, e.g. `schema_registry_unavailable`.
+    pub kind: &'static str,
+    #[source]
+    pub source: anyhow::Error,
+}
+
+/// A stage's own logic.
+pub trait Processor: Send {
+    /// Partitions just assigned to this instance, before any of their records is processed:
+    /// restore per-partition state here. An error stops the stage (it restarts and retries).
+    fn assign(
+        &mut self,
+        partitions: &[Partition],
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Partitions just revoked, after their processed offsets were committed.
+    fn revoke(&mut self, partitions: &[Partition]);
+
+    /// Decides one record's outcome.
+    fn process(
+        &mut self,
+        record: &InputRecord,
+    ) -> impl Future<Output = Result<Outcome, RetryableError>> + Send;
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoopArgs {
+    /// Consumer group id; every instance of a stage shares one.
+    #[arg(long = "group-id", env = "BOOMERANG_GROUP_ID")]
+    pub group_id: Option<String>,
+
+    /// Most records in one batch.
+    #[arg(
+        long = "batch-max-records",
+        env = "BOOMERANG_BATCH_MAX_RECORDS",
+        default_value_t = 10_000
+    )]
+    pub batch_max_records: usize,
+
+    /// Longest a batch waits to fill once its first record is in, in milliseconds.
+    #[arg(
+        long = "batch-max-wait-ms",
+        env = "BOOMERANG_BATCH_MAX_WAIT_MS",
+        default_value_t = 100
+    )]
+    pub batch_max_wait_ms: u64,
+}
+
+/// What the loop needs besides the processor.
+pub struct LoopSettings {
+    pub stage: &'static str,
+    pub group_id: String,
+    pub input_topics: Vec<String>,
+    pub dead_letter_topic: String,
+    pub batch_max_records: usize,
+    pub batch_max_wait: Duration,
+}
+
+impl LoopSettings {
+    pub fn new(
+        stage: &'static str,
+        args: &LoopArgs,
+        input_topics: Vec<String>,
+        dead_letter_topic: String,
+    ) -> Self {
+        Self {
+            stage,
+            group_id: args
+                .group_id
+                .clone()
+                .unwrap_or_else(|| format!("boomerang-{stage}")),
+            input_topics,
+            dead_letter_topic,
+            batch_max_records: args.batch_max_records.max(1),
+            batch_max_wait: Duration::from_millis(args.batch_max_wait_ms),
+        }
+    }
+}
+
+/// Test hook: abort the process (as `kill -9` would) after this many batches have had their
+/// outputs acknowledged but before their offsets are committed.
+pub const CRASH_AFTER_PRODUCE_ENV: &str = "BOOMERANG_TEST_CRASH_AFTER_PRODUCED_BATCHES";
+
+#[derive(Default)]
+struct Ownership {
+    owned: HashSet<Partition>,
+    newly_assigned: Vec<Partition>,
+    newly_revoked: Vec<Partition>,
+}
+
+/// Consumer callbacks: partition ownership, commits before a revoke, lag and commit errors.
+struct LoopContext {
+    ownership: Arc<Mutex<Ownership>>,
+    metrics: StageMetrics,
+}
+
+impl LoopContext {
+    fn ownership(&self) -> std::sync::MutexGuard<'_, Ownership> {
+        self.ownership
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn partitions_of(list: &rdkafka::TopicPartitionList) -> Vec<Partition> {
+    list.elements()
+        .iter()
+        .map(|element| (element.topic().to_string(), element.partition()))
+        .collect()
+}
+
+fn ignore_nothing_to_commit(result: KafkaResult<()>) -> KafkaResult<()> {
+    match result {
+        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+        other => other,
+    }
+}
+
+impl ClientContext for LoopContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, topic_statistics) in &statistics.topics {
+            for (partition, partition_statistics) in &topic_statistics.partitions {
+                if *partition >= 0 && partition_statistics.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set(partition_statistics.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for LoopContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            // Everything stored was produced and acknowledged: commit it while we still own it.
+            if let Err(error) =
+                ignore_nothing_to_commit(consumer.commit_consumer_state(CommitMode::Sync))
+            {
+                tracing::warn!(error = %error, "cannot commit before giving up partitions");
+                self.metrics
+                    .errors
+                    .with_label_values(&["commit_failed"])
+                    .inc();
+            }
+            let revoked = partitions_of(list);
+            for (topic, partition) in &revoked {
+                let _ = self
+                    .metrics
+                    .consumer_lag
+                    .remove_label_values(&[topic.as_str(), &partition.to_string()]);
+            }
+            let mut ownership = self.ownership();
+            for partition in &revoked {
+                ownership.owned.remove(partition);
+            }
+            tracing::info!(partitions = ?revoked, "partitions revoked");
+            ownership.newly_revoked.extend(revoked);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let assigned = partitions_of(list);
+            tracing::info!(partitions = ?assigned, "partitions assigned");
+            let mut ownership = self.ownership();
+            ownership.owned.extend(assigned.iter().cloned());
+            ownership.newly_assigned.extend(assigned);
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &rdkafka::TopicPartitionList) {
+        if let Err(error) = ignore_nothing_to_commit(result) {
+            tracing::warn!(error = %error, "offset commit failed; the next commit covers it");
+            self.metrics
+                .errors
+                .with_label_values(&["commit_failed"])
+                .inc();
+        }
+    }
+}
+
+fn owned_record(message: &BorrowedMessage<'_>) -> InputRecord {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|header| (header.key.to_string(), header.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default();
+    InputRecord {
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        timestamp_ms: message.timestamp().to_millis(),
+        headers,
+    }
+}
+
+/// The dead letter for `record`: its own key, value and headers, then the contract's headers.
+pub fn dead_letter_record(
+    stage: &str,
+    dead_letter_topic: &str,
+    record: &InputRecord,
+    rejection: &Rejection,
+    failed_at_ms: i64,
+) -> OutputRecord {
+    let mut headers = record.headers.clone();
+    headers.extend(
+        dead_letter::headers(
+            stage,
+            rejection,
+            &record.topic,
+            record.partition,
+            record.offset,
+            failed_at_ms,
+        )
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), Some(value.into_bytes()))),
+    );
+    OutputRecord {
+        topic: dead_letter_topic.to_string(),
+        partition: None,
+        key: record.key.clone(),
+        value: record.value.clone(),
+        timestamp_ms: Some(failed_at_ms),
+        headers,
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// How each produced record is counted once acknowledged.
+enum Counted {
+    Sent,
+    DeadLettered(&'static str),
+}
+
+/// Runs the loop until shutdown; returns after a final commit.
+pub async fn run<P: Processor>(
+    settings: LoopSettings,
+    kafka: &KafkaArgs,
+    mut processor: P,
+    metrics: StageMetrics,
+    context: &StageContext,
+) -> anyhow::Result<()> {
+    let ownership = Arc::new(Mutex::new(Ownership::default()));
+    let mut consumer_config = kafka.consumer_config(&settings.group_id);
+    if consumer_config.get("statistics.interval.ms").is_none() {
+        consumer_config.set("statistics.interval.ms", "5000");
+    }
+    let consumer: StreamConsumer<LoopContext> =
+        consumer_config.create_with_context(LoopContext {
+            ownership: ownership.clone(),
+            metrics: metrics.clone(),
+        })?;
+    let topics: Vec<&str> = settings.input_topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let producer: FutureProducer = kafka.producer_config().create()?;
+    let crash_after_batches: Option<u64> = std::env::var(CRASH_AFTER_PRODUCE_ENV)
+        .ok()
+        .and_then(|value| value.parse().ok());
+    let mut produced_batches: u64 = 0;
+    context.readiness.set_ready();
+    tracing::info!(stage = settings.stage, group = %settings.group_id, topics = ?settings.input_topics, "consuming");
+
+    loop {
+        let collected = tokio::select! {
+            collected = collect_batch(&consumer, &settings, &metrics) => collected,
+            () = context.shutdown.cancelled() => break,
+        };
+        let (assigned, revoked) = {
+            let mut guard = ownership
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            (
+                std::mem::take(&mut guard.newly_assigned),
+                std::mem::take(&mut guard.newly_revoked),
+            )
+        };
+        if !revoked.is_empty() {
+            processor.revoke(&revoked);
+        }
+        if !assigned.is_empty() {
+            processor.assign(&assigned).await?;
+        }
+        // Records fetched before a revoke belong to the new owner now.
+        let batch: Vec<InputRecord> = {
+            let guard = ownership
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            collected
+                .into_iter()
+                .filter(|record| {
+                    guard
+                        .owned
+                        .contains(&(record.topic.clone(), record.partition))
+                })
+                .collect()
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let Some(processed) =
+            process_batch(&settings, &mut processor, &batch, &metrics, context).await
+        else {
+            break; // shutdown while retrying: nothing of this batch is committed
+        };
+        deliver(&producer, &processed.outputs).await?;
+        produced_batches += 1;
+        if crash_after_batches.is_some_and(|limit| produced_batches >= limit) {
+            tracing::warn!("test hook: aborting after produce, before commit");
+            std::process::abort();
+        }
+        count_batch(&batch, &processed, &metrics);
+        for (topic, partition, offset) in last_offsets(&batch) {
+            consumer.store_offset(&topic, partition, offset + 1)?;
+        }
+        ignore_nothing_to_commit(consumer.commit_consumer_state(CommitMode::Async))?;
+        metrics
+            .batch_duration
+            .observe(started.elapsed().as_secs_f64());
+        context.readiness.set_ready();
+    }
+    if let Err(error) = ignore_nothing_to_commit(consumer.commit_consumer_state(CommitMode::Sync)) {
+        tracing::warn!(error = %error, "final commit failed; the next owner replays from the last commit");
+    }
+    consumer.unsubscribe();
+    Ok(())
+}
+
+async fn collect_batch(
+    consumer: &StreamConsumer<LoopContext>,
+    settings: &LoopSettings,
+    metrics: &StageMetrics,
+) -> Vec<InputRecord> {
+    let mut batch = Vec::new();
+    loop {
+        match consumer.recv().await {
+            Ok(message) => {
+                batch.push(owned_record(&message));
+                break;
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "consumer error");
+                metrics.errors.with_label_values(&["consume_failed"]).inc();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + settings.batch_max_wait;
+    while batch.len() < settings.batch_max_records {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(message)) => batch.push(owned_record(&message)),
+            Ok(Err(error)) => {
+                tracing::warn!(error = %error, "consumer error");
+                metrics.errors.with_label_values(&["consume_failed"]).inc();
+            }
+            Err(_elapsed) => break,
+        }
+    }
+    batch
+}
+
+struct ProcessedBatch {
+    outputs: Vec<(Counted, OutputRecord)>,
+    deduplicated: u64,
+}
+
+/// Decides every record's outcome; `None` if shutdown came while a retry was pending.
+async fn process_batch<P: Processor>(
+    settings: &LoopSettings,
+    processor: &mut P,
+    batch: &[InputRecord],
+    metrics: &StageMetrics,
+    context: &StageContext,
+) -> Option<ProcessedBatch> {
+    let mut processed = ProcessedBatch {
+        outputs: Vec::with_capacity(batch.len()),
+        deduplicated: 0,
+    };
+    for record in batch {
+        let outcome = process_with_retry(processor, record, metrics, context).await?;
+        match outcome {
+            Outcome::Emit(outputs) => processed
+                .outputs
+                .extend(outputs.into_iter().map(|output| (Counted::Sent, output))),
+            Outcome::Deduplicated => processed.deduplicated += 1,
+            Outcome::DeadLetter(rejection) => {
+                tracing::debug!(topic = %record.topic, partition = record.partition, offset = record.offset, error_kind = rejection.error_kind, "dead-lettering record");
+                let dead_letter = dead_letter_record(
+                    settings.stage,
+                    &settings.dead_letter_topic,
+                    record,
+                    &rejection,
+                    now_ms(),
+                );
+                processed
+                    .outputs
+                    .push((Counted::DeadLettered(rejection.error_kind), dead_letter));
+            }
+        }
+    }
+    Some(processed)
+}
+
+async fn process_with_retry<P: Processor>(
+    processor: &mut P,
+    record: &InputRecord,
+    metrics: &StageMetrics,
+    context: &StageContext,
+) -> Option<Outcome> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match processor.process(record).await {
+            Ok(outcome) => return Some(outcome),
+            Err(error) => {
+                metrics.errors.with_label_values(&[error.kind]).inc();
+                tracing::warn!(error_kind = error.kind, error = %crate::config::error_chain(error.source.as_ref()), retry_in_ms = backoff.as_millis() as u64, "cannot process record yet; retrying");
+                context
+                    .readiness
+                    .set_not_ready(format!("{}: retrying", error.kind));
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = context.shutdown.cancelled() => return None,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Produces every output and waits until each is acknowledged; any failure fails the batch,
+/// whose offsets are then never committed.
+async fn deliver(
+    producer: &FutureProducer,
+    outputs: &[(Counted, OutputRecord)],
+) -> anyhow::Result<()> {
+    let sends = outputs.iter().map(|(_, output)| {
+        let mut headers = OwnedHeaders::new_with_capacity(output.headers.len());
+        for (name, value) in &output.headers {
+            headers = headers.insert(Header {
+                key: name.as_str(),
+                value: value.as_deref(),
+            });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&output.topic).headers(headers);
+        if let Some(key) = &output.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(value) = &output.value {
+            record = record.payload(value.as_slice());
+        }
+        if let Some(partition) = output.partition {
+            record = record.partition(partition);
+        }
+        if let Some(timestamp_ms) = output.timestamp_ms {
+            record = record.timestamp(timestamp_ms);
+        }
+        producer.send(record, Timeout::Never)
+    });
+    for result in futures::future::join_all(sends).await {
+        if let Err((error, _message)) = result {
+            anyhow::bail!("producing failed, nothing of this batch is committed: {error}");
+        }
+    }
+    Ok(())
+}
+
+fn count_batch(batch: &[InputRecord], processed: &ProcessedBatch, metrics: &StageMetrics) {
+    let mut received: BTreeMap<&str, u64> = BTreeMap::new();
+    for record in batch {
+        *received.entry(record.topic.as_str()).or_default() += 1;
+    }
+    for (topic, count) in received {
+        metrics
+            .received_events
+            .with_label_values(&[topic])
+            .inc_by(count);
+    }
+    let mut latest_event_ms: Option<i64> = None;
+    for (counted, output) in &processed.outputs {
+        match counted {
+            Counted::Sent => {
+                metrics
+                    .sent_events
+                    .with_label_values(&[output.topic.as_str()])
+                    .inc();
+                latest_event_ms = latest_event_ms.max(output.timestamp_ms);
+            }
+            Counted::DeadLettered(error_kind) => metrics
+                .dead_lettered_events
+                .with_label_values(&[error_kind])
+                .inc(),
+        }
+    }
+    metrics.deduplicated_events.inc_by(processed.deduplicated);
+    if let Some(latest_event_ms) = latest_event_ms {
+        metrics
+            .last_event_timestamp
+            .set(latest_event_ms as f64 / 1_000.0);
+    }
+}
+
+/// The highest offset per partition in the batch.
+fn last_offsets(batch: &[InputRecord]) -> Vec<(String, i32, i64)> {
+    let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for record in batch {
+        let entry = last
+            .entry((record.topic.as_str(), record.partition))
+            .or_insert(record.offset);
+        *entry = (*entry).max(record.offset);
+    }
+    last.into_iter()
+        .map(|((topic, partition), offset)| (topic.to_string(), partition, offset))
+        .collect()
+}
