@@ -193,6 +193,24 @@ async fn one_event_per_key_passes_and_every_bad_record_is_dead_lettered() {
         );
     }
 
+    // Everything consumed is committed: exactly the next offset to read, no further.
+    boomerang_testkit::poll_until(
+        "offsets committed up to the end",
+        std::time::Duration::from_secs(30),
+        || async {
+            let offsets = boomerang_testkit::committed_and_high_watermarks(
+                &pipeline.stack.kafka_brokers,
+                &pipeline.group,
+                &pipeline.topics.raw_events,
+            );
+            offsets
+                .iter()
+                .all(|(_, committed, high)| committed == high)
+                .then_some(())
+        },
+    )
+    .await;
+
     // Conservation, read from the metrics: received = sent + deduplicated + dead-lettered.
     let text = metrics(&process).await;
     let sent = counter(&text, "boomerang_sent_events_total");

@@ -357,7 +357,7 @@ pub async fn run<P: Processor>(
 
     loop {
         let collected = tokio::select! {
-            collected = collect_batch(&consumer, &settings, &metrics) => collected,
+            collected = collect_batch(&consumer, &ownership, &settings, &metrics) => collected,
             () = context.shutdown.cancelled() => break,
         };
         let (assigned, revoked) = {
@@ -405,8 +405,9 @@ pub async fn run<P: Processor>(
             std::process::abort();
         }
         count_batch(&batch, &processed, &metrics);
-        for (topic, partition, offset) in last_offsets(&batch) {
-            consumer.store_offset(&topic, partition, offset + 1)?;
+        for (topic, partition, last_processed) in last_offsets(&batch) {
+            // librdkafka stores `offset + 1`, the next offset to read: pass the last processed.
+            consumer.store_offset(&topic, partition, last_processed)?;
         }
         ignore_nothing_to_commit(consumer.commit_consumer_state(CommitMode::Async))?;
         metrics
@@ -421,23 +422,40 @@ pub async fn run<P: Processor>(
     Ok(())
 }
 
+/// How often an idle loop looks up from the consumer to act on partition changes.
+const IDLE_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Waits for a first record, then fills the batch until it is full or `batch_max_wait` has
+/// passed. Returns early, possibly empty, when partitions were assigned or revoked, so that
+/// even an idle stage restores and releases partitions at once.
 async fn collect_batch(
     consumer: &StreamConsumer<LoopContext>,
+    ownership: &Mutex<Ownership>,
     settings: &LoopSettings,
     metrics: &StageMetrics,
 ) -> Vec<InputRecord> {
     let mut batch = Vec::new();
+    let ownership_changed = || {
+        let guard = ownership
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        !guard.newly_assigned.is_empty() || !guard.newly_revoked.is_empty()
+    };
     loop {
-        match consumer.recv().await {
-            Ok(message) => {
+        if ownership_changed() {
+            return batch;
+        }
+        match tokio::time::timeout(IDLE_CHECK_INTERVAL, consumer.recv()).await {
+            Ok(Ok(message)) => {
                 batch.push(owned_record(&message));
                 break;
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 tracing::warn!(error = %error, "consumer error");
                 metrics.errors.with_label_values(&["consume_failed"]).inc();
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(IDLE_CHECK_INTERVAL).await;
             }
+            Err(_idle) => {}
         }
     }
     let deadline = tokio::time::Instant::now() + settings.batch_max_wait;

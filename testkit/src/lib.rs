@@ -430,3 +430,50 @@ mod tests {
         assert_eq!(metric_sum(text, "boomerang_dedup", &[]), 1.0);
     }
 }
+
+/// For each partition of `topic`: the offset `group` committed (-1 if none) and the high
+/// watermark.
+pub fn committed_and_high_watermarks(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+) -> Vec<(i32, i64, i64)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("offsets consumer");
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .expect("metadata");
+    let mut partitions = TopicPartitionList::new();
+    for partition in metadata
+        .topics()
+        .iter()
+        .flat_map(|topic| topic.partitions())
+    {
+        partitions.add_partition(topic, partition.id());
+    }
+    let committed = consumer
+        .committed_offsets(partitions, timeout)
+        .expect("committed offsets");
+    committed
+        .elements()
+        .iter()
+        .map(|element| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, element.partition(), timeout)
+                .expect("watermarks");
+            let offset = match element.offset() {
+                Offset::Offset(offset) => offset,
+                _ => -1,
+            };
+            (element.partition(), offset, high)
+        })
+        .collect()
+}
