@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::stage_loop::{InputRecord, Outcome, Partition, Processor, RetryableError};
 use boomerang_schemas::TimestampMicros;
-use prometheus::{IntCounter, IntGaugeVec, Opts};
+use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts};
 
 use crate::decode::{DecodeFailure, EventDecoder, WriterSchemaSource};
 use crate::dedup::{DedupState, Verdict};
@@ -58,12 +58,26 @@ impl IngestMetrics {
     }
 }
 
+/// A partition's de-duplication state and the gauge that reports its size.
+struct PartitionState {
+    dedup: DedupState,
+    keys_gauge: Option<IntGauge>,
+}
+
+impl PartitionState {
+    fn report(&self) {
+        if let Some(gauge) = &self.keys_gauge {
+            gauge.set(self.dedup.len() as i64);
+        }
+    }
+}
+
 pub struct IngestProcessor<Source> {
     decoder: EventDecoder<Source>,
     settings: IngestSettings,
     /// `None` in unit tests and benchmarks: partitions start empty instead of restored.
     restore_from: Option<KafkaArgs>,
-    dedup: HashMap<i32, DedupState>,
+    dedup: HashMap<i32, PartitionState>,
     metrics: Option<IngestMetrics>,
     last_expiry: Instant,
 }
@@ -89,16 +103,6 @@ impl<Source: WriterSchemaSource> IngestProcessor<Source> {
         (self.settings.dedup_max_keys / partitions.max(1)).max(1)
     }
 
-    fn publish_state_metrics(&self) {
-        let Some(metrics) = &self.metrics else { return };
-        for (partition, state) in &self.dedup {
-            metrics
-                .dedup_keys
-                .with_label_values(&[&partition.to_string()])
-                .set(state.len() as i64);
-        }
-    }
-
     fn expire_now_and_then(&mut self) {
         if self.last_expiry.elapsed() < EXPIRY_INTERVAL {
             return;
@@ -106,9 +110,9 @@ impl<Source: WriterSchemaSource> IngestProcessor<Source> {
         self.last_expiry = Instant::now();
         let now = TimestampMicros::now();
         for state in self.dedup.values_mut() {
-            state.expire(now);
+            state.dedup.expire(now);
+            state.report();
         }
-        self.publish_state_metrics();
     }
 }
 
@@ -157,9 +161,18 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
                 max_keys,
             )
             .await?;
+            let keys_gauge = self.metrics.as_ref().map(|metrics| {
+                metrics
+                    .dedup_keys
+                    .with_label_values(&[&partition.to_string()])
+            });
+            let state = PartitionState {
+                dedup: state,
+                keys_gauge,
+            };
+            state.report();
             self.dedup.insert(*partition, state);
         }
-        self.publish_state_metrics();
         Ok(())
     }
 
@@ -198,15 +211,18 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
                 ),
             });
         };
-        let evicted_before = state.evicted_for_capacity();
-        let verdict = state.check(&decoded.event.idempotency_key, decoded.event.occurred_at);
+        let evicted_before = state.dedup.evicted_for_capacity();
+        let verdict = state
+            .dedup
+            .check(&decoded.event.idempotency_key, decoded.event.occurred_at);
+        if verdict == Verdict::Duplicate {
+            return Ok(Outcome::Deduplicated);
+        }
+        state.report();
         if let Some(metrics) = &self.metrics {
             metrics
                 .dedup_evictions
-                .inc_by(state.evicted_for_capacity() - evicted_before);
-        }
-        if verdict == Verdict::Duplicate {
-            return Ok(Outcome::Deduplicated);
+                .inc_by(state.dedup.evicted_for_capacity() - evicted_before);
         }
         let output = validated_record(
             &decoded.event,

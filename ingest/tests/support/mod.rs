@@ -84,6 +84,9 @@ impl Pipeline {
 
     pub fn arguments(&self) -> Vec<String> {
         [
+            // A killed instance holds its partitions until its session times out: keep it short.
+            ("--kafka-property", "session.timeout.ms=6000"),
+            ("--kafka-property", "heartbeat.interval.ms=500"),
             ("--kafka-brokers", self.stack.kafka_brokers.as_str()),
             (
                 "--schema-registry-url",
