@@ -67,12 +67,13 @@ struct IngestArgs {
     )]
     dedup_window_secs: u64,
 
-    /// The most idempotency keys an instance remembers (about 60 bytes each), shared by the
-    /// partitions it owns; past it the oldest are forgotten early (and counted).
+    /// The most idempotency keys an instance remembers (about 100 bytes each: 5M keys take
+    /// about 500 MB), shared by the partitions it owns; past it the oldest are forgotten early
+    /// (and counted in boomerang_dedup_evictions_total).
     #[arg(
         long = "dedup-max-keys",
         env = "BOOMERANG_DEDUP_MAX_KEYS",
-        default_value_t = 10_000_000
+        default_value_t = 5_000_000
     )]
     dedup_max_keys: usize,
 }

@@ -413,24 +413,6 @@ pub fn read_topic_to_end(brokers: &str, topic: &str) -> Vec<ReadRecord> {
     records
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metric_sum_adds_matching_series_only() {
-        let text = "# HELP x\nboomerang_sent_events_total{stage=\"ingest\",topic=\"a\"} 3\n\
-                    boomerang_sent_events_total{stage=\"ingest\",topic=\"b\"} 4\n\
-                    boomerang_sent_events_total_other 9\nboomerang_dedup 1\n";
-        assert_eq!(metric_sum(text, "boomerang_sent_events_total", &[]), 7.0);
-        assert_eq!(
-            metric_sum(text, "boomerang_sent_events_total", &["topic=\"b\""]),
-            4.0
-        );
-        assert_eq!(metric_sum(text, "boomerang_dedup", &[]), 1.0);
-    }
-}
-
 /// For each partition of `topic`: the offset `group` committed (-1 if none) and the high
 /// watermark.
 pub fn committed_and_high_watermarks(
@@ -476,4 +458,22 @@ pub fn committed_and_high_watermarks(
             (element.partition(), offset, high)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sum_adds_matching_series_only() {
+        let text = "# HELP x\nboomerang_sent_events_total{stage=\"ingest\",topic=\"a\"} 3\n\
+                    boomerang_sent_events_total{stage=\"ingest\",topic=\"b\"} 4\n\
+                    boomerang_sent_events_total_other 9\nboomerang_dedup 1\n";
+        assert_eq!(metric_sum(text, "boomerang_sent_events_total", &[]), 7.0);
+        assert_eq!(
+            metric_sum(text, "boomerang_sent_events_total", &["topic=\"b\""]),
+            4.0
+        );
+        assert_eq!(metric_sum(text, "boomerang_dedup", &[]), 1.0);
+    }
 }

@@ -1,0 +1,329 @@
+//! End-to-end harness: the ingest binary draining a pre-filled raw topic, beside a bare
+//! rdkafka consumer draining the same topic, in the same run and on the same stack, so the
+//! ratio holds even on a shared, noisy machine. Needs the local stack
+//! (`deploy/local/stack.sh up`). Target: ingest ≥ 0.7× the bare consumer's rate.
+//!
+//! cargo bench -p boomerang-benches --bench ingest_drain            # 1M events
+//! BOOMERANG_BENCH_EVENTS=200000 cargo bench -p boomerang-benches --bench ingest_drain
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
+use boomerang_runtime::registry::{RegistryArgs, register_all};
+use boomerang_runtime::topics::{TopicsArgs, value_subject};
+use boomerang_runtime::wire;
+use boomerang_schemas::codec;
+use boomerang_schemas::{
+    Channel, EventType, Money, Outcome, PostPurchaseEvent, ReasonCode, ReturnMethod,
+    TimestampMicros,
+};
+use boomerang_testkit::{Stack, StageProcess, metric_sum, unique_name};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+const PARTITIONS: i32 = 4;
+
+fn event(n: usize, now: TimestampMicros) -> PostPurchaseEvent {
+    PostPurchaseEvent {
+        event_id: format!("0b9d3c1e-5f7a-4a55-9b8e-{n:012}"),
+        idempotency_key: format!("returns-portal:rma-{n:09}:refund-issued"),
+        event_type: EventType::RefundIssued,
+        case_id: format!("rma-{n:09}"),
+        order_id: format!("ord-{n:010}"),
+        order_line_id: format!("ord-{n:010}/2"),
+        customer_id: format!("cus-{:08}", n % 50_000),
+        sku: format!("SKU-{:05}", n % 2_000),
+        quantity: 1,
+        reason: Some(ReasonCode::TooLarge),
+        reason_text: None,
+        amount: Some(Money::new(4_999, "EUR")),
+        method: Some(ReturnMethod::Mail),
+        channel: Channel::Web,
+        outcome: Outcome::Completed,
+        occurred_at: now,
+        source_system: "returns-portal".into(),
+        replacement_sku: None,
+        warranty_resolution: None,
+        disposition: None,
+        attributes: BTreeMap::new(),
+    }
+}
+
+fn built_ingest_binary() -> PathBuf {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .expect("workspace");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "boomerang-ingest",
+            "--bin",
+            "boomerang-ingest",
+        ])
+        .current_dir(&workspace)
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building boomerang-ingest failed");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace.join("target"));
+    target.join("release/boomerang-ingest")
+}
+
+fn prefill(kafka: &KafkaArgs, topic: &str, schema_id: u32, events: usize) -> Duration {
+    let started = Instant::now();
+    let mut config = kafka.producer_config();
+    config.set("queue.buffering.max.messages", "1000000");
+    config.set("linger.ms", "20");
+    let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
+    let now = TimestampMicros::now();
+    let mut value = Vec::with_capacity(512);
+    for n in 0..events {
+        let event = event(n, now);
+        value.clear();
+        wire::start_frame(schema_id, &mut value);
+        codec::encode_into(&event, &mut value).expect("encode");
+        loop {
+            match producer.send(
+                BaseRecord::<str, [u8]>::to(topic)
+                    .key(&event.order_id)
+                    .payload(&value),
+            ) {
+                Ok(()) => break,
+                Err((_, _record)) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).expect("flush");
+    started.elapsed()
+}
+
+fn bare_consumer_drain(kafka: &KafkaArgs, topic: &str, events: usize) -> Duration {
+    let consumer: BaseConsumer = kafka
+        .consumer_config(&unique_name("bench-bare"))
+        .create()
+        .expect("consumer");
+    let started = Instant::now();
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut consumed = 0usize;
+    let mut bytes = 0usize;
+    while consumed < events {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message.expect("consume");
+            bytes += rdkafka::Message::payload(&message).map_or(0, <[u8]>::len);
+            consumed += 1;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "bare consumer stalled at {consumed}"
+        );
+    }
+    std::hint::black_box(bytes);
+    started.elapsed()
+}
+
+/// The least a consume → produce stage can do: forward each record's bytes to another topic,
+/// same partition, with the producer settings ingest uses, no waiting until the end.
+fn bare_forwarder_drain(kafka: &KafkaArgs, topic: &str, to_topic: &str, events: usize) -> Duration {
+    let consumer: BaseConsumer = kafka
+        .consumer_config(&unique_name("bench-forward"))
+        .create()
+        .expect("consumer");
+    let mut config = kafka.producer_config();
+    config.set("queue.buffering.max.messages", "1000000");
+    let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
+    let started = Instant::now();
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut forwarded = 0usize;
+    while forwarded < events {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message.expect("consume");
+        let mut record =
+            BaseRecord::<[u8], [u8]>::to(to_topic).partition(rdkafka::Message::partition(&message));
+        if let Some(key) = rdkafka::Message::key(&message) {
+            record = record.key(key);
+        }
+        if let Some(payload) = rdkafka::Message::payload(&message) {
+            record = record.payload(payload);
+        }
+        let mut pending = record;
+        loop {
+            match producer.send(pending) {
+                Ok(()) => break,
+                Err((_, record)) => {
+                    pending = record;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+        forwarded += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "forwarder stalled at {forwarded}"
+        );
+    }
+    producer.flush(Duration::from_secs(120)).expect("flush");
+    started.elapsed()
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmHWM:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let events: usize = std::env::var("BOOMERANG_BENCH_EVENTS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(1_000_000);
+    let binary = built_ingest_binary();
+    let stack = Stack::from_env();
+    let kafka = KafkaArgs::for_brokers(&stack.kafka_brokers);
+    let topics = TopicsArgs::with_prefix(&unique_name("bench-ingest"));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let schema_id = runtime.block_on(async {
+        ensure_topics(
+            &kafka,
+            &[
+                TopicSpec::new(&topics.raw_events, PARTITIONS),
+                TopicSpec::new(&topics.validated_events, PARTITIONS),
+                TopicSpec::new(&topics.dead_letter, 1),
+            ],
+        )
+        .await
+        .expect("topics");
+        let settings = RegistryArgs::for_url(&stack.schema_registry_url)
+            .settings()
+            .expect("registry");
+        let registrations = register_all(&settings, &topics).await.expect("register");
+        registrations
+            .iter()
+            .find(|registration| {
+                registration.current && registration.subject == value_subject(&topics.raw_events)
+            })
+            .map(|registration| registration.schema_id)
+            .expect("raw schema id")
+    });
+
+    println!("pre-filling {} with {events} events…", topics.raw_events);
+    let prefill_time = prefill(&kafka, &topics.raw_events, schema_id, events);
+    println!("pre-filled in {:.1} s", prefill_time.as_secs_f64());
+
+    let bare = bare_consumer_drain(&kafka, &topics.raw_events, events);
+    println!(
+        "bare rdkafka consumer drained it in {:.2} s",
+        bare.as_secs_f64()
+    );
+    // A short name: nisshi 0.8.1 answered CreateTopics for a 60-character name with a response
+    // librdkafka could not parse ("Bad message format").
+    let forwarded_topic = unique_name("bench-fwd");
+    runtime
+        .block_on(ensure_topics(
+            &kafka,
+            &[TopicSpec::new(&forwarded_topic, PARTITIONS)],
+        ))
+        .expect("forwarded topic");
+    let forwarder = bare_forwarder_drain(&kafka, &topics.raw_events, &forwarded_topic, events);
+    println!(
+        "bare rdkafka forwarder drained it in {:.2} s",
+        forwarder.as_secs_f64()
+    );
+
+    let group = unique_name("bench-ingest-group");
+    let arguments = [
+        "--kafka-brokers",
+        &stack.kafka_brokers,
+        "--schema-registry-url",
+        &stack.schema_registry_url,
+        "--raw-events-topic",
+        &topics.raw_events,
+        "--validated-events-topic",
+        &topics.validated_events,
+        "--dead-letter-topic",
+        &topics.dead_letter,
+        "--group-id",
+        &group,
+        "--log-format",
+        "text",
+        "--log-filter",
+        "warn",
+    ];
+    let binary = binary.to_string_lossy().into_owned();
+    let (ingest, peak_rss) = runtime.block_on(async {
+        let mut process = StageProcess::start(&binary, &arguments, &[]);
+        let ready_deadline = Instant::now() + Duration::from_secs(60);
+        while !matches!(process.get("/readyz").await, Some((200, _))) {
+            assert!(
+                Instant::now() < ready_deadline,
+                "ingest did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let started = Instant::now();
+        loop {
+            let text = process
+                .get("/metrics")
+                .await
+                .map(|(_, body)| body)
+                .unwrap_or_default();
+            if metric_sum(&text, "boomerang_received_events_total", &[]) as usize >= events {
+                let sent = metric_sum(&text, "boomerang_sent_events_total", &[]) as usize;
+                assert_eq!(sent, events, "every event is distinct and valid");
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1800),
+                "ingest stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let elapsed = started.elapsed();
+        let peak_rss = peak_rss_kib(process.id());
+        process.terminate();
+        process.wait_exit(Duration::from_secs(15)).await;
+        (elapsed, peak_rss)
+    });
+    let rate = |elapsed: Duration| events as f64 / elapsed.as_secs_f64();
+    println!();
+    println!("| run | events | seconds | events/s |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| bare rdkafka consumer | {events} | {:.2} | {:.0} |",
+        bare.as_secs_f64(),
+        rate(bare)
+    );
+    println!(
+        "| bare rdkafka forwarder (consume, produce the same bytes) | {events} | {:.2} | {:.0} |",
+        forwarder.as_secs_f64(),
+        rate(forwarder)
+    );
+    println!(
+        "| boomerang-ingest (decode, validate, de-dup, publish, commit) | {events} | {:.2} | {:.0} |",
+        ingest.as_secs_f64(),
+        rate(ingest)
+    );
+    println!();
+    println!(
+        "ingest / bare consumer = {:.2}; ingest / bare forwarder = {:.2}; ingest peak RSS {} MiB",
+        rate(ingest) / rate(bare),
+        rate(ingest) / rate(forwarder),
+        peak_rss / 1024
+    );
+}

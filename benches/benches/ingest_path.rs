@@ -1,0 +1,150 @@
+//! Ingest's in-process path per event: decode (Confluent frame + Avro) → validate →
+//! de-duplicate → encode the validated record, through the same `IngestProcessor` the binary
+//! runs, with no Kafka and the writer schema already known. Target: ≥ 250k events/s on one core.
+//!
+//! cargo bench -p boomerang-benches --bench ingest_path
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::hint::black_box;
+use std::time::Duration;
+
+use apache_avro::Schema;
+use boomerang_ingest::decode::WriterSchemaSource;
+use boomerang_ingest::processor::{IngestProcessor, IngestSettings};
+use boomerang_ingest::validate::Rules;
+use boomerang_runtime::registry::LookupError;
+use boomerang_runtime::stage_loop::{InputRecord, Outcome, Processor};
+use boomerang_runtime::wire;
+use boomerang_schemas::codec;
+use boomerang_schemas::{
+    Channel, EventType, Money, Outcome as CaseOutcome, PostPurchaseEvent, ReasonCode, ReturnMethod,
+    SchemaKind, TimestampMicros,
+};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+
+const SCHEMA_ID: u32 = 1;
+const EVENTS: usize = 10_000;
+
+struct CurrentSchemaOnly;
+
+impl WriterSchemaSource for CurrentSchemaOnly {
+    fn writer_schema(
+        &mut self,
+        id: u32,
+    ) -> impl Future<Output = Result<&'static Schema, LookupError>> + Send {
+        let found = if id == SCHEMA_ID {
+            Ok(SchemaKind::PostPurchaseEvent.schema())
+        } else {
+            Err(LookupError::UnknownId(id))
+        };
+        async move { found }
+    }
+}
+
+fn raw_records() -> Vec<InputRecord> {
+    let now = TimestampMicros::now();
+    (0..EVENTS)
+        .map(|n| {
+            let event = PostPurchaseEvent {
+                event_id: format!("0b9d3c1e-5f7a-4a55-9b8e-{n:012}"),
+                idempotency_key: format!("returns-portal:rma-{n:09}:refund-issued"),
+                event_type: EventType::RefundIssued,
+                case_id: format!("rma-{n:09}"),
+                order_id: format!("ord-{n:010}"),
+                order_line_id: format!("ord-{n:010}/2"),
+                customer_id: format!("cus-{:08}", n % 5_000),
+                sku: "SKU-APP-0042-M".into(),
+                quantity: 1,
+                reason: Some(ReasonCode::TooLarge),
+                reason_text: None,
+                amount: Some(Money::new(4_999, "EUR")),
+                method: Some(ReturnMethod::Mail),
+                channel: Channel::Web,
+                outcome: CaseOutcome::Completed,
+                occurred_at: now,
+                source_system: "returns-portal".into(),
+                replacement_sku: None,
+                warranty_resolution: None,
+                disposition: None,
+                attributes: BTreeMap::from([("portal_version".into(), "4.2".into())]),
+            };
+            let mut value = Vec::new();
+            wire::start_frame(SCHEMA_ID, &mut value);
+            codec::encode_into(&event, &mut value).expect("encode");
+            InputRecord {
+                topic: "raw".into(),
+                partition: 0,
+                offset: n as i64,
+                key: Some(event.order_id.into_bytes()),
+                value: Some(value),
+                timestamp_ms: Some(now.as_unix_millis()),
+                headers: Vec::new(),
+            }
+        })
+        .collect()
+}
+
+fn processor(runtime: &tokio::runtime::Runtime) -> IngestProcessor<CurrentSchemaOnly> {
+    let mut processor = IngestProcessor::new(
+        CurrentSchemaOnly,
+        IngestSettings {
+            validated_topic: "validated".into(),
+            validated_schema_id: SCHEMA_ID,
+            rules: Rules::default(),
+            dedup_window: Duration::from_secs(7 * 24 * 3600),
+            dedup_max_keys: 10_000_000,
+        },
+        None,
+        None,
+    );
+    runtime
+        .block_on(processor.assign(&[("raw".to_string(), 0)]))
+        .expect("assign");
+    processor
+}
+
+fn ingest_path(criterion: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let records = raw_records();
+    let mut group = criterion.benchmark_group("ingest_path");
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    group.bench_function("first_seen_events", |bench| {
+        bench.iter_batched(
+            || processor(&runtime),
+            |mut processor| {
+                runtime.block_on(async {
+                    for record in &records {
+                        let outcome = processor.process(record).await.expect("process");
+                        debug_assert!(matches!(outcome, Outcome::Emit(_)));
+                        black_box(outcome);
+                    }
+                })
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    group.bench_function("duplicate_events", |bench| {
+        let mut processor = processor(&runtime);
+        runtime.block_on(async {
+            for record in &records {
+                processor.process(record).await.expect("process");
+            }
+        });
+        bench.iter(|| {
+            runtime.block_on(async {
+                for record in &records {
+                    let outcome = processor.process(record).await.expect("process");
+                    debug_assert!(matches!(outcome, Outcome::Deduplicated));
+                    black_box(outcome);
+                }
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, ingest_path);
+criterion_main!(benches);
