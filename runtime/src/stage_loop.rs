@@ -5,6 +5,11 @@
 //! - **At-least-once.** A record's offset is stored, and committed, only after every output of
 //!   every record up to it (events and dead letters) has been acknowledged by the brokers. A
 //!   crash at any point replays from the last commit; stages make the replay harmless.
+//! - **Pipelined.** Up to [`MAX_BATCHES_IN_FLIGHT`] batches' outputs travel to the brokers
+//!   while the next batch is consumed and processed; batches complete (counted, offsets stored
+//!   and committed) in order. Before partitions are given up in a rebalance, every batch in
+//!   flight is acknowledged and committed first, so the next owner never restores state that
+//!   our late outputs could still change.
 //! - **Nothing is dropped silently.** Every consumed record ends as sent, deduplicated or
 //!   dead-lettered, each counted ([`StageMetrics`]).
 //! - **Partition ownership is explicit.** A processor hears about assigned partitions before it
@@ -13,11 +18,14 @@
 //!   rejection becomes a dead letter. Failures that are not a record's fault (a registry that
 //!   does not answer) are retried with backoff while `/readyz` says why.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+use futures::future::JoinAll;
 use rdkafka::ClientContext;
 use rdkafka::Message;
 use rdkafka::consumer::{
@@ -25,10 +33,9 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::util::Timeout;
 
 use crate::dead_letter::{self, Rejection};
 use crate::kafka::KafkaArgs;
@@ -169,10 +176,43 @@ struct Ownership {
     newly_revoked: Vec<Partition>,
 }
 
+/// Batches whose outputs are on their way to the brokers most at once.
+pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
+
+/// What a completed batch adds to the counters.
+#[derive(Default)]
+struct BatchCounts {
+    received: BTreeMap<String, u64>,
+    sent: BTreeMap<String, u64>,
+    dead_lettered: BTreeMap<&'static str, u64>,
+    deduplicated: u64,
+    latest_event_ms: Option<i64>,
+}
+
+/// A batch whose outputs are on their way to the brokers.
+struct InFlightBatch {
+    acks: Pin<Box<JoinAll<DeliveryFuture>>>,
+    counts: BatchCounts,
+    last_offsets: Vec<(String, i32, i64)>,
+    started: Instant,
+}
+
+/// The batches in flight, oldest first; shared with the consumer context, which completes
+/// them all before it gives partitions up.
+#[derive(Default)]
+struct InFlight {
+    batches: VecDeque<InFlightBatch>,
+    completed: u64,
+    /// Set when a delivery failed: no later batch may be committed, and the loop stops.
+    failure: Option<String>,
+}
+
 /// Consumer callbacks: partition ownership, commits before a revoke, lag and commit errors.
 struct LoopContext {
     ownership: Arc<Mutex<Ownership>>,
+    in_flight: Arc<Mutex<InFlight>>,
     metrics: StageMetrics,
+    crash_after_batches: Option<u64>,
 }
 
 impl LoopContext {
@@ -215,6 +255,21 @@ impl ClientContext for LoopContext {
 impl ConsumerContext for LoopContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
+            // Wait for every batch in flight, so the next owner's restore sees all our outputs.
+            // The producer's own thread resolves the deliveries: blocking here cannot deadlock.
+            let mut in_flight = lock(&self.in_flight);
+            while let Some(mut batch) = in_flight.batches.pop_front() {
+                let acks = futures::executor::block_on(&mut batch.acks);
+                complete_batch(
+                    consumer,
+                    &mut in_flight,
+                    batch,
+                    acks,
+                    &self.metrics,
+                    self.crash_after_batches,
+                );
+            }
+            drop(in_flight);
             // Everything stored was produced and acknowledged: commit it while we still own it.
             if let Err(error) =
                 ignore_nothing_to_commit(consumer.commit_consumer_state(CommitMode::Sync))
@@ -336,6 +391,10 @@ pub async fn run<P: Processor>(
     context: &StageContext,
 ) -> anyhow::Result<()> {
     let ownership = Arc::new(Mutex::new(Ownership::default()));
+    let in_flight = Arc::new(Mutex::new(InFlight::default()));
+    let crash_after_batches: Option<u64> = std::env::var(CRASH_AFTER_PRODUCE_ENV)
+        .ok()
+        .and_then(|value| value.parse().ok());
     let mut consumer_config = kafka.consumer_config(&settings.group_id);
     if consumer_config.get("statistics.interval.ms").is_none() {
         consumer_config.set("statistics.interval.ms", "5000");
@@ -343,27 +402,28 @@ pub async fn run<P: Processor>(
     let consumer: StreamConsumer<LoopContext> =
         consumer_config.create_with_context(LoopContext {
             ownership: ownership.clone(),
+            in_flight: in_flight.clone(),
             metrics: metrics.clone(),
+            crash_after_batches,
         })?;
     let topics: Vec<&str> = settings.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let producer: FutureProducer = kafka.producer_config().create()?;
-    let crash_after_batches: Option<u64> = std::env::var(CRASH_AFTER_PRODUCE_ENV)
-        .ok()
-        .and_then(|value| value.parse().ok());
-    let mut produced_batches: u64 = 0;
     context.readiness.set_ready();
     tracing::info!(stage = settings.stage, group = %settings.group_id, topics = ?settings.input_topics, "consuming");
 
-    loop {
+    let result = loop {
+        if let Err(error) =
+            complete_acknowledged(&consumer, &in_flight, &metrics, crash_after_batches, false).await
+        {
+            break Err(error);
+        }
         let collected = tokio::select! {
-            collected = collect_batch(&consumer, &ownership, &settings, &metrics) => collected,
-            () = context.shutdown.cancelled() => break,
+            collected = collect_batch(&consumer, &ownership, &in_flight, &settings, &metrics) => collected,
+            () = context.shutdown.cancelled() => break Ok(()),
         };
         let (assigned, revoked) = {
-            let mut guard = ownership
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut guard = lock(&ownership);
             (
                 std::mem::take(&mut guard.newly_assigned),
                 std::mem::take(&mut guard.newly_revoked),
@@ -372,14 +432,14 @@ pub async fn run<P: Processor>(
         if !revoked.is_empty() {
             processor.revoke(&revoked);
         }
-        if !assigned.is_empty() {
-            processor.assign(&assigned).await?;
+        if !assigned.is_empty()
+            && let Err(error) = processor.assign(&assigned).await
+        {
+            break Err(error);
         }
         // Records fetched before a revoke belong to the new owner now.
         let batch: Vec<InputRecord> = {
-            let guard = ownership
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let guard = lock(&ownership);
             collected
                 .into_iter()
                 .filter(|record| {
@@ -396,34 +456,285 @@ pub async fn run<P: Processor>(
         let Some(processed) =
             process_batch(&settings, &mut processor, &batch, &metrics, context).await
         else {
-            break; // shutdown while retrying: nothing of this batch is committed
+            break Ok(()); // shutdown while retrying: nothing of this batch is committed
         };
-        deliver(&producer, &processed.outputs).await?;
-        produced_batches += 1;
-        if crash_after_batches.is_some_and(|limit| produced_batches >= limit) {
-            tracing::warn!("test hook: aborting after produce, before commit");
-            std::process::abort();
+        let acks = match send_all(
+            &producer,
+            &processed.outputs,
+            &consumer,
+            &in_flight,
+            &metrics,
+            crash_after_batches,
+        )
+        .await
+        {
+            Ok(acks) => acks,
+            Err(error) => break Err(error),
+        };
+        lock(&in_flight).batches.push_back(InFlightBatch {
+            acks: Box::pin(futures::future::join_all(acks)),
+            counts: batch_counts(&batch, &processed),
+            last_offsets: last_offsets(&batch),
+            started,
+        });
+        // Bound what is in flight: wait for the oldest batch when there are too many.
+        if let Err(error) =
+            complete_acknowledged(&consumer, &in_flight, &metrics, crash_after_batches, true).await
+        {
+            break Err(error);
         }
-        count_batch(&batch, &processed, &metrics);
-        for (topic, partition, last_processed) in last_offsets(&batch) {
-            // librdkafka stores `offset + 1`, the next offset to read: pass the last processed.
-            consumer.store_offset(&topic, partition, last_processed)?;
-        }
-        ignore_nothing_to_commit(consumer.commit_consumer_state(CommitMode::Async))?;
-        metrics
-            .batch_duration
-            .observe(started.elapsed().as_secs_f64());
         context.readiness.set_ready();
-    }
+    };
+    // Whatever is in flight is acknowledged and committed before the stage stops.
+    let drained = complete_all(&consumer, &in_flight, &metrics, crash_after_batches).await;
     if let Err(error) = ignore_nothing_to_commit(consumer.commit_consumer_state(CommitMode::Sync)) {
         tracing::warn!(error = %error, "final commit failed; the next owner replays from the last commit");
     }
     consumer.unsubscribe();
-    Ok(())
+    result.and(drained)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Completes the oldest batches whose outputs are all acknowledged. With `bounded`, also waits
+/// for the oldest ones while more than [`MAX_BATCHES_IN_FLIGHT`] are in flight.
+async fn complete_acknowledged(
+    consumer: &StreamConsumer<LoopContext>,
+    in_flight: &Mutex<InFlight>,
+    metrics: &StageMetrics,
+    crash_after_batches: Option<u64>,
+    bounded: bool,
+) -> anyhow::Result<()> {
+    loop {
+        let mut front = {
+            let mut guard = lock(in_flight);
+            if let Some(failure) = &guard.failure {
+                anyhow::bail!("{failure}");
+            }
+            let must_wait = bounded && guard.batches.len() > MAX_BATCHES_IN_FLIGHT;
+            let Some(front) = guard.batches.front_mut() else {
+                return Ok(());
+            };
+            match (&mut front.acks).now_or_never() {
+                Some(acks) => {
+                    let batch = guard.batches.pop_front();
+                    (batch, Some(acks))
+                }
+                None if must_wait => (guard.batches.pop_front(), None),
+                None => return Ok(()),
+            }
+        };
+        let Some(mut batch) = front.0.take() else {
+            return Ok(());
+        };
+        let acks = match front.1.take() {
+            Some(acks) => acks,
+            None => (&mut batch.acks).await,
+        };
+        let mut guard = lock(in_flight);
+        complete_batch(
+            consumer,
+            &mut guard,
+            batch,
+            acks,
+            metrics,
+            crash_after_batches,
+        );
+        if guard.failure.is_none() {
+            ignore_nothing_to_commit(consumer.commit_consumer_state(CommitMode::Async))?;
+        }
+    }
+}
+
+/// Waits for and completes every batch in flight.
+async fn complete_all(
+    consumer: &StreamConsumer<LoopContext>,
+    in_flight: &Mutex<InFlight>,
+    metrics: &StageMetrics,
+    crash_after_batches: Option<u64>,
+) -> anyhow::Result<()> {
+    loop {
+        let Some(mut batch) = lock(in_flight).batches.pop_front() else {
+            break;
+        };
+        let acks = (&mut batch.acks).await;
+        complete_batch(
+            consumer,
+            &mut lock(in_flight),
+            batch,
+            acks,
+            metrics,
+            crash_after_batches,
+        );
+    }
+    match &lock(in_flight).failure {
+        Some(failure) => anyhow::bail!("{failure}"),
+        None => Ok(()),
+    }
+}
+
+/// A batch's outputs are all answered: count it and store its offsets, or record the failure.
+/// Once one batch failed, no later batch is stored either.
+fn complete_batch<C: Consumer<LoopContext>>(
+    consumer: &C,
+    in_flight: &mut InFlight,
+    batch: InFlightBatch,
+    acks: Vec<<DeliveryFuture as Future>::Output>,
+    metrics: &StageMetrics,
+    crash_after_batches: Option<u64>,
+) {
+    if in_flight.failure.is_some() {
+        return;
+    }
+    for ack in acks {
+        let error = match ack {
+            Ok(Ok(_delivery)) => continue,
+            Ok(Err((error, _message))) => error.to_string(),
+            Err(_canceled) => "the producer dropped a delivery".to_string(),
+        };
+        metrics.errors.with_label_values(&["produce_failed"]).inc();
+        tracing::error!(error = %error, "producing failed; nothing from this batch on is committed");
+        in_flight.failure = Some(format!("producing failed: {error}"));
+        return;
+    }
+    in_flight.completed += 1;
+    if crash_after_batches.is_some_and(|limit| in_flight.completed >= limit) {
+        tracing::warn!("test hook: aborting after produce, before commit");
+        std::process::abort();
+    }
+    for (topic, partition, last_processed) in &batch.last_offsets {
+        // librdkafka stores `offset + 1`, the next offset to read: pass the last processed.
+        if let Err(error) = consumer.store_offset(topic, *partition, *last_processed) {
+            // Only for a partition no longer assigned: its next owner replays those records.
+            tracing::warn!(topic = %topic, partition, error = %error, "cannot store offset");
+        }
+    }
+    let counts = &batch.counts;
+    for (topic, count) in &counts.received {
+        metrics
+            .received_events
+            .with_label_values(&[topic.as_str()])
+            .inc_by(*count);
+    }
+    for (topic, count) in &counts.sent {
+        metrics
+            .sent_events
+            .with_label_values(&[topic.as_str()])
+            .inc_by(*count);
+    }
+    for (error_kind, count) in &counts.dead_lettered {
+        metrics
+            .dead_lettered_events
+            .with_label_values(&[error_kind])
+            .inc_by(*count);
+    }
+    metrics.deduplicated_events.inc_by(counts.deduplicated);
+    if let Some(latest_event_ms) = counts.latest_event_ms {
+        metrics
+            .last_event_timestamp
+            .set(latest_event_ms as f64 / 1_000.0);
+    }
+    metrics
+        .batch_duration
+        .observe(batch.started.elapsed().as_secs_f64());
+}
+
+/// Hands every output to the producer without waiting for acknowledgements. When the
+/// producer's queue is full, waits for the oldest batch in flight (or briefly) and retries.
+async fn send_all(
+    producer: &FutureProducer,
+    outputs: &[(Counted, OutputRecord)],
+    consumer: &StreamConsumer<LoopContext>,
+    in_flight: &Mutex<InFlight>,
+    metrics: &StageMetrics,
+    crash_after_batches: Option<u64>,
+) -> anyhow::Result<Vec<DeliveryFuture>> {
+    let mut acks = Vec::with_capacity(outputs.len());
+    for (_, output) in outputs {
+        loop {
+            match producer.send_result(future_record(output)) {
+                Ok(ack) => {
+                    acks.push(ack);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    let waited = lock(in_flight).batches.pop_front();
+                    match waited {
+                        Some(mut batch) => {
+                            let batch_acks = (&mut batch.acks).await;
+                            complete_batch(
+                                consumer,
+                                &mut lock(in_flight),
+                                batch,
+                                batch_acks,
+                                metrics,
+                                crash_after_batches,
+                            );
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(1)).await,
+                    }
+                }
+                Err((error, _)) => anyhow::bail!("cannot hand a record to the producer: {error}"),
+            }
+        }
+    }
+    Ok(acks)
+}
+
+fn future_record(output: &OutputRecord) -> FutureRecord<'_, [u8], [u8]> {
+    let mut headers = OwnedHeaders::new_with_capacity(output.headers.len());
+    for (name, value) in &output.headers {
+        headers = headers.insert(Header {
+            key: name.as_str(),
+            value: value.as_deref(),
+        });
+    }
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&output.topic).headers(headers);
+    if let Some(key) = &output.key {
+        record = record.key(key.as_slice());
+    }
+    if let Some(value) = &output.value {
+        record = record.payload(value.as_slice());
+    }
+    if let Some(partition) = output.partition {
+        record = record.partition(partition);
+    }
+    if let Some(timestamp_ms) = output.timestamp_ms {
+        record = record.timestamp(timestamp_ms);
+    }
+    record
+}
+
+fn batch_counts(batch: &[InputRecord], processed: &ProcessedBatch) -> BatchCounts {
+    let mut counts = BatchCounts {
+        deduplicated: processed.deduplicated,
+        ..BatchCounts::default()
+    };
+    for record in batch {
+        *counts.received.entry(record.topic.clone()).or_default() += 1;
+    }
+    for (counted, output) in &processed.outputs {
+        match counted {
+            Counted::Sent => {
+                *counts.sent.entry(output.topic.clone()).or_default() += 1;
+                counts.latest_event_ms = counts.latest_event_ms.max(output.timestamp_ms);
+            }
+            Counted::DeadLettered(error_kind) => {
+                *counts.dead_lettered.entry(error_kind).or_default() += 1;
+            }
+        }
+    }
+    counts
 }
 
 /// How often an idle loop looks up from the consumer to act on partition changes.
 const IDLE_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// How often an idle loop with batches in flight returns to complete them.
+const IN_FLIGHT_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Waits for a first record, then fills the batch until it is full or `batch_max_wait` has
 /// passed. Returns early, possibly empty, when partitions were assigned or revoked, so that
@@ -431,6 +742,7 @@ const IDLE_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 async fn collect_batch(
     consumer: &StreamConsumer<LoopContext>,
     ownership: &Mutex<Ownership>,
+    in_flight: &Mutex<InFlight>,
     settings: &LoopSettings,
     metrics: &StageMetrics,
 ) -> Vec<InputRecord> {
@@ -445,7 +757,14 @@ async fn collect_batch(
         if ownership_changed() {
             return batch;
         }
-        match tokio::time::timeout(IDLE_CHECK_INTERVAL, consumer.recv()).await {
+        // Batches in flight complete between batches: while some are, look up often.
+        let waiting_for_acks = !lock(in_flight).batches.is_empty();
+        let wait = if waiting_for_acks {
+            IN_FLIGHT_CHECK_INTERVAL
+        } else {
+            IDLE_CHECK_INTERVAL
+        };
+        match tokio::time::timeout(wait, consumer.recv()).await {
             Ok(Ok(message)) => {
                 batch.push(owned_record(&message));
                 break;
@@ -455,6 +774,7 @@ async fn collect_batch(
                 metrics.errors.with_label_values(&["consume_failed"]).inc();
                 tokio::time::sleep(IDLE_CHECK_INTERVAL).await;
             }
+            Err(_idle) if waiting_for_acks => return batch,
             Err(_idle) => {}
         }
     }
@@ -537,79 +857,6 @@ async fn process_with_retry<P: Processor>(
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
-    }
-}
-
-/// Produces every output and waits until each is acknowledged; any failure fails the batch,
-/// whose offsets are then never committed.
-async fn deliver(
-    producer: &FutureProducer,
-    outputs: &[(Counted, OutputRecord)],
-) -> anyhow::Result<()> {
-    let sends = outputs.iter().map(|(_, output)| {
-        let mut headers = OwnedHeaders::new_with_capacity(output.headers.len());
-        for (name, value) in &output.headers {
-            headers = headers.insert(Header {
-                key: name.as_str(),
-                value: value.as_deref(),
-            });
-        }
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&output.topic).headers(headers);
-        if let Some(key) = &output.key {
-            record = record.key(key.as_slice());
-        }
-        if let Some(value) = &output.value {
-            record = record.payload(value.as_slice());
-        }
-        if let Some(partition) = output.partition {
-            record = record.partition(partition);
-        }
-        if let Some(timestamp_ms) = output.timestamp_ms {
-            record = record.timestamp(timestamp_ms);
-        }
-        producer.send(record, Timeout::Never)
-    });
-    for result in futures::future::join_all(sends).await {
-        if let Err((error, _message)) = result {
-            anyhow::bail!("producing failed, nothing of this batch is committed: {error}");
-        }
-    }
-    Ok(())
-}
-
-fn count_batch(batch: &[InputRecord], processed: &ProcessedBatch, metrics: &StageMetrics) {
-    let mut received: BTreeMap<&str, u64> = BTreeMap::new();
-    for record in batch {
-        *received.entry(record.topic.as_str()).or_default() += 1;
-    }
-    for (topic, count) in received {
-        metrics
-            .received_events
-            .with_label_values(&[topic])
-            .inc_by(count);
-    }
-    let mut latest_event_ms: Option<i64> = None;
-    for (counted, output) in &processed.outputs {
-        match counted {
-            Counted::Sent => {
-                metrics
-                    .sent_events
-                    .with_label_values(&[output.topic.as_str()])
-                    .inc();
-                latest_event_ms = latest_event_ms.max(output.timestamp_ms);
-            }
-            Counted::DeadLettered(error_kind) => metrics
-                .dead_lettered_events
-                .with_label_values(&[error_kind])
-                .inc(),
-        }
-    }
-    metrics.deduplicated_events.inc_by(processed.deduplicated);
-    if let Some(latest_event_ms) = latest_event_ms {
-        metrics
-            .last_event_timestamp
-            .set(latest_event_ms as f64 / 1_000.0);
     }
 }
 
