@@ -8,12 +8,10 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use apache_avro::Schema;
-use apache_avro::types::Value;
-use apache_avro::writer::datum::GenericDatumWriter;
-use boomerang_schemas::codec::{decode, decode_written_with, encode, encode_into};
+use boomerang_schemas::codec::{self, decode, decode_written_with, encode, encode_into};
 use boomerang_schemas::{
-    Channel, EventType, Money, Outcome, PostPurchaseEvent, ReasonCode, ReturnMethod, SchemaKind,
-    TimestampMicros,
+    Channel, EventType, Money, Outcome, PostPurchaseEvent, ReasonCode, ResolvingReader,
+    ReturnMethod, SchemaKind, TimestampMicros,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -43,26 +41,11 @@ fn event() -> PostPurchaseEvent {
     }
 }
 
-fn version_1_datum(event: &PostPurchaseEvent, v1: &Schema) -> Vec<u8> {
-    let Ok(Value::Record(fields)) = apache_avro::to_value(event) else {
-        panic!("event is a record");
-    };
-    let fields: Vec<(String, Value)> = fields
-        .into_iter()
-        .filter(|(name, _)| name != "disposition" && name != "attributes")
-        .collect();
-    GenericDatumWriter::builder(v1)
-        .build()
-        .expect("v1 writer")
-        .write_value_to_vec(Value::Record(fields))
-        .expect("v1 datum")
-}
-
 fn codec(criterion: &mut Criterion) {
     let event = event();
     let datum = encode(&event).expect("encode");
     let v1 = Schema::parse_str(SchemaKind::PostPurchaseEvent.history()[0]).expect("v1 parses");
-    let v1_datum = version_1_datum(&event, &v1);
+    let v1_datum = codec::encode_for_writer_schema(&event, &v1).expect("v1 datum");
 
     let mut group = criterion.benchmark_group("post_purchase_event");
     group.throughput(Throughput::Elements(1));
@@ -81,6 +64,10 @@ fn codec(criterion: &mut Criterion) {
         bench.iter(|| {
             decode_written_with::<PostPurchaseEvent>(black_box(&v1_datum), &v1).expect("decode")
         })
+    });
+    let v1_reader = ResolvingReader::<PostPurchaseEvent>::new(&v1).expect("resolving reader");
+    group.bench_function("decode_version_1_with_cached_reader", |bench| {
+        bench.iter(|| v1_reader.decode(black_box(&v1_datum)).expect("decode"))
     });
     group.finish();
 }

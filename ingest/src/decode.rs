@@ -148,8 +148,6 @@ fn reader_for(writer: &'static Schema) -> Reader {
 pub(crate) mod tests {
     use std::collections::BTreeMap;
 
-    use apache_avro::types::Value;
-    use apache_avro::writer::datum::GenericDatumWriter;
     use boomerang_schemas::{Channel, EventType, Outcome, SchemaKind, TimestampMicros};
 
     use super::*;
@@ -231,19 +229,8 @@ pub(crate) mod tests {
             .expect("current decodes");
         assert_eq!((decoded.schema_id, decoded.event), (2, event.clone()));
 
-        let Value::Record(fields) = apache_avro::to_value(&event).expect("value") else {
-            panic!("record");
-        };
-        let v1_fields: Vec<(String, Value)> = fields
-            .into_iter()
-            .filter(|(name, _)| name != "disposition" && name != "attributes")
-            .collect();
         let v1 = MapSource::standard().0[&1];
-        let datum = GenericDatumWriter::builder(v1)
-            .build()
-            .expect("writer")
-            .write_value_to_vec(Value::Record(v1_fields))
-            .expect("v1 datum");
+        let datum = codec::encode_for_writer_schema(&event, v1).expect("v1 datum");
         let decoded = decoder
             .decode(Some(&framed(1, &datum)))
             .await

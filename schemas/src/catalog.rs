@@ -48,6 +48,16 @@ impl SchemaKind {
         SchemaKind::EnrichedPostPurchaseEvent,
     ];
 
+    /// Position in [`SchemaKind::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            SchemaKind::PostPurchaseEvent => 0,
+            SchemaKind::Customer => 1,
+            SchemaKind::Order => 2,
+            SchemaKind::EnrichedPostPurchaseEvent => 3,
+        }
+    }
+
     /// The record's full Avro name, e.g. `boomerang.PostPurchaseEvent`.
     pub fn full_name(self) -> &'static str {
         match self {
@@ -125,6 +135,13 @@ mod tests {
                 panic!("{} is not a record", kind.file_name());
             };
             assert_eq!(record.name.fullname(None), kind.full_name());
+        }
+    }
+
+    #[test]
+    fn index_is_the_position_in_all() {
+        for (position, kind) in SchemaKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), position);
         }
     }
 

@@ -40,50 +40,37 @@ pub enum CodecError {
     },
 }
 
+/// One writer and one reader per catalogued schema, built once; indexed by `SchemaKind::index`.
+static WRITERS: LazyLock<Vec<GenericDatumWriter<'static>>> = LazyLock::new(|| {
+    SchemaKind::ALL
+        .iter()
+        .map(|kind| {
+            // Invariant: the catalogued schemas parse and resolve (tested in catalog).
+            GenericDatumWriter::builder(kind.schema())
+                .build()
+                .unwrap_or_else(|error| panic!("{} does not resolve: {error}", kind.file_name()))
+        })
+        .collect()
+});
+
+static READERS: LazyLock<Vec<GenericDatumReader<'static>>> = LazyLock::new(|| {
+    SchemaKind::ALL
+        .iter()
+        .map(|kind| {
+            // Invariant: the catalogued schemas parse and resolve (tested in catalog).
+            GenericDatumReader::builder(kind.schema())
+                .build()
+                .unwrap_or_else(|error| panic!("{} does not resolve: {error}", kind.file_name()))
+        })
+        .collect()
+});
+
 fn writer(kind: SchemaKind) -> &'static GenericDatumWriter<'static> {
-    fn build(kind: SchemaKind) -> GenericDatumWriter<'static> {
-        // Invariant: the catalogued schemas parse and resolve (tested in catalog).
-        GenericDatumWriter::builder(kind.schema())
-            .build()
-            .unwrap_or_else(|error| panic!("{} does not resolve: {error}", kind.file_name()))
-    }
-    static EVENT: LazyLock<GenericDatumWriter<'static>> =
-        LazyLock::new(|| build(SchemaKind::PostPurchaseEvent));
-    static CUSTOMER: LazyLock<GenericDatumWriter<'static>> =
-        LazyLock::new(|| build(SchemaKind::Customer));
-    static ORDER: LazyLock<GenericDatumWriter<'static>> =
-        LazyLock::new(|| build(SchemaKind::Order));
-    static ENRICHED: LazyLock<GenericDatumWriter<'static>> =
-        LazyLock::new(|| build(SchemaKind::EnrichedPostPurchaseEvent));
-    match kind {
-        SchemaKind::PostPurchaseEvent => &EVENT,
-        SchemaKind::Customer => &CUSTOMER,
-        SchemaKind::Order => &ORDER,
-        SchemaKind::EnrichedPostPurchaseEvent => &ENRICHED,
-    }
+    &WRITERS[kind.index()]
 }
 
 fn current_reader(kind: SchemaKind) -> &'static GenericDatumReader<'static> {
-    fn build(kind: SchemaKind) -> GenericDatumReader<'static> {
-        // Invariant: the catalogued schemas parse and resolve (tested in catalog).
-        GenericDatumReader::builder(kind.schema())
-            .build()
-            .unwrap_or_else(|error| panic!("{} does not resolve: {error}", kind.file_name()))
-    }
-    static EVENT: LazyLock<GenericDatumReader<'static>> =
-        LazyLock::new(|| build(SchemaKind::PostPurchaseEvent));
-    static CUSTOMER: LazyLock<GenericDatumReader<'static>> =
-        LazyLock::new(|| build(SchemaKind::Customer));
-    static ORDER: LazyLock<GenericDatumReader<'static>> =
-        LazyLock::new(|| build(SchemaKind::Order));
-    static ENRICHED: LazyLock<GenericDatumReader<'static>> =
-        LazyLock::new(|| build(SchemaKind::EnrichedPostPurchaseEvent));
-    match kind {
-        SchemaKind::PostPurchaseEvent => &EVENT,
-        SchemaKind::Customer => &CUSTOMER,
-        SchemaKind::Order => &ORDER,
-        SchemaKind::EnrichedPostPurchaseEvent => &ENRICHED,
-    }
+    &READERS[kind.index()]
 }
 
 /// Appends `value`'s Avro datum (current schema) to `out`.
@@ -154,6 +141,29 @@ impl<'writer, T: AvroRecord> ResolvingReader<'writer, T> {
         ensure_consumed::<T>(remaining)?;
         apache_avro::from_value(&value).map_err(|source| decode_error::<T>(source))
     }
+}
+
+/// Encodes `value` with another (earlier) version of its schema, as a producer still on that
+/// version would: fields the writer schema lacks are left out. For generators and tests of
+/// schema evolution; stages always write the current version.
+pub fn encode_for_writer_schema<T: AvroRecord>(
+    value: &T,
+    writer_schema: &Schema,
+) -> Result<Vec<u8>, CodecError> {
+    let encode_error = |source| CodecError::Encode {
+        record: T::KIND.full_name(),
+        source: Box::new(source),
+    };
+    let mut current = apache_avro::to_value(value).map_err(encode_error)?;
+    if let (apache_avro::types::Value::Record(fields), Schema::Record(writer_record)) =
+        (&mut current, writer_schema)
+    {
+        fields.retain(|(name, _)| writer_record.lookup.contains_key(name));
+    }
+    GenericDatumWriter::builder(writer_schema)
+        .build()
+        .and_then(|writer| writer.write_value_to_vec(current))
+        .map_err(encode_error)
 }
 
 fn decode_error<T: AvroRecord>(source: apache_avro::Error) -> CodecError {

@@ -7,8 +7,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use apache_avro::Schema;
-use apache_avro::types::Value;
-use apache_avro::writer::datum::GenericDatumWriter;
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
 use boomerang_runtime::registry::{RegistryArgs, register_all};
 use boomerang_runtime::topics::{TopicsArgs, value_subject};
@@ -160,18 +158,7 @@ impl Pipeline {
     /// The event as a producer still on version 1 of the schema frames it.
     pub fn version_1(&self, event: &PostPurchaseEvent) -> Raw {
         let v1 = Schema::parse_str(SchemaKind::PostPurchaseEvent.history()[0]).expect("v1");
-        let Value::Record(fields) = apache_avro::to_value(event).expect("value") else {
-            panic!("record");
-        };
-        let fields: Vec<(String, Value)> = fields
-            .into_iter()
-            .filter(|(name, _)| name != "disposition" && name != "attributes")
-            .collect();
-        let datum = GenericDatumWriter::builder(&v1)
-            .build()
-            .expect("v1 writer")
-            .write_value_to_vec(Value::Record(fields))
-            .expect("v1 datum");
+        let datum = codec::encode_for_writer_schema(event, &v1).expect("v1 datum");
         Raw {
             key: event.order_id.clone(),
             value: Some(self.framed(self.v1_schema_id, &datum)),
