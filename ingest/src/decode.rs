@@ -238,6 +238,32 @@ pub(crate) mod tests {
         assert_eq!((decoded.schema_id, decoded.event), (1, event));
     }
 
+    /// A registry that does not answer is nobody's fault: retry, never a dead letter.
+    struct UnreachableRegistry;
+
+    impl WriterSchemaSource for UnreachableRegistry {
+        async fn writer_schema(&mut self, _id: u32) -> Result<&'static Schema, LookupError> {
+            Err(LookupError::Unavailable(anyhow::anyhow!(
+                "connection refused"
+            )))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_registry_means_retry_and_nothing_is_cached() {
+        let mut decoder = EventDecoder::new(UnreachableRegistry);
+        let value = framed(2, &codec::encode(&event()).expect("encode"));
+        for _ in 0..2 {
+            match decoder.decode(Some(&value)).await {
+                Err(DecodeFailure::Retry(error)) => {
+                    assert_eq!(error.kind, SCHEMA_REGISTRY_UNAVAILABLE)
+                }
+                other => panic!("expected a retry, got {other:?}"),
+            }
+        }
+        assert!(decoder.readers.is_empty());
+    }
+
     #[tokio::test]
     async fn each_bad_frame_has_its_kind() {
         let mut decoder = EventDecoder::new(MapSource::standard());

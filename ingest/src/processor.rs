@@ -201,15 +201,23 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
                 rejection.with_schema_id(decoded.schema_id),
             ));
         }
+        if !self.dedup.contains_key(&record.partition) {
+            // The loop assigns partitions before it processes their records, so this does not
+            // happen; if it ever did, restoring here keeps the guarantee instead of failing.
+            tracing::warn!(
+                partition = record.partition,
+                "record of a partition without state; restoring it now"
+            );
+            let partition = (record.topic.clone(), record.partition);
+            self.assign(std::slice::from_ref(&partition))
+                .await
+                .map_err(|source| RetryableError {
+                    kind: "restore_failed",
+                    source,
+                })?;
+        }
         let Some(state) = self.dedup.get_mut(&record.partition) else {
-            // The loop assigns before it processes; a record of an unassigned partition is a bug.
-            return Err(RetryableError {
-                kind: "partition_not_assigned",
-                source: anyhow::anyhow!(
-                    "no de-duplication state for partition {}",
-                    record.partition
-                ),
-            });
+            unreachable!("assign inserted the partition's state");
         };
         let evicted_before = state.dedup.evicted_for_capacity();
         let verdict = state
