@@ -175,6 +175,23 @@ fn bare_forwarder_drain(kafka: &KafkaArgs, topic: &str, to_topic: &str, events: 
     started.elapsed()
 }
 
+/// User + system CPU seconds a process has used (Linux, /proc/PID/stat; 100 ticks a second).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -265,8 +282,10 @@ fn main() {
         "--log-filter",
         "warn",
     ];
-    let binary = binary.to_string_lossy().into_owned();
-    let (ingest, peak_rss) = runtime.block_on(async {
+    // BOOMERANG_BENCH_INGEST_WRAPPER runs the binary under a wrapper (a profiler, say).
+    let binary = std::env::var("BOOMERANG_BENCH_INGEST_WRAPPER")
+        .unwrap_or_else(|_| binary.to_string_lossy().into_owned());
+    let (ingest, peak_rss, ingest_cpu) = runtime.block_on(async {
         let mut process = StageProcess::start(&binary, &arguments, &[]);
         let ready_deadline = Instant::now() + Duration::from_secs(60);
         while !matches!(process.get("/readyz").await, Some((200, _))) {
@@ -277,6 +296,7 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let started = Instant::now();
+        let cpu_at_start = cpu_seconds(process.id());
         loop {
             let text = process
                 .get("/metrics")
@@ -296,9 +316,10 @@ fn main() {
         }
         let elapsed = started.elapsed();
         let peak_rss = peak_rss_kib(process.id());
+        let ingest_cpu = cpu_seconds(process.id()) - cpu_at_start;
         process.terminate();
         process.wait_exit(Duration::from_secs(15)).await;
-        (elapsed, peak_rss)
+        (elapsed, peak_rss, ingest_cpu)
     });
     let rate = |elapsed: Duration| events as f64 / elapsed.as_secs_f64();
     println!();
@@ -325,5 +346,10 @@ fn main() {
         rate(ingest) / rate(bare),
         rate(ingest) / rate(forwarder),
         peak_rss / 1024
+    );
+    println!(
+        "ingest used {ingest_cpu:.2} CPU seconds while draining ({:.1} µs per event, {:.0}% of one core)",
+        ingest_cpu * 1e6 / events as f64,
+        100.0 * ingest_cpu / ingest.as_secs_f64()
     );
 }

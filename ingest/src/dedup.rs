@@ -13,10 +13,34 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Duration;
 
 use boomerang_schemas::TimestampMicros;
 use xxhash_rust::xxh3::xxh3_128;
+
+/// The map's keys are xxh3-128 hashes already: hashing them again (SipHash) only costs time.
+#[derive(Default)]
+struct PrehashedKeyHasher(u64);
+
+impl Hasher for PrehashedKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for keys other than u128; fold them in (FNV-1a) to stay correct.
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64 ^ (value >> 64) as u64;
+    }
+}
+
+type PrehashedKeys = BuildHasherDefault<PrehashedKeyHasher>;
 
 pub fn key_hash(idempotency_key: &str) -> u128 {
     xxh3_128(idempotency_key.as_bytes())
@@ -33,7 +57,7 @@ pub enum Verdict {
 pub struct DedupState {
     window: Duration,
     max_keys: usize,
-    seen: HashMap<u128, i64>,
+    seen: HashMap<u128, i64, PrehashedKeys>,
     /// Keys in the order they were remembered, to forget the oldest first.
     order: VecDeque<(i64, u128)>,
     evicted_for_capacity: u64,
@@ -44,7 +68,7 @@ impl DedupState {
         Self {
             window,
             max_keys: max_keys.max(1),
-            seen: HashMap::new(),
+            seen: HashMap::default(),
             order: VecDeque::new(),
             evicted_for_capacity: 0,
         }

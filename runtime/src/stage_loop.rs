@@ -440,13 +440,14 @@ pub async fn run<P: Processor>(
         // Records fetched before a revoke belong to the new owner now.
         let batch: Vec<InputRecord> = {
             let guard = lock(&ownership);
+            let owned = |record: &InputRecord| {
+                guard.owned.iter().any(|(topic, partition)| {
+                    *partition == record.partition && *topic == record.topic
+                })
+            };
             collected
                 .into_iter()
-                .filter(|record| {
-                    guard
-                        .owned
-                        .contains(&(record.topic.clone(), record.partition))
-                })
+                .filter(|record| owned(record))
                 .collect()
         };
         if batch.is_empty() {
@@ -709,18 +710,28 @@ fn future_record(output: &OutputRecord) -> FutureRecord<'_, [u8], [u8]> {
     record
 }
 
+/// Adds one to `topic`'s count, allocating the key only for a topic's first record.
+fn increment(counts: &mut BTreeMap<String, u64>, topic: &str) {
+    match counts.get_mut(topic) {
+        Some(count) => *count += 1,
+        None => {
+            counts.insert(topic.to_string(), 1);
+        }
+    }
+}
+
 fn batch_counts(batch: &[InputRecord], processed: &ProcessedBatch) -> BatchCounts {
     let mut counts = BatchCounts {
         deduplicated: processed.deduplicated,
         ..BatchCounts::default()
     };
     for record in batch {
-        *counts.received.entry(record.topic.clone()).or_default() += 1;
+        increment(&mut counts.received, &record.topic);
     }
     for (counted, output) in &processed.outputs {
         match counted {
             Counted::Sent => {
-                *counts.sent.entry(output.topic.clone()).or_default() += 1;
+                increment(&mut counts.sent, &output.topic);
                 counts.latest_event_ms = counts.latest_event_ms.max(output.timestamp_ms);
             }
             Counted::DeadLettered(error_kind) => {
