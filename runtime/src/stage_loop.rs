@@ -437,8 +437,12 @@ pub async fn run<P: Processor>(
         {
             break Err(error);
         }
-        // Records fetched before a revoke belong to the new owner now.
-        let batch: Vec<InputRecord> = {
+        // Records fetched before a revoke belong to the new owner now. (Only a revoke in this
+        // batch's collection can leave such records: librdkafka fetches nothing for partitions
+        // it no longer owns.)
+        let batch: Vec<InputRecord> = if revoked.is_empty() {
+            collected
+        } else {
             let guard = lock(&ownership);
             let owned = |record: &InputRecord| {
                 guard.owned.iter().any(|(topic, partition)| {
@@ -791,6 +795,17 @@ async fn collect_batch(
     }
     let deadline = tokio::time::Instant::now() + settings.batch_max_wait;
     while batch.len() < settings.batch_max_records {
+        // Take what librdkafka has already fetched without arming a timer per record.
+        if let Some(received) = consumer.recv().now_or_never() {
+            match received {
+                Ok(message) => batch.push(owned_record(&message)),
+                Err(error) => {
+                    tracing::warn!(error = %error, "consumer error");
+                    metrics.errors.with_label_values(&["consume_failed"]).inc();
+                }
+            }
+            continue;
+        }
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
             Ok(Ok(message)) => batch.push(owned_record(&message)),
             Ok(Err(error)) => {
