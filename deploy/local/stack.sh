@@ -259,6 +259,13 @@ stop_process() {
 
 kafka_healthy() { port_taken "$kafka_port" && grep -q 'ready in' "$log_dir/kafka.log"; }
 registry_healthy() { curl -fsS "http://127.0.0.1:$registry_port/subjects" >/dev/null 2>&1; }
+# A registration is a write through the broker: a registry that answers GETs but cannot write
+# its schemas topic (seen once, its producer stuck without a partition leader) fails this.
+registry_writes() {
+  curl -fsS -m 5 -X POST -H 'Content-Type: application/vnd.schemaregistry.v1+json' \
+    --data '{"schema": "\"string\""}' \
+    "http://127.0.0.1:$registry_port/subjects/_boomerang_stack_check-value/versions" >/dev/null 2>&1
+}
 clickhouse_healthy() { [[ $(curl -fsS "http://127.0.0.1:$clickhouse_port/ping" 2>/dev/null) == "Ok." ]]; }
 prometheus_healthy() { curl -fsS "http://127.0.0.1:$prometheus_port/-/ready" >/dev/null 2>&1; }
 
@@ -285,12 +292,21 @@ start_kafka() {
 start_registry() {
   if pid_of registry >/dev/null; then return 0; fi
   require_free_port registry "$registry_port" BOOMERANG_REGISTRY_PORT
-  start_process registry "$(registry_bin)" \
-    --bootstrap-servers "127.0.0.1:$kafka_port" \
-    --listen-addr "127.0.0.1:$registry_port" \
-    --schemas-topic-rf 1
-  wait_healthy registry registry_healthy
-  say "schema registry (crabka $CRABKA_VERSION) on http://127.0.0.1:$registry_port"
+  local attempt
+  for attempt in 1 2 3; do
+    start_process registry "$(registry_bin)" \
+      --bootstrap-servers "127.0.0.1:$kafka_port" \
+      --listen-addr "127.0.0.1:$registry_port" \
+      --schemas-topic-rf 1
+    wait_healthy registry registry_healthy
+    if registry_writes; then
+      say "schema registry (crabka $CRABKA_VERSION) on http://127.0.0.1:$registry_port"
+      return 0
+    fi
+    say "schema registry answers but cannot register a schema (attempt $attempt); restarting it"
+    stop_process registry
+  done
+  die "the schema registry cannot register schemas; see $log_dir/registry.log"
 }
 
 start_clickhouse() {

@@ -1,16 +1,29 @@
 //! boomerang-enrich: joins validated events with CRM customers and orders (with their lines)
-//! from compacted reference topics, waiting a bounded time for late reference data.
-//!
-//! So far the stage starts, loads its config, serves /metrics, /healthz and /readyz (ready once
-//! the Kafka brokers answer) and stops cleanly on SIGTERM; its processing lands next.
+//! from compacted reference topics, waiting a bounded time for late reference data, and
+//! publishes enriched events. See `lib.rs` for the way of an event.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
+use boomerang_enrich::join::JoinSettings;
+use boomerang_enrich::metrics::EnrichMetrics;
+use boomerang_enrich::pending::PendingLimits;
+use boomerang_enrich::processor::{EnrichProcessor, EnrichSettings};
+use boomerang_enrich::reference::{Arrivals, CatchUp, Loader};
+use boomerang_enrich::tables::SharedTables;
 use boomerang_runtime::config;
 use boomerang_runtime::kafka::KafkaArgs;
-use boomerang_runtime::registry::RegistryArgs;
-use boomerang_runtime::service::{self, ServiceArgs};
+use boomerang_runtime::metrics::StageMetrics;
+use boomerang_runtime::pseudonym::{PseudonymArgs, Pseudonymiser};
+use boomerang_runtime::registry::{self, RegistryArgs, WriterSchemas};
+use boomerang_runtime::service::{self, ServiceArgs, StageContext};
+use boomerang_runtime::stage_loop::{self, LoopArgs, LoopSettings};
 use boomerang_runtime::topics::TopicsArgs;
+use boomerang_schemas::{Customer, Order, SchemaKind};
+use tokio::sync::watch;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const STAGE: &str = "enrich";
 /// The stage's own port for /metrics, /healthz and /readyz, so the three stages can share a host.
@@ -26,15 +39,180 @@ struct Args {
     #[command(flatten)]
     topics: TopicsArgs,
     #[command(flatten)]
+    stage_loop: LoopArgs,
+    #[command(flatten)]
+    enrich: EnrichArgs,
+    #[command(flatten)]
+    pseudonym: PseudonymArgs,
+    #[command(flatten)]
     service: ServiceArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct EnrichArgs {
+    /// Days after delivery within which a return is inside the return window.
+    #[arg(
+        long = "return-window-days",
+        env = "BOOMERANG_RETURN_WINDOW_DAYS",
+        default_value_t = 30
+    )]
+    return_window_days: i32,
+
+    /// The longest an event waits for its order or customer to arrive, in milliseconds; after
+    /// it the event is emitted with what is there and the missing parts flagged.
+    #[arg(
+        long = "max-reference-wait-ms",
+        env = "BOOMERANG_MAX_REFERENCE_WAIT_MS",
+        default_value_t = 30_000
+    )]
+    max_reference_wait_ms: u64,
+
+    /// The most events waiting for reference data at once; at the limit consumption pauses.
+    #[arg(
+        long = "pending-max-events",
+        env = "BOOMERANG_PENDING_MAX_EVENTS",
+        default_value_t = 100_000
+    )]
+    pending_max_events: usize,
+
+    /// The most bytes of records waiting for reference data; at the limit consumption pauses.
+    #[arg(
+        long = "pending-max-bytes",
+        env = "BOOMERANG_PENDING_MAX_BYTES",
+        default_value_t = 256 * 1024 * 1024
+    )]
+    pending_max_bytes: usize,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Args = config::load();
-    let kafka = args.kafka.clone();
-    service::main(STAGE, DEFAULT_HTTP_PORT, &args.service, |context| {
-        service::idle_once_brokers_answer(kafka, context)
+    let service_args = args.service.clone();
+    service::main(STAGE, DEFAULT_HTTP_PORT, &service_args, |context| {
+        run(args, context)
     })
     .await
+}
+
+async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
+    let pseudonymiser = Pseudonymiser::from_args(&args.pseudonym)?;
+    service::wait_for_brokers(&args.kafka, &context).await;
+    if context.shutdown.is_cancelled() {
+        return Ok(());
+    }
+    let Some(enriched_schema_id) = registry::register_output_schema(
+        &args.registry,
+        &args.topics.enriched_events,
+        SchemaKind::EnrichedPostPurchaseEvent,
+        &context,
+    )
+    .await?
+    else {
+        return Ok(());
+    };
+    let stage_metrics = StageMetrics::register(&context.metrics)?;
+    let enrich_metrics = EnrichMetrics::register(context.metrics.registry())?;
+    let tables = SharedTables::default();
+    let arrivals = Arrivals::default();
+
+    // Reference data first: every instance holds both tables whole.
+    let (customers, customers_progress) = Loader::<Customer, _>::start(
+        &args.kafka,
+        &args.topics.customers,
+        WriterSchemas::new(&args.registry)?,
+        tables.clone(),
+        arrivals.clone(),
+        Some(enrich_metrics.clone()),
+    )?;
+    let (orders, orders_progress) = Loader::<Order, _>::start(
+        &args.kafka,
+        &args.topics.orders,
+        WriterSchemas::new(&args.registry)?,
+        tables.clone(),
+        arrivals.clone(),
+        Some(enrich_metrics.clone()),
+    )?;
+    let loaders = [
+        tokio::spawn(customers.run(context.shutdown.clone())),
+        tokio::spawn(orders.run(context.shutdown.clone())),
+    ];
+    let caught_up = catch_up(
+        [customers_progress, orders_progress],
+        &context,
+        &enrich_metrics,
+    )
+    .await;
+    if !caught_up {
+        return Ok(());
+    }
+
+    let settings = EnrichSettings {
+        enriched_topic: args.topics.enriched_events.clone(),
+        enriched_schema_id,
+        join: JoinSettings {
+            return_window_days: args.enrich.return_window_days,
+        },
+        pending: PendingLimits {
+            max_events: args.enrich.pending_max_events.max(1),
+            max_bytes: args.enrich.pending_max_bytes.max(1),
+            max_wait: Duration::from_millis(args.enrich.max_reference_wait_ms),
+        },
+    };
+    let processor = EnrichProcessor::new(
+        WriterSchemas::new(&args.registry)?,
+        tables,
+        arrivals,
+        settings,
+        pseudonymiser,
+        Some(enrich_metrics),
+    );
+    let loop_settings = LoopSettings::new(
+        STAGE,
+        &args.stage_loop,
+        vec![args.topics.validated_events.clone()],
+        args.topics.dead_letter.clone(),
+    );
+    let result = stage_loop::run(
+        loop_settings,
+        &args.kafka,
+        processor,
+        stage_metrics,
+        &context,
+    )
+    .await;
+    context.shutdown.cancel();
+    for loader in loaders {
+        let _ = loader.await;
+    }
+    result
+}
+
+/// Waits until both reference tables have caught up, `/readyz` saying how far they are.
+/// `false` if shutdown came first.
+async fn catch_up(
+    mut progress: [watch::Receiver<CatchUp>; 2],
+    context: &StageContext,
+    metrics: &EnrichMetrics,
+) -> bool {
+    loop {
+        let states: Vec<CatchUp> = progress.iter().map(|receiver| *receiver.borrow()).collect();
+        let remaining: u64 = states.iter().map(|state| state.remaining).sum();
+        metrics
+            .reference_catch_up_remaining
+            .set(i64::try_from(remaining).unwrap_or(i64::MAX));
+        if states.iter().all(|state| state.done) {
+            metrics.reference_caught_up.set(1);
+            tracing::info!("reference tables caught up; consuming events");
+            return true;
+        }
+        context.readiness.set_not_ready(format!(
+            "catching up reference data: {remaining} records to read"
+        ));
+        let [customers, orders] = &mut progress;
+        tokio::select! {
+            changed = customers.changed() => if changed.is_err() { return false },
+            changed = orders.changed() => if changed.is_err() { return false },
+            () = context.shutdown.cancelled() => return false,
+        }
+    }
 }

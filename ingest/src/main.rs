@@ -111,7 +111,14 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         args.topics.validated_events.clone(),
     );
     tokio::task::spawn_blocking(move || check_co_partitioned(&kafka, &raw, &validated)).await??;
-    let Some(validated_schema_id) = register_output_schema(&args, &context).await? else {
+    let Some(validated_schema_id) = registry::register_output_schema(
+        &args.registry,
+        &args.topics.validated_events,
+        SchemaKind::PostPurchaseEvent,
+        &context,
+    )
+    .await?
+    else {
         return Ok(()); // shut down while the registry was not answering
     };
 
@@ -174,37 +181,4 @@ fn check_co_partitioned(kafka: &KafkaArgs, raw: &str, validated: &str) -> anyhow
         );
     }
     Ok(())
-}
-
-/// The validated subject's id for the current event schema, registering it if needed;
-/// retried while the registry does not answer. `None` if shutdown came first.
-async fn register_output_schema(
-    args: &Args,
-    context: &StageContext,
-) -> anyhow::Result<Option<u32>> {
-    let settings = args.registry.settings()?;
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match registry::register_value_schema(
-            &settings,
-            &args.topics.validated_events,
-            SchemaKind::PostPurchaseEvent,
-        )
-        .await
-        {
-            Ok(id) => return Ok(Some(id)),
-            Err(error) => {
-                let reason = config::error_chain(&error);
-                tracing::warn!(error = %reason, "cannot register the validated schema; retrying");
-                context
-                    .readiness
-                    .set_not_ready(format!("schema registry: {reason}"));
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = context.shutdown.cancelled() => return Ok(None),
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
 }

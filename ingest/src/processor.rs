@@ -195,7 +195,7 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
             Err(DecodeFailure::Retry(error)) => return Err(error),
         };
         if let Err(rejection) =
-            validate(&decoded.event, TimestampMicros::now(), &self.settings.rules)
+            validate(&decoded.value, TimestampMicros::now(), &self.settings.rules)
         {
             return Ok(Outcome::DeadLetter(
                 rejection.with_schema_id(decoded.schema_id),
@@ -222,7 +222,7 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
         let evicted_before = state.dedup.evicted_for_capacity();
         let verdict = state
             .dedup
-            .check(&decoded.event.idempotency_key, decoded.event.occurred_at);
+            .check(&decoded.value.idempotency_key, decoded.value.occurred_at);
         if verdict == Verdict::Duplicate {
             return Ok(Outcome::Deduplicated);
         }
@@ -233,7 +233,7 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
                 .inc_by(state.dedup.evicted_for_capacity() - evicted_before);
         }
         let output = validated_record(
-            &decoded.event,
+            &decoded.value,
             self.settings.validated_schema_id,
             &self.settings.validated_topic,
             record.partition,

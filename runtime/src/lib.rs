@@ -13,9 +13,11 @@
 
 pub mod config;
 pub mod dead_letter;
+pub mod decode;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod pseudonym;
 pub mod registry;
 pub mod service;
 pub mod shutdown;

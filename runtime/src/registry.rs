@@ -228,3 +228,32 @@ pub async fn register_value_schema(
         .map(|registered| registered.id)
         .map_err(|source| RegistryError::Register { subject, source })
 }
+
+/// [`register_value_schema`] for a stage's output topic at start-up, retried with backoff while
+/// the registry does not answer (`/readyz` says so). `None` if shutdown came first.
+pub async fn register_output_schema(
+    args: &RegistryArgs,
+    topic: &str,
+    kind: boomerang_schemas::SchemaKind,
+    context: &crate::service::StageContext,
+) -> anyhow::Result<Option<u32>> {
+    let settings = args.settings()?;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match register_value_schema(&settings, topic, kind).await {
+            Ok(id) => return Ok(Some(id)),
+            Err(error) => {
+                let reason = crate::config::error_chain(&error);
+                tracing::warn!(error = %reason, topic, "cannot register the output schema; retrying");
+                context
+                    .readiness
+                    .set_not_ready(format!("schema registry: {reason}"));
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = context.shutdown.cancelled() => return Ok(None),
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}

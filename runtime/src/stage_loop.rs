@@ -17,15 +17,24 @@
 //! - **Bad input never stops the loop**: only the processor decides a record is bad, and a
 //!   rejection becomes a dead letter. Failures that are not a record's fault (a registry that
 //!   does not answer) are retried with backoff while `/readyz` says why.
+//! - **Held records are never committed past.** A processor may hold a record back
+//!   ([`Outcome::Hold`], enrich waiting for reference data) and decide it later
+//!   ([`Processor::release`]); a partition's committed offset stays below its oldest held
+//!   record, so a crash replays it. A processor with no room ([`Processor::room`]) pauses
+//!   consumption instead of dropping anything.
+//! - **Writes to other systems are acknowledged like produced records.** A processor may keep a
+//!   batch's records for its own write ([`Outcome::Write`], sink's ClickHouse insert) and hand
+//!   the loop that write as a future ([`Processor::flush`]); the batch completes, and its
+//!   offsets are committed, only when that future has finished. Records the write rejects for
+//!   good are dead-lettered like any other.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use futures::future::JoinAll;
 use rdkafka::ClientContext;
 use rdkafka::Message;
 use rdkafka::consumer::{
@@ -80,7 +89,35 @@ pub enum Outcome {
     Deduplicated,
     /// Cannot be processed: to the dead-letter topic with its original bytes.
     DeadLetter(Rejection),
+    /// Not decided yet: the processor keeps the record and returns it, decided, from
+    /// [`Processor::release`]. Until then the partition is not committed past it.
+    Hold,
+    /// Kept for this batch's write by [`Processor::flush`]; counted as sent (to
+    /// [`Processor::WRITES_TO`]) once that write has finished.
+    Write,
 }
+
+/// A record held earlier, now decided (anything but [`Outcome::Hold`]).
+#[derive(Debug)]
+pub struct Released {
+    pub record: InputRecord,
+    pub outcome: Outcome,
+}
+
+/// How a processor's batch write ended.
+#[derive(Debug)]
+pub enum FlushResult {
+    /// Written, but for these records (topic, partition, offset), rejected for good: they are
+    /// dead-lettered instead.
+    Written {
+        rejected: Vec<(Partition, i64, Rejection)>,
+    },
+    /// Given up at shutdown: neither this batch nor any later one is committed.
+    Abandoned,
+}
+
+/// A processor's write of one batch's [`Outcome::Write`] records.
+pub type FlushFuture = Pin<Box<dyn Future<Output = FlushResult> + Send>>;
 
 /// A failure that is not the record's fault, retried by the loop.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +146,32 @@ pub trait Processor: Send {
         &mut self,
         record: &InputRecord,
     ) -> impl Future<Output = Result<Outcome, RetryableError>> + Send;
+
+    /// Held records decided since the last call, in the order they should be emitted.
+    fn release(&mut self) -> Vec<Released> {
+        Vec::new()
+    }
+
+    /// How many records are held now. While any are, an idle loop calls
+    /// [`release`](Self::release) every few milliseconds.
+    fn holding(&self) -> usize {
+        0
+    }
+
+    /// How many more records the processor can take now; 0 pauses consumption.
+    fn room(&self) -> usize {
+        usize::MAX
+    }
+
+    /// Where [`Outcome::Write`] records go, for the `sent` counter's `topic` label.
+    const WRITES_TO: &'static str = "external";
+
+    /// Called once per batch, after every record's outcome is decided, if any was
+    /// [`Outcome::Write`]: the write of those records. The loop keeps it in flight like the
+    /// batch's produced records.
+    fn flush(&mut self) -> Option<FlushFuture> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -189,11 +252,24 @@ struct BatchCounts {
     latest_event_ms: Option<i64>,
 }
 
-/// A batch whose outputs are on their way to the brokers.
+/// What a batch's completion future reports.
+struct BatchResult {
+    acks: Vec<<DeliveryFuture as Future>::Output>,
+    /// The dead-letter kinds of records a flush rejected (already counted as sent).
+    rejected_writes: Vec<&'static str>,
+    abandoned: bool,
+    /// Something else failed: as for a failed delivery.
+    failure: Option<String>,
+}
+
+/// A batch whose outputs are on their way to the brokers (and to a processor's own sink).
 struct InFlightBatch {
-    acks: Pin<Box<JoinAll<DeliveryFuture>>>,
+    completion: Pin<Box<dyn Future<Output = BatchResult> + Send>>,
     counts: BatchCounts,
-    last_offsets: Vec<(String, i32, i64)>,
+    /// The highest offset per partition processed in this batch.
+    processed: Vec<(String, i32, i64)>,
+    /// Offsets of earlier held records this batch decided.
+    released: Vec<(String, i32, i64)>,
     started: Instant,
 }
 
@@ -205,6 +281,38 @@ struct InFlight {
     completed: u64,
     /// Set when a delivery failed: no later batch may be committed, and the loop stops.
     failure: Option<String>,
+    /// Set when a write was given up at shutdown: no later batch may be committed either.
+    abandoned: bool,
+    /// Offsets the processor holds, per partition: nothing at or after the first is committed.
+    held: HashMap<Partition, BTreeSet<i64>>,
+    /// The highest offset per partition of completed batches.
+    done_upto: HashMap<Partition, i64>,
+    /// The offset last stored per partition, so stores only move forward.
+    stored: HashMap<Partition, i64>,
+}
+
+impl InFlight {
+    /// Forgets a partition given up: its next owner replays from the last commit.
+    fn forget(&mut self, partition: &Partition) {
+        self.held.remove(partition);
+        self.done_upto.remove(partition);
+        self.stored.remove(partition);
+    }
+
+    /// The offset it is safe to commit up to (inclusive) for `partition`, if it moved.
+    fn advance(&mut self, partition: &Partition) -> Option<i64> {
+        let mut safe = *self.done_upto.get(partition)?;
+        if let Some(first_held) = self.held.get(partition).and_then(BTreeSet::first) {
+            safe = safe.min(first_held - 1);
+        }
+        let stored = self.stored.entry(partition.clone()).or_insert(-1);
+        if safe > *stored {
+            *stored = safe;
+            Some(safe)
+        } else {
+            None
+        }
+    }
 }
 
 /// Consumer callbacks: partition ownership, commits before a revoke, lag and commit errors.
@@ -259,12 +367,12 @@ impl ConsumerContext for LoopContext {
             // The producer's own thread resolves the deliveries: blocking here cannot deadlock.
             let mut in_flight = lock(&self.in_flight);
             while let Some(mut batch) = in_flight.batches.pop_front() {
-                let acks = futures::executor::block_on(&mut batch.acks);
+                let result = futures::executor::block_on(&mut batch.completion);
                 complete_batch(
                     consumer,
                     &mut in_flight,
                     batch,
-                    acks,
+                    result,
                     &self.metrics,
                     self.crash_after_batches,
                 );
@@ -281,6 +389,12 @@ impl ConsumerContext for LoopContext {
                     .inc();
             }
             let revoked = partitions_of(list);
+            {
+                let mut in_flight = lock(&self.in_flight);
+                for partition in &revoked {
+                    in_flight.forget(partition);
+                }
+            }
             for (topic, partition) in &revoked {
                 let _ = self
                     .metrics
@@ -382,6 +496,45 @@ enum Counted {
     DeadLettered(&'static str),
 }
 
+fn is_owned(ownership: &Mutex<Ownership>, record: &InputRecord) -> bool {
+    lock(ownership)
+        .owned
+        .iter()
+        .any(|(topic, partition)| *partition == record.partition && *topic == record.topic)
+}
+
+/// Pauses or resumes the whole assignment so that consumption stops while the processor has
+/// no room. (librdkafka drops what it prefetched for paused partitions and resumes from the
+/// last record it handed out.)
+fn set_paused(consumer: &StreamConsumer<LoopContext>, paused: &mut bool, pause: bool) {
+    if *paused == pause {
+        return;
+    }
+    let assignment = match consumer.assignment() {
+        Ok(assignment) => assignment,
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot read the assignment to pause or resume it");
+            return;
+        }
+    };
+    let result = if pause {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    match result {
+        Ok(()) => {
+            *paused = pause;
+            tracing::info!(
+                paused = pause,
+                "consumption {}",
+                if pause { "paused: no room" } else { "resumed" }
+            );
+        }
+        Err(error) => tracing::warn!(error = %error, "cannot pause or resume consumption"),
+    }
+}
+
 /// Runs the loop until shutdown; returns after a final commit.
 pub async fn run<P: Processor>(
     settings: LoopSettings,
@@ -409,6 +562,7 @@ pub async fn run<P: Processor>(
     let topics: Vec<&str> = settings.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let producer: FutureProducer = kafka.producer_config().create()?;
+    let mut paused = false;
     context.readiness.set_ready();
     tracing::info!(stage = settings.stage, group = %settings.group_id, topics = ?settings.input_topics, "consuming");
 
@@ -418,8 +572,14 @@ pub async fn run<P: Processor>(
         {
             break Err(error);
         }
+        let room = processor.room();
+        set_paused(&consumer, &mut paused, room == 0);
+        let limits = CollectLimits {
+            max_records: settings.batch_max_records.min(room.max(1)),
+            return_when_idle: processor.holding() > 0 || paused,
+        };
         let collected = tokio::select! {
-            collected = collect_batch(&consumer, &ownership, &in_flight, &settings, &metrics) => collected,
+            collected = collect_batch(&consumer, &ownership, &in_flight, &settings, limits, &metrics) => collected,
             () = context.shutdown.cancelled() => break Ok(()),
         };
         let (assigned, revoked) = {
@@ -432,34 +592,46 @@ pub async fn run<P: Processor>(
         if !revoked.is_empty() {
             processor.revoke(&revoked);
         }
-        if !assigned.is_empty()
-            && let Err(error) = processor.assign(&assigned).await
-        {
-            break Err(error);
+        if !assigned.is_empty() {
+            if paused {
+                // Newly assigned partitions start unpaused: pause them too.
+                paused = false;
+                set_paused(&consumer, &mut paused, true);
+            }
+            if let Err(error) = processor.assign(&assigned).await {
+                break Err(error);
+            }
         }
         // Records fetched before a revoke belong to the new owner now. (Only a revoke in this
         // batch's collection can leave such records: librdkafka fetches nothing for partitions
         // it no longer owns.)
-        let batch: Vec<InputRecord> = if revoked.is_empty() {
+        let mut batch: Vec<InputRecord> = if revoked.is_empty() {
             collected
         } else {
-            let guard = lock(&ownership);
-            let owned = |record: &InputRecord| {
-                guard.owned.iter().any(|(topic, partition)| {
-                    *partition == record.partition && *topic == record.topic
-                })
-            };
             collected
                 .into_iter()
-                .filter(|record| owned(record))
+                .filter(|record| is_owned(&ownership, record))
                 .collect()
         };
-        if batch.is_empty() {
+        let released: Vec<Released> = processor
+            .release()
+            .into_iter()
+            .filter(|released| is_owned(&ownership, &released.record))
+            .collect();
+        if batch.is_empty() && released.is_empty() {
             continue;
         }
         let started = Instant::now();
-        let Some(processed) =
-            process_batch(&settings, &mut processor, &batch, &metrics, context).await
+        let Some(processed) = process_batch(
+            &settings,
+            &mut processor,
+            &batch,
+            released,
+            &in_flight,
+            &metrics,
+            context,
+        )
+        .await
         else {
             break Ok(()); // shutdown while retrying: nothing of this batch is committed
         };
@@ -476,10 +648,26 @@ pub async fn run<P: Processor>(
             Ok(acks) => acks,
             Err(error) => break Err(error),
         };
+        let counts = batch_counts::<P>(&batch, &processed);
+        let processed_offsets = last_offsets(&batch);
+        let flush = if processed.written > 0 {
+            processor.flush()
+        } else {
+            None
+        };
+        let completion = completion(
+            acks,
+            flush,
+            std::mem::take(&mut batch),
+            producer.clone(),
+            settings.stage,
+            settings.dead_letter_topic.clone(),
+        );
         lock(&in_flight).batches.push_back(InFlightBatch {
-            acks: Box::pin(futures::future::join_all(acks)),
-            counts: batch_counts(&batch, &processed),
-            last_offsets: last_offsets(&batch),
+            completion,
+            counts,
+            processed: processed_offsets,
+            released: processed.released,
             started,
         });
         // Bound what is in flight: wait for the oldest batch when there are too many.
@@ -524,10 +712,10 @@ async fn complete_acknowledged(
             let Some(front) = guard.batches.front_mut() else {
                 return Ok(());
             };
-            match (&mut front.acks).now_or_never() {
-                Some(acks) => {
+            match (&mut front.completion).now_or_never() {
+                Some(result) => {
                     let batch = guard.batches.pop_front();
-                    (batch, Some(acks))
+                    (batch, Some(result))
                 }
                 None if must_wait => (guard.batches.pop_front(), None),
                 None => return Ok(()),
@@ -536,16 +724,16 @@ async fn complete_acknowledged(
         let Some(mut batch) = front.0.take() else {
             return Ok(());
         };
-        let acks = match front.1.take() {
-            Some(acks) => acks,
-            None => (&mut batch.acks).await,
+        let result = match front.1.take() {
+            Some(result) => result,
+            None => (&mut batch.completion).await,
         };
         let mut guard = lock(in_flight);
         complete_batch(
             consumer,
             &mut guard,
             batch,
-            acks,
+            result,
             metrics,
             crash_after_batches,
         );
@@ -566,12 +754,12 @@ async fn complete_all(
         let Some(mut batch) = lock(in_flight).batches.pop_front() else {
             break;
         };
-        let acks = (&mut batch.acks).await;
+        let result = (&mut batch.completion).await;
         complete_batch(
             consumer,
             &mut lock(in_flight),
             batch,
-            acks,
+            result,
             metrics,
             crash_after_batches,
         );
@@ -587,15 +775,27 @@ async fn complete_all(
 fn complete_batch<C: Consumer<LoopContext>>(
     consumer: &C,
     in_flight: &mut InFlight,
-    batch: InFlightBatch,
-    acks: Vec<<DeliveryFuture as Future>::Output>,
+    mut batch: InFlightBatch,
+    result: BatchResult,
     metrics: &StageMetrics,
     crash_after_batches: Option<u64>,
 ) {
-    if in_flight.failure.is_some() {
+    if in_flight.failure.is_some() || in_flight.abandoned {
         return;
     }
-    for ack in acks {
+    if result.abandoned {
+        // Shutdown came while a write was still retrying: store nothing from here on, and
+        // let the next start replay it.
+        in_flight.abandoned = true;
+        return;
+    }
+    if let Some(failure) = result.failure {
+        metrics.errors.with_label_values(&["produce_failed"]).inc();
+        tracing::error!(error = %failure, "nothing from this batch on is committed");
+        in_flight.failure = Some(failure);
+        return;
+    }
+    for ack in result.acks {
         let error = match ack {
             Ok(Ok(_delivery)) => continue,
             Ok(Err((error, _message))) => error.to_string(),
@@ -611,12 +811,38 @@ fn complete_batch<C: Consumer<LoopContext>>(
         tracing::warn!("test hook: aborting after produce, before commit");
         std::process::abort();
     }
-    for (topic, partition, last_processed) in &batch.last_offsets {
-        // librdkafka stores `offset + 1`, the next offset to read: pass the last processed.
-        if let Err(error) = consumer.store_offset(topic, *partition, *last_processed) {
-            // Only for a partition no longer assigned: its next owner replays those records.
-            tracing::warn!(topic = %topic, partition, error = %error, "cannot store offset");
+    let mut touched: BTreeSet<Partition> = BTreeSet::new();
+    for (topic, partition, offset) in &batch.released {
+        let key = (topic.clone(), *partition);
+        if let Some(held) = in_flight.held.get_mut(&key) {
+            held.remove(offset);
         }
+        touched.insert(key);
+    }
+    for (topic, partition, last_processed) in &batch.processed {
+        let key = (topic.clone(), *partition);
+        let done = in_flight.done_upto.entry(key.clone()).or_insert(-1);
+        *done = (*done).max(*last_processed);
+        touched.insert(key);
+    }
+    for key in touched {
+        let Some(safe) = in_flight.advance(&key) else {
+            continue;
+        };
+        // librdkafka stores `offset + 1`, the next offset to read: pass the last processed.
+        if let Err(error) = consumer.store_offset(&key.0, key.1, safe) {
+            // Only for a partition no longer assigned: its next owner replays those records.
+            tracing::warn!(topic = %key.0, partition = key.1, error = %error, "cannot store offset");
+        }
+    }
+    for error_kind in result.rejected_writes {
+        for (_, count) in batch.counts.sent.iter_mut() {
+            if *count > 0 {
+                *count -= 1;
+                break;
+            }
+        }
+        *batch.counts.dead_lettered.entry(error_kind).or_default() += 1;
     }
     let counts = &batch.counts;
     for (topic, count) in &counts.received {
@@ -670,12 +896,12 @@ async fn send_all(
                     let waited = lock(in_flight).batches.pop_front();
                     match waited {
                         Some(mut batch) => {
-                            let batch_acks = (&mut batch.acks).await;
+                            let result = (&mut batch.completion).await;
                             complete_batch(
                                 consumer,
                                 &mut lock(in_flight),
                                 batch,
-                                batch_acks,
+                                result,
                                 metrics,
                                 crash_after_batches,
                             );
@@ -724,11 +950,16 @@ fn increment(counts: &mut BTreeMap<String, u64>, topic: &str) {
     }
 }
 
-fn batch_counts(batch: &[InputRecord], processed: &ProcessedBatch) -> BatchCounts {
+fn batch_counts<P: Processor>(batch: &[InputRecord], processed: &ProcessedBatch) -> BatchCounts {
     let mut counts = BatchCounts {
         deduplicated: processed.deduplicated,
         ..BatchCounts::default()
     };
+    if processed.written > 0 {
+        counts
+            .sent
+            .insert(P::WRITES_TO.to_string(), processed.written);
+    }
     for record in batch {
         increment(&mut counts.received, &record.topic);
     }
@@ -751,6 +982,17 @@ const IDLE_CHECK_INTERVAL: Duration = Duration::from_millis(200);
 /// How often an idle loop with batches in flight returns to complete them.
 const IN_FLIGHT_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
+/// How much one batch may collect, and whether an idle wait returns empty.
+#[derive(Clone, Copy)]
+struct CollectLimits {
+    max_records: usize,
+    /// The processor holds records (or consumption is paused): come back often to release.
+    return_when_idle: bool,
+}
+
+/// How often an idle loop returns while the processor holds records.
+const HOLDING_CHECK_INTERVAL: Duration = Duration::from_millis(20);
+
 /// Waits for a first record, then fills the batch until it is full or `batch_max_wait` has
 /// passed. Returns early, possibly empty, when partitions were assigned or revoked, so that
 /// even an idle stage restores and releases partitions at once.
@@ -759,6 +1001,7 @@ async fn collect_batch(
     ownership: &Mutex<Ownership>,
     in_flight: &Mutex<InFlight>,
     settings: &LoopSettings,
+    limits: CollectLimits,
     metrics: &StageMetrics,
 ) -> Vec<InputRecord> {
     let mut batch = Vec::new();
@@ -776,6 +1019,8 @@ async fn collect_batch(
         let waiting_for_acks = !lock(in_flight).batches.is_empty();
         let wait = if waiting_for_acks {
             IN_FLIGHT_CHECK_INTERVAL
+        } else if limits.return_when_idle {
+            HOLDING_CHECK_INTERVAL
         } else {
             IDLE_CHECK_INTERVAL
         };
@@ -789,12 +1034,12 @@ async fn collect_batch(
                 metrics.errors.with_label_values(&["consume_failed"]).inc();
                 tokio::time::sleep(IDLE_CHECK_INTERVAL).await;
             }
-            Err(_idle) if waiting_for_acks => return batch,
+            Err(_idle) if waiting_for_acks || limits.return_when_idle => return batch,
             Err(_idle) => {}
         }
     }
     let deadline = tokio::time::Instant::now() + settings.batch_max_wait;
-    while batch.len() < settings.batch_max_records {
+    while batch.len() < limits.max_records {
         // Take what librdkafka has already fetched without arming a timer per record.
         if let Some(received) = consumer.recv().now_or_never() {
             match received {
@@ -821,27 +1066,19 @@ async fn collect_batch(
 struct ProcessedBatch {
     outputs: Vec<(Counted, OutputRecord)>,
     deduplicated: u64,
+    /// Records kept for the processor's flush.
+    written: u64,
+    /// Offsets of earlier held records decided in this batch.
+    released: Vec<(String, i32, i64)>,
 }
 
-/// Decides every record's outcome; `None` if shutdown came while a retry was pending.
-async fn process_batch<P: Processor>(
-    settings: &LoopSettings,
-    processor: &mut P,
-    batch: &[InputRecord],
-    metrics: &StageMetrics,
-    context: &StageContext,
-) -> Option<ProcessedBatch> {
-    let mut processed = ProcessedBatch {
-        outputs: Vec::with_capacity(batch.len()),
-        deduplicated: 0,
-    };
-    for record in batch {
-        let outcome = process_with_retry(processor, record, metrics, context).await?;
+impl ProcessedBatch {
+    fn add(&mut self, settings: &LoopSettings, record: &InputRecord, outcome: Outcome) {
         match outcome {
-            Outcome::Emit(outputs) => processed
+            Outcome::Emit(outputs) => self
                 .outputs
                 .extend(outputs.into_iter().map(|output| (Counted::Sent, output))),
-            Outcome::Deduplicated => processed.deduplicated += 1,
+            Outcome::Deduplicated => self.deduplicated += 1,
             Outcome::DeadLetter(rejection) => {
                 tracing::debug!(topic = %record.topic, partition = record.partition, offset = record.offset, error_kind = rejection.error_kind, "dead-lettering record");
                 let dead_letter = dead_letter_record(
@@ -851,13 +1088,126 @@ async fn process_batch<P: Processor>(
                     &rejection,
                     now_ms(),
                 );
-                processed
-                    .outputs
+                self.outputs
                     .push((Counted::DeadLettered(rejection.error_kind), dead_letter));
             }
+            Outcome::Write => self.written += 1,
+            Outcome::Hold => {}
         }
     }
+}
+
+/// Decides every record's outcome, after the held records released now; `None` if shutdown
+/// came while a retry was pending.
+async fn process_batch<P: Processor>(
+    settings: &LoopSettings,
+    processor: &mut P,
+    batch: &[InputRecord],
+    released: Vec<Released>,
+    in_flight: &Mutex<InFlight>,
+    metrics: &StageMetrics,
+    context: &StageContext,
+) -> Option<ProcessedBatch> {
+    let mut processed = ProcessedBatch {
+        outputs: Vec::with_capacity(batch.len() + released.len()),
+        deduplicated: 0,
+        written: 0,
+        released: Vec::with_capacity(released.len()),
+    };
+    for Released { record, outcome } in released {
+        if matches!(outcome, Outcome::Hold) {
+            continue; // still held: nothing to do yet
+        }
+        processed
+            .released
+            .push((record.topic.clone(), record.partition, record.offset));
+        processed.add(settings, &record, outcome);
+    }
+    for record in batch {
+        let outcome = process_with_retry(processor, record, metrics, context).await?;
+        if matches!(outcome, Outcome::Hold) {
+            // Registered now, before any earlier batch completes, so no commit passes it.
+            lock(in_flight)
+                .held
+                .entry((record.topic.clone(), record.partition))
+                .or_default()
+                .insert(record.offset);
+        }
+        processed.add(settings, record, outcome);
+    }
     Some(processed)
+}
+
+/// The future that completes a batch: its produced records acknowledged, then the processor's
+/// write finished and whatever that write rejected dead-lettered and acknowledged too.
+fn completion(
+    acks: Vec<DeliveryFuture>,
+    flush: Option<FlushFuture>,
+    batch: Vec<InputRecord>,
+    producer: FutureProducer,
+    stage: &'static str,
+    dead_letter_topic: String,
+) -> Pin<Box<dyn Future<Output = BatchResult> + Send>> {
+    let Some(flush) = flush else {
+        return Box::pin(futures::future::join_all(acks).map(|acks| BatchResult {
+            acks,
+            rejected_writes: Vec::new(),
+            abandoned: false,
+            failure: None,
+        }));
+    };
+    Box::pin(async move {
+        let mut acks = futures::future::join_all(acks).await;
+        let rejected = match flush.await {
+            FlushResult::Written { rejected } => rejected,
+            FlushResult::Abandoned => {
+                return BatchResult {
+                    acks,
+                    rejected_writes: Vec::new(),
+                    abandoned: true,
+                    failure: None,
+                };
+            }
+        };
+        let mut rejected_writes = Vec::with_capacity(rejected.len());
+        let mut failure = None;
+        let mut dead_letter_acks = Vec::with_capacity(rejected.len());
+        for ((topic, partition), offset, rejection) in rejected {
+            let Some(record) = batch.iter().find(|record| {
+                record.offset == offset && record.partition == partition && record.topic == topic
+            }) else {
+                tracing::error!(topic = %topic, partition, offset, "a write rejected a record that is not in its batch");
+                continue;
+            };
+            let dead_letter =
+                dead_letter_record(stage, &dead_letter_topic, record, &rejection, now_ms());
+            loop {
+                match producer.send_result(future_record(&dead_letter)) {
+                    Ok(ack) => {
+                        dead_letter_acks.push(ack);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((error, _)) => {
+                        failure = Some(format!(
+                            "cannot hand a dead letter to the producer: {error}"
+                        ));
+                        break;
+                    }
+                }
+            }
+            rejected_writes.push(rejection.error_kind);
+        }
+        acks.extend(futures::future::join_all(dead_letter_acks).await);
+        BatchResult {
+            acks,
+            rejected_writes,
+            abandoned: false,
+            failure,
+        }
+    })
 }
 
 async fn process_with_retry<P: Processor>(

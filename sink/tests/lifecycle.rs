@@ -9,5 +9,5 @@ async fn starts_serves_its_endpoints_and_stops_on_sigterm() {
 
 #[tokio::test]
 async fn is_not_ready_while_the_brokers_do_not_answer() {
-    boomerang_testkit::assert_not_ready_without_brokers(BINARY).await;
+    boomerang_testkit::assert_not_ready_without_brokers(BINARY, &[]).await;
 }

@@ -5,6 +5,8 @@
 //! - [`poll_until`]: wait for a condition with a deadline, never a bare sleep.
 //! - [`StageProcess`]: a stage binary under test, killed on drop.
 
+pub mod samples;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -160,6 +162,12 @@ impl StageProcess {
         assert!(status.success(), "kill -TERM failed");
     }
 
+    /// `kill -9`: no shutdown, no final commit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Waits for the process to exit, polling; panics after `deadline`.
     pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
         let child = &mut self.child;
@@ -246,13 +254,12 @@ pub async fn assert_stage_lifecycle(binary: &str, stage: &str, extra_config: &st
 
 /// A stage whose brokers do not answer is alive but not ready, says why, and still stops
 /// promptly on SIGTERM.
-pub async fn assert_not_ready_without_brokers(binary: &str) {
+/// `extra_arguments`: what the stage needs besides brokers to get that far.
+pub async fn assert_not_ready_without_brokers(binary: &str, extra_arguments: &[&str]) {
     let nowhere = format!("127.0.0.1:{}", free_port());
-    let mut process = StageProcess::start(
-        binary,
-        &["--kafka-brokers", &nowhere, "--log-format", "text"],
-        &[],
-    );
+    let mut arguments = vec!["--kafka-brokers", &nowhere, "--log-format", "text"];
+    arguments.extend_from_slice(extra_arguments);
+    let mut process = StageProcess::start(binary, &arguments, &[]);
     poll_until("/healthz", Duration::from_secs(30), || {
         process.get("/healthz")
     })

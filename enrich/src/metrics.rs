@@ -1,0 +1,88 @@
+//! enrich's own metrics, beside the shared stage counters.
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+
+use crate::join::JoinOutcome;
+
+#[derive(Clone)]
+pub struct EnrichMetrics {
+    /// Records per reference table.
+    pub reference_records: IntGaugeVec,
+    /// Reference changes applied, by table and change (upsert, tombstone, rejected).
+    pub reference_changes: IntCounterVec,
+    /// 1 once the tables caught up with the reference topics' ends at start-up.
+    pub reference_caught_up: IntGauge,
+    /// Reference records still to read before the start-up catch-up is done.
+    pub reference_catch_up_remaining: IntGauge,
+    pub pending_events: IntGauge,
+    pub pending_bytes: IntGauge,
+    /// How long released events waited for their reference data.
+    pub pending_wait: Histogram,
+    pub join_outcomes: IntCounterVec,
+}
+
+impl EnrichMetrics {
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let metrics = Self {
+            reference_records: IntGaugeVec::new(
+                Opts::new(
+                    "boomerang_enrich_reference_records",
+                    "Records held per reference table.",
+                ),
+                &["table"],
+            )?,
+            reference_changes: IntCounterVec::new(
+                Opts::new(
+                    "boomerang_enrich_reference_changes_total",
+                    "Reference records applied, by table and change: upsert, tombstone, or rejected (undecodable; logged with its offset).",
+                ),
+                &["table", "change"],
+            )?,
+            reference_caught_up: IntGauge::new(
+                "boomerang_enrich_reference_caught_up",
+                "1 once the reference tables reached the reference topics' ends at start-up; events are consumed only then.",
+            )?,
+            reference_catch_up_remaining: IntGauge::new(
+                "boomerang_enrich_reference_catch_up_remaining",
+                "Reference records still to read before the start-up catch-up is done.",
+            )?,
+            pending_events: IntGauge::new(
+                "boomerang_enrich_pending_events",
+                "Events waiting for late reference data.",
+            )?,
+            pending_bytes: IntGauge::new(
+                "boomerang_enrich_pending_bytes",
+                "Bytes of the records of events waiting for late reference data.",
+            )?,
+            pending_wait: Histogram::with_opts(
+                HistogramOpts::new(
+                    "boomerang_enrich_pending_wait_seconds",
+                    "How long events waited for late reference data before they were emitted.",
+                )
+                .buckets(vec![
+                    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+                ]),
+            )?,
+            join_outcomes: IntCounterVec::new(
+                Opts::new(
+                    "boomerang_enrich_join_outcomes_total",
+                    "Events emitted, by how their join ended.",
+                ),
+                &["outcome"],
+            )?,
+        };
+        registry.register(Box::new(metrics.reference_records.clone()))?;
+        registry.register(Box::new(metrics.reference_changes.clone()))?;
+        registry.register(Box::new(metrics.reference_caught_up.clone()))?;
+        registry.register(Box::new(metrics.reference_catch_up_remaining.clone()))?;
+        registry.register(Box::new(metrics.pending_events.clone()))?;
+        registry.register(Box::new(metrics.pending_bytes.clone()))?;
+        registry.register(Box::new(metrics.pending_wait.clone()))?;
+        registry.register(Box::new(metrics.join_outcomes.clone()))?;
+        // Every outcome is exported from the start, so rates work before the first of a kind.
+        for outcome in JoinOutcome::ALL {
+            metrics.join_outcomes.with_label_values(&[outcome.as_str()]);
+        }
+        Ok(metrics)
+    }
+}

@@ -1,0 +1,208 @@
+//! enrich's step of the stage loop, one validated record at a time:
+//! decode (the shared decoder) → look the order and customer up in the reference tables
+//! (`tables.rs`, filled by `reference.rs`) → join (`join.rs`) and publish (`publish.rs`), or,
+//! when reference data is missing, hold the event (`pending.rs`) until it arrives or the
+//! deadline passes.
+
+use std::time::{Duration, Instant};
+
+use boomerang_runtime::dead_letter::Rejection;
+use boomerang_runtime::decode::{DecodeFailure, RecordDecoder, WriterSchemaSource};
+use boomerang_runtime::pseudonym::Pseudonymiser;
+use boomerang_runtime::stage_loop::{
+    InputRecord, Outcome, Partition, Processor, Released, RetryableError,
+};
+use boomerang_schemas::{PostPurchaseEvent, TimestampMicros};
+
+use crate::join::{JoinKeys, JoinSettings, Lookup, enrich};
+use crate::metrics::EnrichMetrics;
+use crate::pending::{Held, PendingBuffer, PendingLimits};
+use crate::publish::enriched_record;
+use crate::reference::Arrivals;
+use crate::tables::SharedTables;
+
+pub const ENCODE_FAILED: &str = "encode_failed";
+/// How often held events are all checked again, besides the arrivals they wait for (which
+/// a reference record landing between an event's lookup and its hold can miss).
+const RECHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone)]
+pub struct EnrichSettings {
+    pub enriched_topic: String,
+    /// The registry id of the schema enriched events are written with.
+    pub enriched_schema_id: u32,
+    pub join: JoinSettings,
+    pub pending: PendingLimits,
+}
+
+pub struct EnrichProcessor<Source> {
+    decoder: RecordDecoder<PostPurchaseEvent, Source>,
+    tables: SharedTables,
+    arrivals: Arrivals,
+    pending: PendingBuffer,
+    settings: EnrichSettings,
+    pseudonymiser: Pseudonymiser,
+    metrics: Option<EnrichMetrics>,
+    last_recheck: Instant,
+}
+
+impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
+    pub fn new(
+        source: Source,
+        tables: SharedTables,
+        arrivals: Arrivals,
+        settings: EnrichSettings,
+        pseudonymiser: Pseudonymiser,
+        metrics: Option<EnrichMetrics>,
+    ) -> Self {
+        Self {
+            decoder: RecordDecoder::new(source),
+            tables,
+            arrivals,
+            pending: PendingBuffer::new(settings.pending),
+            settings,
+            pseudonymiser,
+            metrics,
+            last_recheck: Instant::now(),
+        }
+    }
+
+    /// Joins with what the tables hold now and builds the record to publish.
+    fn emit(
+        &self,
+        event: PostPurchaseEvent,
+        keys: JoinKeys,
+        waited: bool,
+        record: &InputRecord,
+    ) -> Outcome {
+        let (enriched, outcome) = {
+            let tables = self.tables.read();
+            let lookup = Lookup::new(&tables, keys);
+            enrich(
+                event,
+                &lookup,
+                waited,
+                &self.settings.join,
+                &self.pseudonymiser,
+                TimestampMicros::now(),
+            )
+        };
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .join_outcomes
+                .with_label_values(&[outcome.as_str()])
+                .inc();
+        }
+        match enriched_record(
+            &enriched,
+            self.settings.enriched_schema_id,
+            &self.settings.enriched_topic,
+            record,
+        ) {
+            Ok(output) => Outcome::Emit(vec![output]),
+            Err(error) => Outcome::DeadLetter(Rejection::new(
+                ENCODE_FAILED,
+                boomerang_runtime::config::error_chain(&error),
+            )),
+        }
+    }
+
+    fn report_pending(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .pending_events
+                .set(i64::try_from(self.pending.len()).unwrap_or(i64::MAX));
+            metrics
+                .pending_bytes
+                .set(i64::try_from(self.pending.bytes()).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+impl<Source: WriterSchemaSource> Processor for EnrichProcessor<Source> {
+    async fn assign(&mut self, _partitions: &[Partition]) -> anyhow::Result<()> {
+        Ok(()) // the reference tables are whole on every instance: nothing per partition
+    }
+
+    fn revoke(&mut self, partitions: &[Partition]) {
+        let dropped = self.pending.drop_partitions(partitions);
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "held events of revoked partitions left to their next owner"
+            );
+        }
+        self.arrivals.watch(!self.pending.is_empty());
+        self.report_pending();
+    }
+
+    async fn process(&mut self, record: &InputRecord) -> Result<Outcome, RetryableError> {
+        let decoded = match self.decoder.decode(record.value.as_deref()).await {
+            Ok(decoded) => decoded,
+            Err(DecodeFailure::Rejected(rejection)) => return Ok(Outcome::DeadLetter(rejection)),
+            Err(DecodeFailure::Retry(error)) => return Err(error),
+        };
+        let event = decoded.value;
+        let keys = JoinKeys::of(&event);
+        let ready = !self.pending.holds_order(keys.order)
+            && Lookup::new(&self.tables.read(), keys).complete();
+        if ready {
+            return Ok(self.emit(event, keys, false, record));
+        }
+        self.arrivals.watch(true);
+        self.pending.hold(Held {
+            record: record.clone(),
+            event,
+            schema_id: decoded.schema_id,
+            keys,
+            since: Instant::now(),
+        });
+        self.report_pending();
+        Ok(Outcome::Hold)
+    }
+
+    fn release(&mut self) -> Vec<Released> {
+        if self.pending.is_empty() {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let arrived = self.arrivals.take();
+        let recheck_all = self.last_recheck.elapsed() >= RECHECK_INTERVAL;
+        if recheck_all {
+            self.last_recheck = now;
+        }
+        let held = {
+            let tables = self.tables.read();
+            self.pending.release(&tables, &arrived, recheck_all, now)
+        };
+        if held.is_empty() {
+            return Vec::new();
+        }
+        let released = held
+            .into_iter()
+            .map(|held| {
+                if let Some(metrics) = &self.metrics {
+                    metrics
+                        .pending_wait
+                        .observe(now.duration_since(held.since).as_secs_f64());
+                }
+                let outcome = self.emit(held.event, held.keys, true, &held.record);
+                Released {
+                    record: held.record,
+                    outcome,
+                }
+            })
+            .collect();
+        self.arrivals.watch(!self.pending.is_empty());
+        self.report_pending();
+        released
+    }
+
+    fn holding(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn room(&self) -> usize {
+        self.pending.room()
+    }
+}

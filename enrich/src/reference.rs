@@ -1,0 +1,349 @@
+//! Loading the reference tables from their compacted topics: every partition from the
+//! beginning, into [`ReferenceTables`], then following updates for as long as the stage runs.
+//!
+//! At start-up a loader reads up to the end offsets it saw when it started (its *catch-up*);
+//! enrich consumes no event before both tables have caught up. A record with a null value (a
+//! tombstone) deletes its key. A reference record that cannot be decoded is counted
+//! (`boomerang_enrich_reference_changes_total{change="rejected"}`) and logged with its topic,
+//! partition and offset, and skipped: it stays in its own topic, and every instance reads
+//! every reference partition, so dead-lettering it would copy it once per instance and start.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use boomerang_runtime::decode::{DecodeFailure, RecordDecoder, WriterSchemaSource};
+use boomerang_runtime::kafka::KafkaArgs;
+use boomerang_schemas::{AvroRecord, Customer, Order};
+use futures::FutureExt;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::EnrichMetrics;
+use crate::tables::{RefKey, ReferenceTables, SharedTables, Table, ref_key};
+
+/// Records applied under one write lock at most.
+const APPLY_BATCH: usize = 5_000;
+
+/// A reference record type and how it lands in the tables.
+pub trait ReferenceRecord: AvroRecord + Send + 'static {
+    const TABLE: Table;
+    fn id(&self) -> &str;
+    fn upsert(&self, key: RefKey, tables: &mut ReferenceTables);
+}
+
+impl ReferenceRecord for Customer {
+    const TABLE: Table = Table::Customers;
+    fn id(&self) -> &str {
+        &self.customer_id
+    }
+    fn upsert(&self, key: RefKey, tables: &mut ReferenceTables) {
+        tables.upsert_customer(key, self);
+    }
+}
+
+impl ReferenceRecord for Order {
+    const TABLE: Table = Table::Orders;
+    fn id(&self) -> &str {
+        &self.order_id
+    }
+    fn upsert(&self, key: RefKey, tables: &mut ReferenceTables) {
+        tables.upsert_order(key, self);
+    }
+}
+
+/// Keys of reference records that arrived, kept only while events wait for some.
+#[derive(Clone, Default)]
+pub struct Arrivals {
+    watching: Arc<AtomicBool>,
+    keys: Arc<Mutex<Vec<RefKey>>>,
+}
+
+impl Arrivals {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<RefKey>> {
+        self.keys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn watch(&self, watching: bool) {
+        if self.watching.swap(watching, Ordering::Relaxed) && !watching {
+            self.lock().clear();
+        }
+    }
+
+    fn record(&self, keys: &[RefKey]) {
+        if self.watching.load(Ordering::Relaxed) && !keys.is_empty() {
+            self.lock().extend_from_slice(keys);
+        }
+    }
+
+    pub fn take(&self) -> Vec<RefKey> {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
+/// Where a loader is in its start-up catch-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchUp {
+    pub table: Table,
+    /// Records between the loader's position and the end offsets it saw at start-up.
+    pub remaining: u64,
+    pub done: bool,
+}
+
+/// One reference topic's loader.
+pub struct Loader<T: ReferenceRecord, Source> {
+    consumer: StreamConsumer,
+    state: LoaderState<T, Source>,
+}
+
+struct LoaderState<T: ReferenceRecord, Source> {
+    topic: String,
+    decoder: RecordDecoder<T, Source>,
+    tables: SharedTables,
+    arrivals: Arrivals,
+    metrics: Option<EnrichMetrics>,
+    /// The end offset per partition at start-up.
+    targets: HashMap<i32, i64>,
+    /// The next offset per partition.
+    positions: HashMap<i32, i64>,
+    progress: watch::Sender<CatchUp>,
+}
+
+impl<T: ReferenceRecord, Source: WriterSchemaSource> Loader<T, Source> {
+    /// Assigns every partition of `topic` from the beginning and notes where it ends now.
+    pub fn start(
+        kafka: &KafkaArgs,
+        topic: &str,
+        source: Source,
+        tables: SharedTables,
+        arrivals: Arrivals,
+        metrics: Option<EnrichMetrics>,
+    ) -> anyhow::Result<(Self, watch::Receiver<CatchUp>)> {
+        let mut config = kafka.consumer_config(&format!("boomerang-enrich-{}", T::TABLE.name()));
+        // EOF events tell a partition that ends in records it never hands out (transaction
+        // markers) from one still being read.
+        config.set("enable.partition.eof", "true");
+        let consumer: StreamConsumer = config.create()?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("cannot read the metadata of {topic}"))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .first()
+            .map(|topic| topic.partitions().iter().map(|p| p.id()).collect())
+            .unwrap_or_default();
+        if partitions.is_empty() {
+            anyhow::bail!("topic {topic} does not exist; create it with `boomerang topics create`");
+        }
+        let mut assignment = TopicPartitionList::new();
+        let mut targets = HashMap::new();
+        let mut positions = HashMap::new();
+        for partition in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                .with_context(|| format!("cannot read the end offsets of {topic}"))?;
+            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
+            targets.insert(partition, high);
+            positions.insert(partition, low);
+        }
+        consumer.assign(&assignment)?;
+        let (progress, receiver) = watch::channel(CatchUp {
+            table: T::TABLE,
+            remaining: 0,
+            done: false,
+        });
+        let mut state = LoaderState {
+            topic: topic.to_string(),
+            decoder: RecordDecoder::new(source),
+            tables,
+            arrivals,
+            metrics,
+            targets,
+            positions,
+            progress,
+        };
+        state.report_progress();
+        Ok((Self { consumer, state }, receiver))
+    }
+
+    /// Reads and applies until shutdown.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Self {
+            consumer,
+            mut state,
+        } = self;
+        loop {
+            let first = tokio::select! {
+                received = consumer.recv() => received,
+                () = shutdown.cancelled() => return,
+            };
+            let mut batch = vec![first];
+            while batch.len() < APPLY_BATCH {
+                match consumer.recv().now_or_never() {
+                    Some(received) => batch.push(received),
+                    None => break,
+                }
+            }
+            let mut decoded: Vec<Change<T>> = Vec::with_capacity(batch.len());
+            for received in batch {
+                match received {
+                    Ok(message) => {
+                        let Some(change) = state.decode(&message, &shutdown).await else {
+                            return; // shutdown while the registry did not answer
+                        };
+                        state
+                            .positions
+                            .insert(message.partition(), message.offset() + 1);
+                        decoded.push(change);
+                    }
+                    Err(KafkaError::PartitionEOF(partition)) => {
+                        if let Some(target) = state.targets.get(&partition).copied() {
+                            state.positions.insert(partition, target);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(topic = %state.topic, error = %error, "reference consumer error");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            state.apply(decoded);
+            state.report_progress();
+        }
+    }
+}
+
+impl<T: ReferenceRecord, Source: WriterSchemaSource> LoaderState<T, Source> {
+    fn remaining(&self) -> u64 {
+        self.targets
+            .iter()
+            .map(|(partition, target)| {
+                let position = self.positions.get(partition).copied().unwrap_or(0);
+                u64::try_from(target - position).unwrap_or(0)
+            })
+            .sum()
+    }
+
+    fn report_progress(&mut self) {
+        let already_done = self.progress.borrow().done;
+        if already_done {
+            return;
+        }
+        let remaining = self.remaining();
+        let done = remaining == 0;
+        if done {
+            self.targets.clear();
+            tracing::info!(table = T::TABLE.name(), "reference table caught up");
+        }
+        self.progress.send_replace(CatchUp {
+            table: T::TABLE,
+            remaining,
+            done,
+        });
+    }
+
+    async fn decode(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        shutdown: &CancellationToken,
+    ) -> Option<Change<T>> {
+        let key = message.key().map(ref_key);
+        let Some(value) = message.payload() else {
+            return Some(match key {
+                Some(key) => Change::Delete(key),
+                None => self.rejected(
+                    message,
+                    "tombstone_without_key",
+                    "a null value without a key",
+                ),
+            });
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.decoder.decode(Some(value)).await {
+                Ok(decoded) => {
+                    let key = key.unwrap_or_else(|| ref_key(decoded.value.id().as_bytes()));
+                    return Some(Change::Upsert(key, decoded.value));
+                }
+                Err(DecodeFailure::Rejected(rejection)) => {
+                    return Some(self.rejected(message, rejection.error_kind, &rejection.message));
+                }
+                Err(DecodeFailure::Retry(error)) => {
+                    tracing::warn!(topic = %self.topic, error_kind = error.kind, retry_in_ms = backoff.as_millis() as u64, "cannot decode a reference record yet; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = shutdown.cancelled() => return None,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    fn rejected(&self, message: &BorrowedMessage<'_>, error_kind: &str, reason: &str) -> Change<T> {
+        tracing::warn!(
+            topic = %self.topic,
+            partition = message.partition(),
+            offset = message.offset(),
+            error_kind,
+            error = reason,
+            "skipping a reference record that cannot be read"
+        );
+        Change::Rejected
+    }
+
+    fn apply(&self, changes: Vec<Change<T>>) {
+        let table = T::TABLE;
+        let (mut upserts, mut deletes, mut rejected) = (0u64, 0u64, 0u64);
+        let mut arrived = Vec::new();
+        let size = {
+            let mut tables = self.tables.write();
+            for change in changes {
+                match change {
+                    Change::Upsert(key, record) => {
+                        record.upsert(key, &mut tables);
+                        arrived.push(key);
+                        upserts += 1;
+                    }
+                    Change::Delete(key) => {
+                        tables.delete(table, key);
+                        deletes += 1;
+                    }
+                    Change::Rejected => rejected += 1,
+                }
+            }
+            tables.len(table)
+        };
+        self.arrivals.record(&arrived);
+        if let Some(metrics) = &self.metrics {
+            let changes = &metrics.reference_changes;
+            changes
+                .with_label_values(&[table.name(), "upsert"])
+                .inc_by(upserts);
+            changes
+                .with_label_values(&[table.name(), "tombstone"])
+                .inc_by(deletes);
+            changes
+                .with_label_values(&[table.name(), "rejected"])
+                .inc_by(rejected);
+            metrics
+                .reference_records
+                .with_label_values(&[table.name()])
+                .set(i64::try_from(size).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+enum Change<T> {
+    Upsert(RefKey, T),
+    Delete(RefKey),
+    Rejected,
+}

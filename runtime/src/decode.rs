@@ -1,0 +1,299 @@
+//! Decoding a record's value: Confluent frame → writer schema (from the registry, by id) → the
+//! current version of a typed record, resolving data written with an earlier schema version.
+//! Ingest decodes raw events with it, enrich validated events and reference records, sink
+//! enriched events and orders.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+
+use apache_avro::Schema;
+use apache_avro::schema_compatibility::SchemaCompatibility;
+use boomerang_schemas::codec;
+use boomerang_schemas::{AvroRecord, ResolvingReader};
+
+use crate::dead_letter::Rejection;
+use crate::registry::{LookupError, WriterSchemas};
+use crate::stage_loop::RetryableError;
+use crate::wire::{self, FrameError};
+
+pub const EMPTY_VALUE: &str = "empty_value";
+pub const TRUNCATED_FRAME: &str = "truncated_frame";
+pub const BAD_MAGIC_BYTE: &str = "bad_magic_byte";
+pub const UNKNOWN_SCHEMA_ID: &str = "unknown_schema_id";
+pub const UNREADABLE_SCHEMA: &str = "unreadable_schema";
+pub const INCOMPATIBLE_SCHEMA: &str = "incompatible_schema";
+pub const UNDECODABLE: &str = "undecodable";
+pub const SCHEMA_REGISTRY_UNAVAILABLE: &str = "schema_registry_unavailable";
+
+/// Where writer schemas come from: the registry in production, a map in unit tests.
+pub trait WriterSchemaSource: Send {
+    fn writer_schema(
+        &mut self,
+        id: u32,
+    ) -> impl Future<Output = Result<&'static Schema, LookupError>> + Send;
+}
+
+impl WriterSchemaSource for WriterSchemas {
+    fn writer_schema(
+        &mut self,
+        id: u32,
+    ) -> impl Future<Output = Result<&'static Schema, LookupError>> + Send {
+        self.get(id)
+    }
+}
+
+/// How records of one writer schema id are read.
+enum Reader<T> {
+    /// Written with the current schema: the fast path.
+    Current,
+    /// Written with another compatible version: resolved to the current one.
+    Resolving(ResolvingReader<'static, T>),
+    /// Cannot be read as a `T`.
+    Incompatible(String),
+}
+
+#[derive(Debug)]
+pub enum DecodeFailure {
+    /// The record's fault: dead-letter it.
+    Rejected(Rejection),
+    /// Nobody's fault: retry.
+    Retry(RetryableError),
+}
+
+#[derive(Debug)]
+pub struct Decoded<T> {
+    pub value: T,
+    pub schema_id: u32,
+}
+
+/// Decodes framed values into `T`, caching one reader per writer schema id.
+pub struct RecordDecoder<T, Source> {
+    source: Source,
+    readers: HashMap<u32, Reader<T>>,
+    record: PhantomData<fn() -> T>,
+}
+
+impl<T: AvroRecord, Source: WriterSchemaSource> RecordDecoder<T, Source> {
+    pub fn new(source: Source) -> Self {
+        Self {
+            source,
+            readers: HashMap::new(),
+            record: PhantomData,
+        }
+    }
+
+    pub async fn decode(&mut self, value: Option<&[u8]>) -> Result<Decoded<T>, DecodeFailure> {
+        let rejected =
+            |kind, message: String| DecodeFailure::Rejected(Rejection::new(kind, message));
+        let (schema_id, datum) = wire::parse(value.unwrap_or_default()).map_err(|error| {
+            let kind = match error {
+                FrameError::Empty => EMPTY_VALUE,
+                FrameError::Truncated { .. } => TRUNCATED_FRAME,
+                FrameError::BadMagicByte { .. } => BAD_MAGIC_BYTE,
+            };
+            rejected(kind, error.to_string())
+        })?;
+        let with_id =
+            |rejection: Rejection| DecodeFailure::Rejected(rejection.with_schema_id(schema_id));
+        if !self.readers.contains_key(&schema_id) {
+            let reader = match self.source.writer_schema(schema_id).await {
+                Ok(writer) => reader_for(writer),
+                Err(LookupError::UnknownId(_)) => {
+                    // Not cached: the id may be registered later.
+                    return Err(with_id(Rejection::new(
+                        UNKNOWN_SCHEMA_ID,
+                        format!("schema id {schema_id} is not in the schema registry"),
+                    )));
+                }
+                Err(error @ LookupError::Unreadable { .. }) => {
+                    Reader::Incompatible(error.to_string())
+                }
+                Err(LookupError::Unavailable(source)) => {
+                    return Err(DecodeFailure::Retry(RetryableError {
+                        kind: SCHEMA_REGISTRY_UNAVAILABLE,
+                        source,
+                    }));
+                }
+            };
+            self.readers.insert(schema_id, reader);
+        }
+        let decoded = match &self.readers[&schema_id] {
+            Reader::Current => codec::decode::<T>(datum),
+            Reader::Resolving(reader) => reader.decode(datum),
+            Reader::Incompatible(reason) => {
+                return Err(with_id(Rejection::new(INCOMPATIBLE_SCHEMA, reason.clone())));
+            }
+        };
+        match decoded {
+            Ok(value) => Ok(Decoded { value, schema_id }),
+            Err(error) => Err(with_id(Rejection::new(
+                UNDECODABLE,
+                crate::config::error_chain(&error),
+            ))),
+        }
+    }
+}
+
+fn reader_for<T: AvroRecord>(writer: &'static Schema) -> Reader<T> {
+    let current = T::KIND.schema();
+    if writer == current {
+        return Reader::Current;
+    }
+    if let Err(error) = SchemaCompatibility::can_read(writer, current) {
+        return Reader::Incompatible(format!(
+            "the writer schema cannot be read as the current {}: {error}",
+            T::KIND.full_name()
+        ));
+    }
+    match ResolvingReader::new(writer) {
+        Ok(reader) => Reader::Resolving(reader),
+        Err(error) => Reader::Incompatible(crate::config::error_chain(&error)),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
+    use boomerang_schemas::{
+        Channel, EventType, Outcome, PostPurchaseEvent, SchemaKind, TimestampMicros,
+    };
+
+    use super::*;
+
+    /// Writer schemas from a map: id 1 = version 1, id 2 = current, id 9 = a Customer.
+    pub struct MapSource(pub HashMap<u32, &'static Schema>);
+
+    impl MapSource {
+        pub fn standard() -> Self {
+            let v1: &'static Schema = Box::leak(Box::new(
+                Schema::parse_str(SchemaKind::PostPurchaseEvent.history()[0]).expect("v1"),
+            ));
+            Self(HashMap::from([
+                (1, v1),
+                (2, SchemaKind::PostPurchaseEvent.schema()),
+                (9, SchemaKind::Customer.schema()),
+            ]))
+        }
+    }
+
+    impl WriterSchemaSource for MapSource {
+        fn writer_schema(
+            &mut self,
+            id: u32,
+        ) -> impl Future<Output = Result<&'static Schema, LookupError>> + Send {
+            let found = self.0.get(&id).copied().ok_or(LookupError::UnknownId(id));
+            async move { found }
+        }
+    }
+
+    pub fn event() -> PostPurchaseEvent {
+        PostPurchaseEvent {
+            event_id: "e-1".into(),
+            idempotency_key: "k-1".into(),
+            event_type: EventType::ReturnRequested,
+            case_id: "c-1".into(),
+            order_id: "o-1".into(),
+            order_line_id: "o-1/1".into(),
+            customer_id: "cu-1".into(),
+            sku: "s-1".into(),
+            quantity: 1,
+            reason: None,
+            reason_text: None,
+            amount: None,
+            method: None,
+            channel: Channel::Web,
+            outcome: Outcome::Pending,
+            occurred_at: TimestampMicros::now(),
+            source_system: "portal".into(),
+            replacement_sku: None,
+            warranty_resolution: None,
+            disposition: None,
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    pub fn framed(schema_id: u32, datum: &[u8]) -> Vec<u8> {
+        let mut value = Vec::new();
+        wire::start_frame(schema_id, &mut value);
+        value.extend_from_slice(datum);
+        value
+    }
+
+    fn kind(failure: DecodeFailure) -> &'static str {
+        match failure {
+            DecodeFailure::Rejected(rejection) => rejection.error_kind,
+            DecodeFailure::Retry(error) => panic!("unexpected retry: {error}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn current_and_version_1_data_decode() {
+        let mut decoder = RecordDecoder::<PostPurchaseEvent, _>::new(MapSource::standard());
+        let event = event();
+        let current = framed(2, &codec::encode(&event).expect("encode"));
+        let decoded = decoder
+            .decode(Some(&current))
+            .await
+            .expect("current decodes");
+        assert_eq!((decoded.schema_id, decoded.value), (2, event.clone()));
+
+        let v1 = MapSource::standard().0[&1];
+        let datum = codec::encode_for_writer_schema(&event, v1).expect("v1 datum");
+        let decoded = decoder
+            .decode(Some(&framed(1, &datum)))
+            .await
+            .expect("v1 decodes");
+        assert_eq!((decoded.schema_id, decoded.value), (1, event));
+    }
+
+    /// A registry that does not answer is nobody's fault: retry, never a dead letter.
+    struct UnreachableRegistry;
+
+    impl WriterSchemaSource for UnreachableRegistry {
+        async fn writer_schema(&mut self, _id: u32) -> Result<&'static Schema, LookupError> {
+            Err(LookupError::Unavailable(anyhow::anyhow!(
+                "connection refused"
+            )))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_registry_means_retry_and_nothing_is_cached() {
+        let mut decoder = RecordDecoder::<PostPurchaseEvent, _>::new(UnreachableRegistry);
+        let value = framed(2, &codec::encode(&event()).expect("encode"));
+        for _ in 0..2 {
+            match decoder.decode(Some(&value)).await {
+                Err(DecodeFailure::Retry(error)) => {
+                    assert_eq!(error.kind, SCHEMA_REGISTRY_UNAVAILABLE)
+                }
+                other => panic!("expected a retry, got {other:?}"),
+            }
+        }
+        assert!(decoder.readers.is_empty());
+    }
+
+    #[tokio::test]
+    async fn each_bad_frame_has_its_kind() {
+        let mut decoder = RecordDecoder::<PostPurchaseEvent, _>::new(MapSource::standard());
+        let datum = codec::encode(&event()).expect("encode");
+        let cases: Vec<(Option<Vec<u8>>, &str)> = vec![
+            (None, EMPTY_VALUE),
+            (Some(vec![]), EMPTY_VALUE),
+            (Some(vec![0, 0, 1]), TRUNCATED_FRAME),
+            (Some(b"{\"json\": true}".to_vec()), BAD_MAGIC_BYTE),
+            (Some(framed(77, &datum)), UNKNOWN_SCHEMA_ID),
+            (Some(framed(9, &datum)), INCOMPATIBLE_SCHEMA),
+            (Some(framed(2, &datum[..datum.len() / 2])), UNDECODABLE),
+            (Some(framed(2, &[0xff; 16])), UNDECODABLE),
+        ];
+        for (value, expected) in cases {
+            let failure = decoder
+                .decode(value.as_deref())
+                .await
+                .expect_err("must fail");
+            assert_eq!(kind(failure), expected, "{value:?}");
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Keyed pseudonyms for customers who withheld analytics consent.
+//!
+//! A pseudonym is `p_` + the first 16 bytes of HMAC-SHA256(key, customer id), in hex: stable
+//! (the same customer always gets the same pseudonym, so their cases still join up), and not
+//! reversible without the key (an unkeyed hash of an id could be reversed by hashing every
+//! plausible id). enrich replaces the customer id of a non-consenting customer with it; sink
+//! keys every customer in ClickHouse by it, so analytics never hold a raw customer id.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// Bytes of the HMAC kept: 128 bits make a collision between customers negligible.
+const PSEUDONYM_BYTES: usize = 16;
+const PREFIX: &str = "p_";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PseudonymArgs {
+    /// Secret key for customer pseudonyms. Every enrich and sink instance must share it;
+    /// changing it changes every pseudonym.
+    #[arg(
+        long = "pseudonym-key",
+        env = "BOOMERANG_PSEUDONYM_KEY",
+        hide_env_values = true
+    )]
+    pub pseudonym_key: String,
+}
+
+#[derive(Clone)]
+pub struct Pseudonymiser {
+    mac: Hmac<Sha256>,
+}
+
+/// The key never reaches a log by `{:?}`.
+impl std::fmt::Debug for Pseudonymiser {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Pseudonymiser { key: <redacted> }")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the pseudonym key must be at least 16 bytes long (it is {0})")]
+pub struct ShortKey(usize);
+
+impl Pseudonymiser {
+    pub fn new(key: &[u8]) -> Result<Self, ShortKey> {
+        if key.len() < 16 {
+            return Err(ShortKey(key.len()));
+        }
+        let mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+            .map_err(|_invalid_length| ShortKey(key.len()))?;
+        Ok(Self { mac })
+    }
+
+    pub fn from_args(args: &PseudonymArgs) -> Result<Self, ShortKey> {
+        Self::new(args.pseudonym_key.as_bytes())
+    }
+
+    pub fn pseudonym(&self, customer_id: &str) -> String {
+        let mut mac = self.mac.clone();
+        mac.update(customer_id.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut out = String::with_capacity(PREFIX.len() + 2 * PSEUDONYM_BYTES);
+        out.push_str(PREFIX);
+        for byte in &digest[..PSEUDONYM_BYTES] {
+            out.push(char::from(HEX[usize::from(byte >> 4)]));
+            out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+        out
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stable_keyed_and_not_the_id() {
+        let one = Pseudonymiser::new(b"0123456789abcdef-one").expect("key");
+        let two = Pseudonymiser::new(b"0123456789abcdef-two").expect("key");
+        let pseudonym = one.pseudonym("cu-42");
+        assert_eq!(pseudonym, one.pseudonym("cu-42"), "stable");
+        assert_ne!(pseudonym, one.pseudonym("cu-43"), "per customer");
+        assert_ne!(pseudonym, two.pseudonym("cu-42"), "depends on the key");
+        assert!(!pseudonym.contains("cu-42"));
+        assert_eq!(pseudonym.len(), 2 + 32);
+        assert!(pseudonym.starts_with("p_"));
+    }
+
+    #[test]
+    fn short_keys_are_refused() {
+        assert!(Pseudonymiser::new(b"short").is_err());
+    }
+
+    #[test]
+    fn debug_hides_the_key() {
+        let pseudonymiser = Pseudonymiser::new(b"0123456789abcdef-secret").expect("key");
+        assert!(!format!("{pseudonymiser:?}").contains("secret"));
+    }
+}
