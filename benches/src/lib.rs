@@ -1,2 +1,5 @@
 //! Benchmarks live in `benches/`: criterion benchmarks of hot paths (`cargo bench -p
-//! boomerang-benches`) and, as the stages land, harnesses for end-to-end runs.
+//! boomerang-benches`) and harnesses for end-to-end runs. This library holds the data they
+//! share.
+
+pub mod reference_world;

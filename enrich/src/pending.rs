@@ -7,14 +7,14 @@
 //! event of its order. The stage loop does not commit past a held event, so a crash replays
 //! it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use boomerang_runtime::stage_loop::{InputRecord, Partition};
 use boomerang_schemas::PostPurchaseEvent;
 
 use crate::join::{JoinKeys, Lookup};
-use crate::tables::{RefKey, ReferenceTables};
+use crate::tables::{RefKey, RefMap, ReferenceTables};
 
 #[derive(Debug, Clone, Copy)]
 pub struct PendingLimits {
@@ -48,9 +48,9 @@ pub struct PendingBuffer {
     /// By arrival: with one `max_wait` for all, also by deadline.
     entries: BTreeMap<u64, Entry>,
     /// Each order's held events, oldest first.
-    by_order: HashMap<RefKey, VecDeque<u64>>,
+    by_order: RefMap<VecDeque<u64>>,
     /// Held events by the reference keys they join on.
-    waiting_on: HashMap<RefKey, Vec<u64>>,
+    waiting_on: RefMap<Vec<u64>>,
     next_seq: u64,
     bytes: usize,
 }
@@ -70,8 +70,8 @@ impl PendingBuffer {
         Self {
             limits,
             entries: BTreeMap::new(),
-            by_order: HashMap::new(),
-            waiting_on: HashMap::new(),
+            by_order: RefMap::default(),
+            waiting_on: RefMap::default(),
             next_seq: 0,
             bytes: 0,
         }

@@ -75,18 +75,25 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
         waited: bool,
         record: &InputRecord,
     ) -> Outcome {
-        let (enriched, outcome) = {
-            let tables = self.tables.read();
-            let lookup = Lookup::new(&tables, keys);
-            enrich(
-                event,
-                &lookup,
-                waited,
-                &self.settings.join,
-                &self.pseudonymiser,
-                TimestampMicros::now(),
-            )
-        };
+        let tables = self.tables.read();
+        self.emit_with(event, &Lookup::new(&tables, keys), waited, record)
+    }
+
+    fn emit_with(
+        &self,
+        event: PostPurchaseEvent,
+        lookup: &Lookup<'_>,
+        waited: bool,
+        record: &InputRecord,
+    ) -> Outcome {
+        let (enriched, outcome) = enrich(
+            event,
+            lookup,
+            waited,
+            &self.settings.join,
+            &self.pseudonymiser,
+            TimestampMicros::now(),
+        );
         if let Some(metrics) = &self.metrics {
             metrics
                 .join_outcomes
@@ -144,10 +151,12 @@ impl<Source: WriterSchemaSource> Processor for EnrichProcessor<Source> {
         };
         let event = decoded.value;
         let keys = JoinKeys::of(&event);
-        let ready = !self.pending.holds_order(keys.order)
-            && Lookup::new(&self.tables.read(), keys).complete();
-        if ready {
-            return Ok(self.emit(event, keys, false, record));
+        if !self.pending.holds_order(keys.order) {
+            let tables = self.tables.read();
+            let lookup = Lookup::new(&tables, keys);
+            if lookup.complete() {
+                return Ok(self.emit_with(event, &lookup, false, record));
+            }
         }
         self.arrivals.watch(true);
         self.pending.hold(Held {

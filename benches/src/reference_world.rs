@@ -1,0 +1,87 @@
+//! Reference data and events shaped like a retailer's, for the enrich benchmarks: customers
+//! with PII and a segment, orders of one to three lines across a few categories, and events
+//! that name an existing order line.
+
+use std::collections::BTreeMap;
+
+use boomerang_schemas::{
+    Channel, Customer, EventType, Money, Order, OrderLine, Outcome, PostPurchaseEvent, ReasonCode,
+    ReturnMethod, TimestampMicros,
+};
+
+const SEGMENTS: [&str; 4] = ["new", "regular", "vip", "lapsed"];
+const REGIONS: [&str; 3] = ["emea", "amer", "apac"];
+const CATEGORIES: [&str; 6] = ["apparel", "shoes", "electronics", "home", "beauty", "toys"];
+const CHANNELS: [Channel; 3] = [Channel::Web, Channel::MobileApp, Channel::Store];
+const DAY_MICROS: i64 = 86_400_000_000;
+
+pub fn customer_id(n: usize) -> String {
+    format!("cus-{n:08}")
+}
+
+pub fn order_id(n: usize) -> String {
+    format!("ord-{n:010}")
+}
+
+pub fn customer(n: usize) -> Customer {
+    Customer {
+        customer_id: customer_id(n),
+        email: Some(format!("customer{n}@example.com")),
+        full_name: Some(format!("Customer Number {n}")),
+        segment: SEGMENTS[n % SEGMENTS.len()].into(),
+        region: REGIONS[n % REGIONS.len()].into(),
+        country: "DE".into(),
+        analytics_consent: !n.is_multiple_of(10),
+        updated_at: TimestampMicros::from_unix_micros(1_760_000_000_000_000),
+    }
+}
+
+/// Order `n` of customer `n % customers`, with `1 + n % 3` lines.
+pub fn order(n: usize, customers: usize, now: TimestampMicros) -> Order {
+    let placed = now.as_unix_micros() - 20 * DAY_MICROS;
+    Order {
+        order_id: order_id(n),
+        customer_id: customer_id(n % customers.max(1)),
+        channel: CHANNELS[n % CHANNELS.len()],
+        currency: "EUR".into(),
+        placed_at: TimestampMicros::from_unix_micros(placed),
+        delivered_at: Some(TimestampMicros::from_unix_micros(placed + 3 * DAY_MICROS)),
+        lines: (0..1 + n % 3)
+            .map(|line| OrderLine {
+                order_line_id: format!("{}/{}", order_id(n), line + 1),
+                sku: format!("SKU-{:05}", (n * 7 + line) % 20_000),
+                category: CATEGORIES[(n + line) % CATEGORIES.len()].into(),
+                quantity: 1 + (line as i32),
+                unit_price_minor: 1_999 + (n % 50) as i64 * 100,
+            })
+            .collect(),
+        updated_at: TimestampMicros::from_unix_micros(placed),
+    }
+}
+
+/// A refund event for line 1 of order `n`.
+pub fn event(n: usize, customers: usize, now: TimestampMicros) -> PostPurchaseEvent {
+    PostPurchaseEvent {
+        event_id: format!("0b9d3c1e-5f7a-4a55-9b8e-{n:012}"),
+        idempotency_key: format!("returns-portal:rma-{n:09}:refund-issued"),
+        event_type: EventType::RefundIssued,
+        case_id: format!("rma-{n:09}"),
+        order_id: order_id(n),
+        order_line_id: format!("{}/1", order_id(n)),
+        customer_id: customer_id(n % customers.max(1)),
+        sku: format!("SKU-{:05}", (n * 7) % 20_000),
+        quantity: 1,
+        reason: Some(ReasonCode::TooLarge),
+        reason_text: Some("free text that may hold personal data".into()),
+        amount: Some(Money::new(4_999, "EUR")),
+        method: Some(ReturnMethod::Mail),
+        channel: Channel::Web,
+        outcome: Outcome::Completed,
+        occurred_at: now,
+        source_system: "returns-portal".into(),
+        replacement_sku: None,
+        warranty_resolution: None,
+        disposition: None,
+        attributes: BTreeMap::new(),
+    }
+}
