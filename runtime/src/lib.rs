@@ -11,12 +11,14 @@
 //! - [`stage_loop`]: consume → process → produce → commit, the same for every stage.
 //! - [`dead_letter`]: the dead-letter header contract; [`wire`]: Confluent framing.
 
+pub mod clickhouse;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod migrations;
 pub mod pseudonym;
 pub mod registry;
 pub mod service;

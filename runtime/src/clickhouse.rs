@@ -1,0 +1,83 @@
+//! Where ClickHouse is and how to reach it: the sink, `boomerang migrate` and `boomerang
+//! report` share these settings.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClickhouseArgs {
+    /// ClickHouse HTTP(S) endpoint.
+    #[arg(
+        long = "clickhouse-url",
+        env = "BOOMERANG_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:18123"
+    )]
+    pub url: String,
+
+    /// The database holding Boomerang's tables and analytics views.
+    #[arg(
+        long = "clickhouse-database",
+        env = "BOOMERANG_CLICKHOUSE_DATABASE",
+        default_value = "boomerang"
+    )]
+    pub database: String,
+
+    #[arg(long = "clickhouse-user", env = "BOOMERANG_CLICKHOUSE_USER")]
+    pub user: Option<String>,
+
+    #[arg(
+        long = "clickhouse-password",
+        env = "BOOMERANG_CLICKHOUSE_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+
+    /// A ClickHouse setting for every query and insert, as NAME=VALUE; repeatable.
+    #[arg(long = "clickhouse-setting", value_name = "NAME=VALUE", value_parser = crate::config::parse_key_value)]
+    pub settings: Vec<(String, String)>,
+
+    /// How long one request may take before it is abandoned (and, for inserts, retried), in
+    /// seconds.
+    #[arg(
+        long = "clickhouse-timeout-secs",
+        env = "BOOMERANG_CLICKHOUSE_TIMEOUT_SECS",
+        default_value_t = 60
+    )]
+    pub timeout_secs: u64,
+}
+
+impl ClickhouseArgs {
+    pub fn for_url(url: &str, database: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            database: database.to_string(),
+            user: None,
+            password: None,
+            settings: Vec::new(),
+            timeout_secs: 60,
+        }
+    }
+
+    /// A client of the server, without a database (to create it).
+    pub fn server_client(&self) -> clickhouse::Client {
+        let mut client = clickhouse::Client::default().with_url(&self.url);
+        if let Some(user) = &self.user {
+            client = client.with_user(user);
+        }
+        if let Some(password) = &self.password {
+            client = client.with_password(password);
+        }
+        for (name, value) in &self.settings {
+            client = client.with_setting(name, value);
+        }
+        client
+    }
+
+    /// A client of Boomerang's database.
+    pub fn client(&self) -> clickhouse::Client {
+        self.server_client().with_database(&self.database)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs.max(1))
+    }
+}

@@ -1,0 +1,60 @@
+//! `boomerang migrate`'s engine against the local stack's ClickHouse: applying twice is
+//! harmless, the check sees pending migrations, and every analytics object answers.
+
+use boomerang_runtime::clickhouse::ClickhouseArgs;
+use boomerang_runtime::migrations::{self, MIGRATIONS, MigrationError};
+use boomerang_testkit::{Stack, unique_name};
+
+fn fresh_database() -> ClickhouseArgs {
+    let database = unique_name("it_migrate").replace('-', "_");
+    ClickhouseArgs::for_url(&Stack::from_env().clickhouse_url, &database)
+}
+
+#[tokio::test]
+async fn applying_twice_is_harmless_and_the_check_follows() {
+    let args = fresh_database();
+    match migrations::check(&args).await {
+        Err(MigrationError::Pending(pending)) => assert_eq!(pending.len(), MIGRATIONS.len()),
+        other => panic!("expected every migration pending, got {other:?}"),
+    }
+    let first = migrations::apply(&args, None).await.expect("apply");
+    assert_eq!(first.applied.len(), MIGRATIONS.len());
+    let second = migrations::apply(&args, Some(365))
+        .await
+        .expect("apply again");
+    assert!(second.applied.is_empty());
+    assert_eq!(second.already.len(), MIGRATIONS.len());
+    migrations::check(&args).await.expect("all applied");
+
+    let client = args.client();
+    let recorded: u64 = client
+        .query("SELECT count() FROM schema_migrations")
+        .fetch_one()
+        .await
+        .expect("count");
+    assert_eq!(recorded as usize, MIGRATIONS.len());
+    let ttl: String = client
+        .query("SELECT create_table_query FROM system.tables WHERE database = currentDatabase() AND name = 'post_purchase_events'")
+        .fetch_one()
+        .await
+        .expect("table");
+    assert!(ttl.contains("toIntervalDay(365)"), "{ttl}");
+    for object in [
+        "order_lines",
+        "return_cases",
+        "return_rates",
+        "refund_times",
+        "refund_time_quantiles",
+        "exchange_conversion",
+        "warranty_claims",
+        "warranty_outcomes",
+        "return_reasons",
+    ] {
+        let rows: u64 = client
+            .query(&format!("SELECT count() FROM {object}"))
+            .fetch_one()
+            .await
+            .unwrap_or_else(|error| panic!("{object}: {error}"));
+        assert_eq!(rows, 0, "{object} on empty tables");
+    }
+}
