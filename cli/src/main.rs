@@ -4,11 +4,14 @@
 //!   the schema registry under TopicNameStrategy subjects (`<topic>-value`).
 //! - `boomerang topics create`: creates the pipeline's topics with their partitions, reference
 //!   topics compacted.
+//! - `boomerang migrate`: applies the ClickHouse migrations (`deploy/clickhouse/migrations/`).
 
 use std::process::ExitCode;
 
+use boomerang_runtime::clickhouse::ClickhouseArgs;
 use boomerang_runtime::config::{self, error_chain};
 use boomerang_runtime::kafka::{self, KafkaArgs, TopicSpec};
+use boomerang_runtime::migrations;
 use boomerang_runtime::registry::{self, RegistryArgs};
 use boomerang_runtime::telemetry::{self, LogArgs, LogFormat};
 use boomerang_runtime::topics::TopicsArgs;
@@ -31,6 +34,15 @@ enum Command {
     /// Kafka topic operations.
     #[command(subcommand)]
     Topics(TopicsCommand),
+    /// Create the ClickHouse database, tables and analytics views, applying the migrations not
+    /// applied yet (applying again is harmless).
+    Migrate {
+        #[command(flatten)]
+        clickhouse: ClickhouseArgs,
+        /// Keep events this many days (the events table's TTL); unchanged if not given.
+        #[arg(long = "retention-days", env = "BOOMERANG_RETENTION_DAYS")]
+        retention_days: Option<u32>,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -82,6 +94,26 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Migrate {
+            clickhouse,
+            retention_days,
+        } => {
+            let applied = migrations::apply(&clickhouse, retention_days).await?;
+            for name in &applied.already {
+                println!("{name:<32} already applied");
+            }
+            for name in &applied.applied {
+                println!("{name:<32} applied");
+            }
+            if let Some(days) = retention_days {
+                println!("retention of post_purchase_events: {days} days");
+            }
+            println!(
+                "database {} on {} is up to date",
+                clickhouse.database, clickhouse.url
+            );
+            Ok(())
+        }
         Command::Schemas(SchemasCommand::Register { registry, topics }) => {
             let settings = registry.settings()?;
             let registrations = registry::register_all(&settings, &topics).await?;

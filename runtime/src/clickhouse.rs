@@ -7,6 +7,7 @@ use std::time::Duration;
 pub struct ClickhouseArgs {
     /// ClickHouse HTTP(S) endpoint.
     #[arg(
+        id = "clickhouse-url",
         long = "clickhouse-url",
         env = "BOOMERANG_CLICKHOUSE_URL",
         default_value = "http://127.0.0.1:18123"
@@ -15,16 +16,22 @@ pub struct ClickhouseArgs {
 
     /// The database holding Boomerang's tables and analytics views.
     #[arg(
+        id = "clickhouse-database",
         long = "clickhouse-database",
         env = "BOOMERANG_CLICKHOUSE_DATABASE",
         default_value = "boomerang"
     )]
     pub database: String,
 
-    #[arg(long = "clickhouse-user", env = "BOOMERANG_CLICKHOUSE_USER")]
+    #[arg(
+        id = "clickhouse-user",
+        long = "clickhouse-user",
+        env = "BOOMERANG_CLICKHOUSE_USER"
+    )]
     pub user: Option<String>,
 
     #[arg(
+        id = "clickhouse-password",
         long = "clickhouse-password",
         env = "BOOMERANG_CLICKHOUSE_PASSWORD",
         hide_env_values = true
@@ -32,12 +39,14 @@ pub struct ClickhouseArgs {
     pub password: Option<String>,
 
     /// A ClickHouse setting for every query and insert, as NAME=VALUE; repeatable.
-    #[arg(long = "clickhouse-setting", value_name = "NAME=VALUE", value_parser = crate::config::parse_key_value)]
+    #[arg(id = "clickhouse-setting",
+        long = "clickhouse-setting", value_name = "NAME=VALUE", value_parser = crate::config::parse_key_value)]
     pub settings: Vec<(String, String)>,
 
     /// How long one request may take before it is abandoned (and, for inserts, retried), in
     /// seconds.
     #[arg(
+        id = "clickhouse-timeout-secs",
         long = "clickhouse-timeout-secs",
         env = "BOOMERANG_CLICKHOUSE_TIMEOUT_SECS",
         default_value_t = 60

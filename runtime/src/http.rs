@@ -16,35 +16,62 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 
 /// Whether the stage can do its work, and if not, why: shared between the stage and `/readyz`.
+/// Besides the stage's own state (`set_ready` / `set_not_ready`), named conditions can hold it
+/// not ready independently (`block` / `unblock`), e.g. a writer retrying in the background.
 #[derive(Clone)]
-pub struct Readiness(Arc<RwLock<Option<String>>>);
+pub struct Readiness(Arc<RwLock<ReadinessState>>);
+
+#[derive(Default)]
+struct ReadinessState {
+    reason: Option<String>,
+    blocked: std::collections::BTreeMap<&'static str, String>,
+}
 
 impl Readiness {
     /// Not ready, for `reason`.
     pub fn new(reason: impl Into<String>) -> Self {
-        Self(Arc::new(RwLock::new(Some(reason.into()))))
+        Self(Arc::new(RwLock::new(ReadinessState {
+            reason: Some(reason.into()),
+            blocked: Default::default(),
+        })))
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ReadinessState> {
+        self.0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn set_ready(&self) {
-        *self
-            .0
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        self.write().reason = None;
     }
 
     pub fn set_not_ready(&self, reason: impl Into<String>) {
-        *self
-            .0
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(reason.into());
+        self.write().reason = Some(reason.into());
     }
 
-    /// `None` when ready, else the reason it is not.
+    /// Holds the stage not ready for `reason` until [`unblock`](Self::unblock)`(condition)`.
+    pub fn block(&self, condition: &'static str, reason: impl Into<String>) {
+        self.write().blocked.insert(condition, reason.into());
+    }
+
+    pub fn unblock(&self, condition: &'static str) {
+        self.write().blocked.remove(condition);
+    }
+
+    /// `None` when ready, else the reasons it is not.
     pub fn not_ready_reason(&self) -> Option<String> {
-        self.0
+        let state = self
+            .0
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let reasons: Vec<&str> = state
+            .reason
+            .iter()
+            .map(String::as_str)
+            .chain(state.blocked.values().map(String::as_str))
+            .collect();
+        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 }
 

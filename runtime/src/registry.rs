@@ -137,6 +137,7 @@ pub enum LookupError {
 }
 
 /// Writer schemas by registry id, fetched once and kept for the life of the process.
+#[derive(Clone)]
 pub struct WriterSchemas {
     client: reqwest::Client,
     args: RegistryArgs,

@@ -114,6 +114,9 @@ pub enum FlushResult {
     },
     /// Given up at shutdown: neither this batch nor any later one is committed.
     Abandoned,
+    /// The write failed in a way it cannot recover from: the stage stops, and its next start
+    /// replays from the last commit.
+    Failed(String),
 }
 
 /// A processor's write of one batch's [`Outcome::Write`] records.
@@ -1166,6 +1169,14 @@ fn completion(
                     rejected_writes: Vec::new(),
                     abandoned: true,
                     failure: None,
+                };
+            }
+            FlushResult::Failed(failure) => {
+                return BatchResult {
+                    acks,
+                    rejected_writes: Vec::new(),
+                    abandoned: false,
+                    failure: Some(failure),
                 };
             }
         };

@@ -202,3 +202,105 @@ pub enum Disposition {
     Recycle,
     Dispose,
 }
+
+/// `symbol()`: the Avro symbol of a variant, e.g. `TOO_LARGE`, for columns and labels.
+macro_rules! symbols {
+    ($($enum:ident { $($variant:ident => $symbol:literal),* $(,)? })*) => {
+        $(impl $enum {
+            pub fn symbol(self) -> &'static str {
+                match self {
+                    $($enum::$variant => $symbol),*
+                }
+            }
+        })*
+    };
+}
+
+symbols! {
+    ReasonCode {
+        TooLarge => "TOO_LARGE",
+        TooSmall => "TOO_SMALL",
+        Defective => "DEFECTIVE",
+        DamagedInTransit => "DAMAGED_IN_TRANSIT",
+        NotAsDescribed => "NOT_AS_DESCRIBED",
+        WrongItem => "WRONG_ITEM",
+        ChangedMind => "CHANGED_MIND",
+        ArrivedLate => "ARRIVED_LATE",
+        Other => "OTHER",
+    }
+    ReturnMethod {
+        Mail => "MAIL",
+        InStore => "IN_STORE",
+        DropOff => "DROP_OFF",
+        Pickup => "PICKUP",
+        KeepIt => "KEEP_IT",
+    }
+    Channel {
+        Web => "WEB",
+        MobileApp => "MOBILE_APP",
+        Store => "STORE",
+        Marketplace => "MARKETPLACE",
+        SupportAgent => "SUPPORT_AGENT",
+    }
+    Outcome {
+        Pending => "PENDING",
+        Completed => "COMPLETED",
+        Denied => "DENIED",
+    }
+    WarrantyResolution {
+        Repair => "REPAIR",
+        Replace => "REPLACE",
+        Refund => "REFUND",
+    }
+    Disposition {
+        Restock => "RESTOCK",
+        Refurbish => "REFURBISH",
+        Resell => "RESELL",
+        Recycle => "RECYCLE",
+        Dispose => "DISPOSE",
+    }
+}
+
+#[cfg(test)]
+mod symbol_tests {
+    use super::*;
+
+    /// `symbol()` is what serde (and so Avro) writes.
+    fn serde_name<T: Serialize>(value: T) -> String {
+        serde_json::to_value(value)
+            .ok()
+            .and_then(|value| value.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn symbols_match_the_serialized_names() {
+        for value in [
+            ReasonCode::TooLarge,
+            ReasonCode::DamagedInTransit,
+            ReasonCode::Other,
+        ] {
+            assert_eq!(value.symbol(), serde_name(value));
+        }
+        for value in [ReturnMethod::InStore, ReturnMethod::KeepIt] {
+            assert_eq!(value.symbol(), serde_name(value));
+        }
+        for value in [Channel::MobileApp, Channel::SupportAgent] {
+            assert_eq!(value.symbol(), serde_name(value));
+        }
+        for value in [Outcome::Pending, Outcome::Denied] {
+            assert_eq!(value.symbol(), serde_name(value));
+        }
+        assert_eq!(
+            WarrantyResolution::Replace.symbol(),
+            serde_name(WarrantyResolution::Replace)
+        );
+        assert_eq!(
+            Disposition::Refurbish.symbol(),
+            serde_name(Disposition::Refurbish)
+        );
+        for value in EventType::ALL {
+            assert_eq!(value.symbol(), serde_name(value));
+        }
+    }
+}

@@ -1,16 +1,27 @@
-//! boomerang-sink: writes enriched events and order lines to ClickHouse in batches, idempotently,
-//! committing Kafka offsets only after ClickHouse has the rows.
-//!
-//! So far the stage starts, loads its config, serves /metrics, /healthz and /readyz (ready once
-//! the Kafka brokers answer) and stops cleanly on SIGTERM; its processing lands next.
+//! boomerang-sink: writes enriched events, orders and customers to ClickHouse in batches,
+//! idempotently, committing Kafka offsets only after ClickHouse has the rows. See `lib.rs` for
+//! the way of a record.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
+use boomerang_runtime::clickhouse::ClickhouseArgs;
 use boomerang_runtime::config;
 use boomerang_runtime::kafka::KafkaArgs;
-use boomerang_runtime::registry::RegistryArgs;
-use boomerang_runtime::service::{self, ServiceArgs};
+use boomerang_runtime::metrics::StageMetrics;
+use boomerang_runtime::migrations::{self, MigrationError};
+use boomerang_runtime::pseudonym::{PseudonymArgs, Pseudonymiser};
+use boomerang_runtime::registry::{RegistryArgs, WriterSchemas};
+use boomerang_runtime::service::{self, ServiceArgs, StageContext};
+use boomerang_runtime::stage_loop::{self, LoopSettings};
 use boomerang_runtime::topics::TopicsArgs;
+use boomerang_sink::metrics::SinkMetrics;
+use boomerang_sink::processor::{SinkProcessor, SinkTopics};
+use boomerang_sink::stored::StoredOffsets;
+use boomerang_sink::write::Writer;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const STAGE: &str = "sink";
 /// The stage's own port for /metrics, /healthz and /readyz, so the three stages can share a host.
@@ -26,15 +37,112 @@ struct Args {
     #[command(flatten)]
     topics: TopicsArgs,
     #[command(flatten)]
+    clickhouse: ClickhouseArgs,
+    #[command(flatten)]
+    sink: SinkArgs,
+    #[command(flatten)]
+    pseudonym: PseudonymArgs,
+    #[command(flatten)]
     service: ServiceArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct SinkArgs {
+    /// Consumer group id; every sink instance shares one.
+    #[arg(long = "group-id", env = "BOOMERANG_GROUP_ID")]
+    group_id: Option<String>,
+
+    /// Most records in one insert batch.
+    #[arg(
+        long = "insert-max-rows",
+        env = "BOOMERANG_INSERT_MAX_ROWS",
+        default_value_t = 50_000
+    )]
+    insert_max_rows: usize,
+
+    /// Longest a batch waits to fill once its first record is in, in milliseconds.
+    #[arg(
+        long = "insert-max-wait-ms",
+        env = "BOOMERANG_INSERT_MAX_WAIT_MS",
+        default_value_t = 1_000
+    )]
+    insert_max_wait_ms: u64,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Args = config::load();
-    let kafka = args.kafka.clone();
-    service::main(STAGE, DEFAULT_HTTP_PORT, &args.service, |context| {
-        service::idle_once_brokers_answer(kafka, context)
+    let service_args = args.service.clone();
+    service::main(STAGE, DEFAULT_HTTP_PORT, &service_args, |context| {
+        run(args, context)
     })
     .await
+}
+
+async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
+    let pseudonymiser = Pseudonymiser::from_args(&args.pseudonym)?;
+    service::wait_for_brokers(&args.kafka, &context).await;
+    if context.shutdown.is_cancelled() || !wait_for_migrations(&args.clickhouse, &context).await? {
+        return Ok(());
+    }
+    let stage_metrics = StageMetrics::register(&context.metrics)?;
+    let sink_metrics = SinkMetrics::register(context.metrics.registry())?;
+    let group_id = args
+        .sink
+        .group_id
+        .clone()
+        .unwrap_or_else(|| format!("boomerang-{STAGE}"));
+    let client = args.clickhouse.client();
+    let writer = Writer {
+        client: client.clone(),
+        metrics: Some(sink_metrics.clone()),
+        readiness: Some(context.readiness.clone()),
+        shutdown: context.shutdown.clone(),
+        timeout: args.clickhouse.timeout(),
+    };
+    let topics = SinkTopics {
+        enriched_events: args.topics.enriched_events.clone(),
+        orders: args.topics.orders.clone(),
+        customers: args.topics.customers.clone(),
+    };
+    let processor = SinkProcessor::new(
+        WriterSchemas::new(&args.registry)?,
+        topics.clone(),
+        pseudonymiser,
+        writer,
+        Some(StoredOffsets::new(&args.kafka, &group_id, client)?),
+        Some(sink_metrics),
+    );
+    let settings = LoopSettings {
+        stage: STAGE,
+        group_id,
+        input_topics: vec![topics.enriched_events, topics.orders, topics.customers],
+        dead_letter_topic: args.topics.dead_letter.clone(),
+        batch_max_records: args.sink.insert_max_rows.max(1),
+        batch_max_wait: Duration::from_millis(args.sink.insert_max_wait_ms),
+    };
+    stage_loop::run(settings, &args.kafka, processor, stage_metrics, &context).await
+}
+
+/// Waits until ClickHouse answers with every migration applied, `/readyz` saying why not yet.
+/// `false` if shutdown came first; an error if a migration was changed after it was applied.
+async fn wait_for_migrations(
+    clickhouse: &ClickhouseArgs,
+    context: &StageContext,
+) -> anyhow::Result<bool> {
+    loop {
+        let reason = match migrations::check(clickhouse).await {
+            Ok(()) => return Ok(true),
+            Err(error @ MigrationError::Changed { .. }) => return Err(error.into()),
+            Err(error) => config::error_chain(&error),
+        };
+        tracing::warn!(reason = %reason, "ClickHouse is not ready for the sink; checking again");
+        context
+            .readiness
+            .set_not_ready(format!("clickhouse: {reason}"));
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            () = context.shutdown.cancelled() => return Ok(false),
+        }
+    }
 }

@@ -1,0 +1,13 @@
+//! Sink: enriched events, orders and customers in, ClickHouse rows out.
+//!
+//! One record's way, by file: decode (the shared `boomerang_runtime::decode`) → skip it if
+//! ClickHouse already has it ([`stored`]) → its table's row ([`rows`]) → the batch's insert
+//! ([`write`]: retried, deduplicated by token, split to isolate refused rows). [`processor`]
+//! ties them into the shared stage loop, which commits a batch's offsets only after its insert
+//! has finished. The tables and analytics views are in `deploy/clickhouse/migrations/`.
+
+pub mod metrics;
+pub mod processor;
+pub mod rows;
+pub mod stored;
+pub mod write;

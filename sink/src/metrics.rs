@@ -1,0 +1,83 @@
+//! The sink's own metrics, beside the shared stage counters.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
+
+#[derive(Clone)]
+pub struct SinkMetrics {
+    pub rows_inserted: IntCounterVec,
+    pub insert_duration: HistogramVec,
+    pub insert_rows: HistogramVec,
+    pub insert_retries: IntCounterVec,
+    pub rows_rejected: IntCounterVec,
+    /// Records skipped because ClickHouse already had their rows (a replay after a restart).
+    pub rows_already_stored: IntCounterVec,
+    /// 1 while an insert is being retried.
+    pub inserts_failing: IntGauge,
+}
+
+impl SinkMetrics {
+    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+        let metrics = Self {
+            rows_inserted: IntCounterVec::new(
+                Opts::new(
+                    "boomerang_sink_rows_inserted_total",
+                    "Rows ClickHouse acknowledged, by table.",
+                ),
+                &["table"],
+            )?,
+            insert_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "boomerang_sink_insert_duration_seconds",
+                    "Duration of one successful insert, by table.",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+                &["table"],
+            )?,
+            insert_rows: HistogramVec::new(
+                HistogramOpts::new(
+                    "boomerang_sink_insert_rows",
+                    "Rows per successful insert, by table.",
+                )
+                .buckets(vec![
+                    1.0, 10.0, 100.0, 1_000.0, 5_000.0, 10_000.0, 25_000.0, 50_000.0, 100_000.0,
+                ]),
+                &["table"],
+            )?,
+            insert_retries: IntCounterVec::new(
+                Opts::new(
+                    "boomerang_sink_insert_retries_total",
+                    "Inserts retried, by table and kind of failure (connection, timeout, too_many_parts, memory_limit, server).",
+                ),
+                &["table", "kind"],
+            )?,
+            rows_rejected: IntCounterVec::new(
+                Opts::new(
+                    "boomerang_sink_rows_rejected_total",
+                    "Rows ClickHouse refused for good (dead-lettered), by table.",
+                ),
+                &["table"],
+            )?,
+            rows_already_stored: IntCounterVec::new(
+                Opts::new(
+                    "boomerang_sink_rows_already_stored_total",
+                    "Records skipped because ClickHouse already had their rows (replayed after a restart or rebalance), by table.",
+                ),
+                &["table"],
+            )?,
+            inserts_failing: IntGauge::new(
+                "boomerang_sink_inserts_failing",
+                "1 while an insert is being retried: ClickHouse is down or refusing.",
+            )?,
+        };
+        registry.register(Box::new(metrics.rows_inserted.clone()))?;
+        registry.register(Box::new(metrics.insert_duration.clone()))?;
+        registry.register(Box::new(metrics.insert_rows.clone()))?;
+        registry.register(Box::new(metrics.insert_retries.clone()))?;
+        registry.register(Box::new(metrics.rows_rejected.clone()))?;
+        registry.register(Box::new(metrics.rows_already_stored.clone()))?;
+        registry.register(Box::new(metrics.inserts_failing.clone()))?;
+        Ok(metrics)
+    }
+}

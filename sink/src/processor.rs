@@ -1,0 +1,241 @@
+//! The sink's step of the stage loop: decode each record (`boomerang_runtime::decode`), skip
+//! it if ClickHouse already has its row (`stored.rs`), turn it into its table's row (`rows.rs`)
+//! and keep it for the batch's insert (`write.rs`), which the loop keeps in flight and commits
+//! behind.
+
+use std::collections::{HashMap, HashSet};
+
+use boomerang_runtime::dead_letter::Rejection;
+use boomerang_runtime::decode::{DecodeFailure, RecordDecoder, WriterSchemaSource};
+use boomerang_runtime::pseudonym::Pseudonymiser;
+use boomerang_runtime::stage_loop::{
+    FlushFuture, FlushResult, InputRecord, Outcome, Partition, Processor, RetryableError,
+};
+use boomerang_schemas::{Customer, EnrichedPostPurchaseEvent, Order};
+
+use crate::metrics::SinkMetrics;
+use crate::rows::{CustomerRow, EventRow, OrderRow, Source};
+use crate::stored::StoredOffsets;
+use crate::write::{Keyed, Writer};
+
+pub const EVENTS_TABLE: &str = "post_purchase_events";
+pub const ORDERS_TABLE: &str = "orders";
+pub const CUSTOMERS_TABLE: &str = "customers";
+pub const TOMBSTONE_WITHOUT_KEY: &str = "tombstone_without_key";
+
+#[derive(Debug, Clone)]
+pub struct SinkTopics {
+    pub enriched_events: String,
+    pub orders: String,
+    pub customers: String,
+}
+
+impl SinkTopics {
+    pub fn table_of(&self, topic: &str) -> Option<&'static str> {
+        if topic == self.enriched_events {
+            Some(EVENTS_TABLE)
+        } else if topic == self.orders {
+            Some(ORDERS_TABLE)
+        } else if topic == self.customers {
+            Some(CUSTOMERS_TABLE)
+        } else {
+            None
+        }
+    }
+}
+
+pub struct SinkProcessor<Source> {
+    topics: SinkTopics,
+    events: RecordDecoder<EnrichedPostPurchaseEvent, Source>,
+    orders: RecordDecoder<Order, Source>,
+    customers: RecordDecoder<Customer, Source>,
+    pseudonymiser: Pseudonymiser,
+    writer: Writer,
+    /// `None` in benchmarks: nothing is read back on assignment.
+    stored_offsets: Option<StoredOffsets>,
+    /// Offsets already in ClickHouse, per partition, to skip.
+    skip: HashMap<Partition, HashSet<i64>>,
+    event_rows: Vec<Keyed<EventRow>>,
+    order_rows: Vec<Keyed<OrderRow>>,
+    customer_rows: Vec<Keyed<CustomerRow>>,
+    metrics: Option<SinkMetrics>,
+}
+
+impl<S: WriterSchemaSource + Clone> SinkProcessor<S> {
+    pub fn new(
+        source: S,
+        topics: SinkTopics,
+        pseudonymiser: Pseudonymiser,
+        writer: Writer,
+        stored_offsets: Option<StoredOffsets>,
+        metrics: Option<SinkMetrics>,
+    ) -> Self {
+        Self {
+            topics,
+            events: RecordDecoder::new(source.clone()),
+            orders: RecordDecoder::new(source.clone()),
+            customers: RecordDecoder::new(source),
+            pseudonymiser,
+            writer,
+            stored_offsets,
+            skip: HashMap::new(),
+            event_rows: Vec::new(),
+            order_rows: Vec::new(),
+            customer_rows: Vec::new(),
+            metrics,
+        }
+    }
+}
+
+fn rejected_or_retry(failure: DecodeFailure) -> Result<Outcome, RetryableError> {
+    match failure {
+        DecodeFailure::Rejected(rejection) => Ok(Outcome::DeadLetter(rejection)),
+        DecodeFailure::Retry(error) => Err(error),
+    }
+}
+
+fn keyed<R>(row: R, record: &InputRecord) -> Keyed<R> {
+    Keyed {
+        row,
+        partition: (record.topic.clone(), record.partition),
+        offset: record.offset,
+    }
+}
+
+fn key_text(record: &InputRecord) -> Option<String> {
+    record
+        .key
+        .as_deref()
+        .and_then(|key| std::str::from_utf8(key).ok())
+        .map(str::to_string)
+}
+
+impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
+    const WRITES_TO: &'static str = "clickhouse";
+
+    async fn assign(&mut self, partitions: &[Partition]) -> anyhow::Result<()> {
+        let Some(stored_offsets) = &self.stored_offsets else {
+            return Ok(());
+        };
+        let topics = self.topics.clone();
+        let stored = stored_offsets
+            .stored(partitions, |topic| topics.table_of(topic))
+            .await?;
+        self.skip.extend(
+            stored
+                .into_iter()
+                .filter(|(_, offsets)| !offsets.is_empty()),
+        );
+        Ok(())
+    }
+
+    fn revoke(&mut self, partitions: &[Partition]) {
+        for partition in partitions {
+            self.skip.remove(partition);
+        }
+    }
+
+    async fn process(&mut self, record: &InputRecord) -> Result<Outcome, RetryableError> {
+        let partition = (record.topic.clone(), record.partition);
+        if let Some(stored) = self.skip.get_mut(&partition)
+            && stored.remove(&record.offset)
+        {
+            if let Some(metrics) = &self.metrics
+                && let Some(table) = self.topics.table_of(&record.topic)
+            {
+                metrics
+                    .rows_already_stored
+                    .with_label_values(&[table])
+                    .inc();
+            }
+            if stored.is_empty() {
+                self.skip.remove(&partition);
+            }
+            return Ok(Outcome::Deduplicated);
+        }
+        let source = Source {
+            topic: &record.topic,
+            partition: record.partition,
+            offset: record.offset,
+        };
+        if record.topic == self.topics.enriched_events {
+            let enriched = match self.events.decode(record.value.as_deref()).await {
+                Ok(decoded) => decoded.value,
+                Err(failure) => return rejected_or_retry(failure),
+            };
+            self.event_rows.push(keyed(
+                EventRow::new(enriched, &source, &self.pseudonymiser),
+                record,
+            ));
+        } else if record.topic == self.topics.orders {
+            let row = if record.value.is_none() {
+                let Some(order_id) = key_text(record) else {
+                    return Ok(Outcome::DeadLetter(Rejection::new(
+                        TOMBSTONE_WITHOUT_KEY,
+                        "an order tombstone without a (UTF-8) key".to_string(),
+                    )));
+                };
+                OrderRow::deleted(order_id, &source)
+            } else {
+                match self.orders.decode(record.value.as_deref()).await {
+                    Ok(decoded) => OrderRow::new(decoded.value, &source, &self.pseudonymiser),
+                    Err(failure) => return rejected_or_retry(failure),
+                }
+            };
+            self.order_rows.push(keyed(row, record));
+        } else if record.topic == self.topics.customers {
+            let row = if record.value.is_none() {
+                let Some(customer_id) = key_text(record) else {
+                    return Ok(Outcome::DeadLetter(Rejection::new(
+                        TOMBSTONE_WITHOUT_KEY,
+                        "a customer tombstone without a (UTF-8) key".to_string(),
+                    )));
+                };
+                CustomerRow::deleted(&customer_id, &source, &self.pseudonymiser)
+            } else {
+                match self.customers.decode(record.value.as_deref()).await {
+                    Ok(decoded) => CustomerRow::new(decoded.value, &source, &self.pseudonymiser),
+                    Err(failure) => return rejected_or_retry(failure),
+                }
+            };
+            self.customer_rows.push(keyed(row, record));
+        } else {
+            return Ok(Outcome::DeadLetter(Rejection::new(
+                "unexpected_topic",
+                format!("the sink does not write topic {}", record.topic),
+            )));
+        }
+        Ok(Outcome::Write)
+    }
+
+    fn flush(&mut self) -> Option<FlushFuture> {
+        let events = std::mem::take(&mut self.event_rows);
+        let orders = std::mem::take(&mut self.order_rows);
+        let customers = std::mem::take(&mut self.customer_rows);
+        if events.is_empty() && orders.is_empty() && customers.is_empty() {
+            return None;
+        }
+        let writer = self.writer.clone();
+        // Spawned, so the insert makes progress while the loop consumes the next batch.
+        let task = tokio::spawn(async move {
+            let mut rejected = Vec::new();
+            for written in [
+                writer.write_all(EVENTS_TABLE, events).await,
+                writer.write_all(ORDERS_TABLE, orders).await,
+                writer.write_all(CUSTOMERS_TABLE, customers).await,
+            ] {
+                if written.abandoned {
+                    return FlushResult::Abandoned;
+                }
+                rejected.extend(written.rejected);
+            }
+            FlushResult::Written { rejected }
+        });
+        Some(Box::pin(async move {
+            match task.await {
+                Ok(result) => result,
+                Err(error) => FlushResult::Failed(format!("the insert task failed: {error}")),
+            }
+        }))
+    }
+}

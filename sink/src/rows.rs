@@ -1,0 +1,350 @@
+//! The rows the sink writes, one type per table (`deploy/clickhouse/migrations/`), built from
+//! the decoded Kafka records. Customers are keyed by their keyed pseudonym everywhere, so no raw
+//! customer id reaches ClickHouse; CRM PII is never written.
+
+use boomerang_runtime::pseudonym::Pseudonymiser;
+use boomerang_schemas::{Customer, EnrichedPostPurchaseEvent, Order, TimestampMicros};
+use serde::Serialize;
+
+/// Where a row came from: the table itself says how far the sink got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// The customer's key in ClickHouse: enrich already pseudonymised the id of a customer who
+/// withheld consent; everyone else's is pseudonymised here, with the same key.
+pub fn customer_key(
+    customer_id: &str,
+    already_pseudonymised: bool,
+    pseudonymiser: &Pseudonymiser,
+) -> String {
+    if already_pseudonymised {
+        customer_id.to_string()
+    } else {
+        pseudonymiser.pseudonym(customer_id)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+pub struct EventRow {
+    pub idempotency_key: String,
+    pub event_id: String,
+    pub event_type: &'static str,
+    pub case_id: String,
+    pub order_id: String,
+    pub order_line_id: String,
+    pub customer_key: String,
+    pub sku: String,
+    pub quantity: i32,
+    pub reason: Option<&'static str>,
+    pub amount_minor: Option<i64>,
+    pub amount_currency: Option<String>,
+    pub method: Option<&'static str>,
+    pub channel: &'static str,
+    pub outcome: &'static str,
+    /// DateTime64(6): microseconds since the epoch, UTC.
+    pub occurred_at: i64,
+    pub source_system: String,
+    pub replacement_sku: Option<String>,
+    pub warranty_resolution: Option<&'static str>,
+    pub disposition: Option<&'static str>,
+    pub customer_missing: bool,
+    pub order_missing: bool,
+    pub order_line_missing: bool,
+    pub customer_pseudonymised: bool,
+    pub customer_segment: Option<String>,
+    pub customer_region: Option<String>,
+    pub order_channel: Option<&'static str>,
+    pub order_placed_at: Option<i64>,
+    pub order_delivered_at: Option<i64>,
+    pub line_category: Option<String>,
+    pub line_unit_price_minor: Option<i64>,
+    pub line_currency: Option<String>,
+    pub days_since_delivery: Option<i32>,
+    pub within_return_window: Option<bool>,
+    pub enriched_at: i64,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+
+fn micros(time: TimestampMicros) -> i64 {
+    time.as_unix_micros()
+}
+
+impl EventRow {
+    pub fn new(
+        enriched: EnrichedPostPurchaseEvent,
+        source: &Source<'_>,
+        pseudonymiser: &Pseudonymiser,
+    ) -> Self {
+        let event = enriched.event;
+        let (amount_minor, amount_currency) = match event.amount {
+            Some(money) => (Some(money.amount_minor), Some(money.currency)),
+            None => (None, None),
+        };
+        let (line_unit_price_minor, line_currency) = match enriched.line_unit_price {
+            Some(money) => (Some(money.amount_minor), Some(money.currency)),
+            None => (None, None),
+        };
+        Self {
+            customer_key: customer_key(
+                &event.customer_id,
+                enriched.customer_pseudonymised,
+                pseudonymiser,
+            ),
+            idempotency_key: event.idempotency_key,
+            event_id: event.event_id,
+            event_type: event.event_type.symbol(),
+            case_id: event.case_id,
+            order_id: event.order_id,
+            order_line_id: event.order_line_id,
+            sku: event.sku,
+            quantity: event.quantity,
+            reason: event.reason.map(|reason| reason.symbol()),
+            amount_minor,
+            amount_currency,
+            method: event.method.map(|method| method.symbol()),
+            channel: event.channel.symbol(),
+            outcome: event.outcome.symbol(),
+            occurred_at: micros(event.occurred_at),
+            source_system: event.source_system,
+            replacement_sku: event.replacement_sku,
+            warranty_resolution: event
+                .warranty_resolution
+                .map(|resolution| resolution.symbol()),
+            disposition: event.disposition.map(|disposition| disposition.symbol()),
+            customer_missing: enriched.customer_missing,
+            order_missing: enriched.order_missing,
+            order_line_missing: enriched.order_line_missing,
+            customer_pseudonymised: enriched.customer_pseudonymised,
+            customer_segment: enriched.customer_segment,
+            customer_region: enriched.customer_region,
+            order_channel: enriched.order_channel.map(|channel| channel.symbol()),
+            order_placed_at: enriched.order_placed_at.map(micros),
+            order_delivered_at: enriched.order_delivered_at.map(micros),
+            line_category: enriched.line_category,
+            line_unit_price_minor,
+            line_currency,
+            days_since_delivery: enriched.days_since_delivery,
+            within_return_window: enriched.within_return_window,
+            enriched_at: micros(enriched.enriched_at),
+            source_topic: source.topic.to_string(),
+            source_partition: source.partition,
+            source_offset: source.offset,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+pub struct OrderRow {
+    pub order_id: String,
+    pub customer_key: String,
+    pub channel: &'static str,
+    pub currency: String,
+    pub placed_at: i64,
+    pub delivered_at: Option<i64>,
+    pub updated_at: i64,
+    pub line_ids: Vec<String>,
+    pub line_skus: Vec<String>,
+    pub line_categories: Vec<String>,
+    pub line_quantities: Vec<i32>,
+    pub line_unit_prices_minor: Vec<i64>,
+    pub is_deleted: u8,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+
+impl OrderRow {
+    pub fn new(order: Order, source: &Source<'_>, pseudonymiser: &Pseudonymiser) -> Self {
+        let mut row = Self {
+            customer_key: pseudonymiser.pseudonym(&order.customer_id),
+            order_id: order.order_id,
+            channel: order.channel.symbol(),
+            currency: order.currency,
+            placed_at: micros(order.placed_at),
+            delivered_at: order.delivered_at.map(micros),
+            updated_at: micros(order.updated_at),
+            line_ids: Vec::with_capacity(order.lines.len()),
+            line_skus: Vec::with_capacity(order.lines.len()),
+            line_categories: Vec::with_capacity(order.lines.len()),
+            line_quantities: Vec::with_capacity(order.lines.len()),
+            line_unit_prices_minor: Vec::with_capacity(order.lines.len()),
+            is_deleted: 0,
+            source_topic: source.topic.to_string(),
+            source_partition: source.partition,
+            source_offset: source.offset,
+        };
+        for line in order.lines {
+            row.line_ids.push(line.order_line_id);
+            row.line_skus.push(line.sku);
+            row.line_categories.push(line.category);
+            row.line_quantities.push(line.quantity);
+            row.line_unit_prices_minor.push(line.unit_price_minor);
+        }
+        row
+    }
+
+    /// A tombstone: the order is gone.
+    pub fn deleted(order_id: String, source: &Source<'_>) -> Self {
+        Self {
+            order_id,
+            customer_key: String::new(),
+            channel: "",
+            currency: String::new(),
+            placed_at: 0,
+            delivered_at: None,
+            updated_at: 0,
+            line_ids: Vec::new(),
+            line_skus: Vec::new(),
+            line_categories: Vec::new(),
+            line_quantities: Vec::new(),
+            line_unit_prices_minor: Vec::new(),
+            is_deleted: 1,
+            source_topic: source.topic.to_string(),
+            source_partition: source.partition,
+            source_offset: source.offset,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
+pub struct CustomerRow {
+    pub customer_key: String,
+    pub segment: String,
+    pub region: String,
+    pub country: String,
+    pub analytics_consent: bool,
+    pub updated_at: i64,
+    pub is_deleted: u8,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+
+impl CustomerRow {
+    /// Without the CRM's PII: `email` and `full_name` are dropped here.
+    pub fn new(customer: Customer, source: &Source<'_>, pseudonymiser: &Pseudonymiser) -> Self {
+        Self {
+            customer_key: pseudonymiser.pseudonym(&customer.customer_id),
+            segment: customer.segment,
+            region: customer.region,
+            country: customer.country,
+            analytics_consent: customer.analytics_consent,
+            updated_at: micros(customer.updated_at),
+            is_deleted: 0,
+            source_topic: source.topic.to_string(),
+            source_partition: source.partition,
+            source_offset: source.offset,
+        }
+    }
+
+    pub fn deleted(customer_id: &str, source: &Source<'_>, pseudonymiser: &Pseudonymiser) -> Self {
+        Self {
+            customer_key: pseudonymiser.pseudonym(customer_id),
+            segment: String::new(),
+            region: String::new(),
+            country: String::new(),
+            analytics_consent: false,
+            updated_at: 0,
+            is_deleted: 1,
+            source_topic: source.topic.to_string(),
+            source_partition: source.partition,
+            source_offset: source.offset,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use boomerang_schemas::Money;
+    use boomerang_testkit::samples::{customer, event, order};
+
+    use super::*;
+
+    fn pseudonymiser() -> Pseudonymiser {
+        Pseudonymiser::new(b"0123456789abcdef-rows").expect("key")
+    }
+
+    fn source() -> Source<'static> {
+        Source {
+            topic: "t",
+            partition: 2,
+            offset: 40,
+        }
+    }
+
+    #[test]
+    fn every_customer_is_keyed_by_the_same_pseudonym() {
+        let pseudonymiser = pseudonymiser();
+        let order = OrderRow::new(order("o-1", "cu-1", None), &source(), &pseudonymiser);
+        let customer = CustomerRow::new(customer("cu-1", "vip", true), &source(), &pseudonymiser);
+        assert_eq!(order.customer_key, customer.customer_key);
+        assert_ne!(order.customer_key, "cu-1");
+        let deleted = CustomerRow::deleted("cu-1", &source(), &pseudonymiser);
+        assert_eq!(deleted.customer_key, customer.customer_key);
+        assert_eq!(deleted.is_deleted, 1);
+        // An event as enrich publishes it: for a consenting customer, the raw id…
+        let mut enriched = enriched(event());
+        let row = EventRow::new(enriched.clone(), &source(), &pseudonymiser);
+        assert_eq!(row.customer_key, customer.customer_key);
+        // …and for one who withheld consent, the pseudonym enrich already applied.
+        enriched.event.customer_id = pseudonymiser.pseudonym("cu-1");
+        enriched.customer_pseudonymised = true;
+        let row = EventRow::new(enriched, &source(), &pseudonymiser);
+        assert_eq!(row.customer_key, customer.customer_key);
+    }
+
+    #[test]
+    fn money_is_split_into_minor_units_and_currency() {
+        let mut event = event();
+        event.amount = Some(Money::new(12_345, "JPY"));
+        let mut enriched = enriched(event);
+        enriched.line_unit_price = Some(Money::new(2_999, "EUR"));
+        let row = EventRow::new(enriched, &source(), &pseudonymiser());
+        assert_eq!(
+            (row.amount_minor, row.amount_currency.as_deref()),
+            (Some(12_345), Some("JPY"))
+        );
+        assert_eq!(
+            (row.line_unit_price_minor, row.line_currency.as_deref()),
+            (Some(2_999), Some("EUR"))
+        );
+        assert_eq!((row.source_partition, row.source_offset), (2, 40));
+        assert_eq!(row.event_type, "RETURN_REQUESTED");
+    }
+
+    #[test]
+    fn order_lines_become_parallel_arrays() {
+        let row = OrderRow::new(order("o-1", "cu-1", Some(5)), &source(), &pseudonymiser());
+        assert_eq!(row.line_ids, vec!["o-1/1", "o-1/2"]);
+        assert_eq!(row.line_categories, vec!["apparel", "electronics"]);
+        assert_eq!(row.line_quantities, vec![2, 1]);
+        assert_eq!(row.line_unit_prices_minor, vec![2_999, 19_900]);
+        assert_eq!(row.delivered_at, Some(5));
+    }
+
+    fn enriched(event: boomerang_schemas::PostPurchaseEvent) -> EnrichedPostPurchaseEvent {
+        EnrichedPostPurchaseEvent {
+            event,
+            customer_missing: false,
+            order_missing: false,
+            order_line_missing: false,
+            customer_pseudonymised: false,
+            customer_segment: Some("vip".into()),
+            customer_region: Some("emea".into()),
+            order_channel: None,
+            order_placed_at: None,
+            order_delivered_at: None,
+            line_category: Some("apparel".into()),
+            line_unit_price: None,
+            days_since_delivery: None,
+            within_return_window: None,
+            enriched_at: TimestampMicros::from_unix_micros(9),
+        }
+    }
+}

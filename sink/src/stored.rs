@@ -1,0 +1,100 @@
+//! What ClickHouse already holds of a partition, read when the partition is assigned: the
+//! offsets at or after the group's committed offset that have rows (written by an instance that
+//! died, or was cut off, between its insert and its commit). The sink skips those records, so a
+//! replay never writes a row twice.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use boomerang_runtime::kafka::KafkaArgs;
+use boomerang_runtime::stage_loop::Partition;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Reads committed offsets and stored rows.
+pub struct StoredOffsets {
+    /// A client of the group, never subscribed: only to read its committed offsets.
+    consumer: Arc<BaseConsumer>,
+    client: clickhouse::Client,
+}
+
+#[derive(Debug, serde::Deserialize, clickhouse::Row)]
+struct StoredRow {
+    source_partition: i32,
+    source_offset: i64,
+}
+
+impl StoredOffsets {
+    pub fn new(
+        kafka: &KafkaArgs,
+        group_id: &str,
+        client: clickhouse::Client,
+    ) -> anyhow::Result<Self> {
+        let consumer: BaseConsumer = kafka.consumer_config(group_id).create()?;
+        Ok(Self {
+            consumer: Arc::new(consumer),
+            client,
+        })
+    }
+
+    async fn committed(&self, partitions: &[Partition]) -> anyhow::Result<HashMap<Partition, i64>> {
+        let mut list = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            list.add_partition(topic, *partition);
+        }
+        let consumer = self.consumer.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            consumer.committed_offsets(list, Duration::from_secs(30))
+        })
+        .await??;
+        Ok(committed
+            .elements()
+            .iter()
+            .map(|element| {
+                let from = match element.offset() {
+                    Offset::Offset(offset) => offset,
+                    _ => 0, // nothing committed: anything stored may be replayed
+                };
+                ((element.topic().to_string(), element.partition()), from)
+            })
+            .collect())
+    }
+
+    /// The stored offsets, at or after the committed one, of each partition in `partitions`,
+    /// whose rows live in `table_of(topic)`.
+    pub async fn stored(
+        &self,
+        partitions: &[Partition],
+        table_of: impl Fn(&str) -> Option<&'static str>,
+    ) -> anyhow::Result<HashMap<Partition, HashSet<i64>>> {
+        let committed = self.committed(partitions).await?;
+        let mut stored: HashMap<Partition, HashSet<i64>> = HashMap::new();
+        for ((topic, partition), from) in committed {
+            let Some(table) = table_of(&topic) else {
+                continue;
+            };
+            let rows = self
+                .client
+                .query(&format!(
+                    "SELECT DISTINCT source_partition, source_offset FROM {table} \
+                     WHERE source_topic = ? AND source_partition = ? AND source_offset >= ?"
+                ))
+                .bind(&topic)
+                .bind(partition)
+                .bind(from)
+                .fetch_all::<StoredRow>()
+                .await?;
+            if !rows.is_empty() {
+                tracing::info!(topic = %topic, partition, from, rows = rows.len(), "records already in ClickHouse will be skipped");
+            }
+            let offsets = stored.entry((topic.clone(), partition)).or_default();
+            offsets.extend(
+                rows.into_iter()
+                    .filter(|row| row.source_partition == partition)
+                    .map(|row| row.source_offset),
+            );
+        }
+        Ok(stored)
+    }
+}

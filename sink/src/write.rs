@@ -1,0 +1,369 @@
+//! Writing rows to ClickHouse: RowBinary inserts with the `clickhouse` crate, retried until
+//! they land, and split to find the rows ClickHouse refuses for good.
+//!
+//! - A failure that is not the rows' fault (connection refused, timeout, too many parts, memory
+//!   limit, an unknown table, anything unrecognised) is retried with capped exponential backoff
+//!   and jitter, for as long as it takes; `/readyz` says why meanwhile. The loop keeps at most a
+//!   few batches in flight, so consumption pauses behind a failing insert and lag grows.
+//! - Every attempt of one set of rows carries the same `insert_deduplication_token`, and the
+//!   tables keep a deduplication window: an insert that landed although its answer was lost
+//!   (a timeout) is not written twice by its retry.
+//! - A failure that is the data's (a violated constraint, a value out of range) splits the rows
+//!   in halves, recursively, until the refused rows are alone; those are returned to be
+//!   dead-lettered and the rest are written.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use boomerang_runtime::dead_letter::Rejection;
+use boomerang_runtime::http::Readiness;
+use boomerang_runtime::stage_loop::Partition;
+use clickhouse::error::Error as ClickhouseError;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::SinkMetrics;
+
+/// The dead-letter kind of a row ClickHouse refused.
+pub const REJECTED_BY_CLICKHOUSE: &str = "rejected_by_clickhouse";
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// A row and the record it came from.
+#[derive(Debug, Clone)]
+pub struct Keyed<R> {
+    pub row: R,
+    pub partition: Partition,
+    pub offset: i64,
+}
+
+/// What became of a set of rows.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub rejected: Vec<(Partition, i64, Rejection)>,
+    /// Shutdown came while an insert was still failing.
+    pub abandoned: bool,
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    pub client: clickhouse::Client,
+    pub metrics: Option<SinkMetrics>,
+    pub readiness: Option<Readiness>,
+    pub shutdown: CancellationToken,
+    pub timeout: Duration,
+}
+
+/// Why one insert failed.
+#[derive(Debug)]
+enum Failure {
+    /// Not the rows' fault: retry the same rows.
+    Retry { kind: &'static str, message: String },
+    /// Some row is refused: split.
+    Refused { message: String },
+}
+
+/// ClickHouse error codes that mean the data itself is refused.
+const DATA_ERROR_CODES: &[u32] = &[
+    6,   // CANNOT_PARSE_TEXT
+    27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
+    38,  // CANNOT_PARSE_DATE
+    41,  // CANNOT_PARSE_DATETIME
+    53,  // TYPE_MISMATCH
+    69,  // ARGUMENT_OUT_OF_BOUND
+    70,  // CANNOT_CONVERT_TYPE
+    72,  // CANNOT_PARSE_NUMBER
+    117, // INCORRECT_DATA
+    131, // TOO_LARGE_STRING_SIZE
+    190, // SIZES_OF_ARRAYS_DONT_MATCH
+    321, // VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+    469, // VIOLATED_CONSTRAINT
+];
+
+/// The `Code: N` of a server exception.
+fn error_code(message: &str) -> Option<u32> {
+    let rest = &message[message.find("Code: ")? + "Code: ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+fn classify(error: &ClickhouseError) -> Failure {
+    let message = error.to_string();
+    match error {
+        ClickhouseError::Network(_) => Failure::Retry {
+            kind: "connection",
+            message,
+        },
+        ClickhouseError::TimedOut => Failure::Retry {
+            kind: "timeout",
+            message,
+        },
+        ClickhouseError::Custom(_) => Failure::Refused { message },
+        ClickhouseError::BadResponse(_) => match error_code(&message) {
+            Some(code) if DATA_ERROR_CODES.contains(&code) => Failure::Refused { message },
+            Some(252) => Failure::Retry {
+                kind: "too_many_parts",
+                message,
+            },
+            Some(241) => Failure::Retry {
+                kind: "memory_limit",
+                message,
+            },
+            Some(159 | 209 | 210) => Failure::Retry {
+                kind: "timeout",
+                message,
+            },
+            _ => Failure::Retry {
+                kind: "server",
+                message,
+            },
+        },
+        _ => Failure::Retry {
+            kind: "server",
+            message,
+        },
+    }
+}
+
+/// The same for every attempt at these rows, different for other rows.
+fn dedup_token<R>(table: &str, rows: &[Keyed<R>]) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for row in rows {
+        row.partition.hash(&mut hasher);
+        row.offset.hash(&mut hasher);
+    }
+    format!("boomerang:{table}:{}:{:016x}", rows.len(), hasher.finish())
+}
+
+/// Up to ±50% around `backoff`, so that instances do not retry in step.
+fn jittered(backoff: Duration, attempt: u32) -> Duration {
+    let random = std::collections::hash_map::RandomState::new().hash_one(attempt);
+    let fraction = (random % 1_000) as f64 / 1_000.0; // 0.0 .. 1.0
+    backoff.mul_f64(0.5 + fraction)
+}
+
+impl Writer {
+    async fn insert_once<R>(
+        &self,
+        table: &str,
+        rows: &[Keyed<R>],
+        token: &str,
+    ) -> Result<(), ClickhouseError>
+    where
+        R: clickhouse::RowOwned + clickhouse::RowWrite + Send + Sync,
+    {
+        let mut insert = self
+            .client
+            .insert::<R>(table)
+            .await?
+            .with_timeouts(Some(self.timeout), Some(self.timeout))
+            .with_setting("insert_deduplication_token", token);
+        for row in rows {
+            insert.write(&row.row).await?;
+        }
+        insert.end().await
+    }
+
+    /// Inserts `rows`, retrying until ClickHouse has them or refuses some for good; `Err` if
+    /// shutdown came first.
+    async fn insert_with_retry<R>(
+        &self,
+        table: &'static str,
+        rows: &[Keyed<R>],
+    ) -> Result<Option<String>, ()>
+    where
+        R: clickhouse::RowOwned + clickhouse::RowWrite + Send + Sync,
+    {
+        let token = dedup_token(table, rows);
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 0u32;
+        loop {
+            let started = Instant::now();
+            let result = self.insert_once(table, rows, &token).await;
+            let failure = match result {
+                Ok(()) => {
+                    if let Some(metrics) = &self.metrics {
+                        metrics
+                            .rows_inserted
+                            .with_label_values(&[table])
+                            .inc_by(rows.len() as u64);
+                        metrics
+                            .insert_duration
+                            .with_label_values(&[table])
+                            .observe(started.elapsed().as_secs_f64());
+                        metrics
+                            .insert_rows
+                            .with_label_values(&[table])
+                            .observe(rows.len() as f64);
+                        metrics.inserts_failing.set(0);
+                    }
+                    if attempt > 0 {
+                        tracing::info!(
+                            table,
+                            attempts = attempt + 1,
+                            "insert succeeded after retries"
+                        );
+                    }
+                    if let Some(readiness) = &self.readiness {
+                        readiness.unblock("clickhouse");
+                    }
+                    return Ok(None);
+                }
+                Err(error) => classify(&error),
+            };
+            match failure {
+                Failure::Refused { message } => return Ok(Some(message)),
+                Failure::Retry { kind, message } => {
+                    attempt += 1;
+                    if let Some(metrics) = &self.metrics {
+                        metrics
+                            .insert_retries
+                            .with_label_values(&[table, kind])
+                            .inc();
+                        metrics.inserts_failing.set(1);
+                    }
+                    if let Some(readiness) = &self.readiness {
+                        readiness.block(
+                            "clickhouse",
+                            format!("clickhouse insert into {table} failing ({kind}); retrying"),
+                        );
+                    }
+                    let wait = jittered(backoff, attempt);
+                    tracing::warn!(table, kind, error = %message, attempt, retry_in_ms = wait.as_millis() as u64, "insert failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.shutdown.cancelled() => return Err(()),
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// Writes every row, isolating and returning the ones ClickHouse refuses for good.
+    pub async fn write_all<R>(&self, table: &'static str, rows: Vec<Keyed<R>>) -> Written
+    where
+        R: clickhouse::RowOwned + clickhouse::RowWrite + Send + Sync,
+    {
+        let mut written = Written::default();
+        // Ranges still to insert; the first half of a split goes first.
+        let mut ranges = vec![(0, rows.len())];
+        while let Some((start, end)) = ranges.pop() {
+            if start == end {
+                continue;
+            }
+            let slice = &rows[start..end];
+            match self.insert_with_retry(table, slice).await {
+                Err(()) => {
+                    written.abandoned = true;
+                    return written;
+                }
+                Ok(None) => {}
+                Ok(Some(message)) if slice.len() == 1 => {
+                    let row = &slice[0];
+                    tracing::warn!(
+                        table,
+                        partition = row.partition.1,
+                        offset = row.offset,
+                        "ClickHouse refused a row; dead-lettering it"
+                    );
+                    if let Some(metrics) = &self.metrics {
+                        metrics.rows_rejected.with_label_values(&[table]).inc();
+                    }
+                    written.rejected.push((
+                        row.partition.clone(),
+                        row.offset,
+                        Rejection::new(REJECTED_BY_CLICKHOUSE, format!("{table}: {message}")),
+                    ));
+                }
+                Ok(Some(_message)) => {
+                    let middle = start + (end - start) / 2;
+                    ranges.push((middle, end));
+                    ranges.push((start, middle));
+                }
+            }
+        }
+        written
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_told_apart_by_code() {
+        let refused = ClickhouseError::BadResponse("Code: 469. DB::Exception: Constraint `quantity_positive` is violated. (VIOLATED_CONSTRAINT)".into());
+        assert!(matches!(classify(&refused), Failure::Refused { .. }));
+        let parts = ClickhouseError::BadResponse(
+            "Code: 252. DB::Exception: Too many parts (TOO_MANY_PARTS)".into(),
+        );
+        assert!(matches!(
+            classify(&parts),
+            Failure::Retry {
+                kind: "too_many_parts",
+                ..
+            }
+        ));
+        let memory = ClickhouseError::BadResponse(
+            "Code: 241. DB::Exception: Memory limit exceeded (MEMORY_LIMIT_EXCEEDED)".into(),
+        );
+        assert!(matches!(
+            classify(&memory),
+            Failure::Retry {
+                kind: "memory_limit",
+                ..
+            }
+        ));
+        let unknown_table = ClickhouseError::BadResponse(
+            "Code: 60. DB::Exception: Unknown table (UNKNOWN_TABLE)".into(),
+        );
+        assert!(
+            matches!(
+                classify(&unknown_table),
+                Failure::Retry { kind: "server", .. }
+            ),
+            "not the rows' fault"
+        );
+        assert!(matches!(
+            classify(&ClickhouseError::TimedOut),
+            Failure::Retry {
+                kind: "timeout",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn tokens_follow_the_rows() {
+        let rows = |offsets: &[i64]| -> Vec<Keyed<()>> {
+            offsets
+                .iter()
+                .map(|offset| Keyed {
+                    row: (),
+                    partition: ("t".to_string(), 0),
+                    offset: *offset,
+                })
+                .collect()
+        };
+        assert_eq!(
+            dedup_token("e", &rows(&[1, 2])),
+            dedup_token("e", &rows(&[1, 2]))
+        );
+        assert_ne!(
+            dedup_token("e", &rows(&[1, 2])),
+            dedup_token("e", &rows(&[1, 3]))
+        );
+        assert_ne!(
+            dedup_token("e", &rows(&[1, 2])),
+            dedup_token("o", &rows(&[1, 2]))
+        );
+    }
+
+    #[test]
+    fn jitter_stays_within_half_either_side() {
+        for attempt in 0..100 {
+            let wait = jittered(Duration::from_millis(1_000), attempt);
+            assert!(wait >= Duration::from_millis(500) && wait <= Duration::from_millis(1_500));
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! A private pipeline for one sink test: its own topics, schemas, consumer group and ClickHouse
+//! database on the local stack, the real binary, ways to feed it and to query what it wrote.
+
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::time::Duration;
+
+use boomerang_runtime::clickhouse::ClickhouseArgs;
+use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
+use boomerang_runtime::migrations;
+use boomerang_runtime::registry::{RegistryArgs, register_all};
+use boomerang_runtime::topics::{TopicsArgs, value_subject};
+use boomerang_runtime::wire;
+use boomerang_schemas::{
+    AvroRecord, Customer, EnrichedPostPurchaseEvent, EventType, Order, PostPurchaseEvent,
+    TimestampMicros, codec,
+};
+use boomerang_testkit::{ReadRecord, Stack, StageProcess, metric_sum, poll_until, unique_name};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_boomerang-sink");
+pub const PSEUDONYM_KEY: &str = "integration-test-pseudonym-key";
+
+pub struct Pipeline {
+    pub stack: Stack,
+    pub topics: TopicsArgs,
+    pub kafka: KafkaArgs,
+    pub group: String,
+    pub clickhouse: ClickhouseArgs,
+    enriched_schema_id: u32,
+    customer_schema_id: u32,
+    order_schema_id: u32,
+    producer: FutureProducer,
+}
+
+impl Pipeline {
+    pub async fn new() -> Self {
+        let stack = Stack::from_env();
+        let name = unique_name("it-sink");
+        let topics = TopicsArgs::with_prefix(&name);
+        let kafka = KafkaArgs::for_brokers(&stack.kafka_brokers);
+        ensure_topics(
+            &kafka,
+            &[
+                TopicSpec::new(&topics.enriched_events, 2),
+                TopicSpec::new(&topics.customers, 2).compacted(),
+                TopicSpec::new(&topics.orders, 2).compacted(),
+                TopicSpec::new(&topics.dead_letter, 1),
+            ],
+        )
+        .await
+        .expect("create topics");
+        let settings = RegistryArgs::for_url(&stack.schema_registry_url)
+            .settings()
+            .expect("registry settings");
+        let registrations = register_all(&settings, &topics).await.expect("register");
+        let id_of = |topic: &str| {
+            let subject = value_subject(topic);
+            registrations
+                .iter()
+                .find(|registration| registration.subject == subject && registration.current)
+                .map(|registration| registration.schema_id)
+                .expect("registered")
+        };
+        let clickhouse = ClickhouseArgs::for_url(&stack.clickhouse_url, &name.replace('-', "_"));
+        migrations::apply(&clickhouse, None).await.expect("migrate");
+        let producer = kafka.producer_config().create().expect("producer");
+        Self {
+            enriched_schema_id: id_of(&topics.enriched_events),
+            customer_schema_id: id_of(&topics.customers),
+            order_schema_id: id_of(&topics.orders),
+            group: unique_name("it-sink-group"),
+            stack,
+            topics,
+            kafka,
+            clickhouse,
+            producer,
+        }
+    }
+
+    pub fn arguments(&self) -> Vec<String> {
+        [
+            ("--kafka-property", "session.timeout.ms=6000"),
+            ("--kafka-property", "heartbeat.interval.ms=500"),
+            ("--kafka-brokers", self.stack.kafka_brokers.as_str()),
+            (
+                "--schema-registry-url",
+                self.stack.schema_registry_url.as_str(),
+            ),
+            (
+                "--enriched-events-topic",
+                self.topics.enriched_events.as_str(),
+            ),
+            ("--customers-topic", self.topics.customers.as_str()),
+            ("--orders-topic", self.topics.orders.as_str()),
+            ("--dead-letter-topic", self.topics.dead_letter.as_str()),
+            ("--clickhouse-url", self.clickhouse.url.as_str()),
+            ("--clickhouse-database", self.clickhouse.database.as_str()),
+            ("--clickhouse-timeout-secs", "5"),
+            ("--group-id", self.group.as_str()),
+            ("--pseudonym-key", PSEUDONYM_KEY),
+            ("--insert-max-wait-ms", "100"),
+            ("--log-format", "text"),
+            ("--log-filter", "info,rdkafka=warn"),
+        ]
+        .iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
+        .collect()
+    }
+
+    pub fn start(&self, extra: &[&str], environment: &[(&str, &str)]) -> StageProcess {
+        let arguments = self.arguments();
+        let mut arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
+        arguments.extend_from_slice(extra);
+        StageProcess::start(BINARY, &arguments, environment)
+    }
+
+    fn framed<T: AvroRecord>(schema_id: u32, record: &T) -> Vec<u8> {
+        let mut value = Vec::new();
+        wire::start_frame(schema_id, &mut value);
+        codec::encode_into(record, &mut value).expect("encode");
+        value
+    }
+
+    async fn send(&self, topic: &str, key: &str, value: Option<Vec<u8>>) {
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
+            .key(key)
+            .headers(OwnedHeaders::new());
+        if let Some(value) = &value {
+            record = record.payload(value.as_slice());
+        }
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("produce");
+    }
+
+    pub async fn produce_enriched(&self, enriched: &EnrichedPostPurchaseEvent) {
+        let value = Self::framed(self.enriched_schema_id, enriched);
+        self.send(
+            &self.topics.enriched_events,
+            &enriched.event.order_id,
+            Some(value),
+        )
+        .await;
+    }
+
+    pub async fn produce_raw_enriched(&self, key: &str, value: &[u8]) {
+        self.send(&self.topics.enriched_events, key, Some(value.to_vec()))
+            .await;
+    }
+
+    pub async fn produce_order(&self, order: &Order) {
+        let value = Self::framed(self.order_schema_id, order);
+        self.send(&self.topics.orders, &order.order_id, Some(value))
+            .await;
+    }
+
+    pub async fn delete_order(&self, order_id: &str) {
+        self.send(&self.topics.orders, order_id, None).await;
+    }
+
+    pub async fn produce_customer(&self, customer: &Customer) {
+        let value = Self::framed(self.customer_schema_id, customer);
+        self.send(&self.topics.customers, &customer.customer_id, Some(value))
+            .await;
+    }
+
+    pub fn dead_letters(&self) -> Vec<ReadRecord> {
+        boomerang_testkit::read_topic_to_end(&self.stack.kafka_brokers, &self.topics.dead_letter)
+    }
+
+    /// `count()` of a table or view, without FINAL unless the query says so.
+    pub async fn count(&self, from: &str) -> u64 {
+        self.clickhouse
+            .client()
+            .query(&format!("SELECT count() FROM {from}"))
+            .fetch_one()
+            .await
+            .unwrap_or_else(|error| panic!("count {from}: {error}"))
+    }
+
+    /// Polls until `from` holds `expected` rows (without FINAL).
+    pub async fn wait_for_rows(&self, from: &str, expected: u64) {
+        poll_until(
+            &format!("{expected} rows in {from}"),
+            Duration::from_secs(90),
+            || async { (self.count(from).await >= expected).then_some(()) },
+        )
+        .await;
+    }
+}
+
+/// An enriched event as enrich emits it: joined, nothing missing.
+pub fn enriched(
+    event_type: EventType,
+    case_id: &str,
+    order_id: &str,
+    line: u32,
+    customer_id: &str,
+    occurred_at: TimestampMicros,
+) -> EnrichedPostPurchaseEvent {
+    let mut event: PostPurchaseEvent = boomerang_testkit::samples::event();
+    event.event_type = event_type;
+    event.event_id = format!(
+        "{case_id}-{}-{}",
+        event_type.symbol(),
+        occurred_at.as_unix_micros()
+    );
+    event.idempotency_key = format!("key-{}", event.event_id);
+    event.case_id = case_id.to_string();
+    event.order_id = order_id.to_string();
+    event.order_line_id = format!("{order_id}/{line}");
+    event.customer_id = customer_id.to_string();
+    event.occurred_at = occurred_at;
+    EnrichedPostPurchaseEvent {
+        event,
+        customer_missing: false,
+        order_missing: false,
+        order_line_missing: false,
+        customer_pseudonymised: false,
+        customer_segment: Some("regular".into()),
+        customer_region: Some("emea".into()),
+        order_channel: None,
+        order_placed_at: None,
+        order_delivered_at: None,
+        line_category: None,
+        line_unit_price: None,
+        days_since_delivery: None,
+        within_return_window: None,
+        enriched_at: TimestampMicros::now(),
+    }
+}
+
+pub async fn metrics(process: &StageProcess) -> String {
+    process
+        .get("/metrics")
+        .await
+        .map(|(_, body)| body)
+        .unwrap_or_default()
+}
+
+pub fn value(exposition: &str, name: &str, labels: &[&str]) -> u64 {
+    metric_sum(exposition, name, labels) as u64
+}
+
+pub async fn wait_ready(process: &StageProcess) {
+    poll_until("the sink to be ready", Duration::from_secs(60), || async {
+        process
+            .get("/readyz")
+            .await
+            .filter(|(status, _)| *status == 200)
+    })
+    .await;
+}
+
+/// Polls until the group has committed every partition of `topic` to its end.
+pub async fn wait_committed(pipeline: &Pipeline, topic: &str) {
+    let brokers = pipeline.stack.kafka_brokers.clone();
+    let group = pipeline.group.clone();
+    let topic = topic.to_string();
+    poll_until(
+        "offsets committed to the end",
+        Duration::from_secs(60),
+        || {
+            let (brokers, group, topic) = (brokers.clone(), group.clone(), topic.clone());
+            async move {
+                boomerang_testkit::committed_and_high_watermarks(&brokers, &group, &topic)
+                    .iter()
+                    .all(|(_, committed, high)| committed == high)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+}
