@@ -27,10 +27,12 @@ import email.parser
 import email.policy
 import http.server
 import json
+import os
 import re
 import signal
 import struct
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -51,6 +53,13 @@ SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 EXCEPTION_CODE = re.compile(r"Code: (\d+)\.")
 # An INSERT whose data follows in the request body: everything up to `FORMAT name`.
 INSERT_WITH_FORMAT = re.compile(r"^\s*(INSERT\s.*?)\s+FORMAT\s+([A-Za-z0-9_]+)\s*$", re.IGNORECASE | re.DOTALL)
+# INSERT INTO [TABLE] <table> [(<columns>)] [SETTINGS ...]
+INSERT_TARGET = re.compile(
+    r"^\s*INSERT\s+INTO\s+(?:TABLE\s+)?"
+    r"(?P<table>(?:`(?:[^`\\]|\\.)+`|[A-Za-z0-9_]+)(?:\.(?:`(?:[^`\\]|\\.)+`|[A-Za-z0-9_]+))?)"
+    r"\s*(?:\((?P<columns>[^)]*)\))?\s*(?P<settings>SETTINGS\s.*)?$",
+    re.IGNORECASE | re.DOTALL,
+)
 INSERT_PREFIX = re.compile(r"^\s*INSERT\s", re.IGNORECASE)
 FORMAT_CLAUSE = re.compile(r"\sFORMAT\s+[A-Za-z0-9_]+\s*;?\s*$", re.IGNORECASE)
 
@@ -86,6 +95,12 @@ class Engine:
     def __init__(self, data_dir):
         chdb._chdb.set_signal_handlers_enabled(0)
         self.connection = chdb.connect(data_dir)
+        # Where INSERT bodies wait to be inserted (see `_insert`).
+        if data_dir.startswith(":memory:") or not data_dir:
+            self.spool_dir = tempfile.gettempdir()
+        else:
+            self.spool_dir = os.path.join(data_dir, "insert-spool")
+            os.makedirs(self.spool_dir, exist_ok=True)
         self.lock = threading.Lock()
         self.version = self.connection.query("SELECT version()", "TSV").bytes().decode().strip()
 
@@ -135,38 +150,90 @@ class Engine:
         return result.bytes(), summary
 
     def _insert(self, sql, insert_body):
+        """An INSERT with its data in the request body.
+
+        chDB's streaming inserter (`send_insert`) reports success when the server refuses the
+        data (a violated constraint, say) and writes nothing, so the body goes to a temporary
+        file and is inserted with INSERT ... SELECT FROM file(), which fails like ClickHouse.
+        """
         match = INSERT_WITH_FORMAT.match(sql)
         if match is None:
             raise QueryError(CODE_BAD_ARGUMENTS, "an INSERT with data in the request body must end with FORMAT <name>")
         statement, data_format = match.group(1), match.group(2)
-        try:
-            inserter = self.connection.send_insert(statement, data_format)
-        except Exception as error:
-            message = str(error)
-            raise QueryError(exception_code(message), message) from None
-        try:
+        target = INSERT_TARGET.match(statement)
+        if target is None:
+            raise QueryError(CODE_BAD_ARGUMENTS, f"cannot read the table of {statement!r}")
+        columns = self._insert_columns(target.group("table"), target.group("columns"))
+        structure = ", ".join(f"{quote_identifier(name)} {kind}" for name, kind in columns)
+        column_list = ", ".join(quote_identifier(name) for name, _ in columns)
+        with tempfile.NamedTemporaryFile(prefix="chfront-insert-", dir=self.spool_dir) as spool:
             for chunk in insert_body:
                 if chunk:
-                    inserter.append(chunk)
-            result = inserter.finish()
-        except QueryError:
-            inserter.cancel()
-            raise
-        except Exception as error:
-            message = str(error)
-            try:
-                inserter.cancel()
-            except Exception:
-                pass
-            raise QueryError(exception_code(message), message) from None
-        summary = {
-            "read_rows": "0",
-            "read_bytes": "0",
-            "written_rows": str(result.rows_written),
-            "written_bytes": str(result.bytes_written),
-            "elapsed_ns": str(int(result.elapsed * 1e9)),
-        }
-        return b"", summary
+                    spool.write(chunk)
+            spool.flush()
+            if spool.tell() == 0:
+                summary = {"read_rows": "0", "read_bytes": "0", "written_rows": "0", "written_bytes": "0", "elapsed_ns": "0"}
+                return b"", summary
+            settings = target.group("settings") or ""
+            insert = (
+                f"INSERT INTO {target.group('table')} ({column_list}) {settings} "
+                f"SELECT * FROM file({quote_string(spool.name)}, {quote_string(data_format)}, {quote_string(structure)})"
+            )
+            return self._query(insert, "TSV", {})
+
+    def _insert_columns(self, table, listed):
+        """(name, type) of the columns an INSERT writes: those listed, else every column that
+        takes a value (not MATERIALIZED or ALIAS), in table order."""
+        parts = [unquote_identifier(part) for part in split_qualified(table)]
+        if len(parts) == 2:
+            database_sql, table_name = quote_string(parts[0]), parts[1]
+        else:
+            database_sql, table_name = "currentDatabase()", parts[0]
+        rows, _ = self._query(
+            "SELECT name, type, default_kind FROM system.columns "
+            f"WHERE database = {database_sql} AND table = {quote_string(table_name)} ORDER BY position",
+            # Raw: types such as DateTime64(6, 'UTC') come back unescaped (names and types hold
+            # no tabs or newlines).
+            "TSVRaw",
+            {},
+        )
+        known = []
+        for line in rows.decode().splitlines():
+            name, kind, default_kind = line.split("\t")
+            known.append((name, kind, default_kind))
+        if not known:
+            raise QueryError(60, f"Code: 60. DB::Exception: Table {table} does not exist. (UNKNOWN_TABLE)")
+        if listed is None or not listed.strip():
+            return [(name, kind) for name, kind, default_kind in known if default_kind not in ("MATERIALIZED", "ALIAS")]
+        types = {name: kind for name, kind, _ in known}
+        columns = []
+        for name in (unquote_identifier(part.strip()) for part in listed.split(",")):
+            if name not in types:
+                raise QueryError(16, f"Code: 16. DB::Exception: No such column {name} in table {table}. (NO_SUCH_COLUMN_IN_TABLE)")
+            columns.append((name, types[name]))
+        return columns
+
+
+def split_qualified(name):
+    """`db`.`table` or db.table → its parts, quotes kept."""
+    parts, current, quoted = [], "", False
+    for character in name:
+        if character == "`":
+            quoted = not quoted
+        if character == "." and not quoted:
+            parts.append(current)
+            current = ""
+        else:
+            current += character
+    parts.append(current)
+    return parts
+
+
+def unquote_identifier(name):
+    name = name.strip()
+    if len(name) >= 2 and name[0] == "`" and name[-1] == "`":
+        return re.sub(r"\\(.)", r"\1", name[1:-1])
+    return name
 
 
 def quote_string(value):

@@ -146,6 +146,38 @@ class FrontEndTest(unittest.TestCase):
         self.assertEqual(response.getheader("X-ClickHouse-Exception-Code"), "33")
         self.assertEqual(self.query("SELECT count() FROM malformed"), "0\n")
 
+    def test_a_violated_constraint_fails_the_insert_like_clickhouse(self):
+        # chDB's own streaming inserter reports success here and writes nothing.
+        self.query("DROP TABLE IF EXISTS constrained")
+        self.query(
+            "CREATE TABLE constrained (n UInt64, s String, CONSTRAINT positive CHECK n > 0) "
+            "ENGINE = MergeTree ORDER BY n"
+        )
+        response, payload = self.request(
+            "POST", {"query": "INSERT INTO constrained FORMAT RowBinary"}, rows_binary([(1, "a"), (0, "b")])
+        )
+        self.assertEqual(response.status, 500, payload)
+        self.assertEqual(response.getheader("X-ClickHouse-Exception-Code"), "469")
+        self.assertEqual(self.query("SELECT count() FROM constrained"), "0\n")
+
+    def test_listed_columns_defaults_and_materialized_columns(self):
+        self.query("DROP TABLE IF EXISTS defaults")
+        self.query(
+            "CREATE TABLE defaults (n UInt64, s String DEFAULT 'dflt', twice UInt64 MATERIALIZED n * 2, "
+            "at DateTime64(6, 'UTC') DEFAULT 0) "
+            "ENGINE = MergeTree ORDER BY n"
+        )
+        body = b"".join(struct.pack("<Q", n) for n in (3, 4))
+        response, payload = self.request("POST", {"query": "INSERT INTO `default`.`defaults` (`n`) FORMAT RowBinary"}, body)
+        self.assertEqual(response.status, 200, payload)
+        response, payload = self.request(
+            "POST", {"query": "INSERT INTO defaults (n, s) FORMAT RowBinary"}, rows_binary([(5, "given")])
+        )
+        self.assertEqual(response.status, 200, payload)
+        self.assertEqual(
+            self.query("SELECT n, s, twice FROM defaults ORDER BY n"), "3\tdflt\t6\n4\tdflt\t8\n5\tgiven\t10\n"
+        )
+
     def test_corrupt_compressed_body_fails_its_checksum(self):
         self.fresh_table("corrupt")
         block = bytearray(compressed_block(rows_binary([(1, "a" * 100)])))
