@@ -91,28 +91,27 @@ fn world() -> World {
     let methods = [ReturnMethod::Mail, ReturnMethod::InStore];
     let mut events = Vec::new();
     let mut case = 0;
-    let mut event =
-        |event_type: EventType, case_id: &str, order: &Order, line: &OrderLine, at: i64| {
-            let line_number: u32 = line
-                .order_line_id
-                .rsplit('/')
-                .next()
-                .and_then(|number| number.parse().ok())
-                .expect("line number");
-            let mut enriched = enriched(
-                event_type,
-                case_id,
-                &order.order_id,
-                line_number,
-                &order.customer_id,
-                TimestampMicros::from_unix_micros(at),
-            );
-            enriched.event.quantity = line.quantity;
-            enriched.event.sku = line.sku.clone();
-            enriched.event.channel = order.channel;
-            enriched.line_category = Some(line.category.clone());
-            enriched
-        };
+    let event = |event_type: EventType, case_id: &str, order: &Order, line: &OrderLine, at: i64| {
+        let line_number: u32 = line
+            .order_line_id
+            .rsplit('/')
+            .next()
+            .and_then(|number| number.parse().ok())
+            .expect("line number");
+        let mut enriched = enriched(
+            event_type,
+            case_id,
+            &order.order_id,
+            line_number,
+            &order.customer_id,
+            TimestampMicros::from_unix_micros(at),
+        );
+        enriched.event.quantity = line.quantity;
+        enriched.event.sku = line.sku.clone();
+        enriched.event.channel = order.channel;
+        enriched.line_category = Some(line.category.clone());
+        enriched
+    };
     for order in &orders {
         for line in &order.lines {
             let start = order.placed_at.as_unix_micros()
@@ -279,6 +278,9 @@ fn quantile_exact(sorted: &[i64], level: f64) -> f64 {
 }
 
 type RateKey = (String, String, String, String, String);
+
+/// Claims, approved, decided, resolution times in microseconds.
+type Claims = (u64, u64, u64, Vec<i64>);
 
 fn expected_return_rates(world: &World) -> BTreeMap<RateKey, (i64, i64)> {
     let segment_of = |customer_id: &str| {
@@ -559,7 +561,8 @@ async fn each_analytics_object_matches_an_independent_computation() {
     assert!(conversion.values().any(|(_, exchanged)| *exchanged > 0));
 
     // Warranty approval and resolution by filing day and category.
-    let mut claims: BTreeMap<(String, String), (u64, u64, u64, Vec<i64>)> = BTreeMap::new();
+    // (day, category) → (claims, approved, decided, resolution times)
+    let mut claims: BTreeMap<(String, String), Claims> = BTreeMap::new();
     for events in cases(&world).values() {
         let Some(filed) = first_at(events, &[EventType::WarrantyFiled]) else {
             continue;
