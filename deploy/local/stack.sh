@@ -5,6 +5,8 @@
 #   deploy/local/stack.sh up [--sqlite]   install what is missing, start what is not running, wait
 #                                         until healthy, write the endpoints to the env file
 #   deploy/local/stack.sh down            stop exactly the processes this script started
+#   deploy/local/stack.sh stop PART       stop one part (kafka, registry, clickhouse, prometheus);
+#                                         `up` starts it again (tests use it to simulate outages)
 #   deploy/local/stack.sh status          say what runs where
 #   deploy/local/stack.sh install         only install (warm the cache)
 #   deploy/local/stack.sh env             print the env file's path
@@ -412,6 +414,13 @@ main() {
   local command=${1:-}
   shift || true
   use_sqlite=no
+  if [[ $command == stop ]]; then
+    case ${1:-} in
+      kafka | registry | clickhouse | prometheus) stop_process "$1" ;;
+      *) die "usage: stack.sh stop kafka|registry|clickhouse|prometheus" ;;
+    esac
+    return 0
+  fi
   local arg
   for arg in "$@"; do
     case $arg in
@@ -433,7 +442,7 @@ main() {
       cmd_down
       rm -rf "$state_dir"
       ;;
-    *) die "usage: stack.sh up [--sqlite] | down | status | install | env | python | clean" ;;
+    *) die "usage: stack.sh up [--sqlite] | down | stop PART | status | install | env | python | clean" ;;
   esac
 }
 
