@@ -7,8 +7,6 @@
 //! BOOMERANG_BENCH_EVENTS=200000 cargo bench -p boomerang-benches --bench ingest_drain
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
@@ -50,31 +48,6 @@ fn event(n: usize, now: TimestampMicros) -> PostPurchaseEvent {
         disposition: None,
         attributes: BTreeMap::new(),
     }
-}
-
-fn built_ingest_binary() -> PathBuf {
-    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(PathBuf::from)
-        .expect("workspace");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "boomerang-ingest",
-            "--bin",
-            "boomerang-ingest",
-        ])
-        .current_dir(&workspace)
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building boomerang-ingest failed");
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    target.join("release/boomerang-ingest")
 }
 
 fn prefill(kafka: &KafkaArgs, topic: &str, schema_id: u32, events: usize) -> Duration {
@@ -210,7 +183,8 @@ fn main() {
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(1_000_000);
-    let binary = built_ingest_binary();
+    let binary =
+        boomerang_benches::harness::built_release_binary("boomerang-ingest", "boomerang-ingest");
     let stack = Stack::from_env();
     let kafka = KafkaArgs::for_brokers(&stack.kafka_brokers);
     let topics = TopicsArgs::with_prefix(&unique_name("bench-ingest"));

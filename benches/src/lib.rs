@@ -2,4 +2,5 @@
 //! boomerang-benches`) and harnesses for end-to-end runs. This library holds the data they
 //! share.
 
+pub mod harness;
 pub mod reference_world;

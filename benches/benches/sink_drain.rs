@@ -1,0 +1,233 @@
+//! End-to-end harness: the sink binary draining 1M enriched events from Kafka into ClickHouse,
+//! beside a bare `clickhouse` crate insert of the same rows (built in memory beforehand, in
+//! batches of the sink's size) in the same run, on the same ClickHouse endpoint. Needs the
+//! local stack (`deploy/local/stack.sh up`). Target: sink ≥ 0.8× the bare insert rate.
+//!
+//! cargo bench -p boomerang-benches --bench sink_drain          # 1M events
+//! BOOMERANG_BENCH_EVENTS=200000 cargo bench -p boomerang-benches --bench sink_drain
+
+use std::time::{Duration, Instant};
+
+use boomerang_benches::harness::built_release_binary;
+use boomerang_benches::reference_world::event;
+use boomerang_runtime::clickhouse::ClickhouseArgs;
+use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
+use boomerang_runtime::migrations;
+use boomerang_runtime::pseudonym::Pseudonymiser;
+use boomerang_runtime::registry::{RegistryArgs, register_all};
+use boomerang_runtime::topics::{TopicsArgs, value_subject};
+use boomerang_runtime::wire;
+use boomerang_schemas::{EnrichedPostPurchaseEvent, Money, TimestampMicros, codec};
+use boomerang_sink::rows::{EventRow, Source};
+use boomerang_testkit::{Stack, StageProcess, metric_sum, unique_name};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+const PARTITIONS: i32 = 4;
+const BATCH: usize = 50_000;
+const PSEUDONYM_KEY: &str = "benchmark-pseudonym-key";
+
+fn enriched(n: usize, now: TimestampMicros) -> EnrichedPostPurchaseEvent {
+    let mut event = event(n, 50_000, now);
+    event.reason_text = None;
+    EnrichedPostPurchaseEvent {
+        event,
+        customer_missing: false,
+        order_missing: false,
+        order_line_missing: false,
+        customer_pseudonymised: false,
+        customer_segment: Some(["new", "regular", "vip"][n % 3].into()),
+        customer_region: Some("emea".into()),
+        order_channel: Some(boomerang_schemas::Channel::Web),
+        order_placed_at: Some(now),
+        order_delivered_at: Some(now),
+        line_category: Some(["apparel", "shoes", "electronics"][n % 3].into()),
+        line_unit_price: Some(Money::new(4_999, "EUR")),
+        days_since_delivery: Some(5),
+        within_return_window: Some(true),
+        enriched_at: now,
+    }
+}
+
+fn prefill(kafka: &KafkaArgs, topic: &str, schema_id: u32, events: usize, now: TimestampMicros) {
+    let mut config = kafka.producer_config();
+    config.set("queue.buffering.max.messages", "1000000");
+    config.set("linger.ms", "20");
+    let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
+    let mut value = Vec::with_capacity(512);
+    for n in 0..events {
+        let enriched = enriched(n, now);
+        value.clear();
+        wire::start_frame(schema_id, &mut value);
+        codec::encode_into(&enriched, &mut value).expect("encode");
+        loop {
+            match producer.send(
+                BaseRecord::<str, [u8]>::to(topic)
+                    .key(&enriched.event.order_id)
+                    .payload(&value),
+            ) {
+                Ok(()) => break,
+                Err((_, _record)) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(300)).expect("flush");
+}
+
+/// The same rows, built beforehand, inserted with the `clickhouse` crate in batches of the
+/// sink's size into a copy of the events table: the least a ClickHouse writer can do.
+async fn bare_insert(clickhouse: &ClickhouseArgs, events: usize, now: TimestampMicros) -> Duration {
+    let client = clickhouse.client();
+    client
+        .query("CREATE TABLE bare_events AS post_purchase_events")
+        .execute()
+        .await
+        .expect("bare table");
+    let pseudonymiser = Pseudonymiser::new(PSEUDONYM_KEY.as_bytes()).expect("key");
+    let rows: Vec<EventRow> = (0..events)
+        .map(|n| {
+            let source = Source {
+                topic: "bench",
+                partition: (n % PARTITIONS as usize) as i32,
+                offset: n as i64,
+            };
+            EventRow::new(enriched(n, now), &source, &pseudonymiser)
+        })
+        .collect();
+    let started = Instant::now();
+    for batch in rows.chunks(BATCH) {
+        let mut insert = client
+            .insert::<EventRow>("bare_events")
+            .await
+            .expect("insert");
+        for row in batch {
+            insert.write(row).await.expect("write");
+        }
+        insert.end().await.expect("end");
+    }
+    started.elapsed()
+}
+
+fn main() {
+    let events: usize = std::env::var("BOOMERANG_BENCH_EVENTS")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(1_000_000);
+    let binary = built_release_binary("boomerang-sink", "boomerang-sink");
+    let stack = Stack::from_env();
+    let kafka = KafkaArgs::for_brokers(&stack.kafka_brokers);
+    let name = unique_name("bench-sink");
+    let topics = TopicsArgs::with_prefix(&name);
+    let clickhouse = ClickhouseArgs::for_url(&stack.clickhouse_url, &name.replace('-', "_"));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let now = TimestampMicros::now();
+    let schema_id = runtime.block_on(async {
+        ensure_topics(
+            &kafka,
+            &[
+                TopicSpec::new(&topics.enriched_events, PARTITIONS),
+                TopicSpec::new(&topics.orders, 1).compacted(),
+                TopicSpec::new(&topics.customers, 1).compacted(),
+                TopicSpec::new(&topics.dead_letter, 1),
+            ],
+        )
+        .await
+        .expect("topics");
+        migrations::apply(&clickhouse, None).await.expect("migrate");
+        let settings = RegistryArgs::for_url(&stack.schema_registry_url)
+            .settings()
+            .expect("registry");
+        let registrations = register_all(&settings, &topics).await.expect("register");
+        registrations
+            .iter()
+            .find(|registration| {
+                registration.current
+                    && registration.subject == value_subject(&topics.enriched_events)
+            })
+            .map(|registration| registration.schema_id)
+            .expect("enriched schema id")
+    });
+    let filled = Instant::now();
+    prefill(&kafka, &topics.enriched_events, schema_id, events, now);
+    eprintln!(
+        "pre-filled {events} enriched events in {:.1?}",
+        filled.elapsed()
+    );
+
+    let bare = runtime.block_on(bare_insert(&clickhouse, events, now));
+    eprintln!("bare insert: {:.2} s", bare.as_secs_f64());
+
+    let group = unique_name("bench-sink-group");
+    let arguments = [
+        "--kafka-brokers",
+        &stack.kafka_brokers,
+        "--schema-registry-url",
+        &stack.schema_registry_url,
+        "--enriched-events-topic",
+        &topics.enriched_events,
+        "--orders-topic",
+        &topics.orders,
+        "--customers-topic",
+        &topics.customers,
+        "--dead-letter-topic",
+        &topics.dead_letter,
+        "--clickhouse-url",
+        &clickhouse.url,
+        "--clickhouse-database",
+        &clickhouse.database,
+        "--pseudonym-key",
+        PSEUDONYM_KEY,
+        "--group-id",
+        &group,
+        "--log-format",
+        "text",
+        "--log-filter",
+        "warn",
+    ];
+    let binary = binary.to_string_lossy().into_owned();
+    let sink = runtime.block_on(async {
+        let mut process = StageProcess::start(&binary, &arguments, &[]);
+        let ready_deadline = Instant::now() + Duration::from_secs(60);
+        while !matches!(process.get("/readyz").await, Some((200, _))) {
+            assert!(
+                Instant::now() < ready_deadline,
+                "the sink did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let started = Instant::now();
+        loop {
+            let text = process
+                .get("/metrics")
+                .await
+                .map(|(_, body)| body)
+                .unwrap_or_default();
+            if metric_sum(&text, "boomerang_sink_rows_inserted_total", &[]) as usize >= events {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(1800),
+                "the sink stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let elapsed = started.elapsed();
+        process.terminate();
+        process.wait_exit(Duration::from_secs(30)).await;
+        elapsed
+    });
+    let rate = |elapsed: Duration| events as f64 / elapsed.as_secs_f64();
+    println!();
+    println!("| run | rows | seconds | rows/s | vs bare |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!(
+        "| bare `clickhouse` crate insert, rows prebuilt, batches of {BATCH} | {events} | {:.2} | {:.0} | 1.00 |",
+        bare.as_secs_f64(),
+        rate(bare)
+    );
+    println!(
+        "| boomerang-sink (consume, decode, insert, commit) | {events} | {:.2} | {:.0} | {:.2} |",
+        sink.as_secs_f64(),
+        rate(sink),
+        rate(sink) / rate(bare)
+    );
+}
