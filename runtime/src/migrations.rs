@@ -271,7 +271,8 @@ mod tests {
             vec![
                 "-- a comment; not a statement\nCREATE TABLE a (x Int8)\nENGINE = Memory"
                     .to_string(),
-                "SELECT 'a;b'".to_string()
+                // A comment before a statement stays with it: ClickHouse ignores it.
+                "-- trailing\nSELECT 'a;b'".to_string()
             ]
         );
     }
