@@ -5,6 +5,13 @@
 //! - `boomerang topics create`: creates the pipeline's topics with their partitions, reference
 //!   topics compacted.
 //! - `boomerang migrate`: applies the ClickHouse migrations (`deploy/clickhouse/migrations/`).
+//! - `boomerang gen`: publishes a seeded world of traffic and writes its ground truth (`generate/`).
+//! - `boomerang report`: the analytics report, beside the ground truth if given (`report.rs`).
+//! - `boomerang dlq inspect | replay`: the dead-letter topic (`dlq.rs`).
+
+mod dlq;
+mod generate;
+mod report;
 
 use std::process::ExitCode;
 
@@ -42,6 +49,29 @@ enum Command {
         /// Keep events this many days (the events table's TTL); unchanged if not given.
         #[arg(long = "retention-days", env = "BOOMERANG_RETENTION_DAYS")]
         retention_days: Option<u32>,
+    },
+    /// Publish a seeded world of customers, orders and case events, with producer faults, and
+    /// write its ground truth.
+    Gen(generate::GenArgs),
+    /// Print the analytics report (and the stages' counts), beside a ground truth if given.
+    /// Exits with 1 if anything differs from it.
+    Report(report::ReportArgs),
+    /// Dead-letter operations.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum DlqCommand {
+    /// List dead letters with their headers.
+    Inspect(dlq::DlqArgs),
+    /// Re-publish the selected dead letters to their source topics.
+    Replay {
+        #[command(flatten)]
+        args: dlq::DlqArgs,
+        /// Only say what would be replayed.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -84,7 +114,8 @@ async fn main() -> ExitCode {
         filter: "warn".into(),
     });
     match run(cli.command).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Some(mismatches)) if mismatches > 0 => ExitCode::FAILURE,
+        Ok(_) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {}", error_chain(error.as_ref()));
             ExitCode::FAILURE
@@ -92,8 +123,22 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+/// `Some(mismatches)` for a report.
+async fn run(command: Command) -> anyhow::Result<Option<usize>> {
     match command {
+        Command::Gen(args) => {
+            generate::run(args).await?;
+            Ok(None)
+        }
+        Command::Report(args) => Ok(Some(report::run(args).await?)),
+        Command::Dlq(DlqCommand::Inspect(args)) => {
+            dlq::inspect(&args)?;
+            Ok(None)
+        }
+        Command::Dlq(DlqCommand::Replay { args, dry_run }) => {
+            dlq::replay(&args, dry_run).await?;
+            Ok(None)
+        }
         Command::Migrate {
             clickhouse,
             retention_days,
@@ -112,7 +157,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 "database {} on {} is up to date",
                 clickhouse.database, clickhouse.url
             );
-            Ok(())
+            Ok(None)
         }
         Command::Schemas(SchemasCommand::Register { registry, topics }) => {
             let settings = registry.settings()?;
@@ -128,7 +173,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     registration.subject, registration.record, version, registration.schema_id
                 );
             }
-            Ok(())
+            Ok(None)
         }
         Command::Topics(TopicsCommand::Create {
             kafka: kafka_args,
@@ -156,7 +201,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
             for spec in specs {
                 println!("{:<48} {} partitions", spec.name, spec.partitions);
             }
-            Ok(())
+            Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Clap checks its definitions only in debug builds, at parse time: check them all here.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

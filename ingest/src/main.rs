@@ -182,3 +182,14 @@ fn check_co_partitioned(kafka: &KafkaArgs, raw: &str, validated: &str) -> anyhow
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Clap checks its definitions only in debug builds, at parse time: check them here.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Args::command().debug_assert();
+    }
+}

@@ -146,3 +146,14 @@ async fn wait_for_migrations(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Clap checks its definitions only in debug builds, at parse time: check them here.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Args::command().debug_assert();
+    }
+}

@@ -1,0 +1,292 @@
+//! `boomerang gen`: publishes a seeded world (`world.rs`) — customers, orders and the events of
+//! their return, exchange and warranty cases — with the faults real producers have: retried
+//! publishes (same idempotency key), malformed and rule-breaking records, orders that arrive
+//! late or never, producers still on the previous schema version. Writes the ground truth
+//! (`truth.rs`) to a JSON file.
+
+pub mod truth;
+pub mod world;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use boomerang_runtime::kafka::KafkaArgs;
+use boomerang_runtime::registry::{self, RegistryArgs};
+use boomerang_runtime::topics::{TopicsArgs, value_subject};
+use boomerang_runtime::wire;
+use boomerang_schemas::{AvroRecord, Order, PostPurchaseEvent, SchemaKind, TimestampMicros, codec};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+use self::truth::{StageCounts, Truth};
+use self::world::{Dice, WorldShape};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub topics: TopicsArgs,
+    /// The world's seed: the same seed and sizes give the same world.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// How many customers (the id is apart from the customers topic's).
+    #[arg(long = "customers", id = "customer-count", default_value_t = 4_000)]
+    pub customers: usize,
+    #[arg(long = "orders", id = "order-count", default_value_t = 20_000)]
+    pub orders: usize,
+    /// Share of events a producer publishes twice (the same idempotency key and bytes).
+    #[arg(long, default_value_t = 0.05)]
+    pub retry_rate: f64,
+    /// Share of extra records that are not Avro at all.
+    #[arg(long, default_value_t = 0.005)]
+    pub malformed_rate: f64,
+    /// Share of extra events that break a business rule (a quantity of 0).
+    #[arg(long, default_value_t = 0.005)]
+    pub invalid_rate: f64,
+    /// Share of orders published only after their first events (enrich waits for them).
+    #[arg(long, default_value_t = 0.03)]
+    pub late_order_rate: f64,
+    /// Share of orders never published (their events are flagged order_missing).
+    #[arg(long, default_value_t = 0.01)]
+    pub missing_order_rate: f64,
+    /// Share of events from producers still on the previous schema version.
+    #[arg(long, default_value_t = 0.1)]
+    pub previous_version_rate: f64,
+    /// Where the ground truth goes.
+    #[arg(long, default_value = "target/run/truth.json")]
+    pub truth: PathBuf,
+    /// A label for the truth file (the run's topic prefix, say).
+    #[arg(long, default_value = "")]
+    pub label: String,
+}
+
+/// Events published after the first event of a late order, before the order itself.
+const LATE_BY_EVENTS: usize = 200;
+
+struct Publisher {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    published: u64,
+    started: Instant,
+}
+
+impl Publisher {
+    fn send(&mut self, topic: &str, key: &str, value: &[u8]) {
+        loop {
+            match self
+                .producer
+                .send(BaseRecord::<str, [u8]>::to(topic).key(key).payload(value))
+            {
+                Ok(()) => break,
+                Err((_, _record)) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        self.published += 1;
+        if self.published.is_multiple_of(25_000) {
+            eprintln!(
+                "gen: {} records published ({:.0}/s)",
+                self.published,
+                self.published as f64 / self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
+fn framed<T: AvroRecord>(schema_id: u32, record: &T) -> anyhow::Result<Vec<u8>> {
+    let mut value = Vec::with_capacity(256);
+    wire::start_frame(schema_id, &mut value);
+    codec::encode_into(record, &mut value)?;
+    Ok(value)
+}
+
+pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
+    let settings = args.registry.settings()?;
+    let registrations = registry::register_all(&settings, &args.topics).await?;
+    let id_of = |topic: &str, current: bool| {
+        registrations
+            .iter()
+            .find(|registration| {
+                registration.subject == value_subject(topic) && registration.current == current
+            })
+            .map(|registration| registration.schema_id)
+            .with_context(|| format!("no schema registered for {topic}"))
+    };
+    let event_id = id_of(&args.topics.raw_events, true)?;
+    let previous_event_id = id_of(&args.topics.raw_events, false)?;
+    let customer_id = id_of(&args.topics.customers, true)?;
+    let order_id = id_of(&args.topics.orders, true)?;
+    let previous_schema =
+        apache_avro::Schema::parse_str(SchemaKind::PostPurchaseEvent.history()[0])?;
+
+    let shape = WorldShape {
+        seed: args.seed,
+        customers: args.customers.max(1),
+        orders: args.orders,
+        rejection_rate: 0.08,
+        exchange_rate: 0.15,
+        exchange_cancel_rate: 0.1,
+        warranty_approval_rate: 0.7,
+    };
+    let started = Instant::now();
+    let world = world::build(&shape, TimestampMicros::now());
+    eprintln!(
+        "gen: a world of {} customers, {} orders and {} events (seed {}) built in {:.1?}",
+        world.customers.len(),
+        world.orders.len(),
+        world.events.len(),
+        args.seed,
+        started.elapsed()
+    );
+
+    // Faults are drawn from their own dice, so the world stays the same whatever the rates.
+    let mut dice = Dice::new(args.seed ^ 0x5EED_FA17);
+    let mut late = HashSet::new();
+    let mut missing = HashSet::new();
+    for order in &world.orders {
+        if dice.chance(args.missing_order_rate) {
+            missing.insert(order.order_id.clone());
+        } else if dice.chance(args.late_order_rate) {
+            late.insert(order.order_id.clone());
+        }
+    }
+
+    let mut config = args.kafka.producer_config();
+    config.set("queue.buffering.max.messages", "1000000");
+    config.set("linger.ms", "20");
+    let mut publisher = Publisher {
+        producer: config.create()?,
+        published: 0,
+        started: Instant::now(),
+    };
+    let topics = &args.topics;
+    for customer in &world.customers {
+        publisher.send(
+            &topics.customers,
+            &customer.customer_id,
+            &framed(customer_id, customer)?,
+        );
+    }
+    let orders_by_id: BTreeMap<&str, &Order> = world
+        .orders
+        .iter()
+        .map(|order| (order.order_id.as_str(), order))
+        .collect();
+    let mut published_orders: Vec<&Order> = Vec::new();
+    for order in &world.orders {
+        if !late.contains(&order.order_id) && !missing.contains(&order.order_id) {
+            publisher.send(&topics.orders, &order.order_id, &framed(order_id, order)?);
+            published_orders.push(order);
+        }
+    }
+
+    let mut counts = StageCounts::default();
+    let mut published_events: Vec<&PostPurchaseEvent> = Vec::with_capacity(world.events.len());
+    // Late orders due after this many more events.
+    let mut due: Vec<(usize, &str)> = Vec::new();
+    let mut scheduled: HashSet<&str> = HashSet::new();
+    for (index, event) in world.events.iter().enumerate() {
+        let value = if dice.chance(args.previous_version_rate) {
+            let mut value = Vec::with_capacity(256);
+            wire::start_frame(previous_event_id, &mut value);
+            value.extend(codec::encode_for_writer_schema(event, &previous_schema)?);
+            value
+        } else {
+            framed(event_id, event)?
+        };
+        publisher.send(&topics.raw_events, &event.order_id, &value);
+        counts.received += 1;
+        published_events.push(event);
+        if dice.chance(args.retry_rate) {
+            publisher.send(&topics.raw_events, &event.order_id, &value);
+            counts.received += 1;
+            counts.deduplicated += 1;
+        }
+        if dice.chance(args.malformed_rate) {
+            publisher.send(&topics.raw_events, &event.order_id, b"{\"not\": \"avro\"}");
+            counts.received += 1;
+            counts.dead_lettered += 1;
+        }
+        if dice.chance(args.invalid_rate) {
+            let mut invalid = event.clone();
+            invalid.quantity = 0;
+            invalid.idempotency_key = format!("{}:invalid", event.idempotency_key);
+            invalid.event_id = format!("{}-invalid", event.event_id);
+            publisher.send(
+                &topics.raw_events,
+                &event.order_id,
+                &framed(event_id, &invalid)?,
+            );
+            counts.received += 1;
+            counts.dead_lettered += 1;
+        }
+        if late.contains(&event.order_id) && scheduled.insert(event.order_id.as_str()) {
+            due.push((index + LATE_BY_EVENTS, event.order_id.as_str()));
+        }
+        while let Some(position) = due.iter().position(|(at, _)| *at <= index) {
+            let (_, id) = due.swap_remove(position);
+            let order = orders_by_id[id];
+            publisher.send(&topics.orders, id, &framed(order_id, order)?);
+            published_orders.push(order);
+        }
+    }
+    for (_, id) in due {
+        let order = orders_by_id[id];
+        publisher.send(&topics.orders, id, &framed(order_id, order)?);
+        published_orders.push(order);
+    }
+    // Late orders whose events all lie in the future are published too.
+    for id in &late {
+        if !scheduled.contains(id.as_str()) {
+            let order = orders_by_id[id.as_str()];
+            publisher.send(&topics.orders, id, &framed(order_id, order)?);
+            published_orders.push(order);
+        }
+    }
+    publisher
+        .producer
+        .flush(Duration::from_secs(120))
+        .context("flushing the producer")?;
+    eprintln!(
+        "gen: {} records published in {:.1?}",
+        publisher.published,
+        publisher.started.elapsed()
+    );
+
+    anyhow::ensure!(
+        truth::distinct_keys(&published_events) == published_events.len(),
+        "the world repeats an idempotency key"
+    );
+    counts.sent = published_events.len() as u64;
+    let order_missing = published_events
+        .iter()
+        .filter(|event| missing.contains(&event.order_id))
+        .count() as u64;
+    let mut truth = Truth {
+        seed: args.seed,
+        topics_prefix: args.label.clone(),
+        enrich: StageCounts {
+            received: counts.sent,
+            sent: counts.sent,
+            ..StageCounts::default()
+        },
+        enrich_order_missing: order_missing,
+        sink: StageCounts {
+            received: counts.sent + published_orders.len() as u64 + world.customers.len() as u64,
+            sent: counts.sent + published_orders.len() as u64 + world.customers.len() as u64,
+            ..StageCounts::default()
+        },
+        ingest: counts,
+        ..Truth::default()
+    };
+    truth::analytics(&mut truth, &published_events, &published_orders);
+    if let Some(folder) = args.truth.parent() {
+        std::fs::create_dir_all(folder)?;
+    }
+    std::fs::write(&args.truth, serde_json::to_vec_pretty(&truth)?)
+        .with_context(|| format!("cannot write {}", args.truth.display()))?;
+    eprintln!("gen: ground truth in {}", args.truth.display());
+    Ok(truth)
+}
