@@ -342,6 +342,8 @@ start_prometheus() {
 global:
   scrape_interval: 2s
   evaluation_interval: 2s
+rule_files:
+  - $repo_root/deploy/monitoring/alerts.yml
 scrape_configs:
   - job_name: boomerang
     file_sd_configs:

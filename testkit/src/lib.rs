@@ -241,6 +241,7 @@ pub async fn assert_stage_lifecycle(binary: &str, stage: &str, extra_config: &st
             .any(|line| line.starts_with("boomerang_build_info{") && line.contains(&stage_label)),
         "{metrics}"
     );
+    assert_promtool_accepts(&metrics);
     let target_file = targets.join(format!("{stage}-{}.json", process.id()));
     let target = std::fs::read_to_string(&target_file).expect("scrape target registered");
     assert!(target.contains(&process.http_address), "{target}");
@@ -254,6 +255,32 @@ pub async fn assert_stage_lifecycle(binary: &str, stage: &str, extra_config: &st
 
 /// A stage whose brokers do not answer is alive but not ready, says why, and still stops
 /// promptly on SIGTERM.
+/// `promtool check metrics` (installed with the local stack's Prometheus) accepts the exposition:
+/// well-formed, and named and typed by Prometheus's conventions.
+pub fn assert_promtool_accepts(exposition: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (installed by deploy/local/stack.sh up)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("write metrics to promtool");
+    let output = child.wait_with_output().expect("promtool");
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// `extra_arguments`: what the stage needs besides brokers to get that far.
 pub async fn assert_not_ready_without_brokers(binary: &str, extra_arguments: &[&str]) {
     let nowhere = format!("127.0.0.1:{}", free_port());
