@@ -52,8 +52,8 @@ if [[ ${1:-} == stop ]]; then
   exit 0
 fi
 
-orders=20000
-customers=4000
+orders=50000
+customers=10000
 seed=42
 while (($#)); do
   case $1 in
