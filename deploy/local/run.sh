@@ -73,7 +73,7 @@ trap 'say "interrupted: stopping what this run started"; stop_all; exit 130' INT
 $stack up
 
 say "building the binaries (release)"
-cargo build --release --quiet -p boomerang-ingest -p boomerang-enrich -p boomerang-sink -p boomerang-cli
+cargo build --release -p boomerang-ingest -p boomerang-enrich -p boomerang-sink -p boomerang-cli
 bin=$repo_root/target/release
 
 run_id=run-$(date -u +%Y%m%d-%H%M%S)

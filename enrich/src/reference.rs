@@ -18,9 +18,10 @@ use boomerang_runtime::decode::{DecodeFailure, RecordDecoder, WriterSchemaSource
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_schemas::{AvroRecord, Customer, Order};
 use futures::FutureExt;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
+use rdkafka::{ClientContext, error::KafkaResult};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -98,9 +99,31 @@ pub struct CatchUp {
     pub done: bool,
 }
 
+/// The loader's client callbacks: reaching a partition's end is how the loader knows it caught
+/// up, not an error (librdkafka's default context logs it at ERROR level).
+pub struct LoaderContext;
+
+impl ClientContext for LoaderContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if matches!(
+            error,
+            KafkaError::PartitionEOF(_)
+                | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        ) {
+            tracing::trace!(reason, "reference partition end reached");
+        } else {
+            tracing::warn!(error = %error, reason, "reference consumer error");
+        }
+    }
+}
+
+impl ConsumerContext for LoaderContext {
+    fn commit_callback(&self, _result: KafkaResult<()>, _offsets: &rdkafka::TopicPartitionList) {}
+}
+
 /// One reference topic's loader.
 pub struct Loader<T: ReferenceRecord, Source> {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LoaderContext>,
     state: LoaderState<T, Source>,
 }
 
@@ -131,7 +154,7 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> Loader<T, Source> {
         // EOF events tell a partition that ends in records it never hands out (transaction
         // markers) from one still being read.
         config.set("enable.partition.eof", "true");
-        let consumer: StreamConsumer = config.create()?;
+        let consumer: StreamConsumer<LoaderContext> = config.create_with_context(LoaderContext)?;
         let metadata = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .with_context(|| format!("cannot read the metadata of {topic}"))?;

@@ -60,11 +60,12 @@ struct SinkArgs {
     )]
     insert_max_rows: usize,
 
-    /// Longest a batch waits to fill once its first record is in, in milliseconds.
+    /// Longest a batch waits to fill once its first record is in, in milliseconds: most of an
+    /// event's time to queryable at low rates.
     #[arg(
         long = "insert-max-wait-ms",
         env = "BOOMERANG_INSERT_MAX_WAIT_MS",
-        default_value_t = 1_000
+        default_value_t = 500
     )]
     insert_max_wait_ms: u64,
 }

@@ -1,0 +1,591 @@
+//! End-to-end harness: the three release stage binaries against a null pipeline — three
+//! rdkafka stages that only forward bytes (raw → 1 → 2 → 3) — in the same run, on the local
+//! stack. Two measurements:
+//!
+//! - sustained throughput: a pre-filled raw topic drained until every event is queryable in
+//!   ClickHouse (Boomerang) or forwarded by the third stage (null);
+//! - event-to-queryable latency at a fixed input rate: each event carries its produce time;
+//!   Boomerang's is `inserted_at` in ClickHouse minus that, the null pipeline's the third
+//!   stage's receive time minus that.
+//!
+//! Targets: Boomerang ≥ 0.7× the null pipeline's throughput; p99 ≤ 2 s at 2k events/s.
+//!
+//! cargo bench -p boomerang-benches --bench pipeline_e2e
+//! BOOMERANG_BENCH_EVENTS=200000 BOOMERANG_BENCH_RATE=2000 BOOMERANG_BENCH_SECONDS=30 cargo bench …
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use boomerang_benches::harness::built_release_binary;
+use boomerang_benches::reference_world::{customer, event, order};
+use boomerang_runtime::clickhouse::ClickhouseArgs;
+use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
+use boomerang_runtime::migrations;
+use boomerang_runtime::registry::{RegistryArgs, register_all};
+use boomerang_runtime::topics::{TopicsArgs, value_subject};
+use boomerang_runtime::wire;
+use boomerang_schemas::{AvroRecord, TimestampMicros, codec};
+use boomerang_testkit::{Stack, StageProcess, metric_sum, unique_name};
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+const PARTITIONS: i32 = 4;
+const CUSTOMERS: usize = 20_000;
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+fn now_micros() -> i64 {
+    TimestampMicros::now().as_unix_micros()
+}
+
+fn producer(kafka: &KafkaArgs) -> ThreadedProducer<DefaultProducerContext> {
+    let mut config = kafka.producer_config();
+    config.set("queue.buffering.max.messages", "1000000");
+    config.create().expect("producer")
+}
+
+fn send(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: &[u8],
+    value: &[u8],
+) {
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic).key(key).payload(value);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+fn framed<T: AvroRecord>(schema_id: u32, record: &T) -> Vec<u8> {
+    let mut value = Vec::with_capacity(320);
+    wire::start_frame(schema_id, &mut value);
+    codec::encode_into(record, &mut value).expect("encode");
+    value
+}
+
+/// One pipeline's topics, schemas and ClickHouse database.
+struct Setup {
+    topics: TopicsArgs,
+    clickhouse: ClickhouseArgs,
+    event_schema: u32,
+    customer_schema: u32,
+    order_schema: u32,
+}
+
+async fn setup(stack: &Stack, kafka: &KafkaArgs, name: &str) -> Setup {
+    let topics = TopicsArgs::with_prefix(name);
+    ensure_topics(
+        kafka,
+        &[
+            TopicSpec::new(&topics.raw_events, PARTITIONS),
+            TopicSpec::new(&topics.validated_events, PARTITIONS),
+            TopicSpec::new(&topics.enriched_events, PARTITIONS),
+            TopicSpec::new(&topics.customers, 2).compacted(),
+            TopicSpec::new(&topics.orders, 2).compacted(),
+            TopicSpec::new(&topics.dead_letter, 1),
+        ],
+    )
+    .await
+    .expect("topics");
+    let clickhouse = ClickhouseArgs::for_url(&stack.clickhouse_url, &name.replace('-', "_"));
+    migrations::apply(&clickhouse, None).await.expect("migrate");
+    let settings = RegistryArgs::for_url(&stack.schema_registry_url)
+        .settings()
+        .expect("registry");
+    let registrations = register_all(&settings, &topics).await.expect("register");
+    let id = |topic: &str| {
+        registrations
+            .iter()
+            .find(|registration| {
+                registration.current && registration.subject == value_subject(topic)
+            })
+            .map(|registration| registration.schema_id)
+            .expect("schema id")
+    };
+    Setup {
+        event_schema: id(&topics.raw_events),
+        customer_schema: id(&topics.customers),
+        order_schema: id(&topics.orders),
+        topics,
+        clickhouse,
+    }
+}
+
+/// Customers and the orders events 0..events refer to, so every event joins at once.
+fn publish_reference_data(kafka: &KafkaArgs, setup: &Setup, orders: usize) {
+    let producer = producer(kafka);
+    let now = TimestampMicros::now();
+    for n in 0..CUSTOMERS {
+        let customer = customer(n);
+        send(
+            &producer,
+            &setup.topics.customers,
+            customer.customer_id.as_bytes(),
+            &framed(setup.customer_schema, &customer),
+        );
+    }
+    for n in 0..orders {
+        let order = order(n, CUSTOMERS, now);
+        send(
+            &producer,
+            &setup.topics.orders,
+            order.order_id.as_bytes(),
+            &framed(setup.order_schema, &order),
+        );
+    }
+    producer.flush(Duration::from_secs(300)).expect("flush");
+}
+
+/// Event `n`, its id carrying the produce time (microseconds) for the latency measurement.
+fn raw_event(schema_id: u32, n: usize) -> (Vec<u8>, Vec<u8>) {
+    let produced = now_micros();
+    let mut event = event(n, CUSTOMERS, TimestampMicros::from_unix_micros(produced));
+    event.event_id = format!("lat-{produced}-{n}");
+    (
+        event.order_id.clone().into_bytes(),
+        framed(schema_id, &event),
+    )
+}
+
+/// Starts the stage binaries `which` (0 ingest, 1 enrich, 2 sink) on `setup`, waits until all
+/// are ready.
+async fn start_stages(
+    stack: &Stack,
+    setup: &Setup,
+    binaries: &[String; 3],
+    group: &str,
+    which: &[usize],
+) -> Vec<StageProcess> {
+    let topics = &setup.topics;
+    let common: Vec<String> = [
+        ("--kafka-brokers", stack.kafka_brokers.as_str()),
+        ("--schema-registry-url", stack.schema_registry_url.as_str()),
+        ("--raw-events-topic", topics.raw_events.as_str()),
+        ("--validated-events-topic", topics.validated_events.as_str()),
+        ("--enriched-events-topic", topics.enriched_events.as_str()),
+        ("--customers-topic", topics.customers.as_str()),
+        ("--orders-topic", topics.orders.as_str()),
+        ("--dead-letter-topic", topics.dead_letter.as_str()),
+        ("--log-format", "text"),
+        ("--log-filter", "warn"),
+    ]
+    .iter()
+    .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
+    .collect();
+    let mut processes = Vec::new();
+    for (index, binary) in binaries.iter().enumerate() {
+        if !which.contains(&index) {
+            continue;
+        }
+        let mut arguments = common.clone();
+        arguments.extend(["--group-id".to_string(), format!("{group}-{index}")]);
+        if index > 0 {
+            arguments.extend([
+                "--pseudonym-key".to_string(),
+                "benchmark-pseudonym-key".to_string(),
+            ]);
+        }
+        if index == 2 {
+            arguments.extend([
+                "--clickhouse-url".to_string(),
+                setup.clickhouse.url.clone(),
+                "--clickhouse-database".to_string(),
+                setup.clickhouse.database.clone(),
+            ]);
+        }
+        let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
+        processes.push(StageProcess::start(binary, &arguments, &[]));
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for process in &processes {
+        while !matches!(process.get("/readyz").await, Some((200, _))) {
+            assert!(Instant::now() < deadline, "a stage did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    processes
+}
+
+async fn rows_inserted(sink: &StageProcess, table: &str) -> u64 {
+    let text = sink
+        .get("/metrics")
+        .await
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    metric_sum(
+        &text,
+        "boomerang_sink_rows_inserted_total",
+        &[&format!("table=\"{table}\"")],
+    ) as u64
+}
+
+async fn events_inserted(sink: &StageProcess) -> u64 {
+    rows_inserted(sink, "post_purchase_events").await
+}
+
+/// A null stage: forwards every record's key and bytes from `from` to `to`. With `latencies`,
+/// records how long each record took since the produce time in its key.
+fn null_stage(
+    kafka: KafkaArgs,
+    from: String,
+    to: String,
+    stop: Arc<AtomicBool>,
+    measure: bool,
+) -> JoinHandle<(u64, Vec<i64>)> {
+    std::thread::spawn(move || {
+        let consumer: BaseConsumer = kafka
+            .consumer_config(&unique_name("bench-null"))
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[&from]).expect("subscribe");
+        let producer = producer(&kafka);
+        let mut forwarded = 0u64;
+        let mut latencies = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let Some(message) = consumer.poll(Duration::from_millis(50)) else {
+                continue;
+            };
+            let message = message.expect("consume");
+            let key = message.key().unwrap_or_default();
+            if measure
+                && let Some(produced) = std::str::from_utf8(key)
+                    .ok()
+                    .and_then(|key| key.split('|').next())
+                    .and_then(|micros| micros.parse::<i64>().ok())
+            {
+                latencies.push(now_micros() - produced);
+            }
+            send(&producer, &to, key, message.payload().unwrap_or_default());
+            forwarded += 1;
+        }
+        producer.flush(Duration::from_secs(60)).expect("flush");
+        (forwarded, latencies)
+    })
+}
+
+/// User + system CPU seconds a process has used (Linux, /proc/PID/stat; 100 ticks a second).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The local stack's broker and ClickHouse front end, by their pid files.
+fn stack_pids() -> Vec<(&'static str, u32)> {
+    let pids = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/stack/pids");
+    ["kafka", "clickhouse"]
+        .into_iter()
+        .filter_map(|name| {
+            let pid = std::fs::read_to_string(pids.join(format!("{name}.pid"))).ok()?;
+            Some((name, pid.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[i64], level: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((level * sorted.len() as f64) as usize).min(sorted.len() - 1)] as f64 / 1e6
+}
+
+/// Three null stages draining `topic` (already holding `events`): seconds until the third has
+/// forwarded them all. With a producer at `rate`, the latencies instead.
+fn null_pipeline(
+    kafka: &KafkaArgs,
+    raw: &str,
+    events: u64,
+    rate_for: Option<(u64, u64)>,
+) -> (f64, Vec<i64>) {
+    let prefix = unique_name("bnull");
+    let hops: Vec<String> = (1..=3).map(|hop| format!("{prefix}.{hop}")).collect();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime
+        .block_on(ensure_topics(
+            kafka,
+            &hops
+                .iter()
+                .map(|hop| TopicSpec::new(hop, PARTITIONS))
+                .collect::<Vec<_>>(),
+        ))
+        .expect("null topics");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (input, produced_by) = match rate_for {
+        None => (raw.to_string(), None),
+        Some((rate, seconds)) => {
+            let input = format!("{prefix}.0");
+            runtime
+                .block_on(ensure_topics(kafka, &[TopicSpec::new(&input, PARTITIONS)]))
+                .expect("input topic");
+            let kafka = kafka.clone();
+            let topic = input.clone();
+            let handle = std::thread::spawn(move || {
+                let paced_producer = producer(&kafka);
+                let value = vec![0u8; 300];
+                paced(rate, seconds, |n| {
+                    let key = format!("{}|{n}", now_micros());
+                    send(&paced_producer, &topic, key.as_bytes(), &value);
+                });
+                paced_producer
+                    .flush(Duration::from_secs(60))
+                    .expect("flush");
+            });
+            (input, Some(handle))
+        }
+    };
+    let started = Instant::now();
+    let stages = vec![
+        null_stage(kafka.clone(), input, hops[0].clone(), stop.clone(), false),
+        null_stage(
+            kafka.clone(),
+            hops[0].clone(),
+            hops[1].clone(),
+            stop.clone(),
+            false,
+        ),
+        null_stage(
+            kafka.clone(),
+            hops[1].clone(),
+            hops[2].clone(),
+            stop.clone(),
+            true,
+        ),
+    ];
+    if let Some(handle) = produced_by {
+        handle.join().expect("producer");
+    }
+    // Done when the third hop holds every record.
+    let consumer: BaseConsumer = kafka
+        .consumer_config("bench-null-watch")
+        .create()
+        .expect("watch");
+    let expected = rate_for.map_or(events, |(rate, seconds)| rate * seconds);
+    loop {
+        let total: i64 = (0..PARTITIONS)
+            .map(|partition| {
+                consumer
+                    .fetch_watermarks(&hops[2], partition, Duration::from_secs(5))
+                    .map_or(0, |(_, high)| high)
+            })
+            .sum();
+        if total as u64 >= expected {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the null pipeline stalled at {total}"
+        );
+        std::thread::sleep(Duration::from_millis(20)); // polling, with the deadline above
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    for stage in stages {
+        latencies.extend(stage.join().expect("null stage").1);
+    }
+    latencies.sort_unstable();
+    (elapsed, latencies)
+}
+
+/// Calls `send(n)` `rate` times a second for `seconds`, evenly spaced.
+fn paced(rate: u64, seconds: u64, mut send: impl FnMut(usize)) {
+    let started = Instant::now();
+    let total = rate * seconds;
+    for n in 0..total {
+        let due = started + Duration::from_secs_f64(n as f64 / rate as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait); // pacing the input rate, not waiting for a result
+        }
+        send(n as usize);
+    }
+}
+
+#[derive(serde::Deserialize, clickhouse::Row)]
+struct LatencyRow {
+    rows: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn main() {
+    let events = env_number("BOOMERANG_BENCH_EVENTS", 200_000);
+    let rate = env_number("BOOMERANG_BENCH_RATE", 2_000);
+    let seconds = env_number("BOOMERANG_BENCH_SECONDS", 30);
+    let binaries = [
+        built_release_binary("boomerang-ingest", "boomerang-ingest")
+            .to_string_lossy()
+            .into_owned(),
+        built_release_binary("boomerang-enrich", "boomerang-enrich")
+            .to_string_lossy()
+            .into_owned(),
+        built_release_binary("boomerang-sink", "boomerang-sink")
+            .to_string_lossy()
+            .into_owned(),
+    ];
+    let stack = Stack::from_env();
+    let kafka = KafkaArgs::for_brokers(&stack.kafka_brokers);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+
+    // Throughput: the same pre-filled raw topic drained by both pipelines.
+    let throughput = runtime.block_on(setup(&stack, &kafka, &unique_name("be2e-t")));
+    publish_reference_data(&kafka, &throughput, events as usize);
+    let prefill = producer(&kafka);
+    for n in 0..events as usize {
+        let (key, value) = raw_event(throughput.event_schema, n);
+        send(&prefill, &throughput.topics.raw_events, &key, &value);
+    }
+    prefill.flush(Duration::from_secs(300)).expect("flush");
+    eprintln!("pre-filled {events} events");
+    let (null_seconds, _) = null_pipeline(&kafka, &throughput.topics.raw_events, events, None);
+    eprintln!("null pipeline: {null_seconds:.2} s");
+    let boomerang_seconds = runtime.block_on(async {
+        // enrich and sink first, until the reference data is loaded and in ClickHouse: the
+        // clock then measures the events only, like the null pipeline's.
+        let group = unique_name("bench-e2e");
+        let downstream = start_stages(&stack, &throughput, &binaries, &group, &[1, 2]).await;
+        let loading = Instant::now();
+        while rows_inserted(&downstream[1], "orders").await < events
+            || rows_inserted(&downstream[1], "customers").await < CUSTOMERS as u64
+        {
+            assert!(
+                loading.elapsed() < Duration::from_secs(900),
+                "reference data did not load"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let ingest = start_stages(&stack, &throughput, &binaries, &group, &[0]).await;
+        let mut measured: Vec<(&'static str, u32)> = vec![
+            ("ingest", ingest[0].id()),
+            ("enrich", downstream[0].id()),
+            ("sink", downstream[1].id()),
+        ];
+        measured.extend(stack_pids());
+        let cpu_before: Vec<f64> = measured.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+        let started = Instant::now();
+        while events_inserted(&downstream[1]).await < events {
+            assert!(
+                started.elapsed() < Duration::from_secs(1800),
+                "the pipeline stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        for ((name, pid), before) in measured.iter().zip(cpu_before) {
+            let used = cpu_seconds(*pid) - before;
+            eprintln!(
+                "cpu {name}: {used:.2} s ({:.1} µs per event)",
+                used * 1e6 / events as f64
+            );
+        }
+        for process in ingest.iter().chain(&downstream) {
+            process.terminate();
+        }
+        elapsed
+    });
+    eprintln!("boomerang: {boomerang_seconds:.2} s");
+
+    // Latency at a fixed rate.
+    let latency = runtime.block_on(setup(&stack, &kafka, &unique_name("be2e-l")));
+    let total = (rate * seconds) as usize;
+    publish_reference_data(&kafka, &latency, total);
+    let boomerang_latency: LatencyRow = runtime.block_on(async {
+        let processes = start_stages(&stack, &latency, &binaries, &unique_name("bench-e2e"), &[0, 1, 2]).await;
+        let kafka = kafka.clone();
+        let topic = latency.topics.raw_events.clone();
+        let schema = latency.event_schema;
+        let producing = std::thread::spawn(move || {
+            let paced_producer = producer(&kafka);
+            paced(rate, seconds, |n| {
+                let (key, value) = raw_event(schema, n);
+                send(&paced_producer, &topic, &key, &value);
+            });
+            paced_producer.flush(Duration::from_secs(60)).expect("flush");
+        });
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        loop {
+            let inserted = events_inserted(&processes[2]).await;
+            if inserted >= total as u64 {
+                break;
+            }
+            if last_report.elapsed() > Duration::from_secs(10) {
+                last_report = Instant::now();
+                eprintln!("latency run: {inserted} of {total} events queryable");
+            }
+            assert!(started.elapsed() < Duration::from_secs(600), "the pipeline fell behind");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        producing.join().expect("producer");
+        eprintln!("latency run: all {total} events queryable; querying the latencies");
+        for process in &processes {
+            process.terminate();
+        }
+        latency
+            .clickhouse
+            .client()
+            .query(
+                "SELECT count() AS rows, \
+                 quantileExact(0.5)(toUnixTimestamp64Micro(inserted_at) - toInt64(splitByChar('-', event_id)[2])) / 1000 AS p50_ms, \
+                 quantileExact(0.99)(toUnixTimestamp64Micro(inserted_at) - toInt64(splitByChar('-', event_id)[2])) / 1000 AS p99_ms \
+                 FROM post_purchase_events",
+            )
+            .fetch_one()
+            .await
+            .expect("latency")
+    });
+    eprintln!(
+        "boomerang at {rate}/s: {} events, p50 {:.0} ms, p99 {:.0} ms",
+        boomerang_latency.rows, boomerang_latency.p50_ms, boomerang_latency.p99_ms
+    );
+    let (_, null_latencies) = null_pipeline(&kafka, "", 0, Some((rate, seconds)));
+
+    let events_rate = |seconds: f64| events as f64 / seconds;
+    println!();
+    println!("| run | events | seconds | events/s | vs null |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!(
+        "| null pipeline (3 rdkafka forwarders) | {events} | {null_seconds:.2} | {:.0} | 1.00 |",
+        events_rate(null_seconds)
+    );
+    println!(
+        "| Boomerang (ingest → enrich → sink → ClickHouse) | {events} | {boomerang_seconds:.2} | {:.0} | {:.2} |",
+        events_rate(boomerang_seconds),
+        null_seconds / boomerang_seconds
+    );
+    println!();
+    println!("| at {rate} events/s for {seconds} s | events | p50 | p99 |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!(
+        "| null pipeline, produce → third hop | {} | {:.0} ms | {:.0} ms |",
+        null_latencies.len(),
+        percentile(&null_latencies, 0.5) * 1000.0,
+        percentile(&null_latencies, 0.99) * 1000.0
+    );
+    println!(
+        "| Boomerang, produce → queryable in ClickHouse | {} | {:.0} ms | {:.0} ms |",
+        boomerang_latency.rows, boomerang_latency.p50_ms, boomerang_latency.p99_ms
+    );
+}
