@@ -262,11 +262,12 @@ stop_process() {
 kafka_healthy() { port_taken "$kafka_port" && grep -q 'ready in' "$log_dir/kafka.log"; }
 registry_healthy() { curl -fsS "http://127.0.0.1:$registry_port/subjects" >/dev/null 2>&1; }
 # A registration is a write through the broker: a registry that answers GETs but cannot write
-# its schemas topic (seen once, its producer stuck without a partition leader) fails this.
+# its schemas topic fails this. (A new subject each time: re-registering a known schema is
+# answered from the registry's cache without a write.)
 registry_writes() {
   curl -fsS -m 5 -X POST -H 'Content-Type: application/vnd.schemaregistry.v1+json' \
     --data '{"schema": "\"string\""}' \
-    "http://127.0.0.1:$registry_port/subjects/_boomerang_stack_check-value/versions" >/dev/null 2>&1
+    "http://127.0.0.1:$registry_port/subjects/_boomerang_stack_check_$(date +%s%N)-value/versions" >/dev/null 2>&1
 }
 clickhouse_healthy() { [[ $(curl -fsS "http://127.0.0.1:$clickhouse_port/ping" 2>/dev/null) == "Ok." ]]; }
 prometheus_healthy() { curl -fsS "http://127.0.0.1:$prometheus_port/-/ready" >/dev/null 2>&1; }
@@ -294,17 +295,23 @@ start_kafka() {
 start_registry() {
   if pid_of registry >/dev/null; then return 0; fi
   require_free_port registry "$registry_port" BOOMERANG_REGISTRY_PORT
-  local attempt
-  for attempt in 1 2 3; do
+  local attempt deadline
+  for attempt in 1 2; do
     start_process registry "$(registry_bin)" \
       --bootstrap-servers "127.0.0.1:$kafka_port" \
       --listen-addr "127.0.0.1:$registry_port" \
       --schemas-topic-rf 1
     wait_healthy registry registry_healthy
-    if registry_writes; then
-      say "schema registry (crabka $CRABKA_VERSION) on http://127.0.0.1:$registry_port"
-      return 0
-    fi
+    # Writes wait for the registry to be elected primary in its group, which waits for the
+    # session of any instance that died without leaving to expire.
+    deadline=$((SECONDS + 90))
+    while ((SECONDS < deadline)); do
+      if registry_writes; then
+        say "schema registry (crabka $CRABKA_VERSION) on http://127.0.0.1:$registry_port"
+        return 0
+      fi
+      sleep 1
+    done
     say "schema registry answers but cannot register a schema (attempt $attempt); restarting it"
     stop_process registry
   done
@@ -386,6 +393,14 @@ cmd_up() {
   mkdir -p "$log_dir" "$pid_dir"
   check_ports
   start_kafka
+  # crabka's producer does not reconnect after the broker closes its connection for being idle
+  # (Kafka's connections.max.idle.ms, 10 minutes): a registry left idle answers reads but
+  # hangs on every registration. Restart one that cannot register; its schemas survive in the
+  # broker's _schemas topic.
+  if pid_of registry >/dev/null && ! registry_writes; then
+    say "the schema registry cannot register schemas (idle connection to the broker closed?); restarting it"
+    stop_process registry
+  fi
   start_registry
   start_clickhouse
   start_prometheus

@@ -9,6 +9,11 @@ repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo_root"
 stack=deploy/local/stack.sh
 
+# Build everything first: a registry left idle for 10 minutes while tests compile stops being
+# able to register schemas (see stack.sh), and the tests should start right after `up`.
+echo "test: building the tests" >&2
+cargo test --workspace --no-run "$@"
+
 if $stack status >/dev/null 2>&1; then
   echo "test: using the local stack that is already running (left running afterwards)" >&2
 else
