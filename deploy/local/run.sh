@@ -74,7 +74,7 @@ $stack up
 
 say "building the binaries (release)"
 cargo build --release -p boomerang-ingest -p boomerang-enrich -p boomerang-sink -p boomerang-cli
-bin=$repo_root/target/release
+bin=${CARGO_TARGET_DIR:-$repo_root/target}/release
 
 run_id=run-$(date -u +%Y%m%d-%H%M%S)
 run_dir=$run_root/$run_id
@@ -132,5 +132,5 @@ status=0
 "$bin/boomerang" report --truth "$run_dir/truth.json" --wait || status=$?
 echo
 say "the stages keep running (Prometheus: $BOOMERANG_PROMETHEUS_URL); stop everything with: deploy/local/run.sh stop"
-say "dead letters of this run: BOOMERANG_DEAD_LETTER_TOPIC=$BOOMERANG_DEAD_LETTER_TOPIC target/release/boomerang dlq inspect"
+say "dead letters of this run: BOOMERANG_DEAD_LETTER_TOPIC=$BOOMERANG_DEAD_LETTER_TOPIC $bin/boomerang dlq inspect"
 exit "$status"
