@@ -1,6 +1,7 @@
 //! The main job, end to end, through the README's first command: a small generated world
 //! through the real binaries on the local stack; every stage's counts and every analytics
-//! figure must equal the generator's ground truth (the report exits non-zero otherwise).
+//! figure must equal the generator's ground truth (the report exits non-zero otherwise). Then
+//! the run's dead letters: every one listed, and the malformed ones replayed come back.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -10,23 +11,107 @@ fn run_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/run.sh")
 }
 
+/// The release CLI run.sh built.
+fn boomerang() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("release/boomerang")
+}
+
+/// `boomerang dlq …` on the run's dead-letter topic; its output.
+fn dlq(dead_letter_topic: &str, arguments: &[&str]) -> String {
+    let output = Command::new(boomerang())
+        .arg("dlq")
+        .args(arguments)
+        .env("BOOMERANG_DEAD_LETTER_TOPIC", dead_letter_topic)
+        .output()
+        .expect("boomerang dlq");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn selected(inspect_output: &str) -> u64 {
+    inspect_output
+        .lines()
+        .find_map(|line| line.strip_suffix(" dead letter(s) selected"))
+        .and_then(|count| count.parse().ok())
+        .expect("a count")
+}
+
+/// While the stages still run: every dead letter is listed, and replayed malformed records
+/// come back to the dead-letter topic (they are still malformed).
+fn check_dead_letters(truth: &serde_json::Value) {
+    let topic = format!(
+        "{}.dead-letter",
+        truth["topics_prefix"].as_str().expect("run id")
+    );
+    let every = ["inspect", "--limit", "1000000"];
+    let all = selected(&dlq(&topic, &every));
+    assert_eq!(Some(all), truth["ingest"]["dead_lettered"].as_u64());
+    let malformed = selected(&dlq(
+        &topic,
+        &[
+            "inspect",
+            "--limit",
+            "1000000",
+            "--error-kind",
+            "bad_magic_byte",
+        ],
+    ));
+    assert!(malformed > 0 && malformed < all, "{malformed} of {all}");
+    let replayed = dlq(
+        &topic,
+        &[
+            "replay",
+            "--limit",
+            "1000000",
+            "--error-kind",
+            "bad_magic_byte",
+        ],
+    );
+    assert!(
+        replayed.contains(&format!("{malformed} dead letter(s) replayed")),
+        "{replayed}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while selected(&dlq(&topic, &every)) < all + malformed {
+        assert!(
+            Instant::now() < deadline,
+            "replayed records did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(500)); // polling, with the deadline above
+    }
+}
+
 #[test]
 fn a_small_world_matches_its_ground_truth_at_every_stage() {
     let output = Command::new(run_script())
         .args(["--orders", "1500", "--customers", "300", "--seed", "7"])
         .output()
         .expect("run deploy/local/run.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let truth: Option<serde_json::Value> = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("gen: ground truth in "))
+        .and_then(|path| std::fs::read(path.trim()).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let dead_letters = match (&truth, output.status.success()) {
+        (Some(truth), true) => Some(std::panic::catch_unwind(|| check_dead_letters(truth))),
+        _ => None,
+    };
+    // Whatever happened, stop what the run started.
     let stopped = Command::new(run_script()).arg("stop").status();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+
     assert!(
         output.status.success(),
         "run.sh failed: {}\n{stdout}\n{stderr}",
         output.status
-    );
-    assert!(
-        stopped.is_ok_and(|status| status.success()),
-        "run.sh stop failed"
     );
     assert!(
         stdout.contains("Everything matches the generator's ground truth."),
@@ -38,15 +123,16 @@ fn a_small_world_matches_its_ground_truth_at_every_stage() {
         "conservation at every stage: {stdout}"
     );
     assert!(!stdout.contains("MISMATCH"), "{stdout}");
+    if let Some(Err(panic)) = dead_letters {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(
+        stopped.is_ok_and(|status| status.success()),
+        "run.sh stop failed"
+    );
 
     // The world exercised every fault the pipeline handles.
-    let truth_line = stderr
-        .lines()
-        .find_map(|line| line.strip_prefix("gen: ground truth in "))
-        .expect("the truth file's path");
-    let truth: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(truth_line.trim()).expect("truth file"))
-            .expect("json");
+    let truth = truth.expect("the ground truth");
     assert!(
         truth["ingest"]["deduplicated"].as_u64() > Some(0),
         "{truth}"
