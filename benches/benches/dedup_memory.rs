@@ -3,20 +3,11 @@
 //!
 //! cargo bench -p boomerang-benches --bench dedup_memory
 
+use boomerang_benches::harness::resident_bytes;
 use std::time::Duration;
 
 use boomerang_ingest::dedup::DedupState;
 use boomerang_schemas::TimestampMicros;
-
-fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|field| field.parse().ok())
-        .expect("resident pages");
-    pages * 4096
-}
 
 fn main() {
     // criterion-style flags (--bench) are passed by cargo; there is nothing to configure.

@@ -6,6 +6,7 @@
 //! cargo bench -p boomerang-benches --bench enrich_reference         # 1M orders, 200k customers
 //! BOOMERANG_BENCH_ORDERS=200000 BOOMERANG_BENCH_CUSTOMERS=40000 cargo bench -p boomerang-benches --bench enrich_reference
 
+use boomerang_benches::harness::resident_bytes;
 use std::time::{Duration, Instant};
 
 use boomerang_benches::reference_world::{customer, order};
@@ -21,16 +22,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
-
-fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|field| field.parse().ok())
-        .expect("resident pages");
-    pages * 4096
-}
 
 fn env_count(name: &str, default: usize) -> usize {
     std::env::var(name)

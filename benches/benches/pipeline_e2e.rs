@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use boomerang_benches::harness::built_release_binary;
+use boomerang_benches::harness::{built_release_binary, cpu_seconds};
 use boomerang_benches::reference_world::{customer, event, order};
 use boomerang_runtime::clickhouse::ClickhouseArgs;
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
@@ -278,22 +278,6 @@ fn null_stage(
         producer.flush(Duration::from_secs(60)).expect("flush");
         (forwarded, latencies)
     })
-}
-
-/// User + system CPU seconds a process has used (Linux, /proc/PID/stat; 100 ticks a second).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|field| field.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// The local stack's broker and ClickHouse front end, by their pid files.

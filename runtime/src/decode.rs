@@ -180,11 +180,7 @@ fn reader_for<T: AvroRecord>(writer: &'static Schema) -> Reader<T> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::collections::BTreeMap;
-
-    use boomerang_schemas::{
-        Channel, EventType, Outcome, PostPurchaseEvent, SchemaKind, TimestampMicros,
-    };
+    use boomerang_schemas::{PostPurchaseEvent, SchemaKind};
 
     use super::*;
 
@@ -214,31 +210,7 @@ pub(crate) mod tests {
         }
     }
 
-    pub fn event() -> PostPurchaseEvent {
-        PostPurchaseEvent {
-            event_id: "e-1".into(),
-            idempotency_key: "k-1".into(),
-            event_type: EventType::ReturnRequested,
-            case_id: "c-1".into(),
-            order_id: "o-1".into(),
-            order_line_id: "o-1/1".into(),
-            customer_id: "cu-1".into(),
-            sku: "s-1".into(),
-            quantity: 1,
-            reason: None,
-            reason_text: None,
-            amount: None,
-            method: None,
-            channel: Channel::Web,
-            outcome: Outcome::Pending,
-            occurred_at: TimestampMicros::now(),
-            source_system: "portal".into(),
-            replacement_sku: None,
-            warranty_resolution: None,
-            disposition: None,
-            attributes: BTreeMap::new(),
-        }
-    }
+    pub use boomerang_testkit::samples::event;
 
     pub fn framed(schema_id: u32, datum: &[u8]) -> Vec<u8> {
         let mut value = Vec::new();

@@ -494,6 +494,47 @@ pub fn committed_and_high_watermarks(
         .collect()
 }
 
+/// A stage's current `/metrics` text (empty while it does not answer).
+pub async fn metrics(process: &StageProcess) -> String {
+    process
+        .get("/metrics")
+        .await
+        .map(|(_, body)| body)
+        .unwrap_or_default()
+}
+
+/// [`metric_sum`] as a count.
+pub fn value(exposition: &str, name: &str, labels: &[&str]) -> u64 {
+    metric_sum(exposition, name, labels) as u64
+}
+
+/// Waits for a stage's `/readyz` to answer 200.
+pub async fn wait_ready(process: &StageProcess) {
+    poll_until("the stage to be ready", Duration::from_secs(60), || async {
+        process
+            .get("/readyz")
+            .await
+            .filter(|(status, _)| *status == 200)
+    })
+    .await;
+}
+
+/// Waits until `group` has committed every partition of `topic` to its end (an empty
+/// partition has nothing to commit).
+pub async fn wait_committed(brokers: &str, group: &str, topic: &str) {
+    poll_until(
+        "offsets committed to the end",
+        Duration::from_secs(60),
+        || async {
+            committed_and_high_watermarks(brokers, group, topic)
+                .iter()
+                .all(|(_, committed, high)| committed == high || *high == 0)
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

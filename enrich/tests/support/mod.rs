@@ -2,7 +2,7 @@
 //! local stack, the real binary, and ways to feed it events and reference data and to read
 //! what it wrote.
 
-#![allow(dead_code)] // each test file uses its own subset
+#![allow(dead_code, unused_imports)] // each test file uses its own subset
 
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use boomerang_schemas::{
     AvroRecord, Customer, EnrichedPostPurchaseEvent, Order, PostPurchaseEvent, TimestampMicros,
     codec,
 };
-use boomerang_testkit::{ReadRecord, Stack, StageProcess, metric_sum, poll_until, unique_name};
+use boomerang_testkit::{ReadRecord, Stack, StageProcess, poll_until, unique_name};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -256,29 +256,7 @@ pub fn order(order_id: &str, customer_id: &str) -> Order {
     boomerang_testkit::samples::order(order_id, customer_id, Some(delivered.as_unix_micros()))
 }
 
-/// The process's current metrics text.
-pub async fn metrics(process: &StageProcess) -> String {
-    process
-        .get("/metrics")
-        .await
-        .map(|(_, body)| body)
-        .unwrap_or_default()
-}
-
-pub fn value(exposition: &str, name: &str, labels: &[&str]) -> u64 {
-    metric_sum(exposition, name, labels) as u64
-}
-
-/// Waits for `/readyz` to answer 200: the reference tables have caught up.
-pub async fn wait_ready(process: &StageProcess) {
-    poll_until("enrich to be ready", Duration::from_secs(60), || async {
-        process
-            .get("/readyz")
-            .await
-            .filter(|(status, _)| *status == 200)
-    })
-    .await;
-}
+pub use boomerang_testkit::{metrics, value, wait_ready};
 
 /// Waits until a metric, summed over the label filters, reaches `at_least`.
 pub async fn wait_for_metric(process: &StageProcess, name: &str, labels: &[&str], at_least: u64) {

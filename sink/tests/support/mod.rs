@@ -1,7 +1,7 @@
 //! A private pipeline for one sink test: its own topics, schemas, consumer group and ClickHouse
 //! database on the local stack, the real binary, ways to feed it and to query what it wrote.
 
-#![allow(dead_code)] // each test file uses its own subset
+#![allow(dead_code, unused_imports)] // each test file uses its own subset
 
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use boomerang_schemas::{
     AvroRecord, Customer, EnrichedPostPurchaseEvent, EventType, Order, PostPurchaseEvent,
     TimestampMicros, codec,
 };
-use boomerang_testkit::{ReadRecord, Stack, StageProcess, metric_sum, poll_until, unique_name};
+use boomerang_testkit::{ReadRecord, Stack, StageProcess, poll_until, unique_name};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -233,46 +233,9 @@ pub fn enriched(
     }
 }
 
-pub async fn metrics(process: &StageProcess) -> String {
-    process
-        .get("/metrics")
-        .await
-        .map(|(_, body)| body)
-        .unwrap_or_default()
-}
-
-pub fn value(exposition: &str, name: &str, labels: &[&str]) -> u64 {
-    metric_sum(exposition, name, labels) as u64
-}
-
-pub async fn wait_ready(process: &StageProcess) {
-    poll_until("the sink to be ready", Duration::from_secs(60), || async {
-        process
-            .get("/readyz")
-            .await
-            .filter(|(status, _)| *status == 200)
-    })
-    .await;
-}
+pub use boomerang_testkit::{metrics, value, wait_ready};
 
 /// Polls until the group has committed every partition of `topic` to its end.
 pub async fn wait_committed(pipeline: &Pipeline, topic: &str) {
-    let brokers = pipeline.stack.kafka_brokers.clone();
-    let group = pipeline.group.clone();
-    let topic = topic.to_string();
-    poll_until(
-        "offsets committed to the end",
-        Duration::from_secs(60),
-        || {
-            let (brokers, group, topic) = (brokers.clone(), group.clone(), topic.clone());
-            async move {
-                boomerang_testkit::committed_and_high_watermarks(&brokers, &group, &topic)
-                    .iter()
-                    // An empty partition has nothing to commit.
-                    .all(|(_, committed, high)| committed == high || *high == 0)
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    boomerang_testkit::wait_committed(&pipeline.stack.kafka_brokers, &pipeline.group, topic).await;
 }
