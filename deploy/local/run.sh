@@ -70,11 +70,12 @@ if ! $stack status >/dev/null 2>&1; then
   touch "$run_root/stack-started-by-run"
 fi
 trap 'say "interrupted: stopping what this run started"; stop_all; exit 130' INT TERM
-$stack up
-
+# Build before `up`: the stack's schema registry stops accepting registrations after ten idle
+# minutes (see stack.sh), which a cold release build can take; `up` checks and restarts it.
 say "building the binaries (release)"
 cargo build --release -p boomerang-ingest -p boomerang-enrich -p boomerang-sink -p boomerang-cli
 bin=${CARGO_TARGET_DIR:-$repo_root/target}/release
+$stack up
 
 run_id=run-$(date -u +%Y%m%d-%H%M%S)
 run_dir=$run_root/$run_id
