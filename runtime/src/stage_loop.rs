@@ -253,6 +253,8 @@ struct BatchCounts {
     dead_lettered: BTreeMap<&'static str, u64>,
     deduplicated: u64,
     latest_event_ms: Option<i64>,
+    /// The `sent` label of records a processor writes itself ([`Processor::WRITES_TO`]).
+    writes_to: &'static str,
 }
 
 /// What a batch's completion future reports.
@@ -839,11 +841,9 @@ fn complete_batch<C: Consumer<LoopContext>>(
         }
     }
     for error_kind in result.rejected_writes {
-        for (_, count) in batch.counts.sent.iter_mut() {
-            if *count > 0 {
-                *count -= 1;
-                break;
-            }
+        // Counted as written when the batch was built; dead-lettered after all.
+        if let Some(count) = batch.counts.sent.get_mut(batch.counts.writes_to) {
+            *count = count.saturating_sub(1);
         }
         *batch.counts.dead_lettered.entry(error_kind).or_default() += 1;
     }
@@ -956,6 +956,7 @@ fn increment(counts: &mut BTreeMap<String, u64>, topic: &str) {
 fn batch_counts<P: Processor>(batch: &[InputRecord], processed: &ProcessedBatch) -> BatchCounts {
     let mut counts = BatchCounts {
         deduplicated: processed.deduplicated,
+        writes_to: P::WRITES_TO,
         ..BatchCounts::default()
     };
     if processed.written > 0 {
