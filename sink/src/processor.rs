@@ -87,6 +87,31 @@ impl<S: WriterSchemaSource + Clone> SinkProcessor<S> {
     }
 }
 
+impl<S> SinkProcessor<S> {
+    /// Whether ClickHouse already holds `record`'s row (and forgets it: each is skipped once).
+    fn already_stored(&mut self, record: &InputRecord) -> bool {
+        let partition = (record.topic.clone(), record.partition);
+        let Some(stored) = self.skip.get_mut(&partition) else {
+            return false;
+        };
+        if !stored.remove(&record.offset) {
+            return false;
+        }
+        if stored.is_empty() {
+            self.skip.remove(&partition);
+        }
+        if let Some(metrics) = &self.metrics
+            && let Some(table) = self.topics.table_of(&record.topic)
+        {
+            metrics
+                .rows_already_stored
+                .with_label_values(&[table])
+                .inc();
+        }
+        true
+    }
+}
+
 fn rejected_or_retry(failure: DecodeFailure) -> Result<Outcome, RetryableError> {
     match failure {
         DecodeFailure::Rejected(rejection) => Ok(Outcome::DeadLetter(rejection)),
@@ -136,21 +161,9 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
     }
 
     async fn process(&mut self, record: &InputRecord) -> Result<Outcome, RetryableError> {
-        let partition = (record.topic.clone(), record.partition);
-        if let Some(stored) = self.skip.get_mut(&partition)
-            && stored.remove(&record.offset)
-        {
-            if let Some(metrics) = &self.metrics
-                && let Some(table) = self.topics.table_of(&record.topic)
-            {
-                metrics
-                    .rows_already_stored
-                    .with_label_values(&[table])
-                    .inc();
-            }
-            if stored.is_empty() {
-                self.skip.remove(&partition);
-            }
+        // Only after a restart or rebalance is anything to skip: no key built per record
+        // otherwise.
+        if !self.skip.is_empty() && self.already_stored(record) {
             return Ok(Outcome::Deduplicated);
         }
         let source = Source {
