@@ -32,7 +32,6 @@ pub struct PendingLimits {
 pub struct Held {
     pub record: InputRecord,
     pub event: PostPurchaseEvent,
-    pub schema_id: u32,
     pub keys: JoinKeys,
     pub since: Instant,
 }
@@ -286,7 +285,6 @@ mod tests {
             keys: JoinKeys::of(&event),
             record,
             event,
-            schema_id: 1,
             since,
         }
     }

@@ -162,7 +162,6 @@ impl<Source: WriterSchemaSource> Processor for EnrichProcessor<Source> {
         self.pending.hold(Held {
             record: record.clone(),
             event,
-            schema_id: decoded.schema_id,
             keys,
             since: Instant::now(),
         });
