@@ -5,49 +5,29 @@
 //!
 //! cargo bench -p boomerang-benches --bench enrich_join
 
-use std::future::Future;
+use boomerang_benches::harness::{CurrentSchemaOnly, SCHEMA_ID};
 use std::hint::black_box;
 use std::time::Duration;
 
-use apache_avro::Schema;
 use boomerang_benches::reference_world::{customer, event, order};
 use boomerang_enrich::join::JoinSettings;
 use boomerang_enrich::pending::PendingLimits;
 use boomerang_enrich::processor::{EnrichProcessor, EnrichSettings};
 use boomerang_enrich::reference::Arrivals;
 use boomerang_enrich::tables::{SharedTables, ref_key};
-use boomerang_runtime::decode::WriterSchemaSource;
 use boomerang_runtime::pseudonym::Pseudonymiser;
-use boomerang_runtime::registry::LookupError;
 use boomerang_runtime::stage_loop::{InputRecord, Outcome, Processor};
 use boomerang_runtime::wire;
-use boomerang_schemas::{SchemaKind, TimestampMicros, codec};
+use boomerang_schemas::{TimestampMicros, codec};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 /// The binary's allocator, so the path costs what it costs there.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const SCHEMA_ID: u32 = 1;
 const ORDERS: usize = 1_000_000;
 const CUSTOMERS: usize = 200_000;
 const EVENTS: usize = 10_000;
-
-struct CurrentSchemaOnly;
-
-impl WriterSchemaSource for CurrentSchemaOnly {
-    fn writer_schema(
-        &mut self,
-        id: u32,
-    ) -> impl Future<Output = Result<&'static Schema, LookupError>> + Send {
-        let found = if id == SCHEMA_ID {
-            Ok(SchemaKind::PostPurchaseEvent.schema())
-        } else {
-            Err(LookupError::UnknownId(id))
-        };
-        async move { found }
-    }
-}
 
 fn loaded_tables(now: TimestampMicros) -> SharedTables {
     let tables = SharedTables::default();

@@ -232,14 +232,7 @@ fn main() {
         .unwrap_or_else(|_| binary.to_string_lossy().into_owned());
     let (ingest, peak_rss, ingest_cpu) = runtime.block_on(async {
         let mut process = StageProcess::start(&binary, &arguments, &[]);
-        let ready_deadline = Instant::now() + Duration::from_secs(60);
-        while !matches!(process.get("/readyz").await, Some((200, _))) {
-            assert!(
-                Instant::now() < ready_deadline,
-                "ingest did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        boomerang_testkit::wait_ready(&process).await;
         let started = Instant::now();
         let cpu_at_start = cpu_seconds(process.id());
         loop {

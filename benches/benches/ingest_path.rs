@@ -4,43 +4,23 @@
 //!
 //! cargo bench -p boomerang-benches --bench ingest_path
 
+use boomerang_benches::harness::{CurrentSchemaOnly, SCHEMA_ID};
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::hint::black_box;
 use std::time::Duration;
 
-use apache_avro::Schema;
-use boomerang_ingest::decode::WriterSchemaSource;
 use boomerang_ingest::processor::{IngestProcessor, IngestSettings};
 use boomerang_ingest::validate::Rules;
-use boomerang_runtime::registry::LookupError;
 use boomerang_runtime::stage_loop::{InputRecord, Outcome, Processor};
 use boomerang_runtime::wire;
 use boomerang_schemas::codec;
 use boomerang_schemas::{
     Channel, EventType, Money, Outcome as CaseOutcome, PostPurchaseEvent, ReasonCode, ReturnMethod,
-    SchemaKind, TimestampMicros,
+    TimestampMicros,
 };
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
-const SCHEMA_ID: u32 = 1;
 const EVENTS: usize = 10_000;
-
-struct CurrentSchemaOnly;
-
-impl WriterSchemaSource for CurrentSchemaOnly {
-    fn writer_schema(
-        &mut self,
-        id: u32,
-    ) -> impl Future<Output = Result<&'static Schema, LookupError>> + Send {
-        let found = if id == SCHEMA_ID {
-            Ok(SchemaKind::PostPurchaseEvent.schema())
-        } else {
-            Err(LookupError::UnknownId(id))
-        };
-        async move { found }
-    }
-}
 
 fn raw_records() -> Vec<InputRecord> {
     let now = TimestampMicros::now();

@@ -213,12 +213,8 @@ async fn start_stages(
         let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
         processes.push(StageProcess::start(binary, &arguments, &[]));
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
     for process in &processes {
-        while !matches!(process.get("/readyz").await, Some((200, _))) {
-            assert!(Instant::now() < deadline, "a stage did not become ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        boomerang_testkit::wait_ready(process).await;
     }
     processes
 }

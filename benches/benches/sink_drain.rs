@@ -186,14 +186,7 @@ fn main() {
     let binary = binary.to_string_lossy().into_owned();
     let sink = runtime.block_on(async {
         let mut process = StageProcess::start(&binary, &arguments, &[]);
-        let ready_deadline = Instant::now() + Duration::from_secs(60);
-        while !matches!(process.get("/readyz").await, Some((200, _))) {
-            assert!(
-                Instant::now() < ready_deadline,
-                "the sink did not become ready"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        boomerang_testkit::wait_ready(&process).await;
         let started = Instant::now();
         loop {
             let text = process

@@ -1,7 +1,34 @@
 //! What the end-to-end harnesses share.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::Command;
+
+use apache_avro::Schema;
+use boomerang_runtime::decode::WriterSchemaSource;
+use boomerang_runtime::registry::LookupError;
+use boomerang_schemas::SchemaKind;
+
+/// The schema id in-process benchmarks frame events with.
+pub const SCHEMA_ID: u32 = 1;
+
+/// A writer-schema source that knows one id, [`SCHEMA_ID`], the current event schema: the
+/// in-process benchmarks run without a registry.
+pub struct CurrentSchemaOnly;
+
+impl WriterSchemaSource for CurrentSchemaOnly {
+    fn writer_schema(
+        &mut self,
+        id: u32,
+    ) -> impl Future<Output = Result<&'static Schema, LookupError>> + Send {
+        let found = if id == SCHEMA_ID {
+            Ok(SchemaKind::PostPurchaseEvent.schema())
+        } else {
+            Err(LookupError::UnknownId(id))
+        };
+        async move { found }
+    }
+}
 
 /// Builds `bin` of `package` in release mode (as deployed) and returns its path.
 pub fn built_release_binary(package: &str, bin: &str) -> PathBuf {
