@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_analytics.sql",
         sql: include_str!("../../deploy/clickhouse/migrations/0002_analytics.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_plain_strings.sql",
+        sql: include_str!("../../deploy/clickhouse/migrations/0003_plain_strings.sql"),
+    },
 ];
 
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \

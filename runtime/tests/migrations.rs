@@ -39,6 +39,19 @@ async fn applying_twice_is_harmless_and_the_check_follows() {
         .await
         .expect("table");
     assert!(ttl.contains("toIntervalDay(365)"), "{ttl}");
+    // The sink inserts a row format: LowCardinality columns would make every insert cost
+    // ClickHouse about 3.5 times the CPU (0003_plain_strings.sql).
+    let dictionary_columns: Vec<String> = client
+        .query(
+            "SELECT concat(table, '.', name) FROM system.columns \
+             WHERE database = currentDatabase() \
+             AND table IN ('post_purchase_events', 'orders', 'customers') \
+             AND type LIKE '%LowCardinality%'",
+        )
+        .fetch_all()
+        .await
+        .expect("columns");
+    assert!(dictionary_columns.is_empty(), "{dictionary_columns:?}");
     for object in [
         "order_lines",
         "return_cases",
