@@ -60,8 +60,14 @@ fn sum(exposition: &str, metric: &str, filter: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
+/// One client for every scrape: `reqwest::get` would build a client, root certificates
+/// included, on every poll of `--wait`.
+static HTTP: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(reqwest::Client::new);
+
 async fn observe(url: &str) -> anyhow::Result<Observed> {
-    let text = reqwest::get(url)
+    let text = HTTP
+        .get(url)
+        .send()
         .await
         .with_context(|| format!("cannot read {url}"))?
         .text()

@@ -10,6 +10,7 @@ pub mod samples;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -114,6 +115,22 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// One HTTP client for every poll: `reqwest::get` builds a client per call, which loads the
+/// system's root certificates each time — enough CPU, polled every 100 ms, to disturb the
+/// benchmarks that share the machine. No idle connections are kept, so the client can serve
+/// the many test runtimes without handing one a connection that belongs to another.
+fn http_client() -> &'static reqwest::Client {
+    static CLIENT: LazyLock<reqwest::Client> = LazyLock::new(|| {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            // Invariant: building fails only if the TLS backend cannot initialise, which
+            // would make every HTTP call of the tests fail anyway.
+            .expect("HTTP client")
+    });
+    &CLIENT
+}
+
 /// A binary under test; killed (SIGKILL) on drop if still running.
 pub struct StageProcess {
     child: Child,
@@ -148,7 +165,7 @@ impl StageProcess {
 
     /// GETs an endpoint: `Some((status, body))`, or `None` while nothing listens.
     pub async fn get(&self, path: &str) -> Option<(u16, String)> {
-        let response = reqwest::get(self.url(path)).await.ok()?;
+        let response = http_client().get(self.url(path)).send().await.ok()?;
         let status = response.status().as_u16();
         let body = response.text().await.ok()?;
         Some((status, body))
@@ -322,8 +339,14 @@ pub async fn assert_prometheus_scrapes(binary: &str, arguments: &[&str]) {
         "Prometheus to scrape the stage",
         Duration::from_secs(60),
         || async {
-            let body: serde_json::Value =
-                reqwest::get(&targets_url).await.ok()?.json().await.ok()?;
+            let body: serde_json::Value = http_client()
+                .get(&targets_url)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
             let targets = body["data"]["activeTargets"].as_array()?;
             let target = targets
                 .iter()
