@@ -57,8 +57,19 @@ fn codec(criterion: &mut Criterion) {
             black_box(buffer.len())
         })
     });
+    group.bench_function("encode_apache_avro_serde", |bench| {
+        bench.iter(|| {
+            buffer.clear();
+            codec::encode_generic_into(black_box(&event), &mut buffer).expect("encode");
+            black_box(buffer.len())
+        })
+    });
     group.bench_function("decode_current_version", |bench| {
         bench.iter(|| decode::<PostPurchaseEvent>(black_box(&datum)).expect("decode"))
+    });
+    group.bench_function("decode_current_version_apache_avro_serde", |bench| {
+        bench
+            .iter(|| codec::decode_generic::<PostPurchaseEvent>(black_box(&datum)).expect("decode"))
     });
     group.bench_function("decode_version_1_resolved", |bench| {
         bench.iter(|| {

@@ -3,9 +3,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::SchemaKind;
-use crate::codec::AvroRecord;
+use crate::codec::{self, AvroRecord, CodecError};
 use crate::event::{Channel, PostPurchaseEvent};
 use crate::primitives::{Money, TimestampMicros};
+use crate::specific;
 
 /// What enrich emits, as `avro/enriched_post_purchase_event.avsc` describes it. Where reference
 /// data was missing at the join deadline the `*_missing` flags say so.
@@ -33,4 +34,13 @@ pub struct EnrichedPostPurchaseEvent {
 
 impl AvroRecord for EnrichedPostPurchaseEvent {
     const KIND: SchemaKind = SchemaKind::EnrichedPostPurchaseEvent;
+
+    fn write_datum(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        specific::write_enriched(self, &mut specific::Writer(out));
+        Ok(())
+    }
+
+    fn read_datum(datum: &mut &[u8]) -> Result<Self, CodecError> {
+        codec::read_specific(datum, specific::read_enriched)
+    }
 }

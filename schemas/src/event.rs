@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::SchemaKind;
-use crate::codec::AvroRecord;
+use crate::codec::{self, AvroRecord, CodecError};
 use crate::primitives::{Money, TimestampMicros};
+use crate::specific;
 
 /// One post-purchase fact, as `avro/post_purchase_event.avsc` (version 2) describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +43,15 @@ pub struct PostPurchaseEvent {
 
 impl AvroRecord for PostPurchaseEvent {
     const KIND: SchemaKind = SchemaKind::PostPurchaseEvent;
+
+    fn write_datum(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        specific::write_event(self, &mut specific::Writer(out));
+        Ok(())
+    }
+
+    fn read_datum(datum: &mut &[u8]) -> Result<Self, CodecError> {
+        codec::read_specific(datum, specific::read_event)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -203,10 +213,13 @@ pub enum Disposition {
     Dispose,
 }
 
-/// `symbol()`: the Avro symbol of a variant, e.g. `TOO_LARGE`, for columns and labels.
+/// `symbol()`: the Avro symbol of a variant, e.g. `TOO_LARGE`, for columns and labels; `ALL`:
+/// every variant, in declaration order, which is the schema's symbol order (tested).
 macro_rules! symbols {
     ($($enum:ident { $($variant:ident => $symbol:literal),* $(,)? })*) => {
         $(impl $enum {
+            pub const ALL: [$enum; [$($symbol),*].len()] = [$($enum::$variant),*];
+
             pub fn symbol(self) -> &'static str {
                 match self {
                     $($enum::$variant => $symbol),*

@@ -17,6 +17,7 @@ mod enriched;
 mod event;
 mod order;
 mod primitives;
+mod specific;
 
 pub use catalog::SchemaKind;
 pub use codec::{AvroRecord, CodecError, ResolvingReader};
@@ -28,3 +29,4 @@ pub use event::{
 };
 pub use order::{Order, OrderLine};
 pub use primitives::{Money, TimestampMicros};
+pub use specific::Malformed;

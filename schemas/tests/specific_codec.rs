@@ -1,0 +1,277 @@
+//! The hand-written codecs of the hot records (`src/specific.rs`) against apache-avro's serde
+//! path on the same schema: the same bytes out for any record, the same record (or a refusal)
+//! back for any bytes — valid datums, datums with a byte changed, cut short, or random.
+
+use std::collections::BTreeMap;
+
+use boomerang_schemas::codec::{decode, decode_generic, encode, encode_generic_into};
+use boomerang_schemas::{
+    AvroRecord, Channel, Disposition, EnrichedPostPurchaseEvent, EventType, Money, Outcome,
+    PostPurchaseEvent, ReasonCode, ReturnMethod, TimestampMicros, WarrantyResolution,
+};
+use proptest::prelude::*;
+
+fn generic<T: AvroRecord>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_generic_into(value, &mut out).expect("apache-avro encodes");
+    out
+}
+
+fn one_of<T: Copy + std::fmt::Debug + 'static>(all: &'static [T]) -> impl Strategy<Value = T> {
+    (0..all.len()).prop_map(move |index| all[index])
+}
+
+fn text() -> impl Strategy<Value = String> {
+    "\\PC{0,12}"
+}
+
+fn money() -> impl Strategy<Value = Money> {
+    (any::<i64>(), "[A-Z]{3}").prop_map(|(minor, currency)| Money::new(minor, currency))
+}
+
+fn timestamp() -> impl Strategy<Value = TimestampMicros> {
+    any::<i64>().prop_map(TimestampMicros::from_unix_micros)
+}
+
+fn event() -> impl Strategy<Value = PostPurchaseEvent> {
+    (
+        (
+            text(),
+            text(),
+            one_of(&EventType::ALL),
+            text(),
+            text(),
+            text(),
+        ),
+        (
+            text(),
+            text(),
+            any::<i32>(),
+            proptest::option::of(one_of(&ReasonCode::ALL)),
+        ),
+        (
+            proptest::option::of(text()),
+            proptest::option::of(money()),
+            proptest::option::of(one_of(&ReturnMethod::ALL)),
+            one_of(&Channel::ALL),
+            one_of(&Outcome::ALL),
+            timestamp(),
+        ),
+        (
+            text(),
+            proptest::option::of(text()),
+            proptest::option::of(one_of(&WarrantyResolution::ALL)),
+            proptest::option::of(one_of(&Disposition::ALL)),
+            proptest::collection::btree_map(text(), text(), 0..4),
+        ),
+    )
+        .prop_map(
+            |(
+                (event_id, idempotency_key, event_type, case_id, order_id, order_line_id),
+                (customer_id, sku, quantity, reason),
+                (reason_text, amount, method, channel, outcome, occurred_at),
+                (source_system, replacement_sku, warranty_resolution, disposition, attributes),
+            )| PostPurchaseEvent {
+                event_id,
+                idempotency_key,
+                event_type,
+                case_id,
+                order_id,
+                order_line_id,
+                customer_id,
+                sku,
+                quantity,
+                reason,
+                reason_text,
+                amount,
+                method,
+                channel,
+                outcome,
+                occurred_at,
+                source_system,
+                replacement_sku,
+                warranty_resolution,
+                disposition,
+                attributes,
+            },
+        )
+}
+
+fn enriched() -> impl Strategy<Value = EnrichedPostPurchaseEvent> {
+    (
+        event(),
+        any::<[bool; 4]>(),
+        (
+            proptest::option::of(text()),
+            proptest::option::of(text()),
+            proptest::option::of(one_of(&Channel::ALL)),
+            proptest::option::of(timestamp()),
+            proptest::option::of(timestamp()),
+        ),
+        (
+            proptest::option::of(text()),
+            proptest::option::of(money()),
+            proptest::option::of(any::<i32>()),
+            proptest::option::of(any::<bool>()),
+            timestamp(),
+        ),
+    )
+        .prop_map(
+            |(
+                event,
+                [
+                    customer_missing,
+                    order_missing,
+                    order_line_missing,
+                    customer_pseudonymised,
+                ],
+                (
+                    customer_segment,
+                    customer_region,
+                    order_channel,
+                    order_placed_at,
+                    order_delivered_at,
+                ),
+                (
+                    line_category,
+                    line_unit_price,
+                    days_since_delivery,
+                    within_return_window,
+                    enriched_at,
+                ),
+            )| EnrichedPostPurchaseEvent {
+                event,
+                customer_missing,
+                order_missing,
+                order_line_missing,
+                customer_pseudonymised,
+                customer_segment,
+                customer_region,
+                order_channel,
+                order_placed_at,
+                order_delivered_at,
+                line_category,
+                line_unit_price,
+                days_since_delivery,
+                within_return_window,
+                enriched_at,
+            },
+        )
+}
+
+/// Both decoders accept `bytes` or both refuse them, and agree on what they accept.
+fn assert_decoders_agree<T: AvroRecord + PartialEq + std::fmt::Debug>(
+    bytes: &[u8],
+) -> Result<(), TestCaseError> {
+    let ours = decode::<T>(bytes);
+    let reference = decode_generic::<T>(bytes);
+    match (&ours, &reference) {
+        (Ok(ours), Ok(reference)) => prop_assert_eq!(ours, reference),
+        (Err(_), Err(_)) => {}
+        _ => prop_assert!(
+            false,
+            "hand-written {:?} but apache-avro {:?} for {:?}",
+            ours.as_ref().map(|_| "accepted"),
+            reference.as_ref().map(|_| "accepted"),
+            bytes
+        ),
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn events_encode_to_the_bytes_apache_avro_writes(event in event()) {
+        let ours = encode(&event).expect("encode");
+        prop_assert_eq!(&ours, &generic(&event));
+        prop_assert_eq!(decode::<PostPurchaseEvent>(&ours).expect("decode"), event);
+    }
+
+    #[test]
+    fn enriched_events_encode_to_the_bytes_apache_avro_writes(enriched in enriched()) {
+        let ours = encode(&enriched).expect("encode");
+        prop_assert_eq!(&ours, &generic(&enriched));
+        prop_assert_eq!(decode::<EnrichedPostPurchaseEvent>(&ours).expect("decode"), enriched);
+    }
+
+    #[test]
+    fn a_changed_byte_is_read_alike(event in event(), position in any::<prop::sample::Index>(), byte in any::<u8>()) {
+        let mut bytes = generic(&event);
+        let position = position.index(bytes.len());
+        bytes[position] = byte;
+        assert_decoders_agree::<PostPurchaseEvent>(&bytes)?;
+    }
+
+    #[test]
+    fn a_changed_byte_of_an_enriched_event_is_read_alike(enriched in enriched(), position in any::<prop::sample::Index>(), byte in any::<u8>()) {
+        let mut bytes = generic(&enriched);
+        let position = position.index(bytes.len());
+        bytes[position] = byte;
+        assert_decoders_agree::<EnrichedPostPurchaseEvent>(&bytes)?;
+    }
+
+    #[test]
+    fn a_datum_cut_short_or_padded_is_refused_alike(event in event(), cut in any::<prop::sample::Index>(), padding in 1usize..4) {
+        let bytes = generic(&event);
+        assert_decoders_agree::<PostPurchaseEvent>(&bytes[..cut.index(bytes.len())])?;
+        let mut padded = bytes.clone();
+        padded.extend(std::iter::repeat_n(0u8, padding));
+        assert_decoders_agree::<PostPurchaseEvent>(&padded)?;
+    }
+
+    #[test]
+    fn random_bytes_are_read_alike(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        assert_decoders_agree::<PostPurchaseEvent>(&bytes)?;
+        assert_decoders_agree::<EnrichedPostPurchaseEvent>(&bytes)?;
+    }
+}
+
+/// The specification lets a writer split a map into blocks, and mark a block with a negative
+/// count followed by its size in bytes; other Avro libraries do.
+#[test]
+fn maps_in_several_blocks_decode() {
+    let mut event = PostPurchaseEvent {
+        attributes: BTreeMap::new(),
+        ..decode::<PostPurchaseEvent>(&generic(&sample())).expect("sample")
+    };
+    let mut bytes = generic(&event);
+    assert_eq!(bytes.pop(), Some(0), "an empty map is its end marker");
+    // Block 1: count 1; block 2: count -1 and a byte size; then the end marker.
+    bytes.extend([2, 2, b'a', 2, b'1']);
+    bytes.extend([1, 6, 2, b'b', 2, b'2']);
+    bytes.push(0);
+    event.attributes = BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())]);
+    assert_eq!(decode::<PostPurchaseEvent>(&bytes).expect("blocks"), event);
+    assert_eq!(
+        decode_generic::<PostPurchaseEvent>(&bytes).expect("blocks"),
+        event
+    );
+}
+
+fn sample() -> PostPurchaseEvent {
+    PostPurchaseEvent {
+        event_id: "evt-1".into(),
+        idempotency_key: "portal:rma-1:requested".into(),
+        event_type: EventType::ReturnRequested,
+        case_id: "rma-1".into(),
+        order_id: "ord-1".into(),
+        order_line_id: "ord-1-1".into(),
+        customer_id: "cus-1".into(),
+        sku: "SKU-1".into(),
+        quantity: 1,
+        reason: Some(ReasonCode::TooSmall),
+        reason_text: None,
+        amount: Some(Money::new(1_999, "EUR")),
+        method: Some(ReturnMethod::Mail),
+        channel: Channel::Web,
+        outcome: Outcome::Pending,
+        occurred_at: TimestampMicros::from_unix_micros(1_763_000_000_000_000),
+        source_system: "returns-portal".into(),
+        replacement_sku: None,
+        warranty_resolution: None,
+        disposition: None,
+        attributes: BTreeMap::from([("k".into(), "v".into())]),
+    }
+}
