@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use boomerang_benches::harness::built_release_binary;
+use boomerang_benches::harness::{built_release_binary, cpu_seconds};
 use boomerang_benches::reference_world::event;
 use boomerang_runtime::clickhouse::ClickhouseArgs;
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
@@ -204,6 +204,11 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let elapsed = started.elapsed();
+        let cpu = cpu_seconds(process.id());
+        eprintln!(
+            "sink: {cpu:.2} s of CPU since its start ({:.1} µs per row)",
+            cpu * 1e6 / events as f64
+        );
         process.terminate();
         process.wait_exit(Duration::from_secs(30)).await;
         elapsed

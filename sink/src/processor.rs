@@ -222,9 +222,12 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
     }
 
     fn flush(&mut self) -> Option<FlushFuture> {
-        let events = std::mem::take(&mut self.event_rows);
-        let orders = std::mem::take(&mut self.order_rows);
-        let customers = std::mem::take(&mut self.customer_rows);
+        // The next batch starts with room for as many rows as this one had: growing a vector
+        // of wide rows by doubling copied every row up to five times into freshly faulted
+        // pages (`perf`: a fifth of the sink's CPU in `memmove` and the kernel's page clearing).
+        let events = take_sized_alike(&mut self.event_rows);
+        let orders = take_sized_alike(&mut self.order_rows);
+        let customers = take_sized_alike(&mut self.customer_rows);
         if events.is_empty() && orders.is_empty() && customers.is_empty() {
             return None;
         }
@@ -251,4 +254,10 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
             }
         }))
     }
+}
+
+/// Takes the rows, leaving an empty vector with room for as many.
+fn take_sized_alike<R>(rows: &mut Vec<R>) -> Vec<R> {
+    let capacity = rows.len();
+    std::mem::replace(rows, Vec::with_capacity(capacity))
 }
