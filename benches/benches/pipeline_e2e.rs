@@ -482,11 +482,29 @@ fn main() {
     }
     prefill.flush(Duration::from_secs(300)).expect("flush");
     eprintln!("pre-filled {events} events");
+    // The null stages are threads of this process: its CPU, and the broker's, over their drain.
+    let mut null_measured = vec![("null stages (this process)", std::process::id())];
+    null_measured.extend(
+        stack_pids()
+            .into_iter()
+            .filter(|(name, _)| *name == "kafka"),
+    );
+    let null_cpu_before: Vec<f64> = null_measured
+        .iter()
+        .map(|(_, pid)| cpu_seconds(*pid))
+        .collect();
     let (null_drain, _) = null_pipeline(&kafka, &throughput.topics.raw_events, events, None);
     eprintln!(
         "null pipeline: {:.2} s ({:.2} s with start-up)",
         null_drain.from_first_record, null_drain.with_start_up
     );
+    for ((name, pid), before) in null_measured.iter().zip(null_cpu_before) {
+        let used = cpu_seconds(*pid) - before;
+        eprintln!(
+            "cpu {name}: {used:.2} s ({:.1} µs per event)",
+            used * 1e6 / events as f64
+        );
+    }
     let boomerang_drain = runtime.block_on(async {
         // enrich and sink first, until the reference data is loaded and in ClickHouse: the
         // clock then measures the events only, like the null pipeline's.

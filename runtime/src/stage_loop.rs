@@ -259,7 +259,9 @@ struct BatchCounts {
 
 /// What a batch's completion future reports.
 struct BatchResult {
-    acks: Vec<<DeliveryFuture as Future>::Output>,
+    /// The first output the brokers did not take, if any. Only that is kept: collecting every
+    /// acknowledgement (a `Result` holding a whole message each) allocated megabytes per batch.
+    delivery_failure: Option<String>,
     /// The dead-letter kinds of records a flush rejected (already counted as sent).
     rejected_writes: Vec<&'static str>,
     abandoned: bool,
@@ -800,12 +802,7 @@ fn complete_batch<C: Consumer<LoopContext>>(
         in_flight.failure = Some(failure);
         return;
     }
-    for ack in result.acks {
-        let error = match ack {
-            Ok(Ok(_delivery)) => continue,
-            Ok(Err((error, _message))) => error.to_string(),
-            Err(_canceled) => "the producer dropped a delivery".to_string(),
-        };
+    if let Some(error) = result.delivery_failure {
         metrics.errors.with_label_values(&["produce_failed"]).inc();
         tracing::error!(error = %error, "producing failed; nothing from this batch on is committed");
         in_flight.failure = Some(format!("producing failed: {error}"));
@@ -1153,20 +1150,22 @@ fn completion(
     dead_letter_topic: String,
 ) -> Pin<Box<dyn Future<Output = BatchResult> + Send>> {
     let Some(flush) = flush else {
-        return Box::pin(futures::future::join_all(acks).map(|acks| BatchResult {
-            acks,
-            rejected_writes: Vec::new(),
-            abandoned: false,
-            failure: None,
-        }));
+        return Box::pin(
+            first_delivery_failure(acks).map(|delivery_failure| BatchResult {
+                delivery_failure,
+                rejected_writes: Vec::new(),
+                abandoned: false,
+                failure: None,
+            }),
+        );
     };
     Box::pin(async move {
-        let mut acks = futures::future::join_all(acks).await;
+        let delivery_failure = first_delivery_failure(acks).await;
         let rejected = match flush.await {
             FlushResult::Written { rejected } => rejected,
             FlushResult::Abandoned => {
                 return BatchResult {
-                    acks,
+                    delivery_failure,
                     rejected_writes: Vec::new(),
                     abandoned: true,
                     failure: None,
@@ -1174,7 +1173,7 @@ fn completion(
             }
             FlushResult::Failed(failure) => {
                 return BatchResult {
-                    acks,
+                    delivery_failure,
                     rejected_writes: Vec::new(),
                     abandoned: false,
                     failure: Some(failure),
@@ -1212,14 +1211,32 @@ fn completion(
             }
             rejected_writes.push(rejection.error_kind);
         }
-        acks.extend(futures::future::join_all(dead_letter_acks).await);
+        let delivery_failure = delivery_failure.or(first_delivery_failure(dead_letter_acks).await);
         BatchResult {
-            acks,
+            delivery_failure,
             rejected_writes,
             abandoned: false,
             failure,
         }
     })
+}
+
+/// Waits for every acknowledgement (they complete in any order; awaiting them in order takes
+/// as long as the slowest) and returns the first failure.
+async fn first_delivery_failure<F>(acks: Vec<F>) -> Option<String>
+where
+    F: Future<Output = <DeliveryFuture as Future>::Output>,
+{
+    let mut failure = None;
+    for ack in acks {
+        let error = match ack.await {
+            Ok(Ok(_delivery)) => continue,
+            Ok(Err((error, _message))) => error.to_string(),
+            Err(_canceled) => "the producer dropped a delivery".to_string(),
+        };
+        failure.get_or_insert(error);
+    }
+    failure
 }
 
 async fn process_with_retry<P: Processor>(
@@ -1260,4 +1277,59 @@ fn last_offsets(batch: &[InputRecord]) -> Vec<(String, i32, i64)> {
     last.into_iter()
         .map(|((topic, partition), offset)| (topic.to_string(), partition, offset))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::future::ready;
+    use rdkafka::Timestamp;
+    use rdkafka::message::OwnedMessage;
+    use rdkafka::producer::future_producer::Delivery;
+
+    use super::*;
+
+    type Ack = <DeliveryFuture as Future>::Output;
+
+    fn delivered() -> Ack {
+        Ok(Ok(Delivery {
+            partition: 0,
+            offset: 1,
+            timestamp: Timestamp::NotAvailable,
+        }))
+    }
+
+    fn refused(code: RDKafkaErrorCode) -> Ack {
+        let message = OwnedMessage::new(
+            None,
+            None,
+            "topic".to_string(),
+            Timestamp::NotAvailable,
+            0,
+            -1,
+            None,
+        );
+        Ok(Err((KafkaError::MessageProduction(code), message)))
+    }
+
+    async fn failure_of(acks: Vec<Ack>) -> Option<String> {
+        first_delivery_failure(acks.into_iter().map(ready).collect()).await
+    }
+
+    #[tokio::test]
+    async fn a_batch_fails_on_its_first_refused_or_dropped_delivery() {
+        assert_eq!(failure_of(vec![delivered(), delivered()]).await, None);
+        assert_eq!(failure_of(Vec::new()).await, None);
+        let timed_out = failure_of(vec![
+            delivered(),
+            refused(RDKafkaErrorCode::MessageTimedOut),
+            refused(RDKafkaErrorCode::UnknownTopic),
+        ])
+        .await
+        .expect("a failure");
+        assert!(timed_out.contains("timed out"), "{timed_out}");
+        let dropped = failure_of(vec![delivered(), Err(futures::channel::oneshot::Canceled)])
+            .await
+            .expect("a failure");
+        assert_eq!(dropped, "the producer dropped a delivery");
+    }
 }
