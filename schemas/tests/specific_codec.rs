@@ -250,28 +250,12 @@ fn maps_in_several_blocks_decode() {
     );
 }
 
+/// Any event: one drawn from the strategy.
 fn sample() -> PostPurchaseEvent {
-    PostPurchaseEvent {
-        event_id: "evt-1".into(),
-        idempotency_key: "portal:rma-1:requested".into(),
-        event_type: EventType::ReturnRequested,
-        case_id: "rma-1".into(),
-        order_id: "ord-1".into(),
-        order_line_id: "ord-1-1".into(),
-        customer_id: "cus-1".into(),
-        sku: "SKU-1".into(),
-        quantity: 1,
-        reason: Some(ReasonCode::TooSmall),
-        reason_text: None,
-        amount: Some(Money::new(1_999, "EUR")),
-        method: Some(ReturnMethod::Mail),
-        channel: Channel::Web,
-        outcome: Outcome::Pending,
-        occurred_at: TimestampMicros::from_unix_micros(1_763_000_000_000_000),
-        source_system: "returns-portal".into(),
-        replacement_sku: None,
-        warranty_resolution: None,
-        disposition: None,
-        attributes: BTreeMap::from([("k".into(), "v".into())]),
-    }
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    event()
+        .new_tree(&mut TestRunner::deterministic())
+        .expect("an event")
+        .current()
 }
