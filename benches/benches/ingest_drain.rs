@@ -19,7 +19,7 @@ use boomerang_schemas::{
     Channel, EventType, Money, Outcome, PostPurchaseEvent, ReasonCode, ReturnMethod,
     TimestampMicros,
 };
-use boomerang_testkit::{Stack, StageProcess, metric_sum, unique_name};
+use boomerang_testkit::{Stack, StageProcess, metric_sum, metrics, unique_name};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
@@ -236,11 +236,7 @@ fn main() {
         let started = Instant::now();
         let cpu_at_start = cpu_seconds(process.id());
         loop {
-            let text = process
-                .get("/metrics")
-                .await
-                .map(|(_, body)| body)
-                .unwrap_or_default();
+            let text = metrics(&process).await;
             if metric_sum(&text, "boomerang_received_events_total", &[]) as usize >= events {
                 let sent = metric_sum(&text, "boomerang_sent_events_total", &[]) as usize;
                 assert_eq!(sent, events, "every event is distinct and valid");

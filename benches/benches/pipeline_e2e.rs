@@ -30,7 +30,7 @@ use boomerang_runtime::registry::{RegistryArgs, register_all};
 use boomerang_runtime::topics::{TopicsArgs, value_subject};
 use boomerang_runtime::wire;
 use boomerang_schemas::{AvroRecord, TimestampMicros, codec};
-use boomerang_testkit::{Stack, StageProcess, metric_sum, unique_name};
+use boomerang_testkit::{Stack, StageProcess, metrics, unique_name, value};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -223,25 +223,35 @@ async fn start_stages(
 }
 
 async fn rows_inserted(sink: &StageProcess, table: &str) -> u64 {
-    let text = sink
-        .get("/metrics")
-        .await
-        .map(|(_, body)| body)
-        .unwrap_or_default();
-    metric_sum(
-        &text,
+    value(
+        &metrics(sink).await,
         "boomerang_sink_rows_inserted_total",
         &[&format!("table=\"{table}\"")],
-    ) as u64
+    )
 }
 
 async fn received(stage: &StageProcess) -> u64 {
-    let text = stage
-        .get("/metrics")
-        .await
-        .map(|(_, body)| body)
-        .unwrap_or_default();
-    metric_sum(&text, "boomerang_received_events_total", &[]) as u64
+    value(
+        &metrics(stage).await,
+        "boomerang_received_events_total",
+        &[],
+    )
+}
+
+/// CPU seconds of each process now, for [`print_cpu_used`].
+fn cpu_now(measured: &[(&str, u32)]) -> Vec<f64> {
+    measured.iter().map(|(_, pid)| cpu_seconds(*pid)).collect()
+}
+
+/// Each process's CPU since `before`, in total and per event.
+fn print_cpu_used(measured: &[(&str, u32)], before: &[f64], events: u64) {
+    for ((name, pid), before) in measured.iter().zip(before) {
+        let used = cpu_seconds(*pid) - before;
+        eprintln!(
+            "cpu {name}: {used:.2} s ({:.1} µs per event)",
+            used * 1e6 / events as f64
+        );
+    }
 }
 
 async fn events_inserted(sink: &StageProcess) -> u64 {
@@ -489,22 +499,13 @@ fn main() {
             .into_iter()
             .filter(|(name, _)| *name == "kafka"),
     );
-    let null_cpu_before: Vec<f64> = null_measured
-        .iter()
-        .map(|(_, pid)| cpu_seconds(*pid))
-        .collect();
+    let null_cpu_before = cpu_now(&null_measured);
     let (null_drain, _) = null_pipeline(&kafka, &throughput.topics.raw_events, events, None);
     eprintln!(
         "null pipeline: {:.2} s ({:.2} s with start-up)",
         null_drain.from_first_record, null_drain.with_start_up
     );
-    for ((name, pid), before) in null_measured.iter().zip(null_cpu_before) {
-        let used = cpu_seconds(*pid) - before;
-        eprintln!(
-            "cpu {name}: {used:.2} s ({:.1} µs per event)",
-            used * 1e6 / events as f64
-        );
-    }
+    print_cpu_used(&null_measured, &null_cpu_before, events);
     let boomerang_drain = runtime.block_on(async {
         // enrich and sink first, until the reference data is loaded and in ClickHouse: the
         // clock then measures the events only, like the null pipeline's.
@@ -527,10 +528,14 @@ fn main() {
             ("sink", downstream[1].id()),
         ];
         measured.extend(stack_pids());
-        let cpu_before: Vec<f64> = measured.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
+        let cpu_before = cpu_now(&measured);
         let started = Instant::now();
         let mut first_record = None;
         while events_inserted(&downstream[1]).await < events {
+            assert!(
+                started.elapsed() < Duration::from_secs(1800),
+                "the pipeline stalled"
+            );
             if first_record.is_none() {
                 if received(&ingest[0]).await > 0 {
                     first_record = Some(Instant::now());
@@ -540,23 +545,13 @@ fn main() {
                     continue;
                 }
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(1800),
-                "the pipeline stalled"
-            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let drain = Drain {
             with_start_up: started.elapsed().as_secs_f64(),
             from_first_record: first_record.map_or(f64::NAN, |first| first.elapsed().as_secs_f64()),
         };
-        for ((name, pid), before) in measured.iter().zip(cpu_before) {
-            let used = cpu_seconds(*pid) - before;
-            eprintln!(
-                "cpu {name}: {used:.2} s ({:.1} µs per event)",
-                used * 1e6 / events as f64
-            );
-        }
+        print_cpu_used(&measured, &cpu_before, events);
         for process in ingest.iter().chain(&downstream) {
             process.terminate();
         }

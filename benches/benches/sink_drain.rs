@@ -19,7 +19,7 @@ use boomerang_runtime::topics::{TopicsArgs, value_subject};
 use boomerang_runtime::wire;
 use boomerang_schemas::{EnrichedPostPurchaseEvent, Money, TimestampMicros, codec};
 use boomerang_sink::rows::{EventRow, Source};
-use boomerang_testkit::{Stack, StageProcess, metric_sum, unique_name};
+use boomerang_testkit::{Stack, StageProcess, metric_sum, metrics, unique_name};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 const PARTITIONS: i32 = 4;
@@ -189,11 +189,7 @@ fn main() {
         boomerang_testkit::wait_ready(&process).await;
         let started = Instant::now();
         loop {
-            let text = process
-                .get("/metrics")
-                .await
-                .map(|(_, body)| body)
-                .unwrap_or_default();
+            let text = metrics(&process).await;
             if metric_sum(&text, "boomerang_sink_rows_inserted_total", &[]) as usize >= events {
                 break;
             }
