@@ -61,7 +61,8 @@ fn sum(exposition: &str, metric: &str, filter: &str) -> u64 {
 }
 
 /// One client for every scrape: `reqwest::get` would build a client, root certificates
-/// included, on every poll of `--wait`.
+/// included, on every poll of `--wait`. (`Client::new` panics only if the TLS backend cannot
+/// initialise, in which case `reqwest::get` would have panicked the same way.)
 static HTTP: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(reqwest::Client::new);
 
 async fn observe(url: &str) -> anyhow::Result<Observed> {
