@@ -19,7 +19,7 @@ use boomerang_schemas::{
     Channel, EventType, Money, Outcome, PostPurchaseEvent, ReasonCode, ReturnMethod,
     TimestampMicros,
 };
-use boomerang_testkit::{Stack, StageProcess, metric_sum, metrics, unique_name};
+use boomerang_testkit::{Stack, StageProcess, metrics, poll_until, unique_name, value};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
@@ -235,20 +235,20 @@ fn main() {
         boomerang_testkit::wait_ready(&process).await;
         let started = Instant::now();
         let cpu_at_start = cpu_seconds(process.id());
-        loop {
-            let text = metrics(&process).await;
-            if metric_sum(&text, "boomerang_received_events_total", &[]) as usize >= events {
-                let sent = metric_sum(&text, "boomerang_sent_events_total", &[]) as usize;
-                assert_eq!(sent, events, "every event is distinct and valid");
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(1800),
-                "ingest stalled"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let stage = &process;
+        let text = poll_until(
+            "ingest to receive every event",
+            Duration::from_secs(1800),
+            || async move {
+                let text = metrics(stage).await;
+                (value(&text, "boomerang_received_events_total", &[]) >= events as u64)
+                    .then_some(text)
+            },
+        )
+        .await;
         let elapsed = started.elapsed();
+        let sent = value(&text, "boomerang_sent_events_total", &[]);
+        assert_eq!(sent, events as u64, "every event is distinct and valid");
         let peak_rss = peak_rss_kib(process.id());
         let ingest_cpu = cpu_seconds(process.id()) - cpu_at_start;
         process.terminate();

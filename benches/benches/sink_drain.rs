@@ -19,7 +19,7 @@ use boomerang_runtime::topics::{TopicsArgs, value_subject};
 use boomerang_runtime::wire;
 use boomerang_schemas::{EnrichedPostPurchaseEvent, Money, TimestampMicros, codec};
 use boomerang_sink::rows::{EventRow, Source};
-use boomerang_testkit::{Stack, StageProcess, metric_sum, metrics, unique_name};
+use boomerang_testkit::{Stack, StageProcess, metrics, poll_until, unique_name, value};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 const PARTITIONS: i32 = 4;
@@ -188,17 +188,17 @@ fn main() {
         let mut process = StageProcess::start(&binary, &arguments, &[]);
         boomerang_testkit::wait_ready(&process).await;
         let started = Instant::now();
-        loop {
-            let text = metrics(&process).await;
-            if metric_sum(&text, "boomerang_sink_rows_inserted_total", &[]) as usize >= events {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(1800),
-                "the sink stalled"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let stage = &process;
+        poll_until(
+            "the sink to insert every row",
+            Duration::from_secs(1800),
+            || async move {
+                let text = metrics(stage).await;
+                (value(&text, "boomerang_sink_rows_inserted_total", &[]) >= events as u64)
+                    .then_some(())
+            },
+        )
+        .await;
         let elapsed = started.elapsed();
         let cpu = cpu_seconds(process.id());
         eprintln!(
