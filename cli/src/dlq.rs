@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use boomerang_runtime::kafka::KafkaArgs;
+use boomerang_runtime::kafka::{self, KafkaArgs};
 use boomerang_runtime::topics::TopicsArgs;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
@@ -118,15 +118,7 @@ pub fn read(
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().map(<[u8]>::to_vec),
-            headers: message
-                .headers()
-                .map(|headers| {
-                    headers
-                        .iter()
-                        .map(|header| (header.key.to_string(), header.value.map(<[u8]>::to_vec)))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            headers: kafka::owned_headers(&message),
         };
         if letter.selected(selection) && letters.len() < selection.limit {
             letters.push(letter);

@@ -5,10 +5,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use rdkafka::Message;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::message::Headers;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::parse_key_value;
@@ -206,4 +208,17 @@ mod tls_tests {
         let created: Result<BaseProducer, _> = args.producer_config().create();
         assert!(created.is_ok(), "{:?}", created.err());
     }
+}
+
+/// A consumed record's headers, owned: name and value (`None` for a null value), in order.
+pub fn owned_headers(message: &impl Message) -> Vec<(String, Option<Vec<u8>>)> {
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|header| (header.key.to_string(), header.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -41,13 +41,13 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::dead_letter::{self, Rejection};
-use crate::kafka::KafkaArgs;
+use crate::kafka::{self, KafkaArgs};
 use crate::metrics::StageMetrics;
 use crate::service::StageContext;
 
@@ -439,15 +439,7 @@ impl ConsumerContext for LoopContext {
 }
 
 fn owned_record(message: &BorrowedMessage<'_>) -> InputRecord {
-    let headers = message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|header| (header.key.to_string(), header.value.map(<[u8]>::to_vec)))
-                .collect()
-        })
-        .unwrap_or_default();
+    let headers = kafka::owned_headers(message);
     InputRecord {
         topic: message.topic().to_string(),
         partition: message.partition(),
