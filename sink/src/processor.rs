@@ -4,6 +4,7 @@
 //! behind.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use boomerang_runtime::dead_letter::Rejection;
 use boomerang_runtime::decode::{DecodeFailure, RecordDecoder, WriterSchemaSource};
@@ -58,6 +59,9 @@ pub struct SinkProcessor<Source> {
     event_rows: Vec<Keyed<EventRow>>,
     order_rows: Vec<Keyed<OrderRow>>,
     customer_rows: Vec<Keyed<CustomerRow>>,
+    spare_event_rows: SpareRows<Keyed<EventRow>>,
+    spare_order_rows: SpareRows<Keyed<OrderRow>>,
+    spare_customer_rows: SpareRows<Keyed<CustomerRow>>,
     metrics: Option<SinkMetrics>,
 }
 
@@ -82,6 +86,9 @@ impl<S: WriterSchemaSource + Clone> SinkProcessor<S> {
             event_rows: Vec::new(),
             order_rows: Vec::new(),
             customer_rows: Vec::new(),
+            spare_event_rows: SpareRows::default(),
+            spare_order_rows: SpareRows::default(),
+            spare_customer_rows: SpareRows::default(),
             metrics,
         }
     }
@@ -222,29 +229,36 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
     }
 
     fn flush(&mut self) -> Option<FlushFuture> {
-        // The next batch starts with room for as many rows as this one had: growing a vector
-        // of wide rows by doubling copied every row up to five times into freshly faulted
-        // pages (`perf`: a fifth of the sink's CPU in `memmove` and the kernel's page clearing).
-        let events = take_sized_alike(&mut self.event_rows);
-        let orders = take_sized_alike(&mut self.order_rows);
-        let customers = take_sized_alike(&mut self.customer_rows);
-        if events.is_empty() && orders.is_empty() && customers.is_empty() {
+        if self.event_rows.is_empty() && self.order_rows.is_empty() && self.customer_rows.is_empty()
+        {
             return None;
         }
+        let events = self.spare_event_rows.swap(&mut self.event_rows);
+        let orders = self.spare_order_rows.swap(&mut self.order_rows);
+        let customers = self.spare_customer_rows.swap(&mut self.customer_rows);
+        let (spare_events, spare_orders, spare_customers) = (
+            self.spare_event_rows.clone(),
+            self.spare_order_rows.clone(),
+            self.spare_customer_rows.clone(),
+        );
+        // The next batch fills a vector an earlier insert handed back (`SpareRows`).
         let writer = self.writer.clone();
         // Spawned, so the insert makes progress while the loop consumes the next batch.
         let task = tokio::spawn(async move {
             let mut rejected = Vec::new();
             for written in [
-                writer.write_all(EVENTS_TABLE, events).await,
-                writer.write_all(ORDERS_TABLE, orders).await,
-                writer.write_all(CUSTOMERS_TABLE, customers).await,
+                writer.write_all(EVENTS_TABLE, &events).await,
+                writer.write_all(ORDERS_TABLE, &orders).await,
+                writer.write_all(CUSTOMERS_TABLE, &customers).await,
             ] {
                 if written.abandoned {
                     return FlushResult::Abandoned;
                 }
                 rejected.extend(written.rejected);
             }
+            spare_events.give_back(events);
+            spare_orders.give_back(orders);
+            spare_customers.give_back(customers);
             FlushResult::Written { rejected }
         });
         Some(Box::pin(async move {
@@ -256,8 +270,51 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
     }
 }
 
-/// Takes the rows, leaving an empty vector with room for as many.
-fn take_sized_alike<R>(rows: &mut Vec<R>) -> Vec<R> {
-    let capacity = rows.len();
-    std::mem::replace(rows, Vec::with_capacity(capacity))
+/// Row vectors whose insert has finished, emptied, for the next batches to fill.
+///
+/// A batch is tens of thousands of wide rows (tens of MB). A fresh vector for each batch was
+/// page-faulted and zeroed by the kernel as it filled, and one grown by doubling copied every
+/// row up to five times (`perf`: a fifth of the sink's CPU in `memmove` and page clearing).
+/// A reused vector's memory is already mapped and large enough.
+struct SpareRows<R>(Arc<Mutex<Vec<Vec<R>>>>);
+
+impl<R> Clone for SpareRows<R> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<R> Default for SpareRows<R> {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(Vec::new())))
+    }
+}
+
+/// Spare vectors kept at most, per table: one being filled while inserts are in flight.
+const MAX_SPARE_VECTORS: usize = 2;
+
+impl<R> SpareRows<R> {
+    /// Takes the filled `rows` out, leaving a spare vector in their place (or, if none has
+    /// come back yet, a new one with room for as many rows).
+    fn swap(&self, rows: &mut Vec<R>) -> Vec<R> {
+        let spare = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        let capacity = rows.len();
+        std::mem::replace(rows, spare.unwrap_or_else(|| Vec::with_capacity(capacity)))
+    }
+
+    /// Hands back a vector whose rows are written.
+    fn give_back(&self, mut rows: Vec<R>) {
+        rows.clear();
+        let mut spares = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if spares.len() < MAX_SPARE_VECTORS && rows.capacity() > 0 {
+            spares.push(rows);
+        }
+    }
 }

@@ -240,7 +240,7 @@ impl Writer {
     }
 
     /// Writes every row, isolating and returning the ones ClickHouse refuses for good.
-    pub async fn write_all<R>(&self, table: &'static str, rows: Vec<Keyed<R>>) -> Written
+    pub async fn write_all<R>(&self, table: &'static str, rows: &[Keyed<R>]) -> Written
     where
         R: clickhouse::RowOwned + clickhouse::RowWrite + Send + Sync,
     {
