@@ -562,6 +562,7 @@ pub async fn run<P: Processor>(
     consumer.subscribe(&topics)?;
     let producer: FutureProducer = kafka.producer_config().create()?;
     let mut paused = false;
+    let mut last_batch_len = 0;
     context.readiness.set_ready();
     tracing::info!(stage = settings.stage, group = %settings.group_id, topics = ?settings.input_topics, "consuming");
 
@@ -575,12 +576,16 @@ pub async fn run<P: Processor>(
         set_paused(&consumer, &mut paused, room == 0);
         let limits = CollectLimits {
             max_records: settings.batch_max_records.min(room.max(1)),
+            expected_records: last_batch_len,
             return_when_idle: processor.holding() > 0 || paused,
         };
         let collected = tokio::select! {
             collected = collect_batch(&consumer, &ownership, &in_flight, &settings, limits, &metrics) => collected,
             () = context.shutdown.cancelled() => break Ok(()),
         };
+        if !collected.is_empty() {
+            last_batch_len = collected.len();
+        }
         let (assigned, revoked) = {
             let mut guard = lock(&ownership);
             (
@@ -979,6 +984,10 @@ const IN_FLIGHT_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 #[derive(Clone, Copy)]
 struct CollectLimits {
     max_records: usize,
+    /// How many records the batch is likely to get (as many as the last one): room is made
+    /// for them up front. Growing a vector of tens of thousands of records by doubling copied
+    /// them into freshly faulted pages (`perf`: 7% of the sink's CPU).
+    expected_records: usize,
     /// The processor holds records (or consumption is paused): come back often to release.
     return_when_idle: bool,
 }
@@ -997,7 +1006,7 @@ async fn collect_batch(
     limits: CollectLimits,
     metrics: &StageMetrics,
 ) -> Vec<InputRecord> {
-    let mut batch = Vec::new();
+    let mut batch = Vec::with_capacity(limits.expected_records.min(limits.max_records));
     let ownership_changed = || {
         let guard = ownership
             .lock()
