@@ -318,3 +318,36 @@ impl<R> SpareRows<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_emptied_vector_comes_back_for_the_next_batch() {
+        let spares = SpareRows::default();
+        let mut filling: Vec<String> = (0..1_000).map(|n| n.to_string()).collect();
+        // No spare yet: a new vector with room for as many rows.
+        let first = spares.swap(&mut filling);
+        assert_eq!(first.len(), 1_000);
+        assert!(filling.is_empty() && filling.capacity() >= 1_000);
+        let first_buffer = first.as_ptr();
+        spares.give_back(first);
+        filling.push("next".to_string());
+        // The handed-back vector, emptied, replaces the filled one: its memory is reused.
+        let second = spares.swap(&mut filling);
+        assert_eq!(second, vec!["next".to_string()]);
+        assert!(filling.is_empty());
+        assert_eq!(filling.as_ptr(), first_buffer);
+        assert!(filling.capacity() >= 1_000);
+    }
+
+    #[test]
+    fn at_most_two_spares_are_kept() {
+        let spares = SpareRows::default();
+        for _ in 0..5 {
+            spares.give_back(Vec::<u8>::with_capacity(16));
+        }
+        assert_eq!(spares.0.lock().map(|kept| kept.len()).ok(), Some(2));
+    }
+}
