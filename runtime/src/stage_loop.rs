@@ -1006,7 +1006,7 @@ async fn collect_batch(
     limits: CollectLimits,
     metrics: &StageMetrics,
 ) -> Vec<InputRecord> {
-    let mut batch = Vec::with_capacity(limits.expected_records.min(limits.max_records));
+    let mut batch = Vec::new();
     let ownership_changed = || {
         let guard = ownership
             .lock()
@@ -1028,6 +1028,8 @@ async fn collect_batch(
         };
         match tokio::time::timeout(wait, consumer.recv()).await {
             Ok(Ok(message)) => {
+                // Room only once a record is in: an idle loop returns empty every few ms.
+                batch.reserve(limits.expected_records.min(limits.max_records));
                 batch.push(owned_record(&message));
                 break;
             }
