@@ -15,7 +15,7 @@ use boomerang_schemas::codec;
 use boomerang_schemas::{
     Channel, EventType, Outcome, PostPurchaseEvent, SchemaKind, TimestampMicros,
 };
-use boomerang_testkit::{ReadRecord, Stack, StageProcess, metric_sum, poll_until, unique_name};
+use boomerang_testkit::{ReadRecord, Stack, StageProcess, poll_until, unique_name};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -201,17 +201,11 @@ impl Pipeline {
     }
 }
 
-/// The process's current metrics text.
-pub async fn metrics(process: &StageProcess) -> String {
-    process
-        .get("/metrics")
-        .await
-        .map(|(_, body)| body)
-        .unwrap_or_default()
-}
+pub use boomerang_testkit::metrics;
 
+/// A metric's total over all its label sets.
 pub fn counter(exposition: &str, name: &str) -> u64 {
-    metric_sum(exposition, name, &[]) as u64
+    boomerang_testkit::value(exposition, name, &[])
 }
 
 /// Waits until the processes together have received `expected` records and answered for them.
