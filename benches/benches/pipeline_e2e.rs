@@ -593,12 +593,16 @@ fn main() {
         prefill.flush(Duration::from_secs(300)).expect("flush");
         eprintln!("round {}: pre-filled {events} events", round + 1);
         let null_first = round % 2 == 0;
-        let mut null = None;
-        if null_first {
-            null = Some(null_drain(&kafka, &setup, events));
-        }
-        let boomerang = boomerang_drain(&runtime, &stack, &setup, &binaries, events);
-        let null = null.unwrap_or_else(|| null_drain(&kafka, &setup, events));
+        let (null, boomerang) = if null_first {
+            let null = null_drain(&kafka, &setup, events);
+            (
+                null,
+                boomerang_drain(&runtime, &stack, &setup, &binaries, events),
+            )
+        } else {
+            let boomerang = boomerang_drain(&runtime, &stack, &setup, &binaries, events);
+            (null_drain(&kafka, &setup, events), boomerang)
+        };
         eprintln!(
             "round {}: null {:.2} s, Boomerang {:.2} s: {:.2}",
             round + 1,

@@ -294,14 +294,17 @@ impl<R> Default for SpareRows<R> {
 const MAX_SPARE_VECTORS: usize = 2;
 
 impl<R> SpareRows<R> {
+    fn spares(&self) -> std::sync::MutexGuard<'_, Vec<Vec<R>>> {
+        // A panic elsewhere while the lock was held leaves a list of empty vectors: still valid.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Takes the filled `rows` out, leaving a spare vector in their place (or, if none has
     /// come back yet, a new one with room for as many rows).
     fn swap(&self, rows: &mut Vec<R>) -> Vec<R> {
-        let spare = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop();
+        let spare = self.spares().pop();
         let capacity = rows.len();
         std::mem::replace(rows, spare.unwrap_or_else(|| Vec::with_capacity(capacity)))
     }
@@ -309,10 +312,7 @@ impl<R> SpareRows<R> {
     /// Hands back a vector whose rows are written.
     fn give_back(&self, mut rows: Vec<R>) {
         rows.clear();
-        let mut spares = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut spares = self.spares();
         if spares.len() < MAX_SPARE_VECTORS && rows.capacity() > 0 {
             spares.push(rows);
         }
@@ -348,6 +348,6 @@ mod tests {
         for _ in 0..5 {
             spares.give_back(Vec::<u8>::with_capacity(16));
         }
-        assert_eq!(spares.0.lock().map(|kept| kept.len()).ok(), Some(2));
+        assert_eq!(spares.spares().len(), 2);
     }
 }
