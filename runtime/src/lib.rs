@@ -8,13 +8,15 @@
 //! - [`metrics`], [`http`]: the Prometheus registry and the `/metrics`, `/healthz`, `/readyz`
 //!   endpoints.
 //! - [`service`]: a stage's life: telemetry, endpoints, readiness, SIGTERM and draining.
-//! - [`stage_loop`]: consume → process → produce → commit, the same for every stage.
+//! - [`stage_loop`]: consume → process → produce → commit, the same for every stage;
+//!   [`delivery`]: counting a batch's acknowledgements.
 //! - [`dead_letter`]: the dead-letter header contract; [`wire`]: Confluent framing.
 
 pub mod clickhouse;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;
+pub mod delivery;
 pub mod http;
 pub mod kafka;
 pub mod metrics;

@@ -41,12 +41,12 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::dead_letter::{self, Rejection};
+use crate::delivery::{BatchDeliveries, BatchProducer, CountingContext, Delivered, base_record};
 use crate::kafka::{self, KafkaArgs};
 use crate::metrics::StageMetrics;
 use crate::service::StageContext;
@@ -560,7 +560,9 @@ pub async fn run<P: Processor>(
         })?;
     let topics: Vec<&str> = settings.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
-    let producer: FutureProducer = kafka.producer_config().create()?;
+    let producer: BatchProducer = kafka
+        .producer_config()
+        .create_with_context(CountingContext)?;
     let mut paused = false;
     let mut last_batch_len = 0;
     context.readiness.set_ready();
@@ -639,7 +641,7 @@ pub async fn run<P: Processor>(
         else {
             break Ok(()); // shutdown while retrying: nothing of this batch is committed
         };
-        let acks = match send_all(
+        let delivered = match send_all(
             &producer,
             &processed.outputs,
             &consumer,
@@ -649,7 +651,7 @@ pub async fn run<P: Processor>(
         )
         .await
         {
-            Ok(acks) => acks,
+            Ok(delivered) => delivered,
             Err(error) => break Err(error),
         };
         let counts = batch_counts::<P>(&batch, &processed);
@@ -660,7 +662,7 @@ pub async fn run<P: Processor>(
             None
         };
         let completion = completion(
-            acks,
+            delivered,
             flush,
             std::mem::take(&mut batch),
             producer.clone(),
@@ -874,22 +876,21 @@ fn complete_batch<C: Consumer<LoopContext>>(
 /// Hands every output to the producer without waiting for acknowledgements. When the
 /// producer's queue is full, waits for the oldest batch in flight (or briefly) and retries.
 async fn send_all(
-    producer: &FutureProducer,
+    producer: &BatchProducer,
     outputs: &[(Counted, OutputRecord)],
     consumer: &StreamConsumer<LoopContext>,
     in_flight: &Mutex<InFlight>,
     metrics: &StageMetrics,
     crash_after_batches: Option<u64>,
-) -> anyhow::Result<Vec<DeliveryFuture>> {
-    let mut acks = Vec::with_capacity(outputs.len());
+) -> anyhow::Result<Delivered> {
+    let deliveries = BatchDeliveries::new();
     for (_, output) in outputs {
+        let mut record = base_record(output, &deliveries);
         loop {
-            match producer.send_result(future_record(output)) {
-                Ok(ack) => {
-                    acks.push(ack);
-                    break;
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
                     let waited = lock(in_flight).batches.pop_front();
                     match waited {
                         Some(mut batch) => {
@@ -910,31 +911,7 @@ async fn send_all(
             }
         }
     }
-    Ok(acks)
-}
-
-fn future_record(output: &OutputRecord) -> FutureRecord<'_, [u8], [u8]> {
-    let mut headers = OwnedHeaders::new_with_capacity(output.headers.len());
-    for (name, value) in &output.headers {
-        headers = headers.insert(Header {
-            key: name.as_str(),
-            value: value.as_deref(),
-        });
-    }
-    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&output.topic).headers(headers);
-    if let Some(key) = &output.key {
-        record = record.key(key.as_slice());
-    }
-    if let Some(value) = &output.value {
-        record = record.payload(value.as_slice());
-    }
-    if let Some(partition) = output.partition {
-        record = record.partition(partition);
-    }
-    if let Some(timestamp_ms) = output.timestamp_ms {
-        record = record.timestamp(timestamp_ms);
-    }
-    record
+    Ok(deliveries.seal())
 }
 
 /// Adds one to `topic`'s count, allocating the key only for a topic's first record.
@@ -1145,25 +1122,23 @@ async fn process_batch<P: Processor>(
 /// The future that completes a batch: its produced records acknowledged, then the processor's
 /// write finished and whatever that write rejected dead-lettered and acknowledged too.
 fn completion(
-    acks: Vec<DeliveryFuture>,
+    delivered: Delivered,
     flush: Option<FlushFuture>,
     batch: Vec<InputRecord>,
-    producer: FutureProducer,
+    producer: BatchProducer,
     stage: &'static str,
     dead_letter_topic: String,
 ) -> Pin<Box<dyn Future<Output = BatchResult> + Send>> {
     let Some(flush) = flush else {
-        return Box::pin(
-            first_delivery_failure(acks).map(|delivery_failure| BatchResult {
-                delivery_failure,
-                rejected_writes: Vec::new(),
-                abandoned: false,
-                failure: None,
-            }),
-        );
+        return Box::pin(delivered.map(|delivery_failure| BatchResult {
+            delivery_failure,
+            rejected_writes: Vec::new(),
+            abandoned: false,
+            failure: None,
+        }));
     };
     Box::pin(async move {
-        let delivery_failure = first_delivery_failure(acks).await;
+        let delivery_failure = delivered.await;
         let rejected = match flush.await {
             FlushResult::Written { rejected } => rejected,
             FlushResult::Abandoned => {
@@ -1185,7 +1160,7 @@ fn completion(
         };
         let mut rejected_writes = Vec::with_capacity(rejected.len());
         let mut failure = None;
-        let mut dead_letter_acks = Vec::with_capacity(rejected.len());
+        let dead_letter_deliveries = BatchDeliveries::new();
         for ((topic, partition), offset, rejection) in rejected {
             let Some(record) = batch.iter().find(|record| {
                 record.offset == offset && record.partition == partition && record.topic == topic
@@ -1195,13 +1170,12 @@ fn completion(
             };
             let dead_letter =
                 dead_letter_record(stage, &dead_letter_topic, record, &rejection, now_ms());
+            let mut record = base_record(&dead_letter, &dead_letter_deliveries);
             loop {
-                match producer.send_result(future_record(&dead_letter)) {
-                    Ok(ack) => {
-                        dead_letter_acks.push(ack);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        record = back;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Err((error, _)) => {
@@ -1214,7 +1188,7 @@ fn completion(
             }
             rejected_writes.push(rejection.error_kind);
         }
-        let delivery_failure = delivery_failure.or(first_delivery_failure(dead_letter_acks).await);
+        let delivery_failure = delivery_failure.or(dead_letter_deliveries.seal().await);
         BatchResult {
             delivery_failure,
             rejected_writes,
@@ -1226,22 +1200,6 @@ fn completion(
 
 /// Waits for every acknowledgement (they complete in any order; awaiting them in order takes
 /// as long as the slowest) and returns the first failure.
-async fn first_delivery_failure<F>(acks: Vec<F>) -> Option<String>
-where
-    F: Future<Output = <DeliveryFuture as Future>::Output>,
-{
-    let mut failure = None;
-    for ack in acks {
-        let error = match ack.await {
-            Ok(Ok(_delivery)) => continue,
-            Ok(Err((error, _message))) => error.to_string(),
-            Err(_canceled) => "the producer dropped a delivery".to_string(),
-        };
-        failure.get_or_insert(error);
-    }
-    failure
-}
-
 async fn process_with_retry<P: Processor>(
     processor: &mut P,
     record: &InputRecord,
@@ -1280,59 +1238,4 @@ fn last_offsets(batch: &[InputRecord]) -> Vec<(String, i32, i64)> {
     last.into_iter()
         .map(|((topic, partition), offset)| (topic.to_string(), partition, offset))
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use futures::future::ready;
-    use rdkafka::Timestamp;
-    use rdkafka::message::OwnedMessage;
-    use rdkafka::producer::future_producer::Delivery;
-
-    use super::*;
-
-    type Ack = <DeliveryFuture as Future>::Output;
-
-    fn delivered() -> Ack {
-        Ok(Ok(Delivery {
-            partition: 0,
-            offset: 1,
-            timestamp: Timestamp::NotAvailable,
-        }))
-    }
-
-    fn refused(code: RDKafkaErrorCode) -> Ack {
-        let message = OwnedMessage::new(
-            None,
-            None,
-            "topic".to_string(),
-            Timestamp::NotAvailable,
-            0,
-            -1,
-            None,
-        );
-        Ok(Err((KafkaError::MessageProduction(code), message)))
-    }
-
-    async fn failure_of(acks: Vec<Ack>) -> Option<String> {
-        first_delivery_failure(acks.into_iter().map(ready).collect()).await
-    }
-
-    #[tokio::test]
-    async fn a_batch_fails_on_its_first_refused_or_dropped_delivery() {
-        assert_eq!(failure_of(vec![delivered(), delivered()]).await, None);
-        assert_eq!(failure_of(Vec::new()).await, None);
-        let timed_out = failure_of(vec![
-            delivered(),
-            refused(RDKafkaErrorCode::MessageTimedOut),
-            refused(RDKafkaErrorCode::UnknownTopic),
-        ])
-        .await
-        .expect("a failure");
-        assert!(timed_out.contains("timed out"), "{timed_out}");
-        let dropped = failure_of(vec![delivered(), Err(futures::channel::oneshot::Canceled)])
-            .await
-            .expect("a failure");
-        assert_eq!(dropped, "the producer dropped a delivery");
-    }
 }
