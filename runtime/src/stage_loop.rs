@@ -34,7 +34,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::ClientContext;
 use rdkafka::Message;
 use rdkafka::consumer::{
@@ -984,6 +984,9 @@ async fn collect_batch(
     metrics: &StageMetrics,
 ) -> Vec<InputRecord> {
     let mut batch = Vec::new();
+    // One stream for the whole batch: `recv` builds a stream per record, and registering and
+    // unregistering its waker takes a lock twice for every record.
+    let mut messages = consumer.stream();
     let ownership_changed = || {
         let guard = ownership
             .lock()
@@ -1003,18 +1006,19 @@ async fn collect_batch(
         } else {
             IDLE_CHECK_INTERVAL
         };
-        match tokio::time::timeout(wait, consumer.recv()).await {
-            Ok(Ok(message)) => {
+        match tokio::time::timeout(wait, messages.next()).await {
+            Ok(Some(Ok(message))) => {
                 // Room only once a record is in: an idle loop returns empty every few ms.
                 batch.reserve(limits.expected_records.min(limits.max_records));
                 batch.push(owned_record(&message));
                 break;
             }
-            Ok(Err(error)) => {
+            Ok(Some(Err(error))) => {
                 tracing::warn!(error = %error, "consumer error");
                 metrics.errors.with_label_values(&["consume_failed"]).inc();
                 tokio::time::sleep(IDLE_CHECK_INTERVAL).await;
             }
+            Ok(None) => return batch, // never: a Kafka message stream does not end
             Err(_idle) if waiting_for_acks || limits.return_when_idle => return batch,
             Err(_idle) => {}
         }
@@ -1022,7 +1026,7 @@ async fn collect_batch(
     let deadline = tokio::time::Instant::now() + settings.batch_max_wait;
     while batch.len() < limits.max_records {
         // Take what librdkafka has already fetched without arming a timer per record.
-        if let Some(received) = consumer.recv().now_or_never() {
+        if let Some(Some(received)) = messages.next().now_or_never() {
             match received {
                 Ok(message) => batch.push(owned_record(&message)),
                 Err(error) => {
@@ -1032,9 +1036,10 @@ async fn collect_batch(
             }
             continue;
         }
-        match tokio::time::timeout_at(deadline, consumer.recv()).await {
-            Ok(Ok(message)) => batch.push(owned_record(&message)),
-            Ok(Err(error)) => {
+        match tokio::time::timeout_at(deadline, messages.next()).await {
+            Ok(Some(Ok(message))) => batch.push(owned_record(&message)),
+            Ok(None) => break, // never: a Kafka message stream does not end
+            Ok(Some(Err(error))) => {
                 tracing::warn!(error = %error, "consumer error");
                 metrics.errors.with_label_values(&["consume_failed"]).inc();
             }
