@@ -8,7 +8,11 @@
 //!   of its de-duplication state) is start-up, not sustained work; the time including it is
 //!   reported beside. Three rounds by default (`BOOMERANG_BENCH_ROUNDS`), each on its own
 //!   pre-filled topic, the pipelines taking turns to drain first; the median ratio is the
-//!   figure, because one round's ratio moves by ±0.1 on these shared 2-core machines;
+//!   figure, because one round's ratio moves by ±0.1 on these shared 2-core machines. 1M
+//!   events per round by default: over 200k the null pipeline drains in under 1.5 s and
+//!   Boomerang's batch waits (about 1 s of pipeline latency) weigh as much as its rate. Run
+//!   it on a freshly started stack (`deploy/local/stack.sh clean`, then `up`): the in-memory
+//!   broker keeps every record of every run and slows down as it fills;
 //! - event-to-queryable latency at a fixed input rate: each event carries its produce time;
 //!   Boomerang's is `inserted_at` in ClickHouse minus that, the null pipeline's the third
 //!   stage's receive time minus that.
@@ -16,7 +20,7 @@
 //! Targets: Boomerang ≥ 0.7× the null pipeline's throughput; p99 ≤ 2 s at 2k events/s.
 //!
 //! cargo bench -p boomerang-benches --bench pipeline_e2e
-//! BOOMERANG_BENCH_EVENTS=200000 BOOMERANG_BENCH_ROUNDS=3 BOOMERANG_BENCH_RATE=2000 BOOMERANG_BENCH_SECONDS=30 cargo bench …
+//! BOOMERANG_BENCH_EVENTS=1000000 BOOMERANG_BENCH_ROUNDS=3 BOOMERANG_BENCH_RATE=2000 BOOMERANG_BENCH_SECONDS=30 cargo bench …
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -566,7 +570,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let events = env_number("BOOMERANG_BENCH_EVENTS", 200_000);
+    let events = env_number("BOOMERANG_BENCH_EVENTS", 1_000_000);
     let rate = env_number("BOOMERANG_BENCH_RATE", 2_000);
     let seconds = env_number("BOOMERANG_BENCH_SECONDS", 30);
     let rounds_wanted = env_number("BOOMERANG_BENCH_ROUNDS", 3).max(1);
