@@ -43,7 +43,9 @@ impl BatchDeliveries {
     }
 
     /// The opaque for one more record to produce: the count goes up before the record is
-    /// handed over, so an answer can never arrive for a record not yet counted.
+    /// handed over, so an answer can never arrive for a record not yet counted. A record the
+    /// producer refuses outright (any error but a full queue, which is retried) gets no
+    /// delivery report: its sender must call [`Self::answered`] for it.
     pub fn expect_one(self: &Arc<Self>) -> Arc<Self> {
         self.pending.fetch_add(1, Ordering::AcqRel);
         self.clone()
@@ -178,6 +180,18 @@ mod tests {
         assert_eq!(
             deliveries.seal().now_or_never(),
             Some(Some("Message timed out".to_string()))
+        );
+    }
+
+    #[test]
+    fn a_record_refused_outright_and_answered_by_its_sender_fails_the_batch() {
+        let deliveries = BatchDeliveries::new();
+        let refused = deliveries.expect_one();
+        drop(refused); // the producer handed it back with an error: no report will come
+        deliveries.answered(Some("Invalid message size".into()));
+        assert_eq!(
+            deliveries.seal().now_or_never(),
+            Some(Some("Invalid message size".to_string()))
         );
     }
 

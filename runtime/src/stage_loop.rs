@@ -907,7 +907,11 @@ async fn send_all(
                         None => tokio::time::sleep(Duration::from_millis(1)).await,
                     }
                 }
-                Err((error, _)) => anyhow::bail!("cannot hand a record to the producer: {error}"),
+                Err((error, _)) => {
+                    // Refused outright: no delivery report will count it down.
+                    deliveries.answered(Some(error.to_string()));
+                    anyhow::bail!("cannot hand a record to the producer: {error}")
+                }
             }
         }
     }
@@ -1184,6 +1188,8 @@ fn completion(
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Err((error, _)) => {
+                        // Refused outright: no delivery report will count it down.
+                        dead_letter_deliveries.answered(Some(error.to_string()));
                         failure = Some(format!(
                             "cannot hand a dead letter to the producer: {error}"
                         ));
