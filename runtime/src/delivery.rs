@@ -15,8 +15,10 @@ use std::task::{Context, Poll};
 
 use futures::task::AtomicWaker;
 use rdkafka::ClientContext;
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::stage_loop::OutputRecord;
 
@@ -44,8 +46,7 @@ impl BatchDeliveries {
 
     /// The opaque for one more record to produce: the count goes up before the record is
     /// handed over, so an answer can never arrive for a record not yet counted. A record the
-    /// producer refuses outright (any error but a full queue, which is retried) gets no
-    /// delivery report: its sender must call [`Self::answered`] for it.
+    /// producer refuses outright gets no delivery report: [`hand_over`] answers for it.
     pub fn expect_one(self: &Arc<Self>) -> Arc<Self> {
         self.pending.fetch_add(1, Ordering::AcqRel);
         self.clone()
@@ -113,11 +114,39 @@ impl ProducerContext for CountingContext {
     }
 }
 
+/// A record for the [`BatchProducer`], counted against its batch.
+pub type CountedRecord<'a> = BaseRecord<'a, [u8], [u8], Arc<BatchDeliveries>>;
+
+/// What became of a record handed to the producer.
+pub enum Handed<'a> {
+    /// Queued: its delivery report will count it down.
+    Queued,
+    /// The producer's queue is full: the record comes back, to be handed over again.
+    QueueFull(CountedRecord<'a>),
+    /// Refused outright. No delivery report will come, so it is already counted as answered,
+    /// with this error as its batch's failure.
+    Refused(KafkaError),
+}
+
+/// Hands `record` to the producer; a refusal is answered here, so no batch waits for it.
+pub fn hand_over<'a>(producer: &BatchProducer, record: CountedRecord<'a>) -> Handed<'a> {
+    match producer.send(record) {
+        Ok(()) => Handed::Queued,
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+            Handed::QueueFull(back)
+        }
+        Err((error, back)) => {
+            back.delivery_opaque.answered(Some(error.to_string()));
+            Handed::Refused(error)
+        }
+    }
+}
+
 /// `output` as a record for the producer, counted against `deliveries`.
 pub fn base_record<'a>(
     output: &'a OutputRecord,
     deliveries: &Arc<BatchDeliveries>,
-) -> BaseRecord<'a, [u8], [u8], Arc<BatchDeliveries>> {
+) -> CountedRecord<'a> {
     let mut record = BaseRecord::with_opaque_to(&output.topic, deliveries.expect_one());
     if !output.headers.is_empty() {
         let mut headers = OwnedHeaders::new_with_capacity(output.headers.len());

@@ -46,7 +46,9 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::dead_letter::{self, Rejection};
-use crate::delivery::{BatchDeliveries, BatchProducer, CountingContext, Delivered, base_record};
+use crate::delivery::{
+    BatchDeliveries, BatchProducer, CountingContext, Delivered, Handed, base_record, hand_over,
+};
 use crate::kafka::{self, KafkaArgs};
 use crate::metrics::StageMetrics;
 use crate::service::StageContext;
@@ -887,9 +889,9 @@ async fn send_all(
     for (_, output) in outputs {
         let mut record = base_record(output, &deliveries);
         loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+            match hand_over(producer, record) {
+                Handed::Queued => break,
+                Handed::QueueFull(back) => {
                     record = back;
                     let waited = lock(in_flight).batches.pop_front();
                     match waited {
@@ -907,9 +909,7 @@ async fn send_all(
                         None => tokio::time::sleep(Duration::from_millis(1)).await,
                     }
                 }
-                Err((error, _)) => {
-                    // Refused outright: no delivery report will count it down.
-                    deliveries.answered(Some(error.to_string()));
+                Handed::Refused(error) => {
                     anyhow::bail!("cannot hand a record to the producer: {error}")
                 }
             }
@@ -1181,15 +1181,13 @@ fn completion(
                 dead_letter_record(stage, &dead_letter_topic, record, &rejection, now_ms());
             let mut record = base_record(&dead_letter, &dead_letter_deliveries);
             loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                match hand_over(&producer, record) {
+                    Handed::Queued => break,
+                    Handed::QueueFull(back) => {
                         record = back;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    Err((error, _)) => {
-                        // Refused outright: no delivery report will count it down.
-                        dead_letter_deliveries.answered(Some(error.to_string()));
+                    Handed::Refused(error) => {
                         failure = Some(format!(
                             "cannot hand a dead letter to the producer: {error}"
                         ));
@@ -1209,8 +1207,6 @@ fn completion(
     })
 }
 
-/// Waits for every acknowledgement (they complete in any order; awaiting them in order takes
-/// as long as the slowest) and returns the first failure.
 async fn process_with_retry<P: Processor>(
     processor: &mut P,
     record: &InputRecord,
