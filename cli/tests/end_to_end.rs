@@ -11,12 +11,37 @@ fn run_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/run.sh")
 }
 
-/// The release CLI run.sh built.
-fn boomerang() -> PathBuf {
+fn stack_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/stack.sh")
+}
+
+fn stack_is_up() -> bool {
+    Command::new(stack_script())
+        .arg("status")
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+/// `run.sh` under this test's own run root and ports: its `stop` stops only what this test's
+/// run started, never the stages or the stack of a run the person started before the tests
+/// (the README's two commands, in order).
+fn run_command(run_root: &std::path::Path, ports: &str) -> Command {
+    let mut command = Command::new(run_script());
+    command
+        .env("BOOMERANG_RUN_ROOT", run_root)
+        .env("BOOMERANG_RUN_HTTP_PORTS", ports);
+    command
+}
+
+fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
-        .join("release/boomerang")
+}
+
+/// The release CLI run.sh built.
+fn boomerang() -> PathBuf {
+    target_dir().join("release/boomerang")
 }
 
 /// `boomerang dlq …` on the run's dead-letter topic; its output.
@@ -90,7 +115,11 @@ fn check_dead_letters(truth: &serde_json::Value) {
 
 #[test]
 fn a_small_world_matches_its_ground_truth_at_every_stage() {
-    let output = Command::new(run_script())
+    let run_root = target_dir().join(format!("test-runs/e2e-{}", std::process::id()));
+    let ports = [(); 3].map(|()| boomerang_testkit::free_port().to_string());
+    let ports = ports.join(" ");
+    let stack_was_up = stack_is_up();
+    let output = run_command(&run_root, &ports)
         .args(["--orders", "1500", "--customers", "300", "--seed", "7"])
         .output()
         .expect("run deploy/local/run.sh");
@@ -106,7 +135,8 @@ fn a_small_world_matches_its_ground_truth_at_every_stage() {
         _ => None,
     };
     // Whatever happened, stop what the run started.
-    let stopped = Command::new(run_script()).arg("stop").status();
+    let stopped = run_command(&run_root, &ports).arg("stop").status();
+    let stack_still_up = stack_is_up();
 
     assert!(
         output.status.success(),
@@ -129,6 +159,10 @@ fn a_small_world_matches_its_ground_truth_at_every_stage() {
     assert!(
         stopped.is_ok_and(|status| status.success()),
         "run.sh stop failed"
+    );
+    assert!(
+        !stack_was_up || stack_still_up,
+        "the test's run.sh stop brought down a stack it did not start"
     );
 
     // The world exercised every fault the pipeline handles.

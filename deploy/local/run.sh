@@ -10,6 +10,12 @@
 #   deploy/local/run.sh stop
 #       stops the stages a run started (and the stack, if a run started it).
 #
+# BOOMERANG_RUN_ROOT (default target/run) holds the runs' logs, pids and the mark that a run
+# started the stack: `stop` stops only what runs under the same root started, so a test that
+# runs this script under its own root never stops the person's stages or stack.
+# BOOMERANG_RUN_HTTP_PORTS (default "9601 9602 9603") are the ports of ingest's, enrich's and
+# the sink's /metrics and /readyz.
+#
 # Ctrl-C during a run stops what it started. Exit status: 0 when the report matches the ground
 # truth, 1 when it does not, 2 when something failed on the way.
 set -euo pipefail
@@ -17,8 +23,10 @@ set -euo pipefail
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$repo_root"
 stack=deploy/local/stack.sh
-run_root=$repo_root/target/run
+run_root=${BOOMERANG_RUN_ROOT:-$repo_root/target/run}
 pid_dir=$run_root/pids
+read -r ingest_port enrich_port sink_port <<<"${BOOMERANG_RUN_HTTP_PORTS:-9601 9602 9603}"
+[[ -n ${sink_port:-} ]] || { printf 'run: error: BOOMERANG_RUN_HTTP_PORTS needs three ports\n' >&2; exit 2; }
 
 say() { printf 'run: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 2; }
@@ -32,7 +40,7 @@ stop_stages() {
       kill -TERM "$pid" 2>/dev/null || true
       local deadline=$((SECONDS + 15))
       while [[ -d /proc/$pid ]] && ((SECONDS < deadline)); do sleep 0.1; done
-      [[ -d /proc/$pid ]] && kill -KILL "$pid" 2>/dev/null || true
+      if [[ -d /proc/$pid ]]; then kill -KILL "$pid" 2>/dev/null || true; fi
       say "stopped $(basename "$pid_file" .pid) (pid $pid)"
     fi
     rm -f "$pid_file"
@@ -83,16 +91,16 @@ mkdir -p "$run_dir/logs"
 set -a
 # shellcheck disable=SC1090
 . "$($stack env)"
-BOOMERANG_RAW_EVENTS_TOPIC=$run_id.post-purchase.raw
-BOOMERANG_VALIDATED_EVENTS_TOPIC=$run_id.post-purchase.validated
-BOOMERANG_ENRICHED_EVENTS_TOPIC=$run_id.post-purchase.enriched
-BOOMERANG_CUSTOMERS_TOPIC=$run_id.crm.customers
-BOOMERANG_ORDERS_TOPIC=$run_id.oms.orders
-BOOMERANG_DEAD_LETTER_TOPIC=$run_id.dead-letter
-BOOMERANG_CLICKHOUSE_DATABASE=boomerang_${run_id//-/_}
-BOOMERANG_PSEUDONYM_KEY=${BOOMERANG_PSEUDONYM_KEY:-local-run-pseudonym-key-not-a-secret}
-BOOMERANG_LOG_FORMAT=text
 set +a
+export BOOMERANG_RAW_EVENTS_TOPIC=$run_id.post-purchase.raw
+export BOOMERANG_VALIDATED_EVENTS_TOPIC=$run_id.post-purchase.validated
+export BOOMERANG_ENRICHED_EVENTS_TOPIC=$run_id.post-purchase.enriched
+export BOOMERANG_CUSTOMERS_TOPIC=$run_id.crm.customers
+export BOOMERANG_ORDERS_TOPIC=$run_id.oms.orders
+export BOOMERANG_DEAD_LETTER_TOPIC=$run_id.dead-letter
+export BOOMERANG_CLICKHOUSE_DATABASE=boomerang_${run_id//-/_}
+export BOOMERANG_PSEUDONYM_KEY=${BOOMERANG_PSEUDONYM_KEY:-local-run-pseudonym-key-not-a-secret}
+export BOOMERANG_LOG_FORMAT=text
 
 say "run $run_id: topics $run_id.*, ClickHouse database $BOOMERANG_CLICKHOUSE_DATABASE"
 "$bin/boomerang" topics create --event-partitions 4 --reference-partitions 2 >/dev/null
@@ -100,17 +108,18 @@ say "run $run_id: topics $run_id.*, ClickHouse database $BOOMERANG_CLICKHOUSE_DA
 "$bin/boomerang" migrate >/dev/null
 
 start_stage() {
-  local stage=$1
-  shift
-  "$bin/boomerang-$stage" --group-id "$run_id-$stage" "$@" >"$run_dir/logs/$stage.log" 2>&1 &
+  local stage=$1 port=$2
+  shift 2
+  "$bin/boomerang-$stage" --group-id "$run_id-$stage" --http-listen "127.0.0.1:$port" "$@" \
+    >"$run_dir/logs/$stage.log" 2>&1 &
   echo $! >"$pid_dir/$stage.pid"
 }
 # The generated world spans months: ingest's plausibility and de-duplication windows must too.
-start_stage ingest --max-event-age-secs 31536000 --dedup-window-secs 31536000
-start_stage enrich --max-reference-wait-ms 15000
-start_stage sink
+start_stage ingest "$ingest_port" --max-event-age-secs 31536000 --dedup-window-secs 31536000
+start_stage enrich "$enrich_port" --max-reference-wait-ms 15000
+start_stage sink "$sink_port"
 
-for stage_port in ingest:9601 enrich:9602 sink:9603; do
+for stage_port in "ingest:$ingest_port" "enrich:$enrich_port" "sink:$sink_port"; do
   stage=${stage_port%%:*}
   port=${stage_port##*:}
   deadline=$((SECONDS + 120))
@@ -130,8 +139,11 @@ say "publishing a world of $orders orders and $customers customers (seed $seed)"
 say "waiting for every stage to drain, then the report"
 echo
 status=0
-"$bin/boomerang" report --truth "$run_dir/truth.json" --wait || status=$?
+"$bin/boomerang" report --truth "$run_dir/truth.json" --wait \
+  --ingest-metrics "http://127.0.0.1:$ingest_port/metrics" \
+  --enrich-metrics "http://127.0.0.1:$enrich_port/metrics" \
+  --sink-metrics "http://127.0.0.1:$sink_port/metrics" || status=$?
 echo
-say "the stages keep running (Prometheus: $BOOMERANG_PROMETHEUS_URL); stop everything with: deploy/local/run.sh stop"
+say "the stages keep running (Prometheus: $BOOMERANG_PROMETHEUS_URL); stop everything with: ${BOOMERANG_RUN_ROOT:+BOOMERANG_RUN_ROOT=$run_root }deploy/local/run.sh stop"
 say "dead letters of this run: BOOMERANG_DEAD_LETTER_TOPIC=$BOOMERANG_DEAD_LETTER_TOPIC $bin/boomerang dlq inspect"
 exit "$status"
