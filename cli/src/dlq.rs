@@ -1,10 +1,13 @@
 //! `boomerang dlq inspect | replay`: the dead-letter topic for operators. `inspect` lists dead
 //! letters with their headers, filtered by stage, error kind and time; `replay` re-publishes the
 //! selected ones — original key, value and headers, less the `boomerang.dlq.*` ones — to the
-//! topic each came from, once the cause is fixed.
+//! topic each came from, once the cause is fixed. A dead letter that had to leave part of its
+//! original out to fit (`boomerang.dlq.*_omitted*` headers) is not replayed: the original is
+//! still at its source offset until retention removes it.
 
 use std::time::Duration;
 
+use boomerang_runtime::dead_letter;
 use boomerang_runtime::kafka::{self, KafkaArgs};
 use boomerang_runtime::topics::TopicsArgs;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -55,6 +58,24 @@ impl DeadLetter {
             .find(|(key, _)| key == name)
             .and_then(|(_, value)| value.as_deref())
             .map(|value| String::from_utf8_lossy(value).into_owned())
+    }
+
+    /// What the dead letter left out of the original record to fit, if anything.
+    pub fn omitted(&self) -> Option<String> {
+        let parts: Vec<String> = [
+            (dead_letter::KEY_OMITTED_BYTES, "key"),
+            (dead_letter::VALUE_OMITTED_BYTES, "value"),
+            (dead_letter::HEADERS_OMITTED, "headers"),
+        ]
+        .iter()
+        .filter_map(|(header, part)| {
+            self.header(header).map(|count| match *part {
+                "headers" => format!("{count} header(s)"),
+                part => format!("{part} ({count} bytes)"),
+            })
+        })
+        .collect();
+        (!parts.is_empty()).then(|| parts.join(" and "))
     }
 
     fn selected(&self, selection: &Selection) -> bool {
@@ -154,7 +175,10 @@ pub fn inspect(args: &DlqArgs) -> anyhow::Result<()> {
                 .header("boomerang.dlq.error_kind")
                 .unwrap_or_default(),
             source,
-            letter.value.as_ref().map_or(0, Vec::len),
+            letter
+                .header(dead_letter::VALUE_OMITTED_BYTES)
+                .map(|bytes| format!("{bytes}*"))
+                .unwrap_or_else(|| letter.value.as_ref().map_or(0, Vec::len).to_string()),
             letter
                 .header("boomerang.dlq.error_message")
                 .unwrap_or_default()
@@ -176,6 +200,21 @@ pub async fn replay(args: &DlqArgs, dry_run: bool) -> anyhow::Result<()> {
             );
             continue;
         };
+        if let Some(omitted) = letter.omitted() {
+            eprintln!(
+                "{}:{} left out its original {omitted} to fit the dead-letter topic; not replayed \
+                 (the original is still at {topic}/{}/{} until retention removes it)",
+                letter.partition,
+                letter.offset,
+                letter
+                    .header(dead_letter::SOURCE_PARTITION)
+                    .unwrap_or_default(),
+                letter
+                    .header(dead_letter::SOURCE_OFFSET)
+                    .unwrap_or_default(),
+            );
+            continue;
+        }
         if dry_run {
             println!(
                 "would replay {}:{} to {topic}",

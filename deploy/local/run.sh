@@ -110,7 +110,9 @@ say "run $run_id: topics $run_id.*, ClickHouse database $BOOMERANG_CLICKHOUSE_DA
 start_stage() {
   local stage=$1 port=$2
   shift 2
-  "$bin/boomerang-$stage" --group-id "$run_id-$stage" --http-listen "127.0.0.1:$port" "$@" \
+  # A static member: a stage restarted by hand gets its partitions back at once.
+  "$bin/boomerang-$stage" --group-id "$run_id-$stage" --instance-id "$stage-0" \
+    --http-listen "127.0.0.1:$port" "$@" \
     >"$run_dir/logs/$stage.log" 2>&1 &
   echo $! >"$pid_dir/$stage.pid"
 }

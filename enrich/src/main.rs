@@ -171,7 +171,8 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         &args.stage_loop,
         vec![args.topics.validated_events.clone()],
         args.topics.dead_letter.clone(),
-    );
+    )
+    .producing_to(vec![args.topics.enriched_events.clone()]);
     let result = stage_loop::run(
         loop_settings,
         &args.kafka,

@@ -146,7 +146,8 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         &args.stage_loop,
         vec![args.topics.raw_events.clone()],
         args.topics.dead_letter.clone(),
-    );
+    )
+    .producing_to(vec![args.topics.validated_events.clone()]);
     stage_loop::run(
         loop_settings,
         &args.kafka,

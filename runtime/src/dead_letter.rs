@@ -12,6 +12,13 @@
 //! | `boomerang.dlq.source_offset` | its offset, decimal |
 //! | `boomerang.dlq.schema_id` | the writer schema id, when the frame was readable |
 //! | `boomerang.dlq.failed_at_ms` | when the stage gave up, UTC milliseconds since the epoch |
+//! | `boomerang.dlq.value_omitted_bytes` | only when the original value did not fit: its size; the value itself stays at the source offset until retention removes it |
+//! | `boomerang.dlq.headers_omitted` | only when the original headers did not fit either: how many were left out |
+//! | `boomerang.dlq.key_omitted_bytes` | only when the original key did not fit either: its size |
+//!
+//! A dead letter is never larger than the producer takes ([`crate::record_size`]): the original
+//! key, value and headers are kept, in that order, while they fit, and what is left out is
+//! marked, so a hostile record is still accounted for.
 
 pub const STAGE: &str = "boomerang.dlq.stage";
 pub const ERROR_KIND: &str = "boomerang.dlq.error_kind";
@@ -21,6 +28,12 @@ pub const SOURCE_PARTITION: &str = "boomerang.dlq.source_partition";
 pub const SOURCE_OFFSET: &str = "boomerang.dlq.source_offset";
 pub const SCHEMA_ID: &str = "boomerang.dlq.schema_id";
 pub const FAILED_AT_MS: &str = "boomerang.dlq.failed_at_ms";
+pub const VALUE_OMITTED_BYTES: &str = "boomerang.dlq.value_omitted_bytes";
+pub const HEADERS_OMITTED: &str = "boomerang.dlq.headers_omitted";
+pub const KEY_OMITTED_BYTES: &str = "boomerang.dlq.key_omitted_bytes";
+
+use crate::record_size;
+use crate::stage_loop::{InputRecord, OutputRecord};
 
 /// Why a stage gives up on a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,4 +82,172 @@ pub fn headers(
         headers.push((SCHEMA_ID, schema_id.to_string()));
     }
     headers
+}
+
+/// The dead letter for `record`: its own key, value and headers, then the contract's headers,
+/// within `max_bytes` ([`crate::record_size::wire_size`]): the key, the value and the headers
+/// are kept in that order while they fit, and each one left out is marked.
+pub fn record(
+    stage: &str,
+    dead_letter_topic: &str,
+    record: &InputRecord,
+    rejection: &Rejection,
+    failed_at_ms: i64,
+    max_bytes: usize,
+) -> OutputRecord {
+    let contract: Vec<(String, Option<Vec<u8>>)> = headers(
+        stage,
+        rejection,
+        &record.topic,
+        record.partition,
+        record.offset,
+        failed_at_ms,
+    )
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), Some(value.into_bytes())))
+    .collect();
+    let mut dead_letter = OutputRecord {
+        topic: dead_letter_topic.to_string(),
+        partition: None,
+        key: None,
+        value: None,
+        timestamp_ms: Some(failed_at_ms),
+        headers: Vec::new(),
+    };
+    // The marks that may be added are counted up front, so adding them never breaks the limit.
+    let marks = [VALUE_OMITTED_BYTES, HEADERS_OMITTED, KEY_OMITTED_BYTES]
+        .iter()
+        .map(|name| record_size::header_size(name, Some(&[0; 20])))
+        .sum::<usize>();
+    let mut size = record_size::wire_size(None, None, &contract) + marks;
+    let mut omitted: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+    let mut omit = |name: &str, count: usize| {
+        omitted.push((name.to_string(), Some(count.to_string().into_bytes())));
+    };
+    // Kept in this order while they fit: the key, the value, the headers.
+    if let Some(key) = &record.key {
+        if size + key.len() <= max_bytes {
+            size += key.len();
+            dead_letter.key = Some(key.clone());
+        } else {
+            omit(KEY_OMITTED_BYTES, key.len());
+        }
+    }
+    if let Some(value) = &record.value {
+        if size + value.len() <= max_bytes {
+            size += value.len();
+            dead_letter.value = Some(value.clone());
+        } else {
+            omit(VALUE_OMITTED_BYTES, value.len());
+        }
+    }
+    let original_headers: usize = record
+        .headers
+        .iter()
+        .map(|(name, value)| record_size::header_size(name, value.as_deref()))
+        .sum();
+    if size + original_headers <= max_bytes {
+        dead_letter.headers = record.headers.clone();
+    } else {
+        omit(HEADERS_OMITTED, record.headers.len());
+    }
+    dead_letter.headers.extend(contract);
+    dead_letter.headers.extend(omitted);
+    dead_letter
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(key: usize, value: usize, headers: usize) -> InputRecord {
+        InputRecord {
+            topic: "raw".into(),
+            partition: 2,
+            offset: 41,
+            key: Some(vec![b'k'; key]),
+            value: Some(vec![b'v'; value]),
+            timestamp_ms: Some(1),
+            headers: (0..headers)
+                .map(|n| (format!("h{n}"), Some(vec![b'x'; 100])))
+                .collect(),
+        }
+    }
+
+    fn header<'a>(record: &'a OutputRecord, name: &str) -> Option<&'a str> {
+        record
+            .headers
+            .iter()
+            .find(|(header, _)| header == name)
+            .and_then(|(_, value)| value.as_deref())
+            .and_then(|value| std::str::from_utf8(value).ok())
+    }
+
+    fn dead_letter(input: &InputRecord, max_bytes: usize) -> OutputRecord {
+        let rejection = Rejection::new("record_too_large", "too large").with_schema_id(7);
+        record("ingest", "dlq", input, &rejection, 1_000, max_bytes)
+    }
+
+    #[test]
+    fn a_record_that_fits_keeps_its_bytes_and_headers_first() {
+        let input = input(10, 1_000, 2);
+        let letter = dead_letter(&input, 100_000);
+        assert_eq!(letter.value, input.value);
+        assert_eq!(letter.key, input.key);
+        assert_eq!(&letter.headers[..2], &input.headers[..]);
+        assert_eq!(header(&letter, ERROR_KIND), Some("record_too_large"));
+        assert_eq!(header(&letter, SOURCE_OFFSET), Some("41"));
+        assert_eq!(header(&letter, VALUE_OMITTED_BYTES), None);
+    }
+
+    #[test]
+    fn a_value_too_large_is_omitted_and_marked_and_the_rest_kept() {
+        let input = input(10, 20_000, 2);
+        let letter = dead_letter(&input, 10_000);
+        assert_eq!(letter.value, None);
+        assert_eq!(header(&letter, VALUE_OMITTED_BYTES), Some("20000"));
+        assert_eq!(letter.key, input.key);
+        assert_eq!(&letter.headers[..2], &input.headers[..]);
+        assert!(letter.wire_size() <= 10_000);
+    }
+
+    #[test]
+    fn headers_too_large_go_and_the_value_stays() {
+        let input = input(10, 5_000, 200);
+        let letter = dead_letter(&input, 10_000);
+        assert_eq!(header(&letter, HEADERS_OMITTED), Some("200"));
+        assert_eq!(header(&letter, VALUE_OMITTED_BYTES), None, "the value fits");
+        assert_eq!(letter.value, input.value);
+        assert_eq!(letter.key, input.key);
+        assert!(letter.wire_size() <= 10_000);
+    }
+
+    #[test]
+    fn a_key_too_large_goes_and_the_value_stays() {
+        let input = input(50_000, 10, 0);
+        let letter = dead_letter(&input, 10_000);
+        assert_eq!(header(&letter, KEY_OMITTED_BYTES), Some("50000"));
+        assert_eq!(letter.key, None);
+        assert_eq!(letter.value, input.value);
+        assert!(letter.wire_size() <= 10_000, "{}", letter.wire_size());
+    }
+
+    #[test]
+    fn never_over_the_limit_whatever_the_sizes() {
+        for key in [0, 100, 5_000] {
+            for value in [0, 100, 3_000, 5_000] {
+                for headers in [0, 10, 50] {
+                    let input = input(key, value, headers);
+                    for max_bytes in [crate::record_size::MIN_MAX_RECORD_BYTES, 6_000, 20_000] {
+                        let letter = dead_letter(&input, max_bytes);
+                        assert!(
+                            letter.wire_size() <= max_bytes,
+                            "{key}/{value}/{headers} in {max_bytes}: {}",
+                            letter.wire_size()
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

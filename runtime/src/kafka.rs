@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::Message;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -14,6 +14,7 @@ use rdkafka::message::Headers;
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::parse_key_value;
+use crate::record_size::{DEFAULT_MAX_RECORD_BYTES, MIN_MAX_RECORD_BYTES};
 
 /// Environment variables `BOOMERANG_KAFKA_PROPERTY_<NAME>` set librdkafka property `<name>` with
 /// `_` read as `.`: `BOOMERANG_KAFKA_PROPERTY_SASL_MECHANISMS=PLAIN` sets `sasl.mechanisms`.
@@ -33,6 +34,39 @@ pub struct KafkaArgs {
     /// from BOOMERANG_KAFKA_PROPERTY_<NAME> variables, `_` standing for `.`.
     #[arg(long = "kafka-property", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub properties: Vec<(String, String)>,
+
+    /// The largest record a stage produces, in bytes as the producer counts them (its
+    /// `message.max.bytes`, unless that property is set itself). An output over it, and the
+    /// record it came from, is dead-lettered as `record_too_large`; a dead letter over it omits
+    /// the original value, then headers, then key. Must not exceed the output topics'
+    /// `max.message.bytes`, which each stage checks at start-up.
+    #[arg(
+        long = "max-record-bytes",
+        env = "BOOMERANG_MAX_RECORD_BYTES",
+        default_value_t = DEFAULT_MAX_RECORD_BYTES,
+        value_parser = parse_max_record_bytes
+    )]
+    pub max_record_bytes: usize,
+
+    /// This instance's static group membership id (`group.instance.id`), unique among the
+    /// instances of a stage and kept across restarts (a pod name, a systemd instance name). A
+    /// restarted instance then gets its partitions back at once instead of after the dead
+    /// member's session timeout, and a rolling restart moves no partition. Without it the
+    /// instance joins as a new member each time.
+    #[arg(long = "instance-id", env = "BOOMERANG_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+}
+
+fn parse_max_record_bytes(value: &str) -> Result<usize, String> {
+    let bytes: usize = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of bytes"))?;
+    if bytes < MIN_MAX_RECORD_BYTES {
+        return Err(format!(
+            "at least {MIN_MAX_RECORD_BYTES} bytes: a dead letter's own headers must fit"
+        ));
+    }
+    Ok(bytes)
 }
 
 impl KafkaArgs {
@@ -40,6 +74,8 @@ impl KafkaArgs {
         Self {
             brokers: brokers.into(),
             properties: Vec::new(),
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            instance_id: None,
         }
     }
 
@@ -80,9 +116,26 @@ impl KafkaArgs {
             ("auto.offset.reset", "earliest"),
             ("enable.partition.eof", "false"),
             ("partition.assignment.strategy", "cooperative-sticky"),
+            // A member that died holds its partitions until its session times out: 10 s, not
+            // librdkafka's 45 s. Heartbeats come from librdkafka's own thread, so a busy stage
+            // loop does not miss them.
+            ("session.timeout.ms", "10000"),
+            ("heartbeat.interval.ms", "1000"),
         ]);
         if config.get("group.id").is_none() {
             config.set("group.id", group_id);
+        }
+        config
+    }
+
+    /// The consumer of a stage's own group: [`Self::consumer_config`] plus its static
+    /// membership id, if it has one.
+    pub fn group_member_config(&self, group_id: &str) -> ClientConfig {
+        let mut config = self.consumer_config(group_id);
+        if let Some(instance_id) = &self.instance_id
+            && config.get("group.instance.id").is_none()
+        {
+            config.set("group.instance.id", instance_id);
         }
         config
     }
@@ -94,7 +147,24 @@ impl KafkaArgs {
             ("enable.idempotence", "true"),
             ("compression.type", "lz4"),
             ("linger.ms", "5"),
+            ("message.max.bytes", &self.max_record_bytes.to_string()),
         ])
+    }
+
+    /// The largest record the producer takes: its `message.max.bytes`, as the operator or
+    /// `--max-record-bytes` set it.
+    pub fn effective_max_record_bytes(&self) -> anyhow::Result<usize> {
+        let config = self.producer_config();
+        let value = config.get("message.max.bytes").unwrap_or_default();
+        let bytes: usize = value
+            .parse()
+            .map_err(|_| anyhow::anyhow!("message.max.bytes={value:?} is not a number of bytes"))?;
+        if bytes < MIN_MAX_RECORD_BYTES {
+            anyhow::bail!(
+                "message.max.bytes={bytes} is below {MIN_MAX_RECORD_BYTES}, too small for a dead letter's own headers"
+            );
+        }
+        Ok(bytes)
     }
 }
 
@@ -130,6 +200,51 @@ impl TopicSpec {
             .push(("cleanup.policy".to_string(), "compact".to_string()));
         self
     }
+}
+
+/// Checks at start-up that every topic a stage produces to takes the stage's largest record
+/// ([`KafkaArgs::effective_max_record_bytes`]): a topic whose `max.message.bytes` is smaller
+/// would refuse a record the stage let through, and the stage would stop on it. A broker that
+/// does not describe topic configs is trusted, with a warning.
+pub async fn check_record_limit(args: &KafkaArgs, topics: &[&str]) -> anyhow::Result<()> {
+    let max_record_bytes = args.effective_max_record_bytes()?;
+    let admin: AdminClient<DefaultClientContext> = args.client_config().create()?;
+    let resources: Vec<ResourceSpecifier<'_>> = topics
+        .iter()
+        .map(|topic| ResourceSpecifier::Topic(topic))
+        .collect();
+    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let described = match admin.describe_configs(&resources, &options).await {
+        Ok(described) => described,
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot read the output topics' max.message.bytes; not checked");
+            return Ok(());
+        }
+    };
+    for (topic, result) in topics.iter().zip(described) {
+        let limit = result
+            .ok()
+            .and_then(|resource| {
+                resource
+                    .get("max.message.bytes")
+                    .and_then(|entry| entry.value.clone())
+            })
+            .and_then(|value| value.parse::<usize>().ok());
+        match limit {
+            Some(limit) if limit < max_record_bytes => anyhow::bail!(
+                "topic {topic} takes records of at most {limit} bytes (max.message.bytes), \
+                 but this stage may produce records of up to {max_record_bytes} bytes: set \
+                 --max-record-bytes (BOOMERANG_MAX_RECORD_BYTES) to {limit} or less, or raise \
+                 the topic's max.message.bytes"
+            ),
+            Some(_) => {}
+            None => tracing::warn!(
+                topic,
+                "cannot read the topic's max.message.bytes; not checked"
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Creates the topics that do not exist yet; existing ones are left as they are.
@@ -170,9 +285,14 @@ mod tests {
             properties: vec![
                 ("acks".into(), "1".into()),
                 ("security.protocol".into(), "SASL_SSL".into()),
+                ("message.max.bytes".into(), "2000000".into()),
             ],
+            max_record_bytes: 5_000,
+            instance_id: None,
         };
         let config = args.producer_config();
+        assert_eq!(config.get("message.max.bytes"), Some("2000000"));
+        assert_eq!(args.effective_max_record_bytes().ok(), Some(2_000_000));
         assert_eq!(config.get("acks"), Some("1"));
         assert_eq!(config.get("enable.idempotence"), Some("true"));
         assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
@@ -180,10 +300,42 @@ mod tests {
     }
 
     #[test]
+    fn the_record_limit_is_the_producers_unless_an_operator_property_sets_it() {
+        let mut args = KafkaArgs::for_brokers("b:1");
+        args.max_record_bytes = 50_000;
+        assert_eq!(
+            args.producer_config().get("message.max.bytes"),
+            Some("50000")
+        );
+        assert_eq!(args.effective_max_record_bytes().ok(), Some(50_000));
+        args.properties = vec![("message.max.bytes".into(), "100".into())];
+        assert!(
+            args.effective_max_record_bytes().is_err(),
+            "too small to dead-letter"
+        );
+    }
+
+    #[test]
     fn consumers_never_auto_commit() {
         let config = KafkaArgs::for_brokers("b:1").consumer_config("g");
         assert_eq!(config.get("enable.auto.commit"), Some("false"));
         assert_eq!(config.get("group.id"), Some("g"));
+    }
+
+    #[test]
+    fn only_the_stage_groups_member_is_static() {
+        let mut args = KafkaArgs::for_brokers("b:1");
+        assert_eq!(args.group_member_config("g").get("group.instance.id"), None);
+        args.instance_id = Some("ingest-0".into());
+        assert_eq!(
+            args.group_member_config("g").get("group.instance.id"),
+            Some("ingest-0")
+        );
+        assert_eq!(
+            args.consumer_config("g").get("group.instance.id"),
+            None,
+            "helper consumers (restores, readers) never take the stage's membership"
+        );
     }
 }
 
@@ -204,6 +356,8 @@ mod tls_tests {
                 ("sasl.username".into(), "user".into()),
                 ("sasl.password".into(), "secret".into()),
             ],
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            instance_id: None,
         };
         let created: Result<BaseProducer, _> = args.producer_config().create();
         assert!(created.is_ok(), "{:?}", created.err());

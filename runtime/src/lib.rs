@@ -10,7 +10,8 @@
 //! - [`service`]: a stage's life: telemetry, endpoints, readiness, SIGTERM and draining.
 //! - [`stage_loop`]: consume → process → produce → commit, the same for every stage;
 //!   [`delivery`]: counting a batch's acknowledgements.
-//! - [`dead_letter`]: the dead-letter header contract; [`wire`]: Confluent framing.
+//! - [`dead_letter`]: the dead-letter header contract; [`record_size`]: the largest record a
+//!   stage produces; [`wire`]: Confluent framing.
 
 pub mod clickhouse;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod migrations;
 pub mod pseudonym;
+pub mod record_size;
 pub mod registry;
 pub mod service;
 pub mod shutdown;

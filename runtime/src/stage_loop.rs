@@ -51,6 +51,7 @@ use crate::delivery::{
 };
 use crate::kafka::{self, KafkaArgs};
 use crate::metrics::StageMetrics;
+use crate::record_size::RECORD_TOO_LARGE;
 use crate::service::StageContext;
 
 /// A topic and partition.
@@ -207,12 +208,21 @@ pub struct LoopSettings {
     pub stage: &'static str,
     pub group_id: String,
     pub input_topics: Vec<String>,
+    /// The topics the processor produces to (besides the dead-letter topic), for the start-up
+    /// check that they take the stage's largest record.
+    pub output_topics: Vec<String>,
     pub dead_letter_topic: String,
     pub batch_max_records: usize,
     pub batch_max_wait: Duration,
 }
 
 impl LoopSettings {
+    /// The topics the processor produces to.
+    pub fn producing_to(mut self, output_topics: Vec<String>) -> Self {
+        self.output_topics = output_topics;
+        self
+    }
+
     pub fn new(
         stage: &'static str,
         args: &LoopArgs,
@@ -226,6 +236,7 @@ impl LoopSettings {
                 .clone()
                 .unwrap_or_else(|| format!("boomerang-{stage}")),
             input_topics,
+            output_topics: Vec::new(),
             dead_letter_topic,
             batch_max_records: args.batch_max_records.max(1),
             batch_max_wait: Duration::from_millis(args.batch_max_wait_ms),
@@ -453,37 +464,6 @@ fn owned_record(message: &BorrowedMessage<'_>) -> InputRecord {
     }
 }
 
-/// The dead letter for `record`: its own key, value and headers, then the contract's headers.
-pub fn dead_letter_record(
-    stage: &str,
-    dead_letter_topic: &str,
-    record: &InputRecord,
-    rejection: &Rejection,
-    failed_at_ms: i64,
-) -> OutputRecord {
-    let mut headers = record.headers.clone();
-    headers.extend(
-        dead_letter::headers(
-            stage,
-            rejection,
-            &record.topic,
-            record.partition,
-            record.offset,
-            failed_at_ms,
-        )
-        .into_iter()
-        .map(|(name, value)| (name.to_string(), Some(value.into_bytes()))),
-    );
-    OutputRecord {
-        topic: dead_letter_topic.to_string(),
-        partition: None,
-        key: record.key.clone(),
-        value: record.value.clone(),
-        timestamp_ms: Some(failed_at_ms),
-        headers,
-    }
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -549,7 +529,7 @@ pub async fn run<P: Processor>(
     let crash_after_batches: Option<u64> = std::env::var(CRASH_AFTER_PRODUCE_ENV)
         .ok()
         .and_then(|value| value.parse().ok());
-    let mut consumer_config = kafka.consumer_config(&settings.group_id);
+    let mut consumer_config = kafka.group_member_config(&settings.group_id);
     if consumer_config.get("statistics.interval.ms").is_none() {
         consumer_config.set("statistics.interval.ms", "5000");
     }
@@ -562,6 +542,12 @@ pub async fn run<P: Processor>(
         })?;
     let topics: Vec<&str> = settings.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
+    let max_record_bytes = kafka.effective_max_record_bytes()?;
+    let produced_to: Vec<&str> = std::iter::once(&settings.dead_letter_topic)
+        .chain(&settings.output_topics)
+        .map(String::as_str)
+        .collect();
+    kafka::check_record_limit(kafka, &produced_to).await?;
     let producer: BatchProducer = kafka
         .producer_config()
         .create_with_context(CountingContext)?;
@@ -632,6 +618,7 @@ pub async fn run<P: Processor>(
         let started = Instant::now();
         let Some(processed) = process_batch(
             &settings,
+            max_record_bytes,
             &mut processor,
             &batch,
             released,
@@ -670,6 +657,7 @@ pub async fn run<P: Processor>(
             producer.clone(),
             settings.stage,
             settings.dead_letter_topic.clone(),
+            max_record_bytes,
         );
         lock(&in_flight).batches.push_back(InFlightBatch {
             completion,
@@ -1054,6 +1042,8 @@ async fn collect_batch(
 }
 
 struct ProcessedBatch {
+    /// The producer's `message.max.bytes`: no output or dead letter is larger.
+    max_record_bytes: usize,
     outputs: Vec<(Counted, OutputRecord)>,
     deduplicated: u64,
     /// Records kept for the processor's flush.
@@ -1065,18 +1055,38 @@ struct ProcessedBatch {
 impl ProcessedBatch {
     fn add(&mut self, settings: &LoopSettings, record: &InputRecord, outcome: Outcome) {
         match outcome {
-            Outcome::Emit(outputs) => self
-                .outputs
-                .extend(outputs.into_iter().map(|output| (Counted::Sent, output))),
+            Outcome::Emit(outputs) => {
+                // An output the producer would refuse for its size would stop the stage, and
+                // its restart would meet the same record: its input is dead-lettered instead.
+                if let Some(output) = outputs
+                    .iter()
+                    .find(|output| output.wire_size() > self.max_record_bytes)
+                {
+                    let rejection = Rejection::new(
+                        RECORD_TOO_LARGE,
+                        format!(
+                            "its record for {} would take {} bytes, over the {}-byte limit \
+                             (--max-record-bytes, the producer's message.max.bytes)",
+                            output.topic,
+                            output.wire_size(),
+                            self.max_record_bytes
+                        ),
+                    );
+                    return self.add(settings, record, Outcome::DeadLetter(rejection));
+                }
+                self.outputs
+                    .extend(outputs.into_iter().map(|output| (Counted::Sent, output)));
+            }
             Outcome::Deduplicated => self.deduplicated += 1,
             Outcome::DeadLetter(rejection) => {
                 tracing::debug!(topic = %record.topic, partition = record.partition, offset = record.offset, error_kind = rejection.error_kind, "dead-lettering record");
-                let dead_letter = dead_letter_record(
+                let dead_letter = dead_letter::record(
                     settings.stage,
                     &settings.dead_letter_topic,
                     record,
                     &rejection,
                     now_ms(),
+                    self.max_record_bytes,
                 );
                 self.outputs
                     .push((Counted::DeadLettered(rejection.error_kind), dead_letter));
@@ -1089,8 +1099,10 @@ impl ProcessedBatch {
 
 /// Decides every record's outcome, after the held records released now; `None` if shutdown
 /// came while a retry was pending.
+#[allow(clippy::too_many_arguments)]
 async fn process_batch<P: Processor>(
     settings: &LoopSettings,
+    max_record_bytes: usize,
     processor: &mut P,
     batch: &[InputRecord],
     released: Vec<Released>,
@@ -1099,6 +1111,7 @@ async fn process_batch<P: Processor>(
     context: &StageContext,
 ) -> Option<ProcessedBatch> {
     let mut processed = ProcessedBatch {
+        max_record_bytes,
         outputs: Vec::with_capacity(batch.len() + released.len()),
         deduplicated: 0,
         written: 0,
@@ -1137,6 +1150,7 @@ fn completion(
     producer: BatchProducer,
     stage: &'static str,
     dead_letter_topic: String,
+    max_record_bytes: usize,
 ) -> Pin<Box<dyn Future<Output = BatchResult> + Send>> {
     let Some(flush) = flush else {
         return Box::pin(delivered.map(|delivery_failure| BatchResult {
@@ -1177,8 +1191,14 @@ fn completion(
                 tracing::error!(topic = %topic, partition, offset, "a write rejected a record that is not in its batch");
                 continue;
             };
-            let dead_letter =
-                dead_letter_record(stage, &dead_letter_topic, record, &rejection, now_ms());
+            let dead_letter = dead_letter::record(
+                stage,
+                &dead_letter_topic,
+                record,
+                &rejection,
+                now_ms(),
+                max_record_bytes,
+            );
             let mut record = base_record(&dead_letter, &dead_letter_deliveries);
             loop {
                 match hand_over(&producer, record) {

@@ -174,3 +174,33 @@ async fn the_registry_accepts_an_optional_field_and_refuses_a_breaking_change() 
         "a required field without default must be refused"
     );
 }
+
+/// A stage refuses to start when a topic it produces to takes smaller records than the stage
+/// may produce: otherwise the broker would refuse a record the stage let through, and the stage
+/// would stop on it.
+#[tokio::test]
+async fn a_topic_that_takes_smaller_records_than_the_stage_produces_is_refused_at_start_up() {
+    let stack = Stack::from_env();
+    let small = unique_name("it-small-records");
+    let mut kafka = KafkaArgs::for_brokers(&stack.kafka_brokers);
+    let mut spec = TopicSpec::new(&small, 1);
+    spec.configs
+        .push(("max.message.bytes".to_string(), "50000".to_string()));
+    ensure_topics(&kafka, &[spec]).await.expect("topic");
+
+    kafka.max_record_bytes = 50_000;
+    boomerang_runtime::kafka::check_record_limit(&kafka, &[&small])
+        .await
+        .expect("records up to the topic's own limit are fine");
+    kafka.max_record_bytes = 100_000;
+    let error = boomerang_runtime::kafka::check_record_limit(&kafka, &[&small])
+        .await
+        .expect_err("records larger than the topic takes");
+    let message = error.to_string();
+    assert!(
+        message.contains(&small)
+            && message.contains("50000")
+            && message.contains("--max-record-bytes"),
+        "{message}"
+    );
+}

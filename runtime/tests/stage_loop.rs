@@ -1,9 +1,9 @@
 //! The stage loop against the real broker, with a processor of the test's own: what happens
-//! when the producer refuses an output outright.
+//! to a record whose dead letter is larger than the producer takes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use boomerang_runtime::dead_letter::Rejection;
+use boomerang_runtime::dead_letter::{self, Rejection};
 use boomerang_runtime::http::Readiness;
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
 use boomerang_runtime::metrics::{Metrics, StageMetrics};
@@ -12,7 +12,7 @@ use boomerang_runtime::stage_loop::{
     self, FlushFuture, FlushResult, InputRecord, LoopSettings, Outcome, Partition, Processor,
     RetryableError,
 };
-use boomerang_testkit::{Stack, unique_name};
+use boomerang_testkit::{Stack, committed_and_high_watermarks, read_topic_to_end, unique_name};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
@@ -51,12 +51,13 @@ impl Processor for RefusingWriter {
     }
 }
 
-/// A dead letter the producer refuses outright (larger than `message.max.bytes`) gets no
-/// delivery report. The batch must fail, and the stage stop with an error, instead of waiting
-/// for that report forever. (The stage runs on its own thread: a stage stuck that way also
-/// blocks dropping it, and the test should fail, not hang.)
+/// A dead letter larger than the producer takes (`message.max.bytes`) would be refused outright,
+/// and a stage that stopped on it would meet the same record after every restart. The loop
+/// makes it fit instead: the original value is left out and its size named in a header, and
+/// the stage goes on and commits past it. (The stage runs on its own thread, so that a stage
+/// stuck on the record fails the test instead of hanging it.)
 #[test]
-fn a_dead_letter_the_producer_refuses_stops_the_stage_instead_of_hanging() {
+fn a_dead_letter_too_large_for_the_producer_is_trimmed_and_the_stage_goes_on() {
     let stack = Stack::from_env();
     let input = unique_name("it-loop-in");
     let dead_letters = unique_name("it-loop-dlq");
@@ -70,36 +71,41 @@ fn a_dead_letter_the_producer_refuses_stops_the_stage_instead_of_hanging() {
         .await
         .expect("topics");
         let producer: FutureProducer = broker.producer_config().create().expect("producer");
-        producer
-            .send(
-                FutureRecord::<str, [u8]>::to(&input)
-                    .key("k")
-                    .payload(&[7u8; 5_000][..]),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("input record");
+        for (key, size) in [("large", 5_000), ("small", 100)] {
+            producer
+                .send(
+                    FutureRecord::<str, [u8]>::to(&input)
+                        .key(key)
+                        .payload(&vec![7u8; size][..]),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("input record");
+        }
     });
 
-    // The stage's producer takes records up to 2,000 bytes: the 5,000-byte input's dead letter
-    // is refused before it reaches the broker.
+    // The stage's producer takes records up to 4,096 bytes: the 5,000-byte input's dead letter
+    // cannot carry its value; the 100-byte one's can.
     let mut stage_kafka = KafkaArgs::for_brokers(&stack.kafka_brokers);
     stage_kafka
         .properties
-        .push(("message.max.bytes".into(), "2000".into()));
+        .push(("message.max.bytes".into(), "4096".into()));
     let metrics = Metrics::for_stage("loop-test").expect("metrics");
     let stage_metrics = StageMetrics::register(&metrics).expect("stage metrics");
+    let shutdown = CancellationToken::new();
     let context = StageContext {
         stage: "loop-test",
         metrics,
         readiness: Readiness::new("starting"),
-        shutdown: CancellationToken::new(),
+        shutdown: shutdown.clone(),
     };
+    let group = unique_name("it-loop");
     let settings = LoopSettings {
         stage: "loop-test",
-        group_id: unique_name("it-loop"),
-        input_topics: vec![input],
-        dead_letter_topic: dead_letters,
+        group_id: group.clone(),
+        input_topics: vec![input.clone()],
+        output_topics: Vec::new(),
+        dead_letter_topic: dead_letters.clone(),
         batch_max_records: 100,
         batch_max_wait: Duration::from_millis(50),
     };
@@ -115,12 +121,58 @@ fn a_dead_letter_the_producer_refuses_stops_the_stage_instead_of_hanging() {
         ));
         let _ = ended_sender.send(result.map_err(|error| error.to_string()));
     });
-    let result = ended
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the stage stops on its own instead of waiting for a report that never comes");
-    let error = result.expect_err("a dead letter that cannot be produced fails the stage");
-    assert!(
-        error.contains("cannot hand a dead letter to the producer"),
-        "unexpected error: {error}"
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let letters = loop {
+        let letters = read_topic_to_end(&stack.kafka_brokers, &dead_letters);
+        if letters.len() >= 2 {
+            break letters;
+        }
+        if let Ok(result) = ended.try_recv() {
+            panic!("the stage stopped: {result:?}");
+        }
+        assert!(Instant::now() < deadline, "no dead letters after 60 s");
+        std::thread::sleep(Duration::from_millis(100)); // polling, with the deadline above
+    };
+    assert_eq!(letters.len(), 2, "one dead letter per record");
+    let large = letters
+        .iter()
+        .find(|letter| letter.key.as_deref() == Some(b"large".as_slice()))
+        .expect("the large record's dead letter");
+    assert_eq!(large.value, None, "the value did not fit");
+    assert_eq!(
+        large.header(dead_letter::VALUE_OMITTED_BYTES).as_deref(),
+        Some("5000")
     );
+    assert_eq!(
+        large.header(dead_letter::SOURCE_OFFSET).as_deref(),
+        Some("0"),
+        "where the original still is"
+    );
+    let small = letters
+        .iter()
+        .find(|letter| letter.key.as_deref() == Some(b"small".as_slice()))
+        .expect("the small record's dead letter");
+    assert_eq!(small.value.as_deref(), Some(&[7u8; 100][..]));
+    assert_eq!(small.header(dead_letter::VALUE_OMITTED_BYTES), None);
+
+    // The stage commits past both and stops cleanly when asked.
+    poll_until_blocking("offsets committed past both records", || {
+        committed_and_high_watermarks(&stack.kafka_brokers, &group, &input)
+            .iter()
+            .all(|(_, committed, high)| committed == high)
+    });
+    shutdown.cancel();
+    let result = ended
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the stage stops when asked");
+    assert_eq!(result, Ok(()));
+}
+
+fn poll_until_blocking(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100)); // polling, with the deadline above
+    }
 }

@@ -118,6 +118,7 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         stage: STAGE,
         group_id,
         input_topics: vec![topics.enriched_events, topics.orders, topics.customers],
+        output_topics: Vec::new(),
         dead_letter_topic: args.topics.dead_letter.clone(),
         batch_max_records: args.sink.insert_max_rows.max(1),
         batch_max_wait: Duration::from_millis(args.sink.insert_max_wait_ms),

@@ -159,6 +159,11 @@ impl StageProcess {
         self.child.id()
     }
 
+    /// Whether the process has not exited (yet).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http_address)
     }

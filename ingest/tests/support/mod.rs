@@ -107,8 +107,14 @@ impl Pipeline {
     }
 
     pub fn start(&self, environment: &[(&str, &str)]) -> StageProcess {
+        self.start_with(&[], environment)
+    }
+
+    /// Starts ingest with `extra` arguments after the usual ones (a later one wins).
+    pub fn start_with(&self, extra: &[&str], environment: &[(&str, &str)]) -> StageProcess {
         let arguments = self.arguments();
-        let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
+        let mut arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
+        arguments.extend_from_slice(extra);
         StageProcess::start(BINARY, &arguments, environment)
     }
 
