@@ -13,38 +13,12 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Duration;
 
+use boomerang_runtime::idempotency::PrehashedKeys;
 use boomerang_schemas::TimestampMicros;
-use xxhash_rust::xxh3::xxh3_128;
 
-/// The map's keys are xxh3-128 hashes already: hashing them again (SipHash) only costs time.
-#[derive(Default)]
-struct PrehashedKeyHasher(u64);
-
-impl Hasher for PrehashedKeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached for keys other than u128; fold them in (FNV-1a) to stay correct.
-        for byte in bytes {
-            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn write_u128(&mut self, value: u128) {
-        self.0 = value as u64 ^ (value >> 64) as u64;
-    }
-}
-
-type PrehashedKeys = BuildHasherDefault<PrehashedKeyHasher>;
-
-pub fn key_hash(idempotency_key: &str) -> u128 {
-    xxh3_128(idempotency_key.as_bytes())
-}
+pub use boomerang_runtime::idempotency::key_hash;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -19,6 +19,7 @@ pub mod dead_letter;
 pub mod decode;
 pub mod delivery;
 pub mod http;
+pub mod idempotency;
 pub mod kafka;
 pub mod metrics;
 pub mod migrations;
