@@ -1,13 +1,15 @@
 //! Sink: enriched events, orders and customers in, ClickHouse rows out.
 //!
 //! One record's way, by file: decode (the shared `boomerang_runtime::decode`) → skip it if
-//! ClickHouse already has it ([`stored`]) → its table's row ([`rows`]) → the batch's insert
+//! ClickHouse already has it ([`stored`]), or, for an event, its idempotency key
+//! ([`recent_keys`]) → its table's row ([`rows`]) → the batch's insert
 //! ([`write`]: retried, deduplicated by token, split to isolate refused rows). [`processor`]
 //! ties them into the shared stage loop, which commits a batch's offsets only after its insert
 //! has finished. The tables and analytics views are in `deploy/clickhouse/migrations/`.
 
 pub mod metrics;
 pub mod processor;
+pub mod recent_keys;
 pub mod rows;
 pub mod stored;
 pub mod write;

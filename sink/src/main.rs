@@ -68,6 +68,17 @@ struct SinkArgs {
         default_value_t = 500
     )]
     insert_max_wait_ms: u64,
+
+    /// How many of each enriched partition's latest events' idempotency keys the sink
+    /// remembers (about 50 bytes each), to write an event an upstream stage emitted twice only
+    /// once. Must cover what enrich can re-emit after a crash: its batches in flight plus its
+    /// longest wait for late reference data, at the partition's peak rate.
+    #[arg(
+        long = "dedup-window-events",
+        env = "BOOMERANG_SINK_DEDUP_WINDOW_EVENTS",
+        default_value_t = 200_000
+    )]
+    dedup_window_events: usize,
 }
 
 #[tokio::main]
@@ -112,6 +123,7 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         pseudonymiser,
         writer,
         Some(StoredOffsets::new(&args.kafka, &group_id, client)?),
+        args.sink.dedup_window_events,
         Some(sink_metrics),
     );
     let settings = LoopSettings {

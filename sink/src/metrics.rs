@@ -1,6 +1,6 @@
 //! The sink's own metrics, beside the shared stage counters.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
 
 #[derive(Clone)]
 pub struct SinkMetrics {
@@ -11,6 +11,9 @@ pub struct SinkMetrics {
     pub rows_rejected: IntCounterVec,
     /// Records skipped because ClickHouse already had their rows (a replay after a restart).
     pub rows_already_stored: IntCounterVec,
+    /// Events not written because their partition had written their idempotency key already
+    /// (an upstream stage emitted them twice).
+    pub duplicate_keys: IntCounter,
     /// 1 while an insert is being retried.
     pub inserts_failing: IntGauge,
 }
@@ -66,6 +69,10 @@ impl SinkMetrics {
                 ),
                 &["table"],
             )?,
+            duplicate_keys: IntCounter::new(
+                "boomerang_sink_duplicate_keys_total",
+                "Events not written because ClickHouse already had an event with their idempotency key from the same partition (an upstream stage emitted them twice).",
+            )?,
             inserts_failing: IntGauge::new(
                 "boomerang_sink_inserts_failing",
                 "1 while an insert is being retried: ClickHouse is down or refusing.",
@@ -77,6 +84,7 @@ impl SinkMetrics {
         registry.register(Box::new(metrics.insert_retries.clone()))?;
         registry.register(Box::new(metrics.rows_rejected.clone()))?;
         registry.register(Box::new(metrics.rows_already_stored.clone()))?;
+        registry.register(Box::new(metrics.duplicate_keys.clone()))?;
         registry.register(Box::new(metrics.inserts_failing.clone()))?;
         Ok(metrics)
     }

@@ -1,7 +1,7 @@
 //! The sink's step of the stage loop: decode each record (`boomerang_runtime::decode`), skip
-//! it if ClickHouse already has its row (`stored.rs`), turn it into its table's row (`rows.rs`)
-//! and keep it for the batch's insert (`write.rs`), which the loop keeps in flight and commits
-//! behind.
+//! it if ClickHouse already has its row (`stored.rs`) or, for an event, its idempotency key
+//! (`recent_keys.rs`), turn it into its table's row (`rows.rs`) and keep it for the batch's
+//! insert (`write.rs`), which the loop keeps in flight and commits behind.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,6 +15,7 @@ use boomerang_runtime::stage_loop::{
 use boomerang_schemas::{Customer, EnrichedPostPurchaseEvent, Order};
 
 use crate::metrics::SinkMetrics;
+use crate::recent_keys::RecentKeys;
 use crate::rows::{CustomerRow, EventRow, OrderRow, Source};
 use crate::stored::StoredOffsets;
 use crate::write::{Keyed, Writer};
@@ -56,6 +57,9 @@ pub struct SinkProcessor<Source> {
     stored_offsets: Option<StoredOffsets>,
     /// Offsets already in ClickHouse, per partition, to skip.
     skip: HashMap<Partition, HashSet<i64>>,
+    /// The idempotency keys each enriched partition wrote lately: a second event with one of
+    /// them is an upstream re-emission.
+    recent_keys: RecentKeys,
     event_rows: Vec<Keyed<EventRow>>,
     order_rows: Vec<Keyed<OrderRow>>,
     customer_rows: Vec<Keyed<CustomerRow>>,
@@ -72,6 +76,7 @@ impl<S: WriterSchemaSource + Clone> SinkProcessor<S> {
         pseudonymiser: Pseudonymiser,
         writer: Writer,
         stored_offsets: Option<StoredOffsets>,
+        dedup_window_events: usize,
         metrics: Option<SinkMetrics>,
     ) -> Self {
         Self {
@@ -83,6 +88,7 @@ impl<S: WriterSchemaSource + Clone> SinkProcessor<S> {
             writer,
             stored_offsets,
             skip: HashMap::new(),
+            recent_keys: RecentKeys::new(dedup_window_events),
             event_rows: Vec::new(),
             order_rows: Vec::new(),
             customer_rows: Vec::new(),
@@ -150,20 +156,36 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
             return Ok(());
         };
         let topics = self.topics.clone();
+        let committed = stored_offsets.committed(partitions).await?;
         let stored = stored_offsets
-            .stored(partitions, |topic| topics.table_of(topic))
+            .stored(&committed, |topic| topics.table_of(topic))
             .await?;
         self.skip.extend(
             stored
                 .into_iter()
                 .filter(|(_, offsets)| !offsets.is_empty()),
         );
+        let window = self.recent_keys.window() as i64;
+        for ((topic, partition), from) in &committed {
+            if *topic != self.topics.enriched_events {
+                continue;
+            }
+            let keys = stored_offsets
+                .event_keys(EVENTS_TABLE, topic, *partition, from.saturating_sub(window))
+                .await?;
+            tracing::info!(topic = %topic, partition, keys = keys.len(), "idempotency keys written lately restored");
+            self.recent_keys
+                .restore(*partition, keys.iter().map(String::as_str));
+        }
         Ok(())
     }
 
     fn revoke(&mut self, partitions: &[Partition]) {
         for partition in partitions {
             self.skip.remove(partition);
+            if partition.0 == self.topics.enriched_events {
+                self.recent_keys.forget(partition.1);
+            }
         }
     }
 
@@ -183,6 +205,15 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
                 Ok(decoded) => decoded.value,
                 Err(failure) => return rejected_or_retry(failure),
             };
+            if !self
+                .recent_keys
+                .first_seen(record.partition, &enriched.event.idempotency_key)
+            {
+                if let Some(metrics) = &self.metrics {
+                    metrics.duplicate_keys.inc();
+                }
+                return Ok(Outcome::Deduplicated);
+            }
             self.event_rows.push(keyed(
                 EventRow::new(enriched, &source, &self.pseudonymiser),
                 record,

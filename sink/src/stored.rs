@@ -38,7 +38,11 @@ impl StoredOffsets {
         })
     }
 
-    async fn committed(&self, partitions: &[Partition]) -> anyhow::Result<HashMap<Partition, i64>> {
+    /// The group's committed offset of each partition (0 where nothing is committed yet).
+    pub async fn committed(
+        &self,
+        partitions: &[Partition],
+    ) -> anyhow::Result<HashMap<Partition, i64>> {
         let mut list = TopicPartitionList::new();
         for (topic, partition) in partitions {
             list.add_partition(topic, *partition);
@@ -65,13 +69,13 @@ impl StoredOffsets {
     /// whose rows live in `table_of(topic)`.
     pub async fn stored(
         &self,
-        partitions: &[Partition],
+        committed: &HashMap<Partition, i64>,
         table_of: impl Fn(&str) -> Option<&'static str>,
     ) -> anyhow::Result<HashMap<Partition, HashSet<i64>>> {
-        let committed = self.committed(partitions).await?;
         let mut stored: HashMap<Partition, HashSet<i64>> = HashMap::new();
-        for ((topic, partition), from) in committed {
-            let Some(table) = table_of(&topic) else {
+        for ((topic, partition), &from) in committed {
+            let partition = *partition;
+            let Some(table) = table_of(topic) else {
                 continue;
             };
             let rows = self
@@ -80,7 +84,7 @@ impl StoredOffsets {
                     "SELECT DISTINCT source_partition, source_offset FROM {table} \
                      WHERE source_topic = ? AND source_partition = ? AND source_offset >= ?"
                 ))
-                .bind(&topic)
+                .bind(topic)
                 .bind(partition)
                 .bind(from)
                 .fetch_all::<StoredRow>()
@@ -96,5 +100,36 @@ impl StoredOffsets {
             );
         }
         Ok(stored)
+    }
+}
+
+#[derive(Debug, serde::Deserialize, clickhouse::Row)]
+struct KeyRow {
+    idempotency_key: String,
+}
+
+impl StoredOffsets {
+    /// The idempotency keys of the events in `table` written from `topic`'s `partition` at
+    /// offsets from `from` on, in offset order.
+    pub async fn event_keys(
+        &self,
+        table: &str,
+        topic: &str,
+        partition: i32,
+        from: i64,
+    ) -> anyhow::Result<Vec<String>> {
+        let rows = self
+            .client
+            .query(&format!(
+                "SELECT idempotency_key FROM {table} \
+                 WHERE source_topic = ? AND source_partition = ? AND source_offset >= ? \
+                 ORDER BY source_offset"
+            ))
+            .bind(topic)
+            .bind(partition)
+            .bind(from)
+            .fetch_all::<KeyRow>()
+            .await?;
+        Ok(rows.into_iter().map(|row| row.idempotency_key).collect())
     }
 }
