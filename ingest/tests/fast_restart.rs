@@ -59,6 +59,10 @@ async fn a_static_member_killed_and_restarted_owns_its_partitions_again_at_once(
         "processing again {back_in:?} after the restart"
     );
     let text = metrics(&second).await;
-    assert_eq!(counter(&text, "boomerang_sent_events_total"), 20, "s20..s39");
+    assert_eq!(
+        counter(&text, "boomerang_sent_events_total"),
+        20,
+        "s20..s39"
+    );
     assert_eq!(counter(&text, "boomerang_deduplicated_events_total"), 20);
 }
