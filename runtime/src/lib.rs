@@ -11,7 +11,8 @@
 //! - [`stage_loop`]: consume → process → produce → commit, the same for every stage;
 //!   [`delivery`]: counting a batch's acknowledgements.
 //! - [`dead_letter`]: the dead-letter header contract; [`record_size`]: the largest record a
-//!   stage produces; [`wire`]: Confluent framing.
+//!   stage produces; [`wire`]: Confluent framing (from
+//!   `boomerang_schemas`, beside the codec).
 
 pub mod clickhouse;
 pub mod config;
@@ -31,4 +32,5 @@ pub mod shutdown;
 pub mod stage_loop;
 pub mod telemetry;
 pub mod topics;
-pub mod wire;
+/// Confluent framing lives beside the codec; re-exported for the stages.
+pub use boomerang_schemas::wire;

@@ -3,7 +3,8 @@
 //!
 //! - [`catalog`]: every schema, parsed once, with its earlier versions and its PII fields.
 //! - [`codec`]: Avro datum encoding and decoding of the model, including decoding data written
-//!   with an earlier schema version into the current model.
+//!   with an earlier schema version into the current model; [`wire`]: the Confluent frame
+//!   around a datum.
 //! - The model: [`PostPurchaseEvent`] (what platforms publish), [`Customer`] and [`Order`] (CRM
 //!   and order-system reference data) and [`EnrichedPostPurchaseEvent`] (what enrich emits).
 //!
@@ -18,6 +19,7 @@ mod event;
 mod order;
 mod primitives;
 mod specific;
+pub mod wire;
 
 pub use catalog::SchemaKind;
 pub use codec::{AvroRecord, CodecError, ResolvingReader};
