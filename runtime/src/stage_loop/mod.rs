@@ -1,0 +1,233 @@
+//! consume → process → produce → commit: the loop every stage runs, so that a stage's own code
+//! is only its [`Processor`].
+//!
+//! The loop's guarantees, which the stages build on:
+//! - **At-least-once.** A record's offset is stored, and committed, only after every output of
+//!   every record up to it (events and dead letters) has been acknowledged by the brokers. A
+//!   crash at any point replays from the last commit; stages make the replay harmless.
+//! - **Pipelined.** Up to [`MAX_BATCHES_IN_FLIGHT`] batches' outputs travel to the brokers
+//!   while the next batch is consumed and processed; batches complete (counted, offsets stored
+//!   and committed) in order. Before partitions are given up in a rebalance, every batch in
+//!   flight is acknowledged and committed first, so the next owner never restores state that
+//!   our late outputs could still change.
+//! - **Nothing is dropped silently.** Every consumed record ends as sent, deduplicated or
+//!   dead-lettered, each counted ([`StageMetrics`]).
+//! - **Partition ownership is explicit.** A processor hears about assigned partitions before it
+//!   sees their records (to restore state) and about revoked ones after their last commit.
+//! - **Bad input never stops the loop**: only the processor decides a record is bad, and a
+//!   rejection becomes a dead letter. Failures that are not a record's fault (a registry that
+//!   does not answer) are retried with backoff while `/readyz` says why.
+//! - **Held records are never committed past.** A processor may hold a record back
+//!   ([`Outcome::Hold`], enrich waiting for reference data) and decide it later
+//!   ([`Processor::release`]); a partition's committed offset stays below its oldest held
+//!   record, so a crash replays it. A processor with no room ([`Processor::room`]) pauses
+//!   consumption instead of dropping anything.
+//! - **Writes to other systems are acknowledged like produced records.** A processor may keep a
+//!   batch's records for its own write ([`Outcome::Write`], sink's ClickHouse insert) and hand
+//!   the loop that write as a future ([`Processor::flush`]); the batch completes, and its
+//!   offsets are committed, only when that future has finished. Records the write rejects for
+//!   good are dead-lettered like any other.
+
+mod collect;
+mod in_flight;
+mod ledger;
+mod process;
+mod processor;
+mod rebalance;
+mod send;
+mod settings;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+
+use self::collect::{CollectLimits, collect_batch};
+use self::in_flight::{InFlight, InFlightBatch, complete_acknowledged, complete_all};
+use self::process::{batch_counts, last_offsets, process_batch};
+use self::rebalance::{LoopContext, Ownership, ignore_nothing_to_commit, is_owned, set_paused};
+use self::send::{completion, send_all};
+use crate::delivery::{BatchProducer, CountingContext};
+use crate::kafka::{self, KafkaArgs};
+use crate::metrics::StageMetrics;
+use crate::service::StageContext;
+
+pub use self::in_flight::MAX_BATCHES_IN_FLIGHT;
+pub use self::processor::{
+    FlushFuture, FlushResult, InputRecord, Outcome, OutputRecord, Partition, Processor, Released,
+    RetryableError,
+};
+pub use self::settings::{CRASH_AFTER_PRODUCE_ENV, LoopArgs, LoopSettings};
+
+/// Runs the loop until shutdown; returns after a final commit.
+pub async fn run<P: Processor>(
+    settings: LoopSettings,
+    kafka: &KafkaArgs,
+    mut processor: P,
+    metrics: StageMetrics,
+    context: &StageContext,
+) -> anyhow::Result<()> {
+    let ownership = Arc::new(Mutex::new(Ownership::default()));
+    let in_flight = Arc::new(Mutex::new(InFlight::default()));
+    let crash_after_batches: Option<u64> = std::env::var(CRASH_AFTER_PRODUCE_ENV)
+        .ok()
+        .and_then(|value| value.parse().ok());
+    let mut consumer_config = kafka.group_member_config(&settings.group_id);
+    if consumer_config.get("statistics.interval.ms").is_none() {
+        consumer_config.set("statistics.interval.ms", "5000");
+    }
+    let consumer: StreamConsumer<LoopContext> =
+        consumer_config.create_with_context(LoopContext {
+            ownership: ownership.clone(),
+            in_flight: in_flight.clone(),
+            metrics: metrics.clone(),
+            crash_after_batches,
+        })?;
+    let topics: Vec<&str> = settings.input_topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let max_record_bytes = kafka.effective_max_record_bytes()?;
+    let produced_to: Vec<&str> = std::iter::once(&settings.dead_letter_topic)
+        .chain(&settings.output_topics)
+        .map(String::as_str)
+        .collect();
+    kafka::check_record_limit(kafka, &produced_to).await?;
+    let producer: BatchProducer = kafka
+        .producer_config()
+        .create_with_context(CountingContext)?;
+    let mut paused = false;
+    let mut last_batch_len = 0;
+    context.readiness.set_ready();
+    tracing::info!(stage = settings.stage, group = %settings.group_id, topics = ?settings.input_topics, "consuming");
+
+    let result = loop {
+        if let Err(error) =
+            complete_acknowledged(&consumer, &in_flight, &metrics, crash_after_batches, false).await
+        {
+            break Err(error);
+        }
+        let room = processor.room();
+        set_paused(&consumer, &mut paused, room == 0);
+        let limits = CollectLimits {
+            max_records: settings.batch_max_records.min(room.max(1)),
+            expected_records: last_batch_len,
+            return_when_idle: processor.holding() > 0 || paused,
+        };
+        let collected = tokio::select! {
+            collected = collect_batch(&consumer, &ownership, &in_flight, &settings, limits, &metrics) => collected,
+            () = context.shutdown.cancelled() => break Ok(()),
+        };
+        if !collected.is_empty() {
+            last_batch_len = collected.len();
+        }
+        let (assigned, revoked) = {
+            let mut guard = lock(&ownership);
+            (
+                std::mem::take(&mut guard.newly_assigned),
+                std::mem::take(&mut guard.newly_revoked),
+            )
+        };
+        if !revoked.is_empty() {
+            processor.revoke(&revoked);
+        }
+        if !assigned.is_empty() {
+            if paused {
+                // Newly assigned partitions start unpaused: pause them too.
+                paused = false;
+                set_paused(&consumer, &mut paused, true);
+            }
+            if let Err(error) = processor.assign(&assigned).await {
+                break Err(error);
+            }
+        }
+        // Records fetched before a revoke belong to the new owner now. (Only a revoke in this
+        // batch's collection can leave such records: librdkafka fetches nothing for partitions
+        // it no longer owns.)
+        let mut batch: Vec<InputRecord> = if revoked.is_empty() {
+            collected
+        } else {
+            collected
+                .into_iter()
+                .filter(|record| is_owned(&ownership, record))
+                .collect()
+        };
+        let released: Vec<Released> = processor
+            .release()
+            .into_iter()
+            .filter(|released| is_owned(&ownership, &released.record))
+            .collect();
+        if batch.is_empty() && released.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        let Some(processed) = process_batch(
+            &settings,
+            max_record_bytes,
+            &mut processor,
+            &batch,
+            released,
+            &in_flight,
+            &metrics,
+            context,
+        )
+        .await
+        else {
+            break Ok(()); // shutdown while retrying: nothing of this batch is committed
+        };
+        let delivered = match send_all(
+            &producer,
+            &processed.outputs,
+            &consumer,
+            &in_flight,
+            &metrics,
+            crash_after_batches,
+        )
+        .await
+        {
+            Ok(delivered) => delivered,
+            Err(error) => break Err(error),
+        };
+        let counts = batch_counts::<P>(&batch, &processed);
+        let processed_offsets = last_offsets(&batch);
+        let flush = if processed.written > 0 {
+            processor.flush()
+        } else {
+            None
+        };
+        let completion = completion(
+            delivered,
+            flush,
+            std::mem::take(&mut batch),
+            producer.clone(),
+            settings.stage,
+            settings.dead_letter_topic.clone(),
+            max_record_bytes,
+        );
+        lock(&in_flight).batches.push_back(InFlightBatch {
+            completion,
+            counts,
+            processed: processed_offsets,
+            released: processed.released,
+            started,
+        });
+        // Bound what is in flight: wait for the oldest batch when there are too many.
+        if let Err(error) =
+            complete_acknowledged(&consumer, &in_flight, &metrics, crash_after_batches, true).await
+        {
+            break Err(error);
+        }
+        context.readiness.set_ready();
+    };
+    // Whatever is in flight is acknowledged and committed before the stage stops.
+    let drained = complete_all(&consumer, &in_flight, &metrics, crash_after_batches).await;
+    if let Err(error) = ignore_nothing_to_commit(consumer.commit_consumer_state(CommitMode::Sync)) {
+        tracing::warn!(error = %error, "final commit failed; the next owner replays from the last commit");
+    }
+    consumer.unsubscribe();
+    result.and(drained)
+}
+
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,205 @@
+//! Deciding a batch: every record's outcome from the processor (retried while the failure is
+//! not the record's), dead letters built, and what the batch will add to the counters.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::in_flight::{BatchCounts, InFlight};
+use super::{InputRecord, LoopSettings, Outcome, OutputRecord, Processor, Released, lock};
+use crate::dead_letter::{self, Rejection};
+use crate::metrics::StageMetrics;
+use crate::record_size::RECORD_TOO_LARGE;
+use crate::service::StageContext;
+
+pub(super) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// How each produced record is counted once acknowledged.
+pub(super) enum Counted {
+    Sent,
+    DeadLettered(&'static str),
+}
+
+/// Adds one to `topic`'s count, allocating the key only for a topic's first record.
+pub(super) fn increment(counts: &mut BTreeMap<String, u64>, topic: &str) {
+    match counts.get_mut(topic) {
+        Some(count) => *count += 1,
+        None => {
+            counts.insert(topic.to_string(), 1);
+        }
+    }
+}
+
+pub(super) fn batch_counts<P: Processor>(
+    batch: &[InputRecord],
+    processed: &ProcessedBatch,
+) -> BatchCounts {
+    let mut counts = BatchCounts {
+        deduplicated: processed.deduplicated,
+        writes_to: P::WRITES_TO,
+        ..BatchCounts::default()
+    };
+    if processed.written > 0 {
+        counts
+            .sent
+            .insert(P::WRITES_TO.to_string(), processed.written);
+    }
+    for record in batch {
+        increment(&mut counts.received, &record.topic);
+    }
+    for (counted, output) in &processed.outputs {
+        match counted {
+            Counted::Sent => {
+                increment(&mut counts.sent, &output.topic);
+                counts.latest_event_ms = counts.latest_event_ms.max(output.timestamp_ms);
+            }
+            Counted::DeadLettered(error_kind) => {
+                *counts.dead_lettered.entry(error_kind).or_default() += 1;
+            }
+        }
+    }
+    counts
+}
+
+pub(super) struct ProcessedBatch {
+    /// The producer's `message.max.bytes`: no output or dead letter is larger.
+    pub(super) max_record_bytes: usize,
+    pub(super) outputs: Vec<(Counted, OutputRecord)>,
+    pub(super) deduplicated: u64,
+    /// Records kept for the processor's flush.
+    pub(super) written: u64,
+    /// Offsets of earlier held records decided in this batch.
+    pub(super) released: Vec<(String, i32, i64)>,
+}
+
+impl ProcessedBatch {
+    fn add(&mut self, settings: &LoopSettings, record: &InputRecord, outcome: Outcome) {
+        match outcome {
+            Outcome::Emit(outputs) => {
+                // An output the producer would refuse for its size would stop the stage, and
+                // its restart would meet the same record: its input is dead-lettered instead.
+                if let Some(output) = outputs
+                    .iter()
+                    .find(|output| output.wire_size() > self.max_record_bytes)
+                {
+                    let rejection = Rejection::new(
+                        RECORD_TOO_LARGE,
+                        format!(
+                            "its record for {} would take {} bytes, over the {}-byte limit \
+                             (--max-record-bytes, the producer's message.max.bytes)",
+                            output.topic,
+                            output.wire_size(),
+                            self.max_record_bytes
+                        ),
+                    );
+                    return self.add(settings, record, Outcome::DeadLetter(rejection));
+                }
+                self.outputs
+                    .extend(outputs.into_iter().map(|output| (Counted::Sent, output)));
+            }
+            Outcome::Deduplicated => self.deduplicated += 1,
+            Outcome::DeadLetter(rejection) => {
+                tracing::debug!(topic = %record.topic, partition = record.partition, offset = record.offset, error_kind = rejection.error_kind, "dead-lettering record");
+                let dead_letter = dead_letter::record(
+                    settings.stage,
+                    &settings.dead_letter_topic,
+                    record,
+                    &rejection,
+                    now_ms(),
+                    self.max_record_bytes,
+                );
+                self.outputs
+                    .push((Counted::DeadLettered(rejection.error_kind), dead_letter));
+            }
+            Outcome::Write => self.written += 1,
+            Outcome::Hold => {}
+        }
+    }
+}
+
+/// Decides every record's outcome, after the held records released now; `None` if shutdown
+/// came while a retry was pending.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn process_batch<P: Processor>(
+    settings: &LoopSettings,
+    max_record_bytes: usize,
+    processor: &mut P,
+    batch: &[InputRecord],
+    released: Vec<Released>,
+    in_flight: &Mutex<InFlight>,
+    metrics: &StageMetrics,
+    context: &StageContext,
+) -> Option<ProcessedBatch> {
+    let mut processed = ProcessedBatch {
+        max_record_bytes,
+        outputs: Vec::with_capacity(batch.len() + released.len()),
+        deduplicated: 0,
+        written: 0,
+        released: Vec::with_capacity(released.len()),
+    };
+    for Released { record, outcome } in released {
+        if matches!(outcome, Outcome::Hold) {
+            continue; // still held: nothing to do yet
+        }
+        processed
+            .released
+            .push((record.topic.clone(), record.partition, record.offset));
+        processed.add(settings, &record, outcome);
+    }
+    for record in batch {
+        let outcome = process_with_retry(processor, record, metrics, context).await?;
+        if matches!(outcome, Outcome::Hold) {
+            // Registered now, before any earlier batch completes, so no commit passes it.
+            lock(in_flight)
+                .ledger
+                .hold((record.topic.clone(), record.partition), record.offset);
+        }
+        processed.add(settings, record, outcome);
+    }
+    Some(processed)
+}
+
+pub(super) async fn process_with_retry<P: Processor>(
+    processor: &mut P,
+    record: &InputRecord,
+    metrics: &StageMetrics,
+    context: &StageContext,
+) -> Option<Outcome> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match processor.process(record).await {
+            Ok(outcome) => return Some(outcome),
+            Err(error) => {
+                metrics.errors.with_label_values(&[error.kind]).inc();
+                tracing::warn!(error_kind = error.kind, error = %crate::config::error_chain(error.source.as_ref()), retry_in_ms = backoff.as_millis() as u64, "cannot process record yet; retrying");
+                context
+                    .readiness
+                    .set_not_ready(format!("{}: retrying", error.kind));
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = context.shutdown.cancelled() => return None,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// The highest offset per partition in the batch.
+pub(super) fn last_offsets(batch: &[InputRecord]) -> Vec<(String, i32, i64)> {
+    let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for record in batch {
+        let entry = last
+            .entry((record.topic.as_str(), record.partition))
+            .or_insert(record.offset);
+        *entry = (*entry).max(record.offset);
+    }
+    last.into_iter()
+        .map(|((topic, partition), offset)| (topic.to_string(), partition, offset))
+        .collect()
+}

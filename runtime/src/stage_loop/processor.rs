@@ -1,0 +1,132 @@
+//! The processor contract: what a stage's own logic is handed and what it answers.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::dead_letter::Rejection;
+
+/// A topic and partition.
+pub type Partition = (String, i32);
+
+/// A consumed record, owned.
+#[derive(Debug, Clone)]
+pub struct InputRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    /// The record's timestamp, milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// A record to produce.
+#[derive(Debug, Clone)]
+pub struct OutputRecord {
+    pub topic: String,
+    /// `None`: the producer's partitioner picks by key.
+    pub partition: Option<i32>,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    /// Milliseconds since the epoch; for events, their event time.
+    pub timestamp_ms: Option<i64>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// What becomes of one input record.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Produce these (possibly none), then count the record as sent.
+    Emit(Vec<OutputRecord>),
+    /// A duplicate of a record already passed: dropped on purpose.
+    Deduplicated,
+    /// Cannot be processed: to the dead-letter topic with its original bytes.
+    DeadLetter(Rejection),
+    /// Not decided yet: the processor keeps the record and returns it, decided, from
+    /// [`Processor::release`]. Until then the partition is not committed past it.
+    Hold,
+    /// Kept for this batch's write by [`Processor::flush`]; counted as sent (to
+    /// [`Processor::WRITES_TO`]) once that write has finished.
+    Write,
+}
+
+/// A record held earlier, now decided (anything but [`Outcome::Hold`]).
+#[derive(Debug)]
+pub struct Released {
+    pub record: InputRecord,
+    pub outcome: Outcome,
+}
+
+/// How a processor's batch write ended.
+#[derive(Debug)]
+pub enum FlushResult {
+    /// Written, but for these records (topic, partition, offset), rejected for good: they are
+    /// dead-lettered instead.
+    Written {
+        rejected: Vec<(Partition, i64, Rejection)>,
+    },
+    /// Given up at shutdown: neither this batch nor any later one is committed.
+    Abandoned,
+    /// The write failed in a way it cannot recover from: the stage stops, and its next start
+    /// replays from the last commit.
+    Failed(String),
+}
+
+/// A processor's write of one batch's [`Outcome::Write`] records.
+pub type FlushFuture = Pin<Box<dyn Future<Output = FlushResult> + Send>>;
+
+/// A failure that is not the record's fault, retried by the loop.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}")]
+pub struct RetryableError {
+    /// Stable and low-cardinality, e.g. `schema_registry_unavailable`.
+    pub kind: &'static str,
+    #[source]
+    pub source: anyhow::Error,
+}
+
+/// A stage's own logic.
+pub trait Processor: Send {
+    /// Partitions just assigned to this instance, before any of their records is processed:
+    /// restore per-partition state here. An error stops the stage (it restarts and retries).
+    fn assign(
+        &mut self,
+        partitions: &[Partition],
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
+
+    /// Partitions just revoked, after their processed offsets were committed.
+    fn revoke(&mut self, partitions: &[Partition]);
+
+    /// Decides one record's outcome.
+    fn process(
+        &mut self,
+        record: &InputRecord,
+    ) -> impl Future<Output = Result<Outcome, RetryableError>> + Send;
+
+    /// Held records decided since the last call, in the order they should be emitted.
+    fn release(&mut self) -> Vec<Released> {
+        Vec::new()
+    }
+
+    /// How many records are held now. While any are, an idle loop calls
+    /// [`release`](Self::release) every few milliseconds.
+    fn holding(&self) -> usize {
+        0
+    }
+
+    /// How many more records the processor can take now; 0 pauses consumption.
+    fn room(&self) -> usize {
+        usize::MAX
+    }
+
+    /// Where [`Outcome::Write`] records go, for the `sent` counter's `topic` label.
+    const WRITES_TO: &'static str = "external";
+
+    /// Called once per batch, after every record's outcome is decided, if any was
+    /// [`Outcome::Write`]: the write of those records. The loop keeps it in flight like the
+    /// batch's produced records.
+    fn flush(&mut self) -> Option<FlushFuture> {
+        None
+    }
+}

@@ -1,0 +1,148 @@
+//! Handing a batch's outputs to the producer, and the future that completes the batch: its
+//! records acknowledged, then the processor's write finished and what it rejected
+//! dead-lettered.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures::FutureExt;
+use rdkafka::consumer::StreamConsumer;
+
+use super::in_flight::{BatchResult, InFlight, complete_batch};
+use super::process::{Counted, now_ms};
+use super::rebalance::LoopContext;
+use super::{FlushFuture, FlushResult, InputRecord, OutputRecord, lock};
+use crate::dead_letter;
+use crate::delivery::{BatchDeliveries, BatchProducer, Delivered, Handed, base_record, hand_over};
+use crate::metrics::StageMetrics;
+
+/// Hands every output to the producer without waiting for acknowledgements. When the
+/// producer's queue is full, waits for the oldest batch in flight (or briefly) and retries.
+pub(super) async fn send_all(
+    producer: &BatchProducer,
+    outputs: &[(Counted, OutputRecord)],
+    consumer: &StreamConsumer<LoopContext>,
+    in_flight: &Mutex<InFlight>,
+    metrics: &StageMetrics,
+    crash_after_batches: Option<u64>,
+) -> anyhow::Result<Delivered> {
+    let deliveries = BatchDeliveries::new();
+    for (_, output) in outputs {
+        let mut record = base_record(output, &deliveries);
+        loop {
+            match hand_over(producer, record) {
+                Handed::Queued => break,
+                Handed::QueueFull(back) => {
+                    record = back;
+                    let waited = lock(in_flight).batches.pop_front();
+                    match waited {
+                        Some(mut batch) => {
+                            let result = (&mut batch.completion).await;
+                            complete_batch(
+                                consumer,
+                                &mut lock(in_flight),
+                                batch,
+                                result,
+                                metrics,
+                                crash_after_batches,
+                            );
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(1)).await,
+                    }
+                }
+                Handed::Refused(error) => {
+                    anyhow::bail!("cannot hand a record to the producer: {error}")
+                }
+            }
+        }
+    }
+    Ok(deliveries.seal())
+}
+
+/// The future that completes a batch: its produced records acknowledged, then the processor's
+/// write finished and whatever that write rejected dead-lettered and acknowledged too.
+pub(super) fn completion(
+    delivered: Delivered,
+    flush: Option<FlushFuture>,
+    batch: Vec<InputRecord>,
+    producer: BatchProducer,
+    stage: &'static str,
+    dead_letter_topic: String,
+    max_record_bytes: usize,
+) -> Pin<Box<dyn Future<Output = BatchResult> + Send>> {
+    let Some(flush) = flush else {
+        return Box::pin(delivered.map(|delivery_failure| BatchResult {
+            delivery_failure,
+            rejected_writes: Vec::new(),
+            abandoned: false,
+            failure: None,
+        }));
+    };
+    Box::pin(async move {
+        let delivery_failure = delivered.await;
+        let rejected = match flush.await {
+            FlushResult::Written { rejected } => rejected,
+            FlushResult::Abandoned => {
+                return BatchResult {
+                    delivery_failure,
+                    rejected_writes: Vec::new(),
+                    abandoned: true,
+                    failure: None,
+                };
+            }
+            FlushResult::Failed(failure) => {
+                return BatchResult {
+                    delivery_failure,
+                    rejected_writes: Vec::new(),
+                    abandoned: false,
+                    failure: Some(failure),
+                };
+            }
+        };
+        let mut rejected_writes = Vec::with_capacity(rejected.len());
+        let mut failure = None;
+        let dead_letter_deliveries = BatchDeliveries::new();
+        for ((topic, partition), offset, rejection) in rejected {
+            let Some(record) = batch.iter().find(|record| {
+                record.offset == offset && record.partition == partition && record.topic == topic
+            }) else {
+                tracing::error!(topic = %topic, partition, offset, "a write rejected a record that is not in its batch");
+                continue;
+            };
+            let dead_letter = dead_letter::record(
+                stage,
+                &dead_letter_topic,
+                record,
+                &rejection,
+                now_ms(),
+                max_record_bytes,
+            );
+            let mut record = base_record(&dead_letter, &dead_letter_deliveries);
+            loop {
+                match hand_over(&producer, record) {
+                    Handed::Queued => break,
+                    Handed::QueueFull(back) => {
+                        record = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Handed::Refused(error) => {
+                        failure = Some(format!(
+                            "cannot hand a dead letter to the producer: {error}"
+                        ));
+                        break;
+                    }
+                }
+            }
+            rejected_writes.push(rejection.error_kind);
+        }
+        let delivery_failure = delivery_failure.or(dead_letter_deliveries.seal().await);
+        BatchResult {
+            delivery_failure,
+            rejected_writes,
+            abandoned: false,
+            failure,
+        }
+    })
+}

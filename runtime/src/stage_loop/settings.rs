@@ -1,0 +1,71 @@
+//! The loop's settings: its command-line arguments and what a stage passes in.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoopArgs {
+    /// Consumer group id; every instance of a stage shares one.
+    #[arg(long = "group-id", env = "BOOMERANG_GROUP_ID")]
+    pub group_id: Option<String>,
+
+    /// Most records in one batch.
+    #[arg(
+        long = "batch-max-records",
+        env = "BOOMERANG_BATCH_MAX_RECORDS",
+        default_value_t = 10_000
+    )]
+    pub batch_max_records: usize,
+
+    /// Longest a batch waits to fill once its first record is in, in milliseconds.
+    #[arg(
+        long = "batch-max-wait-ms",
+        env = "BOOMERANG_BATCH_MAX_WAIT_MS",
+        default_value_t = 100
+    )]
+    pub batch_max_wait_ms: u64,
+}
+
+/// What the loop needs besides the processor.
+pub struct LoopSettings {
+    pub stage: &'static str,
+    pub group_id: String,
+    pub input_topics: Vec<String>,
+    /// The topics the processor produces to (besides the dead-letter topic), for the start-up
+    /// check that they take the stage's largest record.
+    pub output_topics: Vec<String>,
+    pub dead_letter_topic: String,
+    pub batch_max_records: usize,
+    pub batch_max_wait: Duration,
+}
+
+impl LoopSettings {
+    /// The topics the processor produces to.
+    pub fn producing_to(mut self, output_topics: Vec<String>) -> Self {
+        self.output_topics = output_topics;
+        self
+    }
+
+    pub fn new(
+        stage: &'static str,
+        args: &LoopArgs,
+        input_topics: Vec<String>,
+        dead_letter_topic: String,
+    ) -> Self {
+        Self {
+            stage,
+            group_id: args
+                .group_id
+                .clone()
+                .unwrap_or_else(|| format!("boomerang-{stage}")),
+            input_topics,
+            output_topics: Vec::new(),
+            dead_letter_topic,
+            batch_max_records: args.batch_max_records.max(1),
+            batch_max_wait: Duration::from_millis(args.batch_max_wait_ms),
+        }
+    }
+}
+
+/// Test hook: abort the process (as `kill -9` would) after this many batches have had their
+/// outputs acknowledged but before their offsets are committed.
+pub const CRASH_AFTER_PRODUCE_ENV: &str = "BOOMERANG_TEST_CRASH_AFTER_PRODUCED_BATCHES";
