@@ -9,7 +9,9 @@ use boomerang_enrich::join::JoinSettings;
 use boomerang_enrich::metrics::EnrichMetrics;
 use boomerang_enrich::pending::PendingLimits;
 use boomerang_enrich::processor::{EnrichProcessor, EnrichSettings};
-use boomerang_enrich::reference::{Arrivals, CatchUp, Loader};
+use boomerang_enrich::reference::{
+    Arrivals, CatchUp, DEFAULT_MAX_ORDER_LINES, Loader, ReferenceLimits,
+};
 use boomerang_enrich::tables::SharedTables;
 use boomerang_runtime::config;
 use boomerang_runtime::kafka::KafkaArgs;
@@ -82,6 +84,15 @@ struct EnrichArgs {
         default_value_t = 256 * 1024 * 1024
     )]
     pending_max_bytes: usize,
+
+    /// The most lines one order may have; an order with more is skipped (logged and counted
+    /// as a rejected reference record), so every instance's memory stays bounded.
+    #[arg(
+        long = "max-order-lines",
+        env = "BOOMERANG_MAX_ORDER_LINES",
+        default_value_t = DEFAULT_MAX_ORDER_LINES
+    )]
+    max_order_lines: usize,
 }
 
 #[tokio::main]
@@ -132,6 +143,9 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         arrivals.clone(),
         Some(enrich_metrics.clone()),
     )?;
+    let orders = orders.with_limits(ReferenceLimits {
+        max_order_lines: args.enrich.max_order_lines,
+    });
     let loaders = [
         tokio::spawn(customers.run(context.shutdown.clone())),
         tokio::spawn(orders.run(context.shutdown.clone())),

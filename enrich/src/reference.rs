@@ -32,11 +32,35 @@ use crate::tables::{RefKey, ReferenceTables, SharedTables, Table, ref_key};
 /// Records applied under one write lock at most.
 const APPLY_BATCH: usize = 5_000;
 
+/// The sizes a reference record may have; a larger one is skipped like an unreadable one.
+#[derive(Debug, Clone, Copy)]
+pub struct ReferenceLimits {
+    /// The most lines one order may have (`--max-order-lines`): every line is held in memory
+    /// by every enrich instance.
+    pub max_order_lines: usize,
+}
+
+/// The default of [`ReferenceLimits::max_order_lines`].
+pub const DEFAULT_MAX_ORDER_LINES: usize = 10_000;
+
+impl Default for ReferenceLimits {
+    fn default() -> Self {
+        Self {
+            max_order_lines: DEFAULT_MAX_ORDER_LINES,
+        }
+    }
+}
+
 /// A reference record type and how it lands in the tables.
 pub trait ReferenceRecord: AvroRecord + Send + 'static {
     const TABLE: Table;
     fn id(&self) -> &str;
     fn upsert(&self, key: RefKey, tables: &mut ReferenceTables);
+
+    /// Why the record is over `limits`, with its `error_kind`, if it is.
+    fn over_limits(&self, _limits: &ReferenceLimits) -> Option<(&'static str, String)> {
+        None
+    }
 }
 
 impl ReferenceRecord for Customer {
@@ -57,7 +81,23 @@ impl ReferenceRecord for Order {
     fn upsert(&self, key: RefKey, tables: &mut ReferenceTables) {
         tables.upsert_order(key, self);
     }
+
+    fn over_limits(&self, limits: &ReferenceLimits) -> Option<(&'static str, String)> {
+        (self.lines.len() > limits.max_order_lines).then(|| {
+            (
+                TOO_MANY_ORDER_LINES,
+                format!(
+                    "the order has {} lines, more than the {} allowed (--max-order-lines)",
+                    self.lines.len(),
+                    limits.max_order_lines
+                ),
+            )
+        })
+    }
 }
+
+/// The kind of an order skipped for its number of lines.
+pub const TOO_MANY_ORDER_LINES: &str = "too_many_order_lines";
 
 /// Keys of reference records that arrived, kept only while events wait for some.
 #[derive(Clone, Default)]
@@ -130,6 +170,7 @@ pub struct Loader<T: ReferenceRecord, Source> {
 struct LoaderState<T: ReferenceRecord, Source> {
     topic: String,
     decoder: RecordDecoder<T, Source>,
+    limits: ReferenceLimits,
     tables: SharedTables,
     arrivals: Arrivals,
     metrics: Option<EnrichMetrics>,
@@ -186,6 +227,7 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> Loader<T, Source> {
         let mut state = LoaderState {
             topic: topic.to_string(),
             decoder: RecordDecoder::new(source),
+            limits: ReferenceLimits::default(),
             tables,
             arrivals,
             metrics,
@@ -195,6 +237,12 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> Loader<T, Source> {
         };
         state.report_progress();
         Ok((Self { consumer, state }, receiver))
+    }
+
+    /// Skips records over `limits` (the defaults otherwise).
+    pub fn with_limits(mut self, limits: ReferenceLimits) -> Self {
+        self.state.limits = limits;
+        self
     }
 
     /// Reads and applies until shutdown.
@@ -293,6 +341,9 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> LoaderState<T, Source> {
         loop {
             match self.decoder.decode(Some(value)).await {
                 Ok(decoded) => {
+                    if let Some((error_kind, reason)) = decoded.value.over_limits(&self.limits) {
+                        return Some(self.rejected(message, error_kind, &reason));
+                    }
                     let key = key.unwrap_or_else(|| ref_key(decoded.value.id().as_bytes()));
                     return Some(Change::Upsert(key, decoded.value));
                 }

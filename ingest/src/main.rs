@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use boomerang_ingest::processor::{IngestMetrics, IngestProcessor, IngestSettings};
-use boomerang_ingest::validate::Rules;
+use boomerang_ingest::validate::{DEFAULT_MAX_ATTRIBUTES, Rules};
 use boomerang_runtime::config;
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::metrics::StageMetrics;
@@ -82,6 +82,15 @@ struct IngestArgs {
         default_value_t = 5_000_000
     )]
     dedup_max_keys: usize,
+
+    /// The most entries an event's free-form `attributes` map may hold; an event with more is
+    /// dead-lettered as too_many_attributes.
+    #[arg(
+        long = "max-attributes",
+        env = "BOOMERANG_MAX_ATTRIBUTES",
+        default_value_t = DEFAULT_MAX_ATTRIBUTES
+    )]
+    max_attributes: usize,
 }
 
 #[tokio::main]
@@ -131,6 +140,7 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         rules: Rules {
             max_future_skew: Duration::from_secs(args.ingest.max_future_skew_secs),
             max_event_age: Duration::from_secs(args.ingest.max_event_age_secs),
+            max_attributes: args.ingest.max_attributes,
         },
         dedup_window: Duration::from_secs(args.ingest.dedup_window_secs),
         dedup_max_keys: args.ingest.dedup_max_keys,

@@ -13,6 +13,9 @@ pub struct Rules {
     pub max_future_skew: Duration,
     /// How old `occurred_at` may be before the event is implausible.
     pub max_event_age: Duration,
+    /// The most entries the free-form `attributes` map may hold: each becomes a map entry in
+    /// every later topic and in ClickHouse.
+    pub max_attributes: usize,
 }
 
 impl Default for Rules {
@@ -20,11 +23,16 @@ impl Default for Rules {
         Self {
             max_future_skew: Duration::from_secs(5 * 60),
             max_event_age: Duration::from_secs(7 * 24 * 3600),
+            max_attributes: DEFAULT_MAX_ATTRIBUTES,
         }
     }
 }
 
+/// The default of [`Rules::max_attributes`].
+pub const DEFAULT_MAX_ATTRIBUTES: usize = 100;
+
 pub const EMPTY_IDENTIFIER: &str = "empty_identifier";
+pub const TOO_MANY_ATTRIBUTES: &str = "too_many_attributes";
 pub const NON_POSITIVE_QUANTITY: &str = "non_positive_quantity";
 pub const NEGATIVE_AMOUNT: &str = "negative_amount";
 pub const INVALID_CURRENCY: &str = "invalid_currency";
@@ -120,6 +128,16 @@ pub fn validate(
             format!("{} needs a replacement_sku", event.event_type.symbol()),
         ));
     }
+    if event.attributes.len() > rules.max_attributes {
+        return Err(Rejection::new(
+            TOO_MANY_ATTRIBUTES,
+            format!(
+                "attributes has {} entries, more than the {} allowed (--max-attributes)",
+                event.attributes.len(),
+                rules.max_attributes
+            ),
+        ));
+    }
     if event.event_type == EventType::WarrantyResolved && event.warranty_resolution.is_none() {
         return Err(Rejection::new(
             MISSING_WARRANTY_RESOLUTION,
@@ -201,6 +219,21 @@ mod tests {
     #[test]
     fn a_valid_event_passes() {
         assert_eq!(kind_of(&event()), None);
+    }
+
+    #[test]
+    fn attributes_at_the_limit_pass_and_one_more_does_not() {
+        let with = |entries: usize| PostPurchaseEvent {
+            attributes: (0..entries)
+                .map(|n| (format!("a{n}"), "v".to_string()))
+                .collect(),
+            ..event()
+        };
+        assert_eq!(kind_of(&with(DEFAULT_MAX_ATTRIBUTES)), None);
+        assert_eq!(
+            kind_of(&with(DEFAULT_MAX_ATTRIBUTES + 1)),
+            Some(TOO_MANY_ATTRIBUTES)
+        );
     }
 
     #[test]
