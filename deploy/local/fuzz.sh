@@ -31,6 +31,9 @@ if [[ ! -x $fuzz_root/bin/cargo-fuzz ]]; then
   mv "$fuzz_root.partial" "$fuzz_root"
 fi
 export PATH=$fuzz_root/bin:$PATH
+# The fuzz build's own target directory, outside the repository and keyed by the compiler, so
+# that a fresh clone (CI's) rebuilds only Boomerang's own crates.
+target_dir=${BOOMERANG_FUZZ_TARGET_DIR:-$cache_dir/fuzz-target-rustc-$nightly_key}
 
 cd "$repo_root/hostile"
 targets=("$@")
@@ -42,7 +45,7 @@ say "building ${#targets[@]} targets"
 # overflow (debug assertions stay on), a hang or an allocation without bound, which libFuzzer
 # reports by itself; without AddressSanitizer the build and every execution are about twice
 # as fast.
-cargo +nightly fuzz build --release --sanitizer none >&2
+cargo +nightly fuzz build --release --sanitizer none --target-dir "$target_dir" >&2
 
 limit=(-max_total_time="$seconds")
 [[ -n ${BOOMERANG_FUZZ_RUNS:-} ]] && limit=(-runs="$BOOMERANG_FUZZ_RUNS")
@@ -52,7 +55,8 @@ for target in "${targets[@]}"; do
   log=$repo_root/target/fuzz-corpus/$target.log
   started=$SECONDS
   # -rss_limit_mb: a stage must not need more for one record; -timeout: nor take a second.
-  if ! cargo +nightly fuzz run --release --sanitizer none "$target" "$corpus" "fuzz/corpus/$target" -- \
+  if ! cargo +nightly fuzz run --release --sanitizer none --target-dir "$target_dir" \
+    "$target" "$corpus" "fuzz/corpus/$target" -- \
     "${limit[@]}" -rss_limit_mb=2048 -timeout=10 -max_len=65536 -print_final_stats=1 \
     >"$log" 2>&1; then
     tail -n 40 "$log" >&2
