@@ -9,8 +9,8 @@ use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
 use boomerang_runtime::metrics::{Metrics, StageMetrics};
 use boomerang_runtime::service::StageContext;
 use boomerang_runtime::stage_loop::{
-    self, FlushFuture, FlushResult, InputRecord, LoopSettings, Outcome, Partition, Processor,
-    RetryableError,
+    self, Fence, FlushFuture, FlushResult, InputRecord, LoopSettings, Outcome, Partition,
+    Processor, RetryableError,
 };
 use boomerang_testkit::{Stack, committed_and_high_watermarks, read_topic_to_end, unique_name};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -36,7 +36,7 @@ impl Processor for RefusingWriter {
         Ok(Outcome::Write)
     }
 
-    fn flush(&mut self) -> Option<FlushFuture> {
+    fn flush(&mut self, _fence: &Fence) -> Option<FlushFuture> {
         let rejected = std::mem::take(&mut self.kept)
             .into_iter()
             .map(|(partition, offset)| {

@@ -10,7 +10,7 @@ use boomerang_runtime::dead_letter::Rejection;
 use boomerang_runtime::decode::{DecodeFailure, RecordDecoder, WriterSchemaSource};
 use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_runtime::stage_loop::{
-    FlushFuture, FlushResult, InputRecord, Outcome, Partition, Processor, RetryableError,
+    Fence, FlushFuture, FlushResult, InputRecord, Outcome, Partition, Processor, RetryableError,
 };
 use boomerang_schemas::{Customer, EnrichedPostPurchaseEvent, Order};
 
@@ -259,7 +259,7 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
         Ok(Outcome::Write)
     }
 
-    fn flush(&mut self) -> Option<FlushFuture> {
+    fn flush(&mut self, fence: &Fence) -> Option<FlushFuture> {
         if self.event_rows.is_empty() && self.order_rows.is_empty() && self.customer_rows.is_empty()
         {
             return None;
@@ -274,16 +274,21 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
         );
         // The next batch fills a vector an earlier insert handed back (`SpareRows`).
         let writer = self.writer.clone();
+        let fence = fence.clone();
         // Spawned, so the insert makes progress while the loop consumes the next batch.
         let task = tokio::spawn(async move {
             let mut rejected = Vec::new();
+            let fence = Some(&fence);
             for written in [
-                writer.write_all(EVENTS_TABLE, &events).await,
-                writer.write_all(ORDERS_TABLE, &orders).await,
-                writer.write_all(CUSTOMERS_TABLE, &customers).await,
+                writer.write_all(EVENTS_TABLE, &events, fence).await,
+                writer.write_all(ORDERS_TABLE, &orders, fence).await,
+                writer.write_all(CUSTOMERS_TABLE, &customers, fence).await,
             ] {
                 if written.abandoned {
                     return FlushResult::Abandoned;
+                }
+                if let Some(fenced) = written.fenced {
+                    return FlushResult::Failed(fenced);
                 }
                 rejected.extend(written.rejected);
             }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use boomerang_runtime::dead_letter::Rejection;
 use boomerang_runtime::http::Readiness;
-use boomerang_runtime::stage_loop::Partition;
+use boomerang_runtime::stage_loop::{Fence, Partition};
 use clickhouse::error::Error as ClickhouseError;
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +42,16 @@ pub struct Written {
     pub rejected: Vec<(Partition, i64, Rejection)>,
     /// Shutdown came while an insert was still failing.
     pub abandoned: bool,
+    /// The group moved on without this instance before an insert: nothing more was written.
+    pub fenced: Option<String>,
+}
+
+/// Why an insert was not made.
+enum NotWritten {
+    /// Shutdown came while it was still failing.
+    Shutdown,
+    /// The group has fenced this instance.
+    Fenced(String),
 }
 
 #[derive(Clone)]
@@ -169,7 +179,8 @@ impl Writer {
         &self,
         table: &'static str,
         rows: &[Keyed<R>],
-    ) -> Result<Option<String>, ()>
+        fence: Option<&Fence>,
+    ) -> Result<Option<String>, NotWritten>
     where
         R: clickhouse::RowOwned + clickhouse::RowWrite + Send + Sync,
     {
@@ -177,6 +188,14 @@ impl Writer {
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 0u32;
         loop {
+            // Every attempt, a retry after a long outage too: a paused instance must not write
+            // what the partition's new owner writes.
+            if let Some(fence) = fence {
+                fence
+                    .confirm()
+                    .await
+                    .map_err(|fenced| NotWritten::Fenced(fenced.to_string()))?;
+            }
             let started = Instant::now();
             let result = self.insert_once(table, rows, &token).await;
             let failure = match result {
@@ -231,7 +250,7 @@ impl Writer {
                     tracing::warn!(table, kind, error = %message, attempt, retry_in_ms = wait.as_millis() as u64, "insert failed; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
-                        () = self.shutdown.cancelled() => return Err(()),
+                        () = self.shutdown.cancelled() => return Err(NotWritten::Shutdown),
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -240,7 +259,13 @@ impl Writer {
     }
 
     /// Writes every row, isolating and returning the ones ClickHouse refuses for good.
-    pub async fn write_all<R>(&self, table: &'static str, rows: &[Keyed<R>]) -> Written
+    /// `fence`, when given, is asked before every attempt (`Fence::confirm`).
+    pub async fn write_all<R>(
+        &self,
+        table: &'static str,
+        rows: &[Keyed<R>],
+        fence: Option<&Fence>,
+    ) -> Written
     where
         R: clickhouse::RowOwned + clickhouse::RowWrite + Send + Sync,
     {
@@ -252,9 +277,13 @@ impl Writer {
                 continue;
             }
             let slice = &rows[start..end];
-            match self.insert_with_retry(table, slice).await {
-                Err(()) => {
+            match self.insert_with_retry(table, slice, fence).await {
+                Err(NotWritten::Shutdown) => {
                     written.abandoned = true;
+                    return written;
+                }
+                Err(NotWritten::Fenced(reason)) => {
+                    written.fenced = Some(reason);
                     return written;
                 }
                 Ok(None) => {}

@@ -67,6 +67,16 @@ impl OffsetLedger {
             .collect()
     }
 
+    /// The next offset to read of every partition with something committable: what a commit
+    /// of everything completed would commit.
+    pub(crate) fn stored_positions(&self) -> Vec<(Partition, i64)> {
+        self.stored
+            .iter()
+            .filter(|(_, stored)| **stored >= 0)
+            .map(|(partition, stored)| (partition.clone(), stored + 1))
+            .collect()
+    }
+
     /// Forgets a partition given up: its next owner replays from the last commit.
     pub(crate) fn forget(&mut self, partition: &Partition) {
         self.held.remove(partition);

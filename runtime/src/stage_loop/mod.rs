@@ -29,6 +29,7 @@
 //!   good are dead-lettered like any other.
 
 mod collect;
+mod fence;
 mod in_flight;
 mod ledger;
 mod process;
@@ -52,6 +53,7 @@ use crate::kafka::{self, KafkaArgs};
 use crate::metrics::StageMetrics;
 use crate::service::StageContext;
 
+pub use self::fence::{Fence, Fenced};
 pub use self::in_flight::MAX_BATCHES_IN_FLIGHT;
 pub use self::processor::{
     FlushFuture, FlushResult, InputRecord, Outcome, OutputRecord, Partition, Processor, Released,
@@ -76,13 +78,14 @@ pub async fn run<P: Processor>(
     if consumer_config.get("statistics.interval.ms").is_none() {
         consumer_config.set("statistics.interval.ms", "5000");
     }
-    let consumer: StreamConsumer<LoopContext> =
-        consumer_config.create_with_context(LoopContext {
+    let consumer: Arc<StreamConsumer<LoopContext>> =
+        Arc::new(consumer_config.create_with_context(LoopContext {
             ownership: ownership.clone(),
             in_flight: in_flight.clone(),
             metrics: metrics.clone(),
             crash_after_batches,
-        })?;
+        })?);
+    let fence = Fence::new(consumer.clone(), in_flight.clone());
     let topics: Vec<&str> = settings.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let max_record_bytes = kafka.effective_max_record_bytes()?;
@@ -189,7 +192,7 @@ pub async fn run<P: Processor>(
         let counts = batch_counts::<P>(&batch, &processed);
         let processed_offsets = last_offsets(&batch);
         let flush = if processed.written > 0 {
-            processor.flush()
+            processor.flush(&fence)
         } else {
             None
         };

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use super::Fence;
 use crate::dead_letter::Rejection;
 
 /// A topic and partition.
@@ -125,8 +126,9 @@ pub trait Processor: Send {
 
     /// Called once per batch, after every record's outcome is decided, if any was
     /// [`Outcome::Write`]: the write of those records. The loop keeps it in flight like the
-    /// batch's produced records.
-    fn flush(&mut self) -> Option<FlushFuture> {
+    /// batch's produced records. A write confirms with `fence` just before it writes that this
+    /// instance still owns its partitions, and fails instead if it does not.
+    fn flush(&mut self, _fence: &Fence) -> Option<FlushFuture> {
         None
     }
 }
