@@ -10,10 +10,9 @@ use std::time::Duration;
 use boomerang_runtime::dead_letter;
 use boomerang_runtime::kafka::{self, KafkaArgs};
 use boomerang_runtime::topics::TopicsArgs;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::Message;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Selection {
@@ -101,50 +100,19 @@ pub fn read(
     topic: &str,
     selection: &Selection,
 ) -> anyhow::Result<Vec<DeadLetter>> {
-    let consumer: BaseConsumer = kafka.consumer_config("boomerang-dlq-reader").create()?;
-    let timeout = Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = 0i64;
-    let mut ends = std::collections::HashMap::new();
-    for partition in metadata
-        .topics()
-        .iter()
-        .flat_map(|topic| topic.partitions())
-    {
-        let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
-        if high > low {
-            assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
-            remaining += high - low;
-            ends.insert(partition.id(), high);
-        }
-    }
-    if remaining == 0 {
-        return Ok(Vec::new());
-    }
-    consumer.assign(&assignment)?;
     let mut letters = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut done: std::collections::HashSet<i32> = std::collections::HashSet::new();
-    while done.len() < ends.len() && std::time::Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
-            continue;
-        };
-        let message = message?;
-        if message.offset() + 1 >= ends.get(&message.partition()).copied().unwrap_or(0) {
-            done.insert(message.partition());
-        }
+    crate::topic::read_to_end(kafka, topic, |message| {
         let letter = DeadLetter {
             partition: message.partition(),
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),
             value: message.payload().map(<[u8]>::to_vec),
-            headers: kafka::owned_headers(&message),
+            headers: kafka::owned_headers(message),
         };
         if letter.selected(selection) && letters.len() < selection.limit {
             letters.push(letter);
         }
-    }
+    })?;
     Ok(letters)
 }
 

@@ -12,6 +12,8 @@
 mod dlq;
 mod generate;
 mod report;
+mod topic;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -59,6 +61,10 @@ enum Command {
     /// Dead-letter operations.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// After a run: every valid event the generator published, exactly once in ClickHouse?
+    /// Per idempotency key, at every seam. Exits with 1 on any loss, duplicate row or
+    /// unexpected row.
+    Verify(verify::VerifyArgs),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -131,6 +137,11 @@ async fn run(command: Command) -> anyhow::Result<Option<usize>> {
             Ok(None)
         }
         Command::Report(args) => Ok(Some(report::run(args).await?)),
+        Command::Verify(args) => {
+            let summary = args.summary.clone();
+            let verdict = verify::run(args).await?;
+            Ok(Some(verify::print(&verdict, summary.as_ref())?))
+        }
         Command::Dlq(DlqCommand::Inspect(args)) => {
             dlq::inspect(&args)?;
             Ok(None)

@@ -62,6 +62,14 @@ pub struct GenArgs {
     /// A label for the truth file (the run's topic prefix, say).
     #[arg(long, default_value = "")]
     pub label: String,
+    /// Records per second to publish at (0: as fast as the producer takes them), with a
+    /// burst at three times the rate one second in ten.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Where to write the idempotency key of every valid event, one per line: what a per-key
+    /// verifier expects to find once in ClickHouse (`boomerang verify`).
+    #[arg(long)]
+    pub keys: Option<PathBuf>,
 }
 
 /// Events published after the first event of a late order, before the order itself.
@@ -71,10 +79,41 @@ struct Publisher {
     producer: ThreadedProducer<DefaultProducerContext>,
     published: u64,
     started: Instant,
+    pace: Option<Pace>,
+}
+
+/// Publishing at a steady rate with bursts: credit accrues at the rate (three times it one
+/// second in ten), and each record spends one.
+struct Pace {
+    rate: f64,
+    credit: f64,
+    last: Instant,
+}
+
+impl Pace {
+    fn wait_for_credit(&mut self, started: Instant) {
+        loop {
+            let now = Instant::now();
+            let burst = started.elapsed().as_secs() % 10 == 9;
+            let rate = if burst { self.rate * 3.0 } else { self.rate };
+            // At most a second's worth banked: a pause is not made up for in one burst.
+            self.credit =
+                (self.credit + now.duration_since(self.last).as_secs_f64() * rate).min(rate);
+            self.last = now;
+            if self.credit >= 1.0 {
+                self.credit -= 1.0;
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 impl Publisher {
     fn send(&mut self, topic: &str, key: &str, value: &[u8]) {
+        if let Some(pace) = &mut self.pace {
+            pace.wait_for_credit(self.started);
+        }
         loop {
             match self
                 .producer
@@ -160,6 +199,11 @@ pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
         producer: config.create()?,
         published: 0,
         started: Instant::now(),
+        pace: (args.rate > 0).then(|| Pace {
+            rate: args.rate as f64,
+            credit: 0.0,
+            last: Instant::now(),
+        }),
     };
     let topics = &args.topics;
     for customer in &world.customers {
@@ -260,6 +304,14 @@ pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
         "the world repeats an idempotency key"
     );
     counts.sent = published_events.len() as u64;
+    if let Some(path) = &args.keys {
+        let mut keys = String::with_capacity(published_events.len() * 40);
+        for event in &published_events {
+            keys.push_str(&event.idempotency_key);
+            keys.push('\n');
+        }
+        std::fs::write(path, keys).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let order_missing = published_events
         .iter()
         .filter(|event| missing.contains(&event.order_id))

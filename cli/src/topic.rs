@@ -1,0 +1,55 @@
+//! Reading a whole topic as it is now, for the operator commands that look at one.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use boomerang_runtime::kafka::KafkaArgs;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+/// Hands every record of `topic`, from the start of each partition to its end as of now, to
+/// `visit`, partitions interleaved. Fails if the records stop coming for 60 s.
+pub fn read_to_end(
+    kafka: &KafkaArgs,
+    topic: &str,
+    mut visit: impl FnMut(&BorrowedMessage<'_>),
+) -> anyhow::Result<()> {
+    let consumer: BaseConsumer = kafka.consumer_config("boomerang-topic-reader").create()?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut assignment = TopicPartitionList::new();
+    let mut ends = HashMap::new();
+    for partition in metadata
+        .topics()
+        .iter()
+        .flat_map(|topic| topic.partitions())
+    {
+        let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
+        if high > low {
+            assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+            ends.insert(partition.id(), high);
+        }
+    }
+    if ends.is_empty() {
+        return Ok(());
+    }
+    consumer.assign(&assignment)?;
+    let mut done: HashSet<i32> = HashSet::new();
+    let mut last_record = Instant::now();
+    while done.len() < ends.len() {
+        if last_record.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!("reading {topic} stalled: no record for 60 s");
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let message = message?;
+        last_record = Instant::now();
+        if message.offset() + 1 >= ends.get(&message.partition()).copied().unwrap_or(0) {
+            done.insert(message.partition());
+        }
+        visit(&message);
+    }
+    Ok(())
+}

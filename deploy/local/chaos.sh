@@ -1,0 +1,327 @@
+#!/usr/bin/env bash
+# The chaos soak: the whole pipeline, two instances of each stage, under a seeded schedule of
+# faults while a generated world is published at a steady rate with bursts; then a per-key
+# verdict (`boomerang verify`) and the analytics against the generator's ground truth.
+#
+#   deploy/local/chaos.sh [--events N] [--rate R] [--seed S] [--kill-every SECONDS]
+#                         [--clickhouse-outage SECONDS] [--registry-outage SECONDS]
+#   deploy/local/chaos.sh --short        about 50k events, fewer and shorter faults (CI)
+#
+# Defaults: 1,000,000 events at 2,000 records/s, a kill -9 every 15 s. Faults, each logged with
+# its time and target in target/chaos/<run>/faults.log:
+#   kill -9 of a random stage instance, restarted at once with the same arguments (stages are
+#   taken in a shuffled round, so every stage is hit); the time from each restart to the new
+#   process's first offset commit is measured;
+#   ClickHouse down (60 s), the schema registry down (30 s);
+#   one instance paused (SIGSTOP) past its session timeout, then resumed (a zombie);
+#   a broker restart (the soak's own stack keeps its records in SQLite);
+#   a rolling SIGTERM restart of every instance.
+# The soak runs its own stack (target/chaos/stack, ports 19192, 18181, 18223, 19190), so the
+# stack of the README's first command is not touched. Exit status 0 when the verdict and the
+# analytics hold; 1 when not; 2 when something failed on the way.
+set -euo pipefail
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$repo_root"
+
+events=1000000
+rate=2000
+seed=7
+kill_every=15
+clickhouse_outage=60
+registry_outage=30
+while (($#)); do
+  case $1 in
+    --events) events=$2; shift 2 ;;
+    --rate) rate=$2; shift 2 ;;
+    --seed) seed=$2; shift 2 ;;
+    --kill-every) kill_every=$2; shift 2 ;;
+    --clickhouse-outage) clickhouse_outage=$2; shift 2 ;;
+    --registry-outage) registry_outage=$2; shift 2 ;;
+    --short)
+      events=50000 rate=2000 kill_every=5 clickhouse_outage=15 registry_outage=8
+      shift
+      ;;
+    *) printf 'chaos: unknown option %s\n' "$1" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf 'chaos: [%4ds] %s\n' "$SECONDS" "$*" >&2; }
+die() { say "error: $*"; exit 2; }
+
+# The soak's own stack.
+export BOOMERANG_STACK_DIR=$repo_root/target/chaos/stack
+export BOOMERANG_KAFKA_PORT=${BOOMERANG_CHAOS_KAFKA_PORT:-19192}
+export BOOMERANG_REGISTRY_PORT=${BOOMERANG_CHAOS_REGISTRY_PORT:-18181}
+export BOOMERANG_CLICKHOUSE_PORT=${BOOMERANG_CHAOS_CLICKHOUSE_PORT:-18223}
+export BOOMERANG_PROMETHEUS_PORT=${BOOMERANG_CHAOS_PROMETHEUS_PORT:-19190}
+stack() { deploy/local/stack.sh "$@"; }
+
+run_id=chaos-$(date -u +%Y%m%d-%H%M%S)
+run_dir=$repo_root/target/chaos/$run_id
+mkdir -p "$run_dir/logs"
+faults=$run_dir/faults.log
+: >"$faults"
+fault() {
+  printf '%s %6ds %s\n' "$(date -u +%H:%M:%S)" "$SECONDS" "$*" >>"$faults"
+  say "fault: $*"
+}
+
+say "building the binaries (release)"
+cargo build --release -p boomerang-ingest -p boomerang-enrich -p boomerang-sink -p boomerang-cli
+bin=${CARGO_TARGET_DIR:-$repo_root/target}/release
+stack_started=no
+if ! stack status >/dev/null 2>&1; then
+  stack_started=yes
+fi
+stack up --sqlite
+
+set -a
+# shellcheck disable=SC1090
+. "$(stack env)"
+set +a
+export BOOMERANG_RAW_EVENTS_TOPIC=$run_id.raw
+export BOOMERANG_VALIDATED_EVENTS_TOPIC=$run_id.validated
+export BOOMERANG_ENRICHED_EVENTS_TOPIC=$run_id.enriched
+export BOOMERANG_CUSTOMERS_TOPIC=$run_id.customers
+export BOOMERANG_ORDERS_TOPIC=$run_id.orders
+export BOOMERANG_DEAD_LETTER_TOPIC=$run_id.dead-letter
+export BOOMERANG_CLICKHOUSE_DATABASE=boomerang_${run_id//-/_}
+export BOOMERANG_PSEUDONYM_KEY=chaos-soak-pseudonym-key-not-a-secret
+export BOOMERANG_LOG_FORMAT=text
+"$bin/boomerang" topics create --event-partitions 4 --reference-partitions 2 >/dev/null
+"$bin/boomerang" schemas register >/dev/null
+"$bin/boomerang" migrate >/dev/null
+
+# Six instances: NAME STAGE PORT. Each is a static member with its own instance id.
+instances=(ingest-0 ingest-1 enrich-0 enrich-1 sink-0 sink-1)
+declare -A pids ports peak_rss
+port=9711
+for name in "${instances[@]}"; do
+  ports[$name]=$port
+  port=$((port + 1))
+  peak_rss[$name]=0
+done
+stage_of() { echo "${1%-*}"; }
+arguments_of() {
+  local name=$1 stage
+  stage=$(stage_of "$name")
+  echo "--group-id $run_id-$stage --instance-id $name --http-listen 127.0.0.1:${ports[$name]}"
+  case $stage in
+    ingest) echo "--max-event-age-secs 31536000 --dedup-window-secs 31536000" ;;
+    enrich) echo "--max-reference-wait-ms 15000" ;;
+    sink) echo "" ;;
+  esac
+}
+start_instance() {
+  local name=$1
+  # shellcheck disable=SC2046 # the arguments are words by design
+  "$bin/boomerang-$(stage_of "$name")" $(arguments_of "$name") >>"$run_dir/logs/$name.log" 2>&1 &
+  pids[$name]=$!
+}
+note_rss() {
+  local name=$1 pid kib
+  pid=${pids[$name]}
+  kib=$(sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$pid/status" 2>/dev/null || true)
+  if [[ -n $kib ]] && ((kib > peak_rss[$name])); then peak_rss[$name]=$kib; fi
+}
+commits_of() {
+  curl -fsS "http://127.0.0.1:${ports[$1]}/metrics" 2>/dev/null \
+    | sed -n 's/^boomerang_offset_commits_total{[^}]*} \([0-9]*\).*/\1/p' | head -n 1
+}
+# Polls, in the background, until a restarted instance has committed; records the seconds.
+measure_recovery() {
+  local name=$1 since=$2 pid=${pids[$1]}
+  (
+    deadline=$((since + 180))
+    while ((SECONDS < deadline)) && [[ -d /proc/$pid ]]; do
+      if [[ $(commits_of "$name") -gt 0 ]] 2>/dev/null; then
+        echo "$name $((SECONDS - since))" >>"$run_dir/recovery.txt"
+        exit 0
+      fi
+      sleep 0.2
+    done
+    echo "$name none" >>"$run_dir/recovery.txt"
+  ) &
+}
+stop_everything() {
+  local name
+  for name in "${instances[@]}"; do
+    if [[ -n ${pids[$name]:-} ]]; then kill -TERM "${pids[$name]}" 2>/dev/null || true; fi
+  done
+  wait 2>/dev/null || true
+  if [[ $stack_started == yes ]]; then stack down; fi
+}
+trap 'say "interrupted"; stop_everything; exit 130' INT TERM
+
+for name in "${instances[@]}"; do start_instance "$name"; done
+for name in "${instances[@]}"; do
+  deadline=$((SECONDS + 180))
+  until curl -fsS "http://127.0.0.1:${ports[$name]}/readyz" >/dev/null 2>&1; do
+    [[ -d /proc/${pids[$name]} ]] || die "$name exited; see $run_dir/logs/$name.log"
+    ((SECONDS < deadline)) || die "$name not ready in 180 s"
+    sleep 0.2
+  done
+done
+say "six instances ready; publishing about $events events at $rate records/s (seed $seed)"
+
+orders=$((events * 100 / 186))
+customers=$((orders / 5 + 1))
+"$bin/boomerang" gen --orders "$orders" --customers "$customers" --seed "$seed" --rate "$rate" \
+  --truth "$run_dir/truth.json" --keys "$run_dir/keys.txt" --label "$run_id" \
+  >"$run_dir/logs/gen.log" 2>&1 &
+gen_pid=$!
+
+RANDOM=$seed
+kills=0
+round=()
+next_victim() {
+  if ((${#round[@]} == 0)); then
+    round=(ingest enrich sink)
+    local i j tmp
+    for ((i = 2; i > 0; i--)); do
+      j=$((RANDOM % (i + 1)))
+      tmp=${round[i]} round[i]=${round[j]} round[j]=$tmp
+    done
+  fi
+  local stage=${round[0]}
+  round=("${round[@]:1}")
+  echo "$stage-$((RANDOM % 2))"
+}
+kill_one() {
+  local victim
+  victim=$(next_victim)
+  note_rss "$victim"
+  fault "kill -9 $victim (pid ${pids[$victim]})"
+  kill -KILL "${pids[$victim]}" 2>/dev/null || true
+  wait "${pids[$victim]}" 2>/dev/null || true
+  start_instance "$victim"
+  measure_recovery "$victim" "$SECONDS"
+  kills=$((kills + 1))
+}
+
+# The one-off faults, in an order drawn from the seed, spread over the publishing time.
+one_offs=(clickhouse registry zombie broker rolling)
+for ((i = ${#one_offs[@]} - 1; i > 0; i--)); do
+  j=$((RANDOM % (i + 1)))
+  tmp=${one_offs[i]} one_offs[i]=${one_offs[j]} one_offs[j]=$tmp
+done
+duration=$((events / rate + 1))
+step=$((duration / (${#one_offs[@]} + 1)))
+((step > 0)) || step=1
+next_one_off=$((SECONDS + step))
+next_kill=$((SECONDS + kill_every))
+one_off_index=0
+
+one_off() {
+  case $1 in
+    clickhouse)
+      fault "ClickHouse down for ${clickhouse_outage}s"
+      stack stop clickhouse
+      sleep "$clickhouse_outage"
+      stack up --sqlite >/dev/null 2>&1
+      fault "ClickHouse up"
+      ;;
+    registry)
+      fault "schema registry down for ${registry_outage}s"
+      stack stop registry
+      sleep "$registry_outage"
+      stack up --sqlite >/dev/null 2>&1
+      fault "schema registry up"
+      ;;
+    zombie)
+      local victim
+      victim=sink-$((RANDOM % 2))
+      fault "SIGSTOP $victim for 16s (session timeout 10s)"
+      kill -STOP "${pids[$victim]}"
+      sleep 16
+      kill -CONT "${pids[$victim]}"
+      fault "SIGCONT $victim"
+      ;;
+    broker)
+      fault "broker restart (SQLite storage)"
+      stack stop kafka
+      stack up --sqlite >/dev/null 2>&1
+      fault "broker up"
+      ;;
+    rolling)
+      local name
+      fault "rolling SIGTERM restart of every instance"
+      for name in "${instances[@]}"; do
+        note_rss "$name"
+        kill -TERM "${pids[$name]}" 2>/dev/null || true
+        wait "${pids[$name]}" 2>/dev/null || true
+        start_instance "$name"
+        deadline=$((SECONDS + 120))
+        until curl -fsS "http://127.0.0.1:${ports[$name]}/readyz" >/dev/null 2>&1; do
+          ((SECONDS < deadline)) || break
+          sleep 0.2
+        done
+      done
+      fault "rolling restart done"
+      ;;
+  esac
+}
+
+while [[ -d /proc/$gen_pid ]]; do
+  if ((SECONDS >= next_kill)); then
+    kill_one
+    next_kill=$((SECONDS + kill_every))
+  fi
+  if ((one_off_index < ${#one_offs[@]} && SECONDS >= next_one_off)); then
+    one_off "${one_offs[one_off_index]}"
+    one_off_index=$((one_off_index + 1))
+    next_one_off=$((SECONDS + step))
+  fi
+  for name in "${instances[@]}"; do
+    note_rss "$name"
+    if [[ ! -d /proc/${pids[$name]} ]]; then
+      fault "$name exited by itself; restarting it (see its log)"
+      start_instance "$name"
+    fi
+  done
+  sleep 0.5
+done
+wait "$gen_pid" || die "the generator failed; see $run_dir/logs/gen.log"
+# Whatever one-off fault the publishing outran still happens, before the drain.
+while ((one_off_index < ${#one_offs[@]})); do
+  one_off "${one_offs[one_off_index]}"
+  one_off_index=$((one_off_index + 1))
+done
+say "published; $kills kills; waiting for the pipeline to drain"
+
+"$bin/boomerang" verify --truth "$run_dir/truth.json" --keys "$run_dir/keys.txt" \
+  --wait-drained --group-prefix "$run_id" --summary "$run_dir/verdict.json" \
+  >"$run_dir/verdict.txt" 2>&1 && verdict=0 || verdict=$?
+for name in "${instances[@]}"; do note_rss "$name"; done
+"$bin/boomerang" report --truth "$run_dir/truth.json" --no-stages >"$run_dir/report.txt" 2>&1 \
+  && analytics=0 || analytics=$?
+
+echo
+echo "Chaos soak $run_id: $events events requested at $rate/s, seed $seed, $((SECONDS)) s"
+echo "Faults ($kills kills):"
+sed 's/^/  /' "$faults"
+echo
+echo "Restart to first commit (s):"
+sort "$run_dir/recovery.txt" 2>/dev/null | sed 's/^/  /' || true
+times=$(awk '$2 != "none" {print $2}' "$run_dir/recovery.txt" 2>/dev/null | sort -n)
+if [[ -n $times ]]; then
+  count=$(wc -l <<<"$times")
+  median=$(sed -n "$(((count + 1) / 2))p" <<<"$times")
+  echo "  median $median s over $count restarts; $(grep -c none "$run_dir/recovery.txt" || true) never committed"
+fi
+echo
+echo "Peak RSS per instance (MiB):"
+for name in "${instances[@]}"; do printf '  %-9s %6d\n' "$name" "$((peak_rss[$name] / 1024))"; done
+echo
+cat "$run_dir/verdict.txt"
+echo
+tail -n 40 "$run_dir/report.txt"
+echo
+echo "Logs, faults, verdict.json: $run_dir"
+stop_everything
+if ((verdict != 0 || analytics != 0)); then
+  echo "CHAOS SOAK FAILED"
+  exit 1
+fi
+echo "CHAOS SOAK PASSED"
