@@ -115,8 +115,11 @@ arguments_of() {
 }
 start_instance() {
   local name=$1
+  # Each instance in its own session: a stopped (SIGSTOP) instance must not make the soak's
+  # process group an orphaned group with a stopped member, which the kernel hangs up.
   # shellcheck disable=SC2046 # the arguments are words by design
-  "$bin/boomerang-$(stage_of "$name")" $(arguments_of "$name") >>"$run_dir/logs/$name.log" 2>&1 &
+  setsid "$bin/boomerang-$(stage_of "$name")" $(arguments_of "$name") \
+    >>"$run_dir/logs/$name.log" 2>&1 &
   pids[$name]=$!
 }
 note_rss() {

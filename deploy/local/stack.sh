@@ -276,7 +276,9 @@ start_kafka() {
   local storage=memory://nisshi/
   if [[ ${use_sqlite:-no} == yes ]]; then
     mkdir -p "$data_dir"
-    storage=sqlite://$data_dir/nisshi.db
+    # nisshi reads the URL's path relative to its working directory unless it starts with
+    # two slashes: sqlite:///abs/path would open abs/path under the current directory.
+    storage=sqlite:///$data_dir/nisshi.db
   fi
   if pid_of kafka >/dev/null; then return 0; fi
   require_free_port kafka "$kafka_port" BOOMERANG_KAFKA_PORT

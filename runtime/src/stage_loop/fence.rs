@@ -12,7 +12,9 @@
 //! replays from the last commit. What remains is a pause that falls inside one write, between
 //! the confirmation and the write's last byte.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -28,7 +30,14 @@ use super::rebalance::LoopContext;
 pub struct Fence {
     consumer: Arc<StreamConsumer<LoopContext>>,
     in_flight: Arc<Mutex<InFlight>>,
+    /// A confirmation is waiting for the coordinator: another one would only wait behind it.
+    asking: Arc<AtomicBool>,
 }
+
+/// How long a confirmation waits for the coordinator before it says "cannot tell". A commit
+/// can wait for a rebalance this instance's own loop is holding up (while it completes the
+/// batches in flight, one of which may be this write): the write must not wait for it.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// This instance is no longer a member of its group's current generation.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +52,7 @@ impl Fence {
         Self {
             consumer,
             in_flight,
+            asking: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -65,18 +75,29 @@ impl Fence {
             // Nothing completed yet: nothing this instance could write twice from before.
             return Ok(());
         }
+        if self.asking.swap(true, Ordering::AcqRel) {
+            return Ok(()); // one question at a time; the one in flight will tell
+        }
         let consumer = self.consumer.clone();
-        let answer =
-            tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync)).await;
-        match answer {
-            Ok(Err(KafkaError::ConsumerCommit(
+        let asking = self.asking.clone();
+        let ask = tokio::task::spawn_blocking(move || {
+            let answer = consumer.commit(&offsets, CommitMode::Sync);
+            asking.store(false, Ordering::Release);
+            answer
+        });
+        match tokio::time::timeout(CONFIRM_TIMEOUT, ask).await {
+            Ok(Ok(Err(KafkaError::ConsumerCommit(
                 code @ (RDKafkaErrorCode::IllegalGeneration
                 | RDKafkaErrorCode::UnknownMemberId
                 | RDKafkaErrorCode::FencedInstanceId),
-            ))) => Err(Fenced(code.to_string())),
+            )))) => Err(Fenced(code.to_string())),
+            Err(_elapsed) => {
+                tracing::debug!("the group did not answer a fence confirmation in time; writing");
+                Ok(())
+            }
             // Anything else (a rebalance in progress, a broker that does not answer) cannot
             // tell; the write goes on, as it did before the fence existed.
-            Ok(_) | Err(_) => Ok(()),
+            Ok(_) => Ok(()),
         }
     }
 }
