@@ -55,6 +55,17 @@ impl Pseudonymiser {
         Self::new(args.pseudonym_key.as_bytes())
     }
 
+    /// Whether `text` has a pseudonym's shape: the prefix and 32 lowercase hex digits. (Not
+    /// whether this key made it: only the shape, so that a raw id is never taken for one.)
+    pub fn looks_like_pseudonym(text: &str) -> bool {
+        text.strip_prefix(PREFIX).is_some_and(|digits| {
+            digits.len() == 32
+                && digits
+                    .bytes()
+                    .all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+        })
+    }
+
     pub fn pseudonym(&self, customer_id: &str) -> String {
         let mut mac = self.mac.clone();
         mac.update(customer_id.as_bytes());
@@ -86,6 +97,23 @@ mod tests {
         assert!(!pseudonym.contains("cu-42"));
         assert_eq!(pseudonym.len(), 2 + 32);
         assert!(pseudonym.starts_with("p_"));
+    }
+
+    #[test]
+    fn a_pseudonym_has_its_shape_and_a_raw_id_has_not() {
+        let pseudonymiser = Pseudonymiser::new(b"a-long-enough-key-for-tests").expect("key");
+        assert!(Pseudonymiser::looks_like_pseudonym(
+            &pseudonymiser.pseudonym("cus-1")
+        ));
+        for raw in [
+            "",
+            "cus-1",
+            "p_",
+            "p_0123",
+            &format!("p_{}", "G".repeat(32)),
+        ] {
+            assert!(!Pseudonymiser::looks_like_pseudonym(raw), "{raw}");
+        }
     }
 
     #[test]

@@ -15,13 +15,15 @@ pub struct Source<'a> {
 }
 
 /// The customer's key in ClickHouse: enrich already pseudonymised the id of a customer who
-/// withheld consent; everyone else's is pseudonymised here, with the same key.
+/// withheld consent; everyone else's is pseudonymised here, with the same key. An id that
+/// claims to be pseudonymised but does not have a pseudonym's shape (a producer writing to
+/// the enriched topic, a bug upstream) is pseudonymised too: a raw id never reaches ClickHouse.
 pub fn customer_key(
     customer_id: &str,
     already_pseudonymised: bool,
     pseudonymiser: &Pseudonymiser,
 ) -> String {
-    if already_pseudonymised {
+    if already_pseudonymised && Pseudonymiser::looks_like_pseudonym(customer_id) {
         customer_id.to_string()
     } else {
         pseudonymiser.pseudonym(customer_id)
@@ -265,6 +267,20 @@ mod tests {
     use boomerang_testkit::samples::{customer, event, order};
 
     use super::*;
+
+    /// Found by the sink_rows fuzz target: an enriched event claiming a pseudonymised
+    /// customer with an id that is not a pseudonym (there, an empty one) was stored as is.
+    #[test]
+    fn a_claimed_pseudonym_that_is_not_one_is_pseudonymised() {
+        let pseudonymiser = Pseudonymiser::new(b"a-long-enough-key-for-tests").expect("key");
+        let real = pseudonymiser.pseudonym("cus-1");
+        assert_eq!(customer_key(&real, true, &pseudonymiser), real);
+        for claimed in ["", "cus-1", "p_not-hex"] {
+            let key = customer_key(claimed, true, &pseudonymiser);
+            assert_eq!(key, pseudonymiser.pseudonym(claimed));
+            assert_ne!(key, claimed);
+        }
+    }
 
     fn pseudonymiser() -> Pseudonymiser {
         Pseudonymiser::new(b"0123456789abcdef-rows").expect("key")
