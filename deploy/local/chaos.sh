@@ -147,15 +147,27 @@ measure_recovery() {
     echo "$name none" >>"$run_dir/recovery.txt"
   ) &
 }
+# Stops an instance with SIGTERM, and with SIGKILL if it has not exited 20 s later (a stage
+# that does not stop when asked is a finding: it is logged as one).
+stop_instance() {
+  local name=$1 pid=${pids[$1]:-} deadline
+  [[ -n $pid ]] || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  deadline=$((SECONDS + 20))
+  while [[ -d /proc/$pid ]] && ((SECONDS < deadline)); do sleep 0.1; done
+  if [[ -d /proc/$pid ]]; then
+    fault "FINDING: $name did not stop 20 s after SIGTERM; killed"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
 stop_everything() {
   local name
-  for name in "${instances[@]}"; do
-    if [[ -n ${pids[$name]:-} ]]; then kill -TERM "${pids[$name]}" 2>/dev/null || true; fi
-  done
-  wait 2>/dev/null || true
+  for name in "${instances[@]}"; do stop_instance "$name"; done
   if [[ $stack_started == yes ]]; then stack down; fi
 }
-trap 'say "interrupted"; stop_everything; exit 130' INT TERM
+trap stop_everything EXIT
+trap 'say "interrupted"; exit 130' INT TERM
 
 for name in "${instances[@]}"; do start_instance "$name"; done
 for name in "${instances[@]}"; do
@@ -252,8 +264,7 @@ one_off() {
       fault "rolling SIGTERM restart of every instance"
       for name in "${instances[@]}"; do
         note_rss "$name"
-        kill -TERM "${pids[$name]}" 2>/dev/null || true
-        wait "${pids[$name]}" 2>/dev/null || true
+        stop_instance "$name"
         start_instance "$name"
         deadline=$((SECONDS + 120))
         until curl -fsS "http://127.0.0.1:${ports[$name]}/readyz" >/dev/null 2>&1; do
@@ -322,7 +333,10 @@ echo
 tail -n 40 "$run_dir/report.txt"
 echo
 echo "Logs, faults, verdict.json: $run_dir"
-stop_everything
+if grep -q FINDING "$faults"; then
+  echo "FINDINGS: see the faults above"
+  verdict=1
+fi
 if ((verdict != 0 || analytics != 0)); then
   echo "CHAOS SOAK FAILED"
   exit 1
