@@ -84,6 +84,7 @@ pub async fn run<P: Processor>(
             in_flight: in_flight.clone(),
             metrics: metrics.clone(),
             crash_after_batches,
+            commit_failed: std::sync::atomic::AtomicBool::new(false),
         })?);
     let fence = Fence::new(consumer.clone(), in_flight.clone());
     let topics: Vec<&str> = settings.input_topics.iter().map(String::as_str).collect();
@@ -159,6 +160,17 @@ pub async fn run<P: Processor>(
             .filter(|released| is_owned(&ownership, &released.record))
             .collect();
         if batch.is_empty() && released.is_empty() {
+            // Idle: a commit that failed (a rebalance under way, a broker restarting) is made
+            // again, or the last batches' offsets would stay uncommitted until new records come.
+            if consumer
+                .context()
+                .commit_failed
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+                && let Err(error) =
+                    ignore_nothing_to_commit(consumer.commit_consumer_state(CommitMode::Async))
+            {
+                tracing::warn!(error = %error, "cannot commit again after a failed commit");
+            }
             continue;
         }
         let started = Instant::now();

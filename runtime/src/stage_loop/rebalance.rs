@@ -29,6 +29,8 @@ pub(super) struct LoopContext {
     pub(super) in_flight: Arc<Mutex<InFlight>>,
     pub(super) metrics: StageMetrics,
     pub(super) crash_after_batches: Option<u64>,
+    /// Set when a commit failed: an idle loop commits again, since no later batch would.
+    pub(super) commit_failed: std::sync::atomic::AtomicBool,
 }
 
 impl LoopContext {
@@ -134,6 +136,8 @@ impl ConsumerContext for LoopContext {
         }
         if let Err(error) = ignore_nothing_to_commit(result) {
             tracing::warn!(error = %error, "offset commit failed; the next commit covers it");
+            self.commit_failed
+                .store(true, std::sync::atomic::Ordering::Release);
             self.metrics
                 .errors
                 .with_label_values(&["commit_failed"])
