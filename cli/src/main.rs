@@ -109,6 +109,12 @@ enum TopicsCommand {
         /// Replication factor of every topic.
         #[arg(long, env = "BOOMERANG_REPLICATION", default_value_t = 1)]
         replication: i32,
+        /// A topic config for every topic created, KEY=VALUE, repeatable (e.g.
+        /// retention.ms=-1). Mind time-based retention on the validated and enriched topics:
+        /// their records carry the event's time as their timestamp, so a broker deletes events
+        /// older than retention.ms as soon as it applies retention.
+        #[arg(long = "topic-config", value_name = "KEY=VALUE", value_parser = boomerang_runtime::config::parse_key_value)]
+        topic_configs: Vec<(String, String)>,
     },
 }
 
@@ -192,10 +198,15 @@ async fn run(command: Command) -> anyhow::Result<Option<usize>> {
             event_partitions,
             reference_partitions,
             replication,
+            topic_configs,
         }) => {
-            let with_replication = |spec: TopicSpec| TopicSpec {
-                replication,
-                ..spec
+            let with_replication = |spec: TopicSpec| {
+                let mut spec = TopicSpec {
+                    replication,
+                    ..spec
+                };
+                spec.configs.extend(topic_configs.iter().cloned());
+                spec
             };
             let specs: Vec<TopicSpec> = [
                 TopicSpec::new(&topics.raw_events, event_partitions),

@@ -138,8 +138,9 @@ struct KeyCount {
     rows: u64,
 }
 
-/// Whether `group` has committed every partition of `topic` up to its end.
-fn drained(kafka: &KafkaArgs, group: &str, topic: &str) -> anyhow::Result<bool> {
+/// `None` if `group` has committed every partition of `topic` up to its end; else the first
+/// partition behind, as "topic/partition committed C of E".
+fn behind(kafka: &KafkaArgs, group: &str, topic: &str) -> anyhow::Result<Option<String>> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{Offset, TopicPartitionList};
     let timeout = std::time::Duration::from_secs(10);
@@ -157,12 +158,19 @@ fn drained(kafka: &KafkaArgs, group: &str, topic: &str) -> anyhow::Result<bool> 
         ends.insert(partition.id(), high);
     }
     let committed = consumer.committed_offsets(list, timeout)?;
-    Ok(committed.elements().iter().all(|element| {
+    Ok(committed.elements().iter().find_map(|element| {
         let end = ends.get(&element.partition()).copied().unwrap_or(0);
-        match element.offset() {
+        let done = match element.offset() {
             Offset::Offset(offset) => offset >= end,
             _ => end == 0,
-        }
+        };
+        (!done).then(|| {
+            format!(
+                "{topic}/{} committed {:?} of {end}",
+                element.partition(),
+                element.offset()
+            )
+        })
     }))
 }
 
@@ -188,19 +196,32 @@ async fn wait_drained(args: &VerifyArgs, prefix: &str) -> anyhow::Result<()> {
     let deadline =
         std::time::Instant::now() + std::time::Duration::from_secs(args.wait_timeout_secs);
     let mut in_a_row = 0;
+    let mut last_said = std::time::Instant::now();
     while in_a_row < 2 {
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
             "the pipeline did not drain in {} s",
             args.wait_timeout_secs
         );
-        let mut all = true;
+        let mut waiting_for = None;
         for (group, inputs) in &groups {
             for topic in inputs {
-                all &= drained(&args.kafka, group, topic).unwrap_or(false);
+                if waiting_for.is_none() {
+                    waiting_for = match behind(&args.kafka, group, topic) {
+                        Ok(None) => None,
+                        Ok(Some(partition)) => Some(format!("{group}: {partition}")),
+                        Err(error) => Some(format!("{group} on {topic}: {error}")),
+                    };
+                }
             }
         }
-        in_a_row = if all { in_a_row + 1 } else { 0 };
+        if let Some(waiting_for) = &waiting_for
+            && last_said.elapsed() > std::time::Duration::from_secs(30)
+        {
+            eprintln!("verify: waiting for {waiting_for}");
+            last_said = std::time::Instant::now();
+        }
+        in_a_row = if waiting_for.is_none() { in_a_row + 1 } else { 0 };
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
     Ok(())
