@@ -11,7 +11,7 @@
 # its time and target in target/chaos/<run>/faults.log:
 #   kill -9 of a random stage instance, restarted at once with the same arguments (stages are
 #   taken in a shuffled round, so every stage is hit); the time from each restart to the new
-#   process's first offset commit is measured;
+#   process's first completed batch (its offsets committed right after) is measured;
 #   ClickHouse down (60 s), the schema registry down (30 s);
 #   one instance paused (SIGSTOP) past its session timeout, then resumed (a zombie);
 #   a broker restart (the soak's own stack keeps its records in SQLite);
@@ -132,17 +132,20 @@ note_rss() {
   kib=$(sed -n 's/^VmHWM:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$pid/status" 2>/dev/null || true)
   if [[ -n $kib ]] && ((kib > peak_rss[$name])); then peak_rss[$name]=$kib; fi
 }
-commits_of() {
+# Records the instance has received in completed batches (counted when a batch completes, just
+# before its offsets are committed).
+completed_of() {
   curl -fsS "http://127.0.0.1:${ports[$1]}/metrics" 2>/dev/null \
-    | sed -n 's/^boomerang_offset_commits_total{[^}]*} \([0-9]*\).*/\1/p' | head -n 1
+    | awk '/^boomerang_received_events_total\{/ {sum += $2} END {print sum + 0}'
 }
-# Polls, in the background, until a restarted instance has committed; records the seconds.
+# Polls, in the background, until a restarted instance has completed a batch; records the
+# seconds from its restart.
 measure_recovery() {
   local name=$1 since=$2 pid=${pids[$1]}
   (
     deadline=$((since + 180))
     while ((SECONDS < deadline)) && [[ -d /proc/$pid ]]; do
-      if [[ $(commits_of "$name") -gt 0 ]] 2>/dev/null; then
+      if [[ $(completed_of "$name") -gt 0 ]] 2>/dev/null; then
         echo "$name $((SECONDS - since))" >>"$run_dir/recovery.txt"
         exit 0
       fi
@@ -310,7 +313,21 @@ say "published; $kills kills; waiting for the pipeline to drain"
 
 "$bin/boomerang" verify --truth "$run_dir/truth.json" --keys "$run_dir/keys.txt" \
   --wait-drained --group-prefix "$run_id" --summary "$run_dir/verdict.json" \
-  >"$run_dir/verdict.txt" 2>&1 && verdict=0 || verdict=$?
+  >"$run_dir/verdict.txt" 2>&1 &
+verify_pid=$!
+# While the pipeline drains, an instance that stops by itself (a fenced zombie does, by
+# design) is restarted, as a supervisor would.
+while [[ -d /proc/$verify_pid ]]; do
+  for name in "${instances[@]}"; do
+    note_rss "$name"
+    if [[ ! -d /proc/${pids[$name]} ]]; then
+      fault "$name exited by itself; restarting it (see its log)"
+      start_instance "$name"
+    fi
+  done
+  sleep 0.5
+done
+wait "$verify_pid" && verdict=0 || verdict=$?
 for name in "${instances[@]}"; do note_rss "$name"; done
 "$bin/boomerang" report --truth "$run_dir/truth.json" --no-stages >"$run_dir/report.txt" 2>&1 \
   && analytics=0 || analytics=$?
@@ -320,7 +337,7 @@ echo "Chaos soak $run_id: $events events requested at $rate/s, seed $seed, $((SE
 echo "Faults ($kills kills):"
 sed 's/^/  /' "$faults"
 echo
-echo "Restart to first commit (s):"
+echo "Restart to first completed (and committed) batch, s:"
 sort "$run_dir/recovery.txt" 2>/dev/null | sed 's/^/  /' || true
 times=$(awk '$2 != "none" {print $2}' "$run_dir/recovery.txt" 2>/dev/null | sort -n)
 if [[ -n $times ]]; then

@@ -62,9 +62,6 @@ pub struct StageMetrics {
     pub sent_events: IntCounterVec,
     /// Events intentionally dropped as duplicates of one already passed.
     pub deduplicated_events: IntCounter,
-    /// Offset commits the brokers accepted: the first one after a start says the instance is
-    /// processing again (the chaos soak measures restart to first commit with it).
-    pub offset_commits: IntCounter,
     /// Records sent to the dead-letter topic, by `error_kind`.
     pub dead_lettered_events: IntCounterVec,
     /// Failures that are not a record's fault (broker, registry), by `error_kind`.
@@ -95,10 +92,6 @@ impl StageMetrics {
             deduplicated_events: IntCounter::new(
                 "boomerang_deduplicated_events_total",
                 "Events dropped on purpose as duplicates of one already passed.",
-            )?,
-            offset_commits: IntCounter::new(
-                "boomerang_offset_commits_total",
-                "Offset commits the brokers accepted.",
             )?,
             dead_lettered_events: counter(
                 "boomerang_dead_lettered_events_total",
@@ -135,7 +128,6 @@ impl StageMetrics {
         registry.register(Box::new(stage_metrics.received_events.clone()))?;
         registry.register(Box::new(stage_metrics.sent_events.clone()))?;
         registry.register(Box::new(stage_metrics.deduplicated_events.clone()))?;
-        registry.register(Box::new(stage_metrics.offset_commits.clone()))?;
         registry.register(Box::new(stage_metrics.dead_lettered_events.clone()))?;
         registry.register(Box::new(stage_metrics.errors.clone()))?;
         registry.register(Box::new(stage_metrics.batch_duration.clone()))?;

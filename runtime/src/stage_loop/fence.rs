@@ -6,9 +6,9 @@
 //! The brokers have no transactions to fence it with, so a processor asks the group itself,
 //! just before each write: [`Fence::confirm`] commits this instance's stored offsets
 //! synchronously (offsets of completed batches only, so committing them early is always safe),
-//! and the group coordinator refuses a commit from a member of an old generation
-//! (`ILLEGAL_GENERATION`, `UNKNOWN_MEMBER_ID`, `FENCED_INSTANCE_ID`). A refused confirmation
-//! means: do not write; the stage stops, and its restart rejoins as a current member and
+//! and the group coordinator refuses a commit from a member it no longer knows
+//! (`UNKNOWN_MEMBER_ID`, `FENCED_INSTANCE_ID`; an old generation, `ILLEGAL_GENERATION`, is asked
+//! again until the member has rejoined). A refused confirmation means: do not write; the stage stops, and its restart rejoins as a current member and
 //! replays from the last commit. What remains is a pause that falls inside one write, between
 //! the confirmation and the write's last byte.
 
@@ -38,6 +38,9 @@ pub struct Fence {
 /// can wait for a rebalance this instance's own loop is holding up (while it completes the
 /// batches in flight, one of which may be this write): the write must not wait for it.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a confirmation asks again while the group is between generations.
+const CONFIRM_PATIENCE: Duration = Duration::from_secs(15);
 
 /// This instance is no longer a member of its group's current generation.
 #[derive(Debug, thiserror::Error)]
@@ -78,26 +81,47 @@ impl Fence {
         if self.asking.swap(true, Ordering::AcqRel) {
             return Ok(()); // one question at a time; the one in flight will tell
         }
-        let consumer = self.consumer.clone();
-        let asking = self.asking.clone();
-        let ask = tokio::task::spawn_blocking(move || {
-            let answer = consumer.commit(&offsets, CommitMode::Sync);
-            asking.store(false, Ordering::Release);
-            answer
-        });
-        match tokio::time::timeout(CONFIRM_TIMEOUT, ask).await {
-            Ok(Ok(Err(KafkaError::ConsumerCommit(
-                code @ (RDKafkaErrorCode::IllegalGeneration
-                | RDKafkaErrorCode::UnknownMemberId
-                | RDKafkaErrorCode::FencedInstanceId),
-            )))) => Err(Fenced(code.to_string())),
-            Err(_elapsed) => {
-                tracing::debug!("the group did not answer a fence confirmation in time; writing");
-                Ok(())
+        let answer = self.ask(offsets).await;
+        self.asking.store(false, Ordering::Release);
+        answer
+    }
+
+    /// Asks until the group answers for this member: a commit refused for an old generation
+    /// while a rebalance is under way (ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS) says
+    /// nothing about this member yet — a live member gets it too, until it has rejoined — so
+    /// it is asked again, for up to [`CONFIRM_PATIENCE`]. Only a member the group no longer
+    /// knows, or one another instance with its id replaced, is fenced.
+    async fn ask(&self, offsets: TopicPartitionList) -> Result<(), Fenced> {
+        let deadline = tokio::time::Instant::now() + CONFIRM_PATIENCE;
+        loop {
+            if self.consumer.assignment_lost() {
+                return Err(Fenced("the consumer lost its assignment".into()));
             }
-            // Anything else (a rebalance in progress, a broker that does not answer) cannot
-            // tell; the write goes on, as it did before the fence existed.
-            Ok(_) => Ok(()),
+            let consumer = self.consumer.clone();
+            let offsets = offsets.clone();
+            let ask =
+                tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync));
+            let code = match tokio::time::timeout(CONFIRM_TIMEOUT, ask).await {
+                Ok(Ok(Err(KafkaError::ConsumerCommit(code)))) => code,
+                Err(_elapsed) => {
+                    tracing::debug!("the group did not answer a fence confirmation in time");
+                    return Ok(());
+                }
+                // Committed, or a failure that cannot tell (a broker that does not answer):
+                // the write goes on, as it did before the fence existed.
+                Ok(_) => return Ok(()),
+            };
+            match code {
+                RDKafkaErrorCode::UnknownMemberId | RDKafkaErrorCode::FencedInstanceId => {
+                    return Err(Fenced(code.to_string()));
+                }
+                RDKafkaErrorCode::IllegalGeneration | RDKafkaErrorCode::RebalanceInProgress
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                _ => return Ok(()),
+            }
         }
     }
 }

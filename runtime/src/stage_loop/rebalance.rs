@@ -131,9 +131,6 @@ impl ConsumerContext for LoopContext {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, _offsets: &rdkafka::TopicPartitionList) {
-        if result.is_ok() {
-            self.metrics.offset_commits.inc();
-        }
         if let Err(error) = ignore_nothing_to_commit(result) {
             tracing::warn!(error = %error, "offset commit failed; the next commit covers it");
             self.commit_failed
