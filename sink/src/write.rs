@@ -191,10 +191,13 @@ impl Writer {
             // Every attempt, a retry after a long outage too: a paused instance must not write
             // what the partition's new owner writes.
             if let Some(fence) = fence {
-                fence
-                    .confirm()
-                    .await
-                    .map_err(|fenced| NotWritten::Fenced(fenced.to_string()))?;
+                // A confirmation may wait for a rebalance to end: never past a shutdown.
+                tokio::select! {
+                    confirmed = fence.confirm() => {
+                        confirmed.map_err(|fenced| NotWritten::Fenced(fenced.to_string()))?;
+                    }
+                    () = self.shutdown.cancelled() => return Err(NotWritten::Shutdown),
+                }
             }
             let started = Instant::now();
             let result = self.insert_once(table, rows, &token).await;

@@ -22,7 +22,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::in_flight::InFlight;
-use super::lock;
 use super::rebalance::LoopContext;
 
 /// Asks the group, before a write, whether this instance still owns what it writes.
@@ -65,8 +64,15 @@ impl Fence {
         if self.consumer.assignment_lost() {
             return Err(Fenced("the consumer lost its assignment".into()));
         }
+        // Never block on the loop's lock: a rebalance callback holds it while it waits for the
+        // batches in flight, this write among them. While it does, this instance still owns
+        // its partitions (they are being handed over only after these batches), so the write
+        // may go on.
+        let Some(positions) = self.stored_positions().await else {
+            return Ok(());
+        };
         let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), next) in lock(&self.in_flight).ledger.stored_positions() {
+        for ((topic, partition), next) in positions {
             if offsets
                 .add_partition_offset(&topic, partition, rdkafka::Offset::Offset(next))
                 .is_err()
@@ -84,6 +90,24 @@ impl Fence {
         let answer = self.ask(offsets).await;
         self.asking.store(false, Ordering::Release);
         answer
+    }
+
+    /// The stored positions, if the loop's lock can be had within 100 ms.
+    async fn stored_positions(&self) -> Option<Vec<(super::Partition, i64)>> {
+        for _ in 0..20 {
+            let positions = match self.in_flight.try_lock() {
+                Ok(in_flight) => Some(in_flight.ledger.stored_positions()),
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                    Some(poisoned.into_inner().ledger.stored_positions())
+                }
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if positions.is_some() {
+                return positions;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        None
     }
 
     /// Asks until the group answers for this member: a commit refused for an old generation
