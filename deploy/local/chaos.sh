@@ -293,6 +293,9 @@ while [[ -d /proc/$gen_pid ]]; do
     one_off "${one_offs[one_off_index]}"
     one_off_index=$((one_off_index + 1))
     next_one_off=$((SECONDS + step))
+    # And a kill right after each, as the system recovers from it.
+    kill_one
+    next_kill=$((SECONDS + kill_every))
   fi
   for name in "${instances[@]}"; do
     note_rss "$name"
@@ -308,6 +311,7 @@ wait "$gen_pid" || die "the generator failed; see $run_dir/logs/gen.log"
 while ((one_off_index < ${#one_offs[@]})); do
   one_off "${one_offs[one_off_index]}"
   one_off_index=$((one_off_index + 1))
+  kill_one
 done
 say "published; $kills kills; waiting for the pipeline to drain"
 
