@@ -221,7 +221,11 @@ async fn wait_drained(args: &VerifyArgs, prefix: &str) -> anyhow::Result<()> {
             eprintln!("verify: waiting for {waiting_for}");
             last_said = std::time::Instant::now();
         }
-        in_a_row = if waiting_for.is_none() { in_a_row + 1 } else { 0 };
+        in_a_row = if waiting_for.is_none() {
+            in_a_row + 1
+        } else {
+            0
+        };
         tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
     Ok(())
