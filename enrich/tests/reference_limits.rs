@@ -64,3 +64,28 @@ async fn an_order_over_the_line_limit_is_skipped_and_one_at_it_is_joined() {
     assert!(missing.order_missing, "the skipped order is not joined");
     wait_for_metric(&process, "boomerang_sent_events_total", &[], 2).await;
 }
+
+/// A hostile producer's order of 100,000 lines (a few MB) at the default limit (10,000): enrich
+/// keeps running, does not hold it, and joins its event as `order_missing`.
+#[tokio::test]
+async fn an_order_of_100k_lines_is_skipped_at_the_default_limit() {
+    let pipeline = Pipeline::new(1).await;
+    pipeline
+        .produce_order(&order_with_lines("o-huge", 100_000))
+        .await;
+    let mut process = pipeline.start(MAX_WAIT_MS);
+    wait_ready(&process).await;
+    assert_eq!(
+        value(
+            &metrics(&process).await,
+            "boomerang_enrich_reference_changes_total",
+            &["table=\"orders\"", "change=\"rejected\""]
+        ),
+        1
+    );
+    let mut huge = event("e-huge", "o-huge", "cu-1");
+    huge.order_line_id = "o-huge/1".into();
+    pipeline.produce_event(&huge).await;
+    assert!(pipeline.wait_for_enriched("e-huge").await.order_missing);
+    assert!(process.is_running(), "enrich keeps running");
+}

@@ -62,7 +62,10 @@ impl Pipeline {
                 .map(|registration| registration.schema_id)
                 .expect("registered")
         };
-        let producer = kafka.producer_config().create().expect("producer");
+        // Room for hostile producers' large records (an order of 100k lines).
+        let mut large = kafka.clone();
+        large.max_record_bytes = 16 << 20;
+        let producer = large.producer_config().create().expect("producer");
         Self {
             event_schema_id: id_of(&topics.validated_events),
             customer_schema_id: id_of(&topics.customers),
