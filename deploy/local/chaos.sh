@@ -222,6 +222,19 @@ kill_one() {
   kills=$((kills + 1))
 }
 
+# Notes each instance's peak RSS, and restarts one that stopped by itself (a fenced zombie does,
+# by design), as a supervisor would.
+supervise() {
+  local name
+  for name in "${instances[@]}"; do
+    note_rss "$name"
+    if [[ ! -d /proc/${pids[$name]} ]]; then
+      fault "$name exited by itself; restarting it (see its log)"
+      start_instance "$name"
+    fi
+  done
+}
+
 # The one-off faults, in an order drawn from the seed, spread over the publishing time.
 one_offs=(clickhouse registry zombie broker rolling)
 for ((i = ${#one_offs[@]} - 1; i > 0; i--)); do
@@ -297,13 +310,7 @@ while [[ -d /proc/$gen_pid ]]; do
     kill_one
     next_kill=$((SECONDS + kill_every))
   fi
-  for name in "${instances[@]}"; do
-    note_rss "$name"
-    if [[ ! -d /proc/${pids[$name]} ]]; then
-      fault "$name exited by itself; restarting it (see its log)"
-      start_instance "$name"
-    fi
-  done
+  supervise
   sleep 0.5
 done
 wait "$gen_pid" || die "the generator failed; see $run_dir/logs/gen.log"
@@ -319,16 +326,9 @@ say "published; $kills kills; waiting for the pipeline to drain"
   --wait-drained --group-prefix "$run_id" --summary "$run_dir/verdict.json" \
   >"$run_dir/verdict.txt" 2>&1 &
 verify_pid=$!
-# While the pipeline drains, an instance that stops by itself (a fenced zombie does, by
-# design) is restarted, as a supervisor would.
+# Supervised while the pipeline drains too.
 while [[ -d /proc/$verify_pid ]]; do
-  for name in "${instances[@]}"; do
-    note_rss "$name"
-    if [[ ! -d /proc/${pids[$name]} ]]; then
-      fault "$name exited by itself; restarting it (see its log)"
-      start_instance "$name"
-    fi
-  done
+  supervise
   sleep 0.5
 done
 wait "$verify_pid" && verdict=0 || verdict=$?

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use boomerang_ingest::publish::IDEMPOTENCY_KEY_HEADER;
 use boomerang_runtime::stage_loop::CRASH_AFTER_PRODUCE_ENV;
-use boomerang_testkit::{ReadRecord, StageProcess, metric_sum, poll_until};
-use support::{Pipeline, counter, metrics, wait_until_received};
+use boomerang_testkit::{ReadRecord, metric_sum, poll_until};
+use support::{Pipeline, counter, metrics, owned_partitions, wait_until_received};
 
 fn count_per_key(records: &[ReadRecord]) -> BTreeMap<String, usize> {
     let mut per_key = BTreeMap::new();
@@ -56,15 +56,6 @@ async fn a_crash_between_produce_and_commit_publishes_nothing_twice() {
         counter(&text, "boomerang_sent_events_total"),
         (events.len() - published_before_crash) as u64
     );
-}
-
-/// The partitions a running instance owns, from its per-partition de-duplication gauge.
-async fn owned_partitions(process: &StageProcess) -> usize {
-    metrics(process)
-        .await
-        .lines()
-        .filter(|line| line.starts_with("boomerang_dedup_keys{"))
-        .count()
 }
 
 #[tokio::test]

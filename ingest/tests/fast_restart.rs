@@ -6,19 +6,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use boomerang_testkit::{StageProcess, poll_until};
-use support::{Pipeline, counter, metrics, wait_until_received};
+use boomerang_testkit::poll_until;
+use support::{Pipeline, counter, metrics, owned_partitions, wait_until_received};
 
 const PARTITIONS: usize = 2;
-
-/// The partitions a running instance owns, from its per-partition de-duplication gauge.
-async fn owned_partitions(process: &StageProcess) -> usize {
-    metrics(process)
-        .await
-        .lines()
-        .filter(|line| line.starts_with("boomerang_dedup_keys{"))
-        .count()
-}
 
 #[tokio::test]
 async fn a_static_member_killed_and_restarted_owns_its_partitions_again_at_once() {

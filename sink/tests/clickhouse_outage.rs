@@ -4,52 +4,24 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use boomerang_schemas::{EventType, TimestampMicros};
 use boomerang_testkit::poll_until;
-use support::{Pipeline, enriched, metrics, value, wait_committed};
+use support::{Pipeline, metrics, produce_cases, stack, value, wait_committed};
 
 const OUTAGE: Duration = Duration::from_secs(20);
-
-fn stack(arguments: &[&str]) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/stack.sh");
-    let status = Command::new(script)
-        .args(arguments)
-        .status()
-        .expect("run stack.sh");
-    assert!(status.success(), "stack.sh {arguments:?} failed");
-}
-
-async fn produce(pipeline: &Pipeline, from: u32, to: u32) {
-    let at = TimestampMicros::now();
-    for n in from..to {
-        pipeline
-            .produce_enriched(&enriched(
-                EventType::ReturnRequested,
-                &format!("case-{n}"),
-                &format!("o-{n}"),
-                1,
-                "cu-1",
-                at,
-            ))
-            .await;
-    }
-}
 
 #[tokio::test]
 async fn clickhouse_down_for_20_seconds_loses_nothing_and_the_sink_catches_up() {
     let pipeline = Pipeline::new().await;
-    produce(&pipeline, 0, 30).await;
+    produce_cases(&pipeline, 0, 30).await;
     let sink = pipeline.start(&["--clickhouse-timeout-secs", "2"], &[]);
     pipeline.wait_for_rows("post_purchase_events", 30).await;
 
     let stopped = Instant::now();
     stack(&["stop", "clickhouse"]);
     let result = std::panic::AssertUnwindSafe(async {
-        produce(&pipeline, 30, 60).await;
+        produce_cases(&pipeline, 30, 60).await;
         let (status, reason) = poll_until(
             "/readyz to say ClickHouse is failing",
             Duration::from_secs(30),

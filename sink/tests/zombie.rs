@@ -6,22 +6,11 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use boomerang_schemas::{EventType, TimestampMicros};
 use boomerang_testkit::{StageProcess, poll_until};
-use support::{Pipeline, enriched, metrics, value, wait_committed};
-
-fn stack(arguments: &[&str]) {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/stack.sh");
-    let status = Command::new(script)
-        .args(arguments)
-        .status()
-        .expect("run stack.sh");
-    assert!(status.success(), "stack.sh {arguments:?} failed");
-}
+use support::{Pipeline, metrics, produce_cases, stack, value, wait_committed};
 
 fn signal(process: &StageProcess, name: &str) {
     let status = Command::new("kill")
@@ -31,26 +20,10 @@ fn signal(process: &StageProcess, name: &str) {
     assert!(status.success(), "kill -{name}");
 }
 
-async fn produce(pipeline: &Pipeline, from: u32, to: u32) {
-    let at = TimestampMicros::now();
-    for n in from..to {
-        pipeline
-            .produce_enriched(&enriched(
-                EventType::ReturnRequested,
-                &format!("case-{n}"),
-                &format!("o-{n}"),
-                1,
-                "cu-1",
-                at,
-            ))
-            .await;
-    }
-}
-
 #[tokio::test]
 async fn a_paused_sink_that_resumes_after_the_group_moved_on_writes_nothing() {
     let pipeline = Pipeline::new().await;
-    produce(&pipeline, 0, 20).await;
+    produce_cases(&pipeline, 0, 20).await;
     let mut zombie = pipeline.start(&["--clickhouse-timeout-secs", "2"], &[]);
     pipeline.wait_for_rows("post_purchase_events", 20).await;
     wait_committed(&pipeline, &pipeline.topics.enriched_events).await;
@@ -58,7 +31,7 @@ async fn a_paused_sink_that_resumes_after_the_group_moved_on_writes_nothing() {
     // Its next insert fails while ClickHouse is down, and it retries with the rows in hand.
     stack(&["stop", "clickhouse"]);
     let outcome = std::panic::AssertUnwindSafe(async {
-        produce(&pipeline, 20, 30).await;
+        produce_cases(&pipeline, 20, 30).await;
         poll_until(
             "the insert to be retrying",
             Duration::from_secs(30),

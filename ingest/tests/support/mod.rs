@@ -229,3 +229,12 @@ pub async fn wait_until_received(processes: &[&StageProcess], expected: u64) {
     )
     .await;
 }
+
+/// The partitions a running instance owns, from its per-partition de-duplication gauge.
+pub async fn owned_partitions(process: &StageProcess) -> usize {
+    metrics(process)
+        .await
+        .lines()
+        .filter(|line| line.starts_with("boomerang_dedup_keys{"))
+        .count()
+}

@@ -239,3 +239,31 @@ pub use boomerang_testkit::{metrics, value, wait_ready};
 pub async fn wait_committed(pipeline: &Pipeline, topic: &str) {
     boomerang_testkit::wait_committed(&pipeline.stack.kafka_brokers, &pipeline.group, topic).await;
 }
+
+/// Runs `deploy/local/stack.sh` with `arguments` (to stop and start a part for an outage).
+pub fn stack(arguments: &[&str]) {
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/stack.sh");
+    let status = std::process::Command::new(script)
+        .args(arguments)
+        .status()
+        .expect("run stack.sh");
+    assert!(status.success(), "stack.sh {arguments:?} failed");
+}
+
+/// Produces return requests `case-{n}` of orders `o-{n}` for `n` in `from..to`, all now.
+pub async fn produce_cases(pipeline: &Pipeline, from: u32, to: u32) {
+    let at = TimestampMicros::now();
+    for n in from..to {
+        pipeline
+            .produce_enriched(&enriched(
+                EventType::ReturnRequested,
+                &format!("case-{n}"),
+                &format!("o-{n}"),
+                1,
+                "cu-1",
+                at,
+            ))
+            .await;
+    }
+}
