@@ -115,7 +115,13 @@ impl KafkaArgs {
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
             ("enable.partition.eof", "false"),
-            ("partition.assignment.strategy", "cooperative-sticky"),
+            // Eager, not incremental (cooperative-sticky): every generation's assignment names
+            // every partition. Incrementally, a member gives partitions up and only then rejoins
+            // to hand them over; a static member stopped in between is given its old assignment
+            // back when it returns, and what it gave up has no owner, for good (the chaos soak
+            // found this; tests/group_membership.rs). Static membership already keeps restarts
+            // from rebalancing, which is what incremental rebalancing would have saved.
+            ("partition.assignment.strategy", "range"),
             // A member that died holds its partitions until its session times out: 10 s, not
             // librdkafka's 45 s. Heartbeats come from librdkafka's own thread, so a busy stage
             // loop does not miss them.
