@@ -7,9 +7,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use boomerang_testkit::poll_until;
-use support::{Pipeline, counter, metrics, owned_partitions, wait_until_received};
+use support::{
+    Pipeline, counter, metrics, owned_partitions, partition_changes, wait_until_received,
+};
 
 const PARTITIONS: usize = 2;
+const ROLLING_PARTITIONS: usize = 4;
 
 #[tokio::test]
 async fn a_static_member_killed_and_restarted_owns_its_partitions_again_at_once() {
@@ -56,4 +59,49 @@ async fn a_static_member_killed_and_restarted_owns_its_partitions_again_at_once(
         "s20..s39"
     );
     assert_eq!(counter(&text, "boomerang_deduplicated_events_total"), 20);
+}
+
+/// A rolling restart (SIGTERM, then the same instance back under its id) moves no partition:
+/// the stopped member does not leave the group, so its partner is never rebalanced, and the
+/// restarted one gets its own partitions back. (A static member that unsubscribed on the way
+/// out sent LeaveGroup: every restart moved every partition twice.)
+#[tokio::test]
+async fn a_rolling_restart_of_a_static_member_moves_no_partition() {
+    let pipeline = Pipeline::new(ROLLING_PARTITIONS as i32).await;
+    let first = pipeline.start_with(&["--instance-id", "rolling-0"], &[]);
+    let mut second = pipeline.start_with(&["--instance-id", "rolling-1"], &[]);
+    let half = ROLLING_PARTITIONS / 2;
+    poll_until(
+        "each member to own half",
+        Duration::from_secs(30),
+        || async {
+            (owned_partitions(&first).await == half && owned_partitions(&second).await == half)
+                .then_some(())
+        },
+    )
+    .await;
+    let before = partition_changes(&first).await;
+
+    second.terminate();
+    second.wait_exit(Duration::from_secs(20)).await;
+    let restarted_at = Instant::now();
+    let restarted = pipeline.start_with(&["--instance-id", "rolling-1"], &[]);
+    poll_until(
+        "the restarted member to own its half again",
+        Duration::from_secs(10),
+        || async { (owned_partitions(&restarted).await == half).then_some(()) },
+    )
+    .await;
+    let back_in = restarted_at.elapsed();
+    assert_eq!(
+        partition_changes(&first).await,
+        before,
+        "the partner was rebalanced by a restart ({back_in:?} to own again)"
+    );
+    assert_eq!(owned_partitions(&first).await, half);
+    assert_eq!(
+        partition_changes(&restarted).await,
+        (half as u64, 0),
+        "the restarted member got its own partitions back, nothing more"
+    );
 }

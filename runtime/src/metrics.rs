@@ -71,6 +71,11 @@ pub struct StageMetrics {
     pub consumer_lag: IntGaugeVec,
     /// Event time of the last event processed, UTC seconds since the epoch.
     pub last_event_timestamp: Gauge,
+    /// Partitions this instance owns now. Summed over a stage's instances it must equal the
+    /// input topics' partition count: less means a partition nobody consumes.
+    pub owned_partitions: IntGauge,
+    /// Partitions given to (`assigned`) or taken from (`revoked`) this instance by rebalances.
+    pub partition_changes: IntCounterVec,
 }
 
 impl StageMetrics {
@@ -123,6 +128,15 @@ impl StageMetrics {
                 "boomerang_last_event_timestamp_seconds",
                 "Event time of the last event processed, UTC seconds since the epoch.",
             )?,
+            owned_partitions: IntGauge::new(
+                "boomerang_owned_partitions",
+                "Input partitions this instance owns now.",
+            )?,
+            partition_changes: counter(
+                "boomerang_partition_changes_total",
+                "Partitions assigned to or revoked from this instance by rebalances.",
+                &["change"],
+            )?,
         };
         let registry = metrics.registry();
         registry.register(Box::new(stage_metrics.received_events.clone()))?;
@@ -133,6 +147,8 @@ impl StageMetrics {
         registry.register(Box::new(stage_metrics.batch_duration.clone()))?;
         registry.register(Box::new(stage_metrics.consumer_lag.clone()))?;
         registry.register(Box::new(stage_metrics.last_event_timestamp.clone()))?;
+        registry.register(Box::new(stage_metrics.owned_partitions.clone()))?;
+        registry.register(Box::new(stage_metrics.partition_changes.clone()))?;
         Ok(stage_metrics)
     }
 }

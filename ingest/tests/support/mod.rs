@@ -230,11 +230,24 @@ pub async fn wait_until_received(processes: &[&StageProcess], expected: u64) {
     .await;
 }
 
-/// The partitions a running instance owns, from its per-partition de-duplication gauge.
+/// The partitions a running instance owns (0 while it does not answer).
 pub async fn owned_partitions(process: &StageProcess) -> usize {
-    metrics(process)
-        .await
-        .lines()
-        .filter(|line| line.starts_with("boomerang_dedup_keys{"))
-        .count()
+    counter(&metrics(process).await, "boomerang_owned_partitions") as usize
+}
+
+/// Partitions a running instance has been given and has given up, over its life.
+pub async fn partition_changes(process: &StageProcess) -> (u64, u64) {
+    let text = metrics(process).await;
+    (
+        boomerang_testkit::value(
+            &text,
+            "boomerang_partition_changes_total",
+            &["change=\"assigned\""],
+        ),
+        boomerang_testkit::value(
+            &text,
+            "boomerang_partition_changes_total",
+            &["change=\"revoked\""],
+        ),
+    )
 }

@@ -28,6 +28,7 @@
 //!   offsets are committed, only when that future has finished. Records the write rejects for
 //!   good are dead-lettered like any other.
 
+mod close;
 mod collect;
 mod fence;
 mod in_flight;
@@ -78,6 +79,7 @@ pub async fn run<P: Processor>(
     if consumer_config.get("statistics.interval.ms").is_none() {
         consumer_config.set("statistics.interval.ms", "5000");
     }
+    let static_member = consumer_config.get("group.instance.id").is_some();
     let consumer: Arc<StreamConsumer<LoopContext>> =
         Arc::new(consumer_config.create_with_context(LoopContext {
             ownership: ownership.clone(),
@@ -237,7 +239,10 @@ pub async fn run<P: Processor>(
     if let Err(error) = ignore_nothing_to_commit(consumer.commit_consumer_state(CommitMode::Sync)) {
         tracing::warn!(error = %error, "final commit failed; the next owner replays from the last commit");
     }
-    consumer.unsubscribe();
+    // The processor's flush futures hold the fence, and the fence holds the consumer.
+    drop(fence);
+    drop(processor);
+    close::close(consumer, static_member).await;
     result.and(drained)
 }
 

@@ -34,6 +34,14 @@ pub(super) struct LoopContext {
 }
 
 impl LoopContext {
+    fn count_changes(&self, change: &str, partitions: usize, owned: usize) {
+        self.metrics
+            .partition_changes
+            .with_label_values(&[change])
+            .inc_by(partitions as u64);
+        self.metrics.owned_partitions.set(owned as i64);
+    }
+
     fn ownership(&self) -> std::sync::MutexGuard<'_, Ownership> {
         self.ownership
             .lock()
@@ -115,6 +123,7 @@ impl ConsumerContext for LoopContext {
             for partition in &revoked {
                 ownership.owned.remove(partition);
             }
+            self.count_changes("revoked", revoked.len(), ownership.owned.len());
             tracing::info!(partitions = ?revoked, "partitions revoked");
             ownership.newly_revoked.extend(revoked);
         }
@@ -126,6 +135,7 @@ impl ConsumerContext for LoopContext {
             tracing::info!(partitions = ?assigned, "partitions assigned");
             let mut ownership = self.ownership();
             ownership.owned.extend(assigned.iter().cloned());
+            self.count_changes("assigned", assigned.len(), ownership.owned.len());
             ownership.newly_assigned.extend(assigned);
         }
     }
