@@ -280,6 +280,22 @@ pub async fn ensure_topics(args: &KafkaArgs, topics: &[TopicSpec]) -> Result<(),
     Ok(())
 }
 
+/// A librdkafka log line as rdkafka's default client context writes it (target `librdkafka`),
+/// for contexts that look at some lines first.
+pub fn log_librdkafka(level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as Level;
+    match level {
+        Level::Emerg | Level::Alert | Level::Critical | Level::Error => {
+            tracing::error!(target: "librdkafka", "librdkafka: {facility} {message}")
+        }
+        Level::Warning => tracing::warn!(target: "librdkafka", "librdkafka: {facility} {message}"),
+        Level::Notice | Level::Info => {
+            tracing::info!(target: "librdkafka", "librdkafka: {facility} {message}")
+        }
+        Level::Debug => tracing::debug!(target: "librdkafka", "librdkafka: {facility} {message}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,6 +76,10 @@ pub struct StageMetrics {
     pub owned_partitions: IntGauge,
     /// Partitions given to (`assigned`) or taken from (`revoked`) this instance by rebalances.
     pub partition_changes: IntCounterVec,
+    /// Partitions found reading below the oldest retained record, by topic.
+    pub retention_gaps: IntCounterVec,
+    /// Records retention deleted before this stage's group read them, by topic.
+    pub records_lost_to_retention: IntCounterVec,
 }
 
 impl StageMetrics {
@@ -137,6 +141,16 @@ impl StageMetrics {
                 "Partitions assigned to or revoked from this instance by rebalances.",
                 &["change"],
             )?,
+            retention_gaps: counter(
+                "boomerang_retention_gaps_total",
+                "Times a partition's next offset was older than the oldest retained record.",
+                &["topic"],
+            )?,
+            records_lost_to_retention: counter(
+                "boomerang_records_lost_to_retention_total",
+                "Records deleted by retention before this stage's group read them.",
+                &["topic"],
+            )?,
         };
         let registry = metrics.registry();
         registry.register(Box::new(stage_metrics.received_events.clone()))?;
@@ -149,6 +163,8 @@ impl StageMetrics {
         registry.register(Box::new(stage_metrics.last_event_timestamp.clone()))?;
         registry.register(Box::new(stage_metrics.owned_partitions.clone()))?;
         registry.register(Box::new(stage_metrics.partition_changes.clone()))?;
+        registry.register(Box::new(stage_metrics.retention_gaps.clone()))?;
+        registry.register(Box::new(stage_metrics.records_lost_to_retention.clone()))?;
         Ok(stage_metrics)
     }
 }

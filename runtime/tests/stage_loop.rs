@@ -9,8 +9,8 @@ use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
 use boomerang_runtime::metrics::{Metrics, StageMetrics};
 use boomerang_runtime::service::StageContext;
 use boomerang_runtime::stage_loop::{
-    self, Fence, FlushFuture, FlushResult, InputRecord, LoopSettings, Outcome, Partition,
-    Processor, RetryableError,
+    self, Fence, FlushFuture, FlushResult, InputRecord, LoopSettings, OnRetentionGap, Outcome,
+    Partition, Processor, RetryableError,
 };
 use boomerang_testkit::{Stack, committed_and_high_watermarks, read_topic_to_end, unique_name};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -108,6 +108,7 @@ fn a_dead_letter_too_large_for_the_producer_is_trimmed_and_the_stage_goes_on() {
         dead_letter_topic: dead_letters.clone(),
         batch_max_records: 100,
         batch_max_wait: Duration::from_millis(50),
+        on_retention_gap: OnRetentionGap::Resume,
     };
     let (ended_sender, ended) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -13,7 +13,7 @@ use boomerang_runtime::migrations::{self, MigrationError};
 use boomerang_runtime::pseudonym::{PseudonymArgs, Pseudonymiser};
 use boomerang_runtime::registry::{RegistryArgs, WriterSchemas};
 use boomerang_runtime::service::{self, ServiceArgs, StageContext};
-use boomerang_runtime::stage_loop::{self, LoopSettings};
+use boomerang_runtime::stage_loop::{self, LoopSettings, OnRetentionGap};
 use boomerang_runtime::topics::TopicsArgs;
 use boomerang_sink::metrics::SinkMetrics;
 use boomerang_sink::processor::{SinkProcessor, SinkTopics};
@@ -51,6 +51,17 @@ struct SinkArgs {
     /// Consumer group id; every sink instance shares one.
     #[arg(long = "group-id", env = "BOOMERANG_GROUP_ID")]
     group_id: Option<String>,
+
+    /// What to do when a partition's committed offset is older than the oldest record the
+    /// topic still holds: `resume` at the oldest record, counting what was lost in
+    /// `boomerang_records_lost_to_retention_total`, or `stop` the sink with an error.
+    #[arg(
+        long = "on-retention-gap",
+        env = "BOOMERANG_ON_RETENTION_GAP",
+        value_enum,
+        default_value_t = OnRetentionGap::Resume
+    )]
+    on_retention_gap: OnRetentionGap,
 
     /// Most records in one insert batch.
     #[arg(
@@ -134,6 +145,7 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         dead_letter_topic: args.topics.dead_letter.clone(),
         batch_max_records: args.sink.insert_max_rows.max(1),
         batch_max_wait: Duration::from_millis(args.sink.insert_max_wait_ms),
+        on_retention_gap: args.sink.on_retention_gap,
     };
     stage_loop::run(settings, &args.kafka, processor, stage_metrics, &context).await
 }

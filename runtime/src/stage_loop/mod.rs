@@ -36,6 +36,7 @@ mod ledger;
 mod process;
 mod processor;
 mod rebalance;
+mod retention;
 mod send;
 mod settings;
 
@@ -60,7 +61,7 @@ pub use self::processor::{
     FlushFuture, FlushResult, InputRecord, Outcome, OutputRecord, Partition, Processor, Released,
     RetryableError,
 };
-pub use self::settings::{CRASH_AFTER_PRODUCE_ENV, LoopArgs, LoopSettings};
+pub use self::settings::{CRASH_AFTER_PRODUCE_ENV, LoopArgs, LoopSettings, OnRetentionGap};
 
 /// Runs the loop until shutdown; returns after a final commit.
 pub async fn run<P: Processor>(
@@ -87,6 +88,7 @@ pub async fn run<P: Processor>(
             metrics: metrics.clone(),
             crash_after_batches,
             commit_failed: std::sync::atomic::AtomicBool::new(false),
+            retention_gaps: Mutex::new(Vec::new()),
         })?);
     let fence = Fence::new(consumer.clone(), in_flight.clone());
     let topics: Vec<&str> = settings.input_topics.iter().map(String::as_str).collect();
@@ -124,6 +126,14 @@ pub async fn run<P: Processor>(
         };
         if !collected.is_empty() {
             last_batch_len = collected.len();
+        }
+        // Before anything read past a gap is processed: a `stop` stage processes none of it.
+        let gaps = std::mem::take(&mut *lock(&consumer.context().retention_gaps));
+        if !gaps.is_empty()
+            && let Err(error) =
+                retention::account(&consumer, gaps, settings.on_retention_gap, &metrics).await
+        {
+            break Err(error);
         }
         let (assigned, revoked) = {
             let mut guard = lock(&ownership);

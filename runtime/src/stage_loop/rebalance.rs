@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -13,6 +14,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::in_flight::{InFlight, complete_batch};
+use super::retention::{RetentionGap, parse_reset};
 use super::{InputRecord, Partition, lock};
 use crate::metrics::StageMetrics;
 
@@ -31,6 +33,9 @@ pub(super) struct LoopContext {
     pub(super) crash_after_batches: Option<u64>,
     /// Set when a commit failed: an idle loop commits again, since no later batch would.
     pub(super) commit_failed: std::sync::atomic::AtomicBool,
+    /// Partitions librdkafka found reading below the oldest retained record, for the loop to
+    /// account for before it processes anything further.
+    pub(super) retention_gaps: Mutex<Vec<RetentionGap>>,
 }
 
 impl LoopContext {
@@ -64,6 +69,13 @@ pub(super) fn ignore_nothing_to_commit(result: KafkaResult<()>) -> KafkaResult<(
 }
 
 impl ClientContext for LoopContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        if let Some(gap) = parse_reset(facility, message) {
+            lock(&self.retention_gaps).push(gap);
+        }
+        crate::kafka::log_librdkafka(level, facility, message);
+    }
+
     fn stats(&self, statistics: Statistics) {
         for (topic, topic_statistics) in &statistics.topics {
             for (partition, partition_statistics) in &topic_statistics.partitions {

@@ -23,6 +23,25 @@ pub struct LoopArgs {
         default_value_t = 100
     )]
     pub batch_max_wait_ms: u64,
+
+    /// What to do when a partition's committed offset is older than the oldest record the
+    /// topic still holds (retention deleted records the group never read): `resume` at the
+    /// oldest record, counting what was lost in `boomerang_records_lost_to_retention_total`
+    /// with an error log line, or `stop` the stage with an error, for an operator to decide.
+    #[arg(
+        long = "on-retention-gap",
+        env = "BOOMERANG_ON_RETENTION_GAP",
+        value_enum,
+        default_value_t = OnRetentionGap::Resume
+    )]
+    pub on_retention_gap: OnRetentionGap,
+}
+
+/// See [`LoopArgs::on_retention_gap`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnRetentionGap {
+    Resume,
+    Stop,
 }
 
 /// What the loop needs besides the processor.
@@ -36,6 +55,7 @@ pub struct LoopSettings {
     pub dead_letter_topic: String,
     pub batch_max_records: usize,
     pub batch_max_wait: Duration,
+    pub on_retention_gap: OnRetentionGap,
 }
 
 impl LoopSettings {
@@ -62,6 +82,7 @@ impl LoopSettings {
             dead_letter_topic,
             batch_max_records: args.batch_max_records.max(1),
             batch_max_wait: Duration::from_millis(args.batch_max_wait_ms),
+            on_retention_gap: args.on_retention_gap,
         }
     }
 }
