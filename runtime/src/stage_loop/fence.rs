@@ -135,17 +135,112 @@ impl Fence {
                 // the write goes on, as it did before the fence existed.
                 Ok(_) => return Ok(()),
             };
-            match code {
-                RDKafkaErrorCode::UnknownMemberId | RDKafkaErrorCode::FencedInstanceId => {
-                    return Err(Fenced(code.to_string()));
-                }
-                RDKafkaErrorCode::IllegalGeneration | RDKafkaErrorCode::RebalanceInProgress
-                    if tokio::time::Instant::now() < deadline =>
-                {
+            match answer_to(code) {
+                Answer::Fenced => return Err(Fenced(code.to_string())),
+                Answer::AskAgain if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                _ => return Ok(()),
+                Answer::AskAgain | Answer::GoOn => return Ok(()),
             }
         }
+    }
+}
+
+/// What a refused confirmation says about this member.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    /// The group no longer knows this member, or another instance took its id.
+    Fenced,
+    /// The group is between generations: a live member hears this too until it has rejoined.
+    AskAgain,
+    /// Says nothing about membership: the write goes on.
+    GoOn,
+}
+
+fn answer_to(code: RDKafkaErrorCode) -> Answer {
+    match code {
+        RDKafkaErrorCode::UnknownMemberId | RDKafkaErrorCode::FencedInstanceId => Answer::Fenced,
+        RDKafkaErrorCode::IllegalGeneration | RDKafkaErrorCode::RebalanceInProgress => {
+            Answer::AskAgain
+        }
+        _ => Answer::GoOn,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Metrics, StageMetrics};
+    use crate::stage_loop::rebalance::Ownership;
+
+    /// Found by the chaos soak: a healthy sink, refused with ILLEGAL_GENERATION while the
+    /// group moved to a new generation it had not joined yet, took itself for a zombie and
+    /// stopped.
+    #[test]
+    fn an_old_generation_is_asked_again_and_only_an_unknown_member_is_fenced() {
+        assert_eq!(
+            answer_to(RDKafkaErrorCode::IllegalGeneration),
+            Answer::AskAgain
+        );
+        assert_eq!(
+            answer_to(RDKafkaErrorCode::RebalanceInProgress),
+            Answer::AskAgain
+        );
+        assert_eq!(answer_to(RDKafkaErrorCode::UnknownMemberId), Answer::Fenced);
+        assert_eq!(
+            answer_to(RDKafkaErrorCode::FencedInstanceId),
+            Answer::Fenced
+        );
+        assert_eq!(
+            answer_to(RDKafkaErrorCode::CoordinatorNotAvailable),
+            Answer::GoOn
+        );
+    }
+
+    fn fence_without_brokers(in_flight: Arc<Mutex<InFlight>>) -> Fence {
+        let metrics = Metrics::for_stage("fence-test").expect("metrics");
+        let consumer: StreamConsumer<LoopContext> = rdkafka::ClientConfig::new()
+            // Nothing listens here: nothing is ever answered.
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("group.id", "fence-test")
+            .create_with_context(LoopContext {
+                ownership: Arc::new(Mutex::new(Ownership::default())),
+                in_flight: in_flight.clone(),
+                metrics: StageMetrics::register(&metrics).expect("stage metrics"),
+                crash_after_batches: None,
+                commit_failed: AtomicBool::new(false),
+                retention_gaps: Mutex::new(Vec::new()),
+            })
+            .expect("consumer");
+        Fence::new(Arc::new(consumer), in_flight)
+    }
+
+    /// Found by the chaos soak: a confirmation took the loop's lock, which a rebalance callback
+    /// held while it waited for the batches in flight, this write among them; the sink froze
+    /// and ignored SIGTERM.
+    #[tokio::test]
+    async fn a_confirmation_never_waits_for_the_loops_lock() {
+        let in_flight = Arc::new(Mutex::new(InFlight::default()));
+        let fence = fence_without_brokers(in_flight.clone());
+        // A "rebalance callback" holds the lock for 3 s on another thread.
+        let (locked, is_locked) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let _held = in_flight.lock().expect("lock");
+            let _ = locked.send(());
+            std::thread::sleep(Duration::from_secs(3));
+        });
+        is_locked.recv().expect("locked");
+        let started = std::time::Instant::now();
+        let answer = fence.confirm().await;
+        let waited = started.elapsed();
+        holder.join().expect("holder");
+        assert!(
+            answer.is_ok(),
+            "the write goes on while a rebalance holds the lock"
+        );
+        assert!(
+            waited < Duration::from_secs(1),
+            "the confirmation waited {waited:?} for the lock"
+        );
     }
 }
