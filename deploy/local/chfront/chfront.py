@@ -45,14 +45,31 @@ from clickhouse_cityhash.cityhash import CityHash128
 
 # Parameters of the HTTP interface that are not settings (ClickHouse's HTTPHandler list).
 NOT_SETTINGS = {
-    "query", "database", "default_format", "user", "password", "quota_key", "query_id",
-    "stacktrace", "compress", "decompress", "session_id", "session_timeout", "session_check",
-    "buffer_size", "wait_end_of_query", "role", "client_protocol_version", "http_headers_progress_interval_ms",
+    "query",
+    "database",
+    "default_format",
+    "user",
+    "password",
+    "quota_key",
+    "query_id",
+    "stacktrace",
+    "compress",
+    "decompress",
+    "session_id",
+    "session_timeout",
+    "session_check",
+    "buffer_size",
+    "wait_end_of_query",
+    "role",
+    "client_protocol_version",
+    "http_headers_progress_interval_ms",
 }
 SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 EXCEPTION_CODE = re.compile(r"Code: (\d+)\.")
 # An INSERT whose data follows in the request body: everything up to `FORMAT name`.
-INSERT_WITH_FORMAT = re.compile(r"^\s*(INSERT\s.*?)\s+FORMAT\s+([A-Za-z0-9_]+)\s*$", re.IGNORECASE | re.DOTALL)
+INSERT_WITH_FORMAT = re.compile(
+    r"^\s*(INSERT\s.*?)\s+FORMAT\s+([A-Za-z0-9_]+)\s*$", re.IGNORECASE | re.DOTALL
+)
 # INSERT INTO [TABLE] <table> [(<columns>)] [SETTINGS ...]
 INSERT_TARGET = re.compile(
     r"^\s*INSERT\s+INTO\s+(?:TABLE\s+)?"
@@ -102,7 +119,9 @@ class Engine:
             self.spool_dir = os.path.join(data_dir, "insert-spool")
             os.makedirs(self.spool_dir, exist_ok=True)
         self.lock = threading.Lock()
-        self.version = self.connection.query("SELECT version()", "TSV").bytes().decode().strip()
+        self.version = (
+            self.connection.query("SELECT version()", "TSV").bytes().decode().strip()
+        )
 
     def close(self):
         with self.lock:
@@ -158,21 +177,36 @@ class Engine:
         """
         match = INSERT_WITH_FORMAT.match(sql)
         if match is None:
-            raise QueryError(CODE_BAD_ARGUMENTS, "an INSERT with data in the request body must end with FORMAT <name>")
+            raise QueryError(
+                CODE_BAD_ARGUMENTS,
+                "an INSERT with data in the request body must end with FORMAT <name>",
+            )
         statement, data_format = match.group(1), match.group(2)
         target = INSERT_TARGET.match(statement)
         if target is None:
-            raise QueryError(CODE_BAD_ARGUMENTS, f"cannot read the table of {statement!r}")
+            raise QueryError(
+                CODE_BAD_ARGUMENTS, f"cannot read the table of {statement!r}"
+            )
         columns = self._insert_columns(target.group("table"), target.group("columns"))
-        structure = ", ".join(f"{quote_identifier(name)} {kind}" for name, kind in columns)
+        structure = ", ".join(
+            f"{quote_identifier(name)} {kind}" for name, kind in columns
+        )
         column_list = ", ".join(quote_identifier(name) for name, _ in columns)
-        with tempfile.NamedTemporaryFile(prefix="chfront-insert-", dir=self.spool_dir) as spool:
+        with tempfile.NamedTemporaryFile(
+            prefix="chfront-insert-", dir=self.spool_dir
+        ) as spool:
             for chunk in insert_body:
                 if chunk:
                     spool.write(chunk)
             spool.flush()
             if spool.tell() == 0:
-                summary = {"read_rows": "0", "read_bytes": "0", "written_rows": "0", "written_bytes": "0", "elapsed_ns": "0"}
+                summary = {
+                    "read_rows": "0",
+                    "read_bytes": "0",
+                    "written_rows": "0",
+                    "written_bytes": "0",
+                    "elapsed_ns": "0",
+                }
                 return b"", summary
             settings = target.group("settings") or ""
             insert = (
@@ -202,14 +236,24 @@ class Engine:
             name, kind, default_kind = line.split("\t")
             known.append((name, kind, default_kind))
         if not known:
-            raise QueryError(60, f"Code: 60. DB::Exception: Table {table} does not exist. (UNKNOWN_TABLE)")
+            raise QueryError(
+                60,
+                f"Code: 60. DB::Exception: Table {table} does not exist. (UNKNOWN_TABLE)",
+            )
         if listed is None or not listed.strip():
-            return [(name, kind) for name, kind, default_kind in known if default_kind not in ("MATERIALIZED", "ALIAS")]
+            return [
+                (name, kind)
+                for name, kind, default_kind in known
+                if default_kind not in ("MATERIALIZED", "ALIAS")
+            ]
         types = {name: kind for name, kind, _ in known}
         columns = []
         for name in (unquote_identifier(part.strip()) for part in listed.split(",")):
             if name not in types:
-                raise QueryError(16, f"Code: 16. DB::Exception: No such column {name} in table {table}. (NO_SUCH_COLUMN_IN_TABLE)")
+                raise QueryError(
+                    16,
+                    f"Code: 16. DB::Exception: No such column {name} in table {table}. (NO_SUCH_COLUMN_IN_TABLE)",
+                )
             columns.append((name, types[name]))
         return columns
 
@@ -247,7 +291,10 @@ def quote_identifier(name):
 def read_exactly(stream, size):
     data = stream.read(size)
     if len(data) != size:
-        raise QueryError(CODE_BAD_ARGUMENTS, f"request body ended early: wanted {size} bytes, got {len(data)}")
+        raise QueryError(
+            CODE_BAD_ARGUMENTS,
+            f"request body ended early: wanted {size} bytes, got {len(data)}",
+        )
     return data
 
 
@@ -256,7 +303,9 @@ def chunked_pieces(stream):
     while True:
         size_line = stream.readline(1024)
         if not size_line:
-            raise QueryError(CODE_BAD_ARGUMENTS, "chunked request body ended without its last chunk")
+            raise QueryError(
+                CODE_BAD_ARGUMENTS, "chunked request body ended without its last chunk"
+            )
         size = int(size_line.split(b";", 1)[0].strip(), 16)
         if size == 0:
             # Trailer fields, then the empty line that ends the body.
@@ -294,25 +343,37 @@ def decompressed_blocks(pieces):
             compressed_size, raw_size = struct.unpack_from("<II", buffer, header + 1)
             block_end = header + compressed_size
             if compressed_size < COMPRESSED_HEADER_BYTES:
-                raise QueryError(CODE_CANNOT_DECOMPRESS, f"compressed block size {compressed_size} is smaller than its header")
+                raise QueryError(
+                    CODE_CANNOT_DECOMPRESS,
+                    f"compressed block size {compressed_size} is smaller than its header",
+                )
             if len(buffer) < block_end:
                 break
             block = bytes(buffer[header:block_end])
             if block_checksum(block) != bytes(buffer[:header]):
-                raise QueryError(CODE_CHECKSUM_DOESNT_MATCH, "checksum doesn't match: corrupted data")
+                raise QueryError(
+                    CODE_CHECKSUM_DOESNT_MATCH, "checksum doesn't match: corrupted data"
+                )
             payload = block[COMPRESSED_HEADER_BYTES:]
             del buffer[:block_end]
             if method == METHOD_LZ4:
                 try:
                     yield lz4.block.decompress(payload, uncompressed_size=raw_size)
                 except lz4.block.LZ4BlockError as error:
-                    raise QueryError(CODE_CANNOT_DECOMPRESS, f"cannot decompress LZ4 block: {error}") from None
+                    raise QueryError(
+                        CODE_CANNOT_DECOMPRESS, f"cannot decompress LZ4 block: {error}"
+                    ) from None
             elif method == METHOD_NONE:
                 yield payload
             else:
-                raise QueryError(CODE_CANNOT_DECOMPRESS, f"unknown compression method 0x{method:02x}")
+                raise QueryError(
+                    CODE_CANNOT_DECOMPRESS, f"unknown compression method 0x{method:02x}"
+                )
     if buffer:
-        raise QueryError(CODE_CANNOT_DECOMPRESS, f"request body ends inside a compressed block ({len(buffer)} bytes left)")
+        raise QueryError(
+            CODE_CANNOT_DECOMPRESS,
+            f"request body ends inside a compressed block ({len(buffer)} bytes left)",
+        )
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -347,7 +408,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             url = urllib.parse.urlsplit(self.path)
             if url.path not in ("/", ""):
-                raise QueryError(CODE_BAD_ARGUMENTS, f"there is no handler for {url.path}: chfront serves / and /ping")
+                raise QueryError(
+                    CODE_BAD_ARGUMENTS,
+                    f"there is no handler for {url.path}: chfront serves / and /ping",
+                )
             arguments = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
             pieces = self._body_pieces() if self.command == "POST" else iter(())
             content_type = self.headers.get("Content-Type", "")
@@ -357,28 +421,48 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 pieces = iter(())
             query = arguments.get("query", "")
             decompress = arguments.get("decompress") == "1"
-            if query and INSERT_PREFIX.match(query) and self.command == "POST" and INSERT_WITH_FORMAT.match(query):
+            if (
+                query
+                and INSERT_PREFIX.match(query)
+                and self.command == "POST"
+                and INSERT_WITH_FORMAT.match(query)
+            ):
                 # The INSERT streams the body: it is read to its end only if the INSERT succeeds.
                 insert_body = decompressed_blocks(pieces) if decompress else pieces
                 sql = query
             else:
                 body = b"".join(decompressed_blocks(pieces) if decompress else pieces)
                 body_consumed = True
-                sql = query + (("\n" if query else "") + body.decode("utf-8") if body else "")
+                sql = query + (
+                    ("\n" if query else "") + body.decode("utf-8") if body else ""
+                )
                 insert_body = None
             if not sql.strip():
                 raise QueryError(CODE_BAD_ARGUMENTS, "empty query")
-            params = {name[len("param_"):]: value for name, value in arguments.items() if name.startswith("param_")}
+            params = {
+                name[len("param_") :]: value
+                for name, value in arguments.items()
+                if name.startswith("param_")
+            }
             settings = {}
             for name, value in arguments.items():
                 if name in NOT_SETTINGS or name.startswith("param_"):
                     continue
                 if not SETTING_NAME.match(name):
-                    raise QueryError(CODE_BAD_ARGUMENTS, f"invalid setting name {name!r}")
+                    raise QueryError(
+                        CODE_BAD_ARGUMENTS, f"invalid setting name {name!r}"
+                    )
                 settings[name] = value
             output_format = arguments.get("default_format") or "TabSeparated"
             started = time.monotonic()
-            data, summary = self.engine.run(sql, output_format, params, settings, arguments.get("database"), insert_body)
+            data, summary = self.engine.run(
+                sql,
+                output_format,
+                params,
+                settings,
+                arguments.get("database"),
+                insert_body,
+            )
             body_consumed = True
             headers = {
                 "Content-Type": "application/octet-stream",
@@ -388,11 +472,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
             }
             self._reply(200, data, headers)
             if self.verbose:
-                print(f"chfront: {time.monotonic() - started:.3f}s {sql[:120]!r}", file=sys.stderr)
+                print(
+                    f"chfront: {time.monotonic() - started:.3f}s {sql[:120]!r}",
+                    file=sys.stderr,
+                )
         except QueryError as error:
             self._reply_error(error.code, str(error), query_id, close=not body_consumed)
         except Exception as error:  # never let one request take the front end down
-            self._reply_error(CODE_UNKNOWN_EXCEPTION, f"chfront: {type(error).__name__}: {error}", query_id, close=True)
+            self._reply_error(
+                CODE_UNKNOWN_EXCEPTION,
+                f"chfront: {type(error).__name__}: {error}",
+                query_id,
+                close=True,
+            )
 
     def _reply_error(self, code, message, query_id, close):
         if not message.startswith("Code:"):
@@ -449,9 +541,15 @@ def serve(listen, data_dir, verbose=False, ready=None):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--listen", default="127.0.0.1:18123", help="HOST:PORT to listen on")
-    parser.add_argument("--data", required=True, help="chDB data directory (kept across restarts)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--listen", default="127.0.0.1:18123", help="HOST:PORT to listen on"
+    )
+    parser.add_argument(
+        "--data", required=True, help="chDB data directory (kept across restarts)"
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request")
     options = parser.parse_args()
 
@@ -462,7 +560,10 @@ def main():
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        print(f"chfront: ClickHouse {server.RequestHandlerClass.engine.version} (chDB) on http://{options.listen}", flush=True)
+        print(
+            f"chfront: ClickHouse {server.RequestHandlerClass.engine.version} (chDB) on http://{options.listen}",
+            flush=True,
+        )
 
     serve(options.listen, options.data, options.verbose, on_ready)
 
