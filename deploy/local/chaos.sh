@@ -39,7 +39,7 @@ while (($#)); do
     --clickhouse-outage) clickhouse_outage=$2; shift 2 ;;
     --registry-outage) registry_outage=$2; shift 2 ;;
     --short)
-      events=50000 rate=2000 kill_every=5 clickhouse_outage=15 registry_outage=8
+      events=50000 rate=600 kill_every=5 clickhouse_outage=15 registry_outage=8
       shift
       ;;
     *) printf 'chaos: unknown option %s\n' "$1" >&2; exit 2 ;;
@@ -134,24 +134,41 @@ note_rss() {
 }
 # Records the instance has received in completed batches (counted when a batch completes, just
 # before its offsets are committed).
-completed_of() {
-  curl -fsS "http://127.0.0.1:${ports[$1]}/metrics" 2>/dev/null \
-    | awk '/^boomerang_received_events_total\{/ {sum += $2} END {print sum + 0}'
+completed_of() { metric_of "$1" boomerang_received_events_total; }
+# The sum of an instance's series whose name, with labels, starts with SERIES (labels are
+# rendered sorted by name, `stage` among them).
+metric_of() {
+  { curl -fsS "http://127.0.0.1:${ports[$1]}/metrics" 2>/dev/null || true; } \
+    | awk -v series="$2" 'index($1, series) == 1 && substr($1, length(series) + 1, 1) ~ /^[{,]?$/ {sum += $2} END {print sum + 0}'
 }
+# The other instance of the same stage.
+partner_of() { echo "${1%-*}-$((1 - ${1##*-}))"; }
 # Polls, in the background, until a restarted instance has completed a batch; records the
 # seconds from its restart.
+# A dependency outage in progress is named in this file. A restart whose wait overlaps one is
+# marked: it cannot commit before the dependency is back, by design.
+outage_file=$run_dir/outage
+set_outage() {
+  if [[ -n $1 ]]; then echo "$1" >"$outage_file"; else rm -f "$outage_file"; fi
+}
 measure_recovery() {
   local name=$1 since=$2 pid=${pids[$1]}
   (
     deadline=$((since + 180))
+    mark=
     while ((SECONDS < deadline)) && [[ -d /proc/$pid ]]; do
+      [[ -f $outage_file ]] && mark=" during-$(cat "$outage_file" 2>/dev/null)-outage"
       if [[ $(completed_of "$name") -gt 0 ]] 2>/dev/null; then
-        echo "$name $((SECONDS - since))" >>"$run_dir/recovery.txt"
+        echo "$name $((SECONDS - since))$mark" >>"$run_dir/recovery.txt"
         exit 0
       fi
       sleep 0.2
     done
-    echo "$name none" >>"$run_dir/recovery.txt"
+    if [[ -d /proc/$pid ]]; then
+      echo "$name none" >>"$run_dir/recovery.txt"
+    else
+      echo "$name killed-again" >>"$run_dir/recovery.txt" # by the soak, before it could commit
+    fi
   ) &
 }
 # Stops an instance with SIGTERM, and with SIGKILL if it has not exited 20 s later (a stage
@@ -197,6 +214,9 @@ gen_pid=$!
 RANDOM=$seed
 kills=0
 round=()
+# Sets `victim`: stages are taken in a shuffled round, so every stage is hit in turn. (Not a
+# command substitution: a subshell would lose the round and the random state.)
+victim=
 next_victim() {
   if ((${#round[@]} == 0)); then
     round=(ingest enrich sink)
@@ -208,18 +228,34 @@ next_victim() {
   fi
   local stage=${round[0]}
   round=("${round[@]:1}")
-  echo "$stage-$((RANDOM % 2))"
+  victim="$stage-$((RANDOM % 2))"
 }
-kill_one() {
-  local victim
-  victim=$(next_victim)
+# kill -9 of VICTIM, restarted at once with the same arguments; WHEN says what it was doing.
+kill_instance() {
+  local victim=$1 when=${2:-}
   note_rss "$victim"
-  fault "kill -9 $victim (pid ${pids[$victim]})"
+  fault "kill -9 $victim (pid ${pids[$victim]})${when:+ $when}"
   kill -KILL "${pids[$victim]}" 2>/dev/null || true
   wait "${pids[$victim]}" 2>/dev/null || true
   start_instance "$victim"
   measure_recovery "$victim" "$SECONDS"
   kills=$((kills + 1))
+}
+# Every other enrich kill, the restarted instance is killed again while it reads its
+# reference tables back.
+enrich_kills=0
+kill_one() {
+  local deadline
+  next_victim
+  kill_instance "$victim"
+  if [[ $(stage_of "$victim") == enrich ]] && ((enrich_kills++ % 2 == 0)); then
+    deadline=$((SECONDS + 30))
+    until curl -sS "http://127.0.0.1:${ports[$victim]}/readyz" 2>/dev/null | grep -q "catching up"; do
+      ((SECONDS < deadline)) || return 0
+      sleep 0.1
+    done
+    kill_instance "$victim" "during its reference catch-up"
+  fi
 }
 
 # Notes each instance's peak RSS, and restarts one that stopped by itself (a fenced zombie does,
@@ -253,15 +289,21 @@ one_off() {
     clickhouse)
       fault "ClickHouse down for ${clickhouse_outage}s"
       stack stop clickhouse
-      sleep "$clickhouse_outage"
+      set_outage clickhouse
+      sleep $((clickhouse_outage / 2))
+      kill_instance "sink-$((RANDOM % 2))" "while its inserts wait for ClickHouse"
+      sleep $((clickhouse_outage - clickhouse_outage / 2))
       stack up --sqlite >/dev/null 2>&1
+      set_outage ""
       fault "ClickHouse up"
       ;;
     registry)
       fault "schema registry down for ${registry_outage}s"
       stack stop registry
+      set_outage registry
       sleep "$registry_outage"
       stack up --sqlite >/dev/null 2>&1
+      set_outage ""
       fault "schema registry up"
       ;;
     zombie)
@@ -272,27 +314,53 @@ one_off() {
       sleep 16
       kill -CONT "${pids[$victim]}"
       fault "SIGCONT $victim"
+      # Its return starts a rebalance: its partner dies in the middle of it.
+      kill_instance "$(partner_of "$victim")" "during the rebalance the zombie's return starts"
       ;;
     broker)
       fault "broker restart (SQLite storage)"
       stack stop kafka
+      set_outage broker
       stack up --sqlite >/dev/null 2>&1
+      set_outage ""
       fault "broker up"
       ;;
     rolling)
-      local name
-      fault "rolling SIGTERM restart of every instance"
+      # Static members: a restarted instance takes its own partitions back and its partner
+      # is never rebalanced. Partitions a partner gives up meanwhile are a finding (a
+      # rebalance is eager: it revokes every partition of every member). A partner's own
+      # first assignment after it was itself restarted is not a move.
+      local name partner before after moved=0
+      # First the group whole again: an instance that stopped by itself (a fenced zombie)
+      # back, and every instance owning partitions, or its joining would count as a move.
+      supervise
       for name in "${instances[@]}"; do
-        note_rss "$name"
-        stop_instance "$name"
-        start_instance "$name"
-        deadline=$((SECONDS + 120))
-        until curl -fsS "http://127.0.0.1:${ports[$name]}/readyz" >/dev/null 2>&1; do
+        deadline=$((SECONDS + 60))
+        until [[ $(metric_of "$name" boomerang_owned_partitions) -gt 0 ]]; do
           ((SECONDS < deadline)) || break
           sleep 0.2
         done
       done
-      fault "rolling restart done"
+      fault "rolling SIGTERM restart of every instance"
+      for name in "${instances[@]}"; do
+        partner=$(partner_of "$name")
+        before=$(metric_of "$partner" 'boomerang_partition_changes_total{change="revoked"')
+        note_rss "$name"
+        stop_instance "$name"
+        start_instance "$name"
+        deadline=$((SECONDS + 60))
+        until [[ $(metric_of "$name" boomerang_owned_partitions) -gt 0 ]]; do
+          ((SECONDS < deadline)) || break
+          sleep 0.2
+        done
+        after=$(metric_of "$partner" 'boomerang_partition_changes_total{change="revoked"')
+        ((after > before)) && moved=$((moved + after - before))
+      done
+      if ((moved > 0)); then
+        fault "FINDING: the rolling restart made instances not restarted give up $moved partitions"
+      else
+        fault "rolling restart done; no partition moved"
+      fi
       ;;
   esac
 }
@@ -343,12 +411,16 @@ sed 's/^/  /' "$faults"
 echo
 echo "Restart to first completed (and committed) batch, s:"
 sort "$run_dir/recovery.txt" 2>/dev/null | sed 's/^/  /' || true
-times=$(awk '$2 != "none" {print $2}' "$run_dir/recovery.txt" 2>/dev/null | sort -n)
-if [[ -n $times ]]; then
+median_of() {
+  local times count
+  times=$(awk "$1"' && $2 ~ /^[0-9]+$/ {print $2}' "$run_dir/recovery.txt" 2>/dev/null | sort -n)
+  [[ -n $times ]] || { echo "n/a over 0 restarts"; return; }
   count=$(wc -l <<<"$times")
-  median=$(sed -n "$(((count + 1) / 2))p" <<<"$times")
-  echo "  median $median s over $count restarts; $(grep -c none "$run_dir/recovery.txt" || true) never committed"
-fi
+  echo "$(sed -n "$(((count + 1) / 2))p" <<<"$times") s over $count restarts"
+}
+echo "  median $(median_of 'NF == 2') with every dependency up;" \
+  "$(median_of 'NF >= 2') in all;" \
+  "$(grep -c ' none' "$run_dir/recovery.txt" || true) never committed"
 echo
 echo "Peak RSS per instance (MiB):"
 for name in "${instances[@]}"; do printf '  %-9s %6d\n' "$name" "$((peak_rss[$name] / 1024))"; done
