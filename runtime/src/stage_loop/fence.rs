@@ -215,6 +215,29 @@ mod tests {
         Fence::new(Arc::new(consumer), in_flight)
     }
 
+    /// Found by the chaos soak: a confirmation (a synchronous commit) waited for a coordinator
+    /// that did not answer, for good, with the write and so the stage's shutdown behind it.
+    #[test]
+    fn a_confirmation_the_group_does_not_answer_lets_the_write_go_in_bounded_time() {
+        let in_flight = Arc::new(Mutex::new(InFlight::default()));
+        in_flight
+            .lock()
+            .expect("lock")
+            .ledger
+            .complete(&[("fence-test".into(), 0, 41)], &[]);
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let answer = runtime.block_on(async {
+            let fence = fence_without_brokers(in_flight);
+            tokio::time::timeout(CONFIRM_TIMEOUT + Duration::from_secs(5), fence.confirm()).await
+        });
+        // The unanswered commit still waits on a blocking thread: do not wait for it.
+        runtime.shutdown_background();
+        assert!(
+            matches!(answer, Ok(Ok(()))),
+            "no answer is not a fence, and it does not take longer than {CONFIRM_TIMEOUT:?}"
+        );
+    }
+
     /// Found by the chaos soak: a confirmation took the loop's lock, which a rebalance callback
     /// held while it waited for the batches in flight, this write among them; the sink froze
     /// and ignored SIGTERM.
