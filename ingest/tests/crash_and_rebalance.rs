@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use boomerang_ingest::publish::IDEMPOTENCY_KEY_HEADER;
-use boomerang_runtime::stage_loop::CRASH_AFTER_PRODUCE_ENV;
-use boomerang_testkit::{ReadRecord, metric_sum, poll_until};
+use boomerang_runtime::stage_loop::{CRASH_AFTER_PRODUCE_ENV, DROP_COMMITS_ENV};
+use boomerang_testkit::{ReadRecord, metric_sum, poll_until, wait_committed};
 use support::{Pipeline, counter, metrics, owned_partitions, wait_until_received};
 
 fn count_per_key(records: &[ReadRecord]) -> BTreeMap<String, usize> {
@@ -133,5 +133,36 @@ async fn two_instances_share_the_partitions_and_a_rebalance_passes_one_event_per
     assert_eq!(
         metric_sum(&second_text, "boomerang_dead_lettered_events_total", &[]),
         0.0
+    );
+}
+
+/// Found by the chaos soak: a commit refused during a rebalance right after a stage's last
+/// batch was never made again while the topic stayed quiet, so those offsets stayed
+/// uncommitted (and were replayed by the next owner). An idle stage now commits again.
+#[tokio::test]
+async fn a_refused_commit_is_made_again_while_the_stage_is_idle() {
+    let pipeline = Pipeline::new(1).await;
+    let events: Vec<_> = (0..10)
+        .map(|n| pipeline.current(&pipeline.event(&format!("r{n}"))))
+        .collect();
+    pipeline.produce(&events).await;
+    // Every commit after a batch is refused (not made): only the idle loop's commit can
+    // move the group's offset.
+    let stage = pipeline.start(&[(DROP_COMMITS_ENV, "1000000")]);
+    wait_until_received(&[&stage], 10).await;
+    wait_committed(
+        &pipeline.stack.kafka_brokers,
+        &pipeline.group,
+        &pipeline.topics.raw_events,
+    )
+    .await;
+    let text = metrics(&stage).await;
+    assert!(
+        metric_sum(
+            &text,
+            "boomerang_errors_total",
+            &["error_kind=\"commit_failed\""]
+        ) >= 1.0,
+        "the hook refused the batch's commit"
     );
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use rdkafka::Message;
-use rdkafka::consumer::StreamConsumer;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
 
 use super::in_flight::InFlight;
@@ -96,6 +96,15 @@ pub(super) async fn collect_batch(
             }
             Ok(None) => return batch, // never: a Kafka message stream does not end
             Err(_idle) if waiting_for_acks || limits.return_when_idle => return batch,
+            // A commit failed: the loop makes it again, since no later batch may come.
+            Err(_idle)
+                if consumer
+                    .context()
+                    .commit_failed
+                    .load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                return batch;
+            }
             Err(_idle) => {}
         }
     }

@@ -61,7 +61,9 @@ pub use self::processor::{
     FlushFuture, FlushResult, InputRecord, Outcome, OutputRecord, Partition, Processor, Released,
     RetryableError,
 };
-pub use self::settings::{CRASH_AFTER_PRODUCE_ENV, LoopArgs, LoopSettings, OnRetentionGap};
+pub use self::settings::{
+    CRASH_AFTER_PRODUCE_ENV, DROP_COMMITS_ENV, LoopArgs, LoopSettings, OnRetentionGap,
+};
 
 /// Runs the loop until shutdown; returns after a final commit.
 pub async fn run<P: Processor>(

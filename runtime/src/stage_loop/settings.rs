@@ -90,3 +90,27 @@ impl LoopSettings {
 /// Test hook: abort the process (as `kill -9` would) after this many batches have had their
 /// outputs acknowledged but before their offsets are committed.
 pub const CRASH_AFTER_PRODUCE_ENV: &str = "BOOMERANG_TEST_CRASH_AFTER_PRODUCED_BATCHES";
+
+/// Test hook: the first N commits after a completed batch are not made, as if the group had
+/// refused them (a commit refused during a rebalance), so that the retry can be tested.
+pub const DROP_COMMITS_ENV: &str = "BOOMERANG_TEST_DROP_COMMITS";
+
+/// Whether the [`DROP_COMMITS_ENV`] hook drops this commit.
+pub(super) fn drop_this_commit() -> bool {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static REMAINING: OnceLock<AtomicU64> = OnceLock::new();
+    let remaining = REMAINING.get_or_init(|| {
+        AtomicU64::new(
+            std::env::var(DROP_COMMITS_ENV)
+                .ok()
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0),
+        )
+    });
+    remaining
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+            left.checked_sub(1)
+        })
+        .is_ok()
+}
