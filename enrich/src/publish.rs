@@ -1,6 +1,7 @@
 //! Publishing an enriched event: Confluent-framed with the enriched subject's schema id, keyed
-//! by order id (a case's events stay in order), timestamped with the event time, with the
-//! validated record's headers (the idempotency key among them) carried over.
+//! by order id (a case's events stay in order), with the validated record's headers (the
+//! idempotency key and the event time among them) carried over, and timestamped when it is
+//! produced, so that retention counts from then.
 
 use boomerang_runtime::stage_loop::{InputRecord, OutputRecord};
 use boomerang_runtime::wire;
@@ -20,7 +21,10 @@ pub fn enriched_record(
         partition: None,
         key: Some(enriched.event.order_id.as_bytes().to_vec()),
         value: Some(value),
-        timestamp_ms: Some(enriched.event.occurred_at.as_unix_millis()),
+        // Produced now, so that retention counts from then; the event time travels in the
+        // validated record's headers, carried over.
+        timestamp_ms: None,
+        event_time_ms: Some(enriched.event.occurred_at.as_unix_millis()),
         headers: from.headers.clone(),
     })
 }

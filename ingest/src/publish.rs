@@ -1,9 +1,11 @@
 //! Publishing a validated event: Confluent-framed with the validated subject's schema id,
-//! keyed by order id (a case's events stay in order), timestamped with the event time, to the
-//! validated partition with the same number as the raw partition it came from, and with the
-//! idempotency key in a header: the validated topic is the de-duplication log (`restore.rs`).
+//! keyed by order id (a case's events stay in order), to the validated partition with the same
+//! number as the raw partition it came from, with the idempotency key and the event time in
+//! headers: the validated topic is the de-duplication log (`restore.rs`). Its Kafka timestamp
+//! is when it was validated, so that retention counts from then: a backfilled event months old
+//! is not deleted before enrich reads it.
 
-use boomerang_runtime::stage_loop::OutputRecord;
+use boomerang_runtime::stage_loop::{EVENT_TIME_HEADER, OutputRecord};
 use boomerang_runtime::wire;
 use boomerang_schemas::{CodecError, PostPurchaseEvent, codec};
 
@@ -27,7 +29,9 @@ pub fn validated_record(
         partition: Some(partition),
         key: Some(event.order_id.as_bytes().to_vec()),
         value: Some(value),
-        timestamp_ms: Some(event.occurred_at.as_unix_millis()),
+        // Produced now: retention counts from when it was validated, not from its event time.
+        timestamp_ms: None,
+        event_time_ms: Some(event.occurred_at.as_unix_millis()),
         headers: vec![
             (
                 IDEMPOTENCY_KEY_HEADER.to_string(),
@@ -36,6 +40,10 @@ pub fn validated_record(
             (
                 SOURCE_HEADER.to_string(),
                 Some(format!("{partition}/{source_offset}").into_bytes()),
+            ),
+            (
+                EVENT_TIME_HEADER.to_string(),
+                Some(event.occurred_at.as_unix_millis().to_string().into_bytes()),
             ),
         ],
     })

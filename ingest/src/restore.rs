@@ -14,8 +14,12 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::dedup::{DedupState, key_hash};
 use crate::publish::IDEMPOTENCY_KEY_HEADER;
+use boomerang_runtime::stage_loop::EVENT_TIME_HEADER;
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much earlier than the window's start the restore starts reading: more than any event's
+/// allowed lead on the clock (`--max-future-skew-secs`, 5 minutes by default).
+const FUTURE_SKEW_SLACK: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Copy)]
 pub struct RestoreStats {
@@ -24,7 +28,8 @@ pub struct RestoreStats {
     pub elapsed: Duration,
 }
 
-/// Reads validated `partition` from `now - window` to its high watermark. Blocking: run it on
+/// Reads validated `partition` from the records written since `now - window` (and an hour of
+/// slack) to its high watermark, keeping the keys whose event time is in the window. Blocking: run it on
 /// a blocking thread.
 pub fn restore_partition(
     kafka: &KafkaArgs,
@@ -40,7 +45,12 @@ pub fn restore_partition(
     config.set("enable.auto.commit", "false");
     let consumer: BaseConsumer = config.create()?;
     let (_low, high) = consumer.fetch_watermarks(validated_topic, partition, KAFKA_TIMEOUT)?;
-    let window_start_ms = now.saturating_sub(window).as_unix_millis();
+    // Records are timestamped when validated: one validated before the window started
+    // happened before it too, unless it came from up to `--max-future-skew-secs` ahead.
+    let window_start_ms = now
+        .saturating_sub(window)
+        .saturating_sub(FUTURE_SKEW_SLACK)
+        .as_unix_millis();
     let mut by_time = TopicPartitionList::new();
     by_time.add_partition_offset(validated_topic, partition, Offset::Offset(window_start_ms))?;
     let start = consumer
@@ -76,13 +86,21 @@ pub fn restore_partition(
             let message = message?;
             next_offset = message.offset() + 1;
             records_read += 1;
-            let key = message.headers().and_then(|headers| {
-                headers
-                    .iter()
-                    .find(|header| header.key == IDEMPOTENCY_KEY_HEADER)
-                    .and_then(|header| header.value)
-            });
-            let (Some(key), Some(timestamp_ms)) = (key, message.timestamp().to_millis()) else {
+            let header = |name: &str| {
+                message.headers().and_then(|headers| {
+                    headers
+                        .iter()
+                        .find(|header| header.key == name)
+                        .and_then(|header| header.value)
+                })
+            };
+            let key = header(IDEMPOTENCY_KEY_HEADER);
+            // The event time is in a header; records written before it was were timestamped
+            // with it.
+            let event_time_ms = header(EVENT_TIME_HEADER)
+                .and_then(|value| std::str::from_utf8(value).ok()?.parse::<i64>().ok())
+                .or_else(|| message.timestamp().to_millis());
+            let (Some(key), Some(timestamp_ms)) = (key, event_time_ms) else {
                 tracing::warn!(
                     topic = validated_topic,
                     partition,

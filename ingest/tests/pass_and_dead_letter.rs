@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use boomerang_ingest::publish::{IDEMPOTENCY_KEY_HEADER, SOURCE_HEADER};
 use boomerang_runtime::dead_letter;
+use boomerang_runtime::stage_loop::EVENT_TIME_HEADER;
 use boomerang_schemas::codec;
 use support::{Pipeline, Raw, counter, metrics, wait_until_received};
 
@@ -117,9 +118,17 @@ async fn one_event_per_key_passes_and_every_bad_record_is_dead_lettered() {
         let decoded: boomerang_schemas::PostPurchaseEvent = codec::decode(datum).expect("decodes");
         assert_eq!(decoded.idempotency_key, key);
         assert_eq!(
-            record.timestamp_ms,
-            Some(decoded.occurred_at.as_unix_millis()),
-            "event time"
+            record.header(EVENT_TIME_HEADER),
+            Some(decoded.occurred_at.as_unix_millis().to_string()),
+            "event time in a header"
+        );
+        // Timestamped when validated, after the event happened, not with the event time:
+        // retention counts from then.
+        let validated_ms = record.timestamp_ms.expect("a timestamp");
+        let occurred_ms = decoded.occurred_at.as_unix_millis();
+        assert!(
+            validated_ms > occurred_ms,
+            "timestamped {validated_ms}, the event happened at {occurred_ms}"
         );
     }
     let expected_keys: BTreeSet<String> = (0..25)

@@ -112,6 +112,7 @@ pub fn record(
         key: None,
         value: None,
         timestamp_ms: Some(failed_at_ms),
+        event_time_ms: None,
         headers: Vec::new(),
     };
     // The marks that may be added are counted up front, so adding them never breaks the limit.

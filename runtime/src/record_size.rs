@@ -69,6 +69,7 @@ mod tests {
             key: Some(vec![b'k'; key]),
             value: Some(vec![b'v'; value]),
             timestamp_ms: None,
+            event_time_ms: None,
             headers: headers
                 .iter()
                 .map(|(name, len)| (name.to_string(), Some(vec![b'h'; *len])))

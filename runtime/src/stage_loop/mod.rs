@@ -58,8 +58,8 @@ use crate::service::StageContext;
 pub use self::fence::{Fence, Fenced};
 pub use self::in_flight::MAX_BATCHES_IN_FLIGHT;
 pub use self::processor::{
-    FlushFuture, FlushResult, InputRecord, Outcome, OutputRecord, Partition, Processor, Released,
-    RetryableError,
+    EVENT_TIME_HEADER, FlushFuture, FlushResult, InputRecord, Outcome, OutputRecord, Partition,
+    Processor, Released, RetryableError,
 };
 pub use self::settings::{
     CRASH_AFTER_PRODUCE_ENV, DROP_COMMITS_ENV, LoopArgs, LoopSettings, OnRetentionGap,

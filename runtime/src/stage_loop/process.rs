@@ -56,7 +56,7 @@ pub(super) fn batch_counts<P: Processor>(
         match counted {
             Counted::Sent => {
                 increment(&mut counts.sent, &output.topic);
-                counts.latest_event_ms = counts.latest_event_ms.max(output.timestamp_ms);
+                counts.latest_event_ms = counts.latest_event_ms.max(output.event_time_ms);
             }
             Counted::DeadLettered(error_kind) => {
                 *counts.dead_lettered.entry(error_kind).or_default() += 1;

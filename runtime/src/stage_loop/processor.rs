@@ -30,10 +30,19 @@ pub struct OutputRecord {
     pub partition: Option<i32>,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
-    /// Milliseconds since the epoch; for events, their event time.
+    /// The record's Kafka timestamp, milliseconds since the epoch; `None`: when it is
+    /// produced. Retention counts from it, so an event keeps it `None` (its event time, which
+    /// may lie months back in a backfill, would have the broker delete it before it is read)
+    /// and says its event time in [`Self::event_time_ms`] and a header.
     pub timestamp_ms: Option<i64>,
+    /// For an event, its event time (milliseconds since the epoch): the freshness metric.
+    pub event_time_ms: Option<i64>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
+
+/// The header that carries an event's time on the validated and enriched topics, milliseconds
+/// since the epoch in decimal.
+pub const EVENT_TIME_HEADER: &str = "boomerang.event_time_ms";
 
 /// What becomes of one input record.
 #[derive(Debug)]
