@@ -35,6 +35,8 @@ pub struct IngestSettings {
 pub struct IngestMetrics {
     pub dedup_keys: IntGaugeVec,
     pub dedup_evictions: IntCounter,
+    /// Partitions whose de-duplication state is being read back from the validated topic.
+    pub restoring_partitions: IntGauge,
 }
 
 impl IngestMetrics {
@@ -51,7 +53,12 @@ impl IngestMetrics {
                 "boomerang_dedup_evictions_total",
                 "Keys forgotten before their window ended because the state was full; raise --dedup-max-keys if this grows.",
             )?,
+            restoring_partitions: IntGauge::new(
+                "boomerang_dedup_restoring_partitions",
+                "Partitions whose de-duplication state is being read back from the validated topic.",
+            )?,
         };
+        registry.register(Box::new(metrics.restoring_partitions.clone()))?;
         registry.register(Box::new(metrics.dedup_keys.clone()))?;
         registry.register(Box::new(metrics.dedup_evictions.clone()))?;
         Ok(metrics)
@@ -124,10 +131,24 @@ async fn restored_state(
     window: Duration,
     partition: i32,
     max_keys: usize,
+    restoring: Option<IntGauge>,
 ) -> anyhow::Result<DedupState> {
     let Some(kafka) = restore_from else {
         return Ok(DedupState::new(window, max_keys));
     };
+    /// Counts a restore in progress for as long as it lives, however it ends.
+    struct InProgress(Option<IntGauge>);
+    impl Drop for InProgress {
+        fn drop(&mut self) {
+            if let Some(gauge) = &self.0 {
+                gauge.dec();
+            }
+        }
+    }
+    if let Some(gauge) = &restoring {
+        gauge.inc();
+    }
+    let _in_progress = InProgress(restoring);
     let (state, stats) = tokio::task::spawn_blocking(move || {
         restore_partition(
             &kafka,
@@ -159,6 +180,9 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
                 self.settings.dedup_window,
                 *partition,
                 max_keys,
+                self.metrics
+                    .as_ref()
+                    .map(|metrics| metrics.restoring_partitions.clone()),
             )
             .await?;
             let keys_gauge = self.metrics.as_ref().map(|metrics| {

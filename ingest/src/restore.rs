@@ -17,6 +17,8 @@ use crate::publish::IDEMPOTENCY_KEY_HEADER;
 use boomerang_runtime::stage_loop::EVENT_TIME_HEADER;
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Test hook: every restore first waits this many milliseconds, as a long one would take.
+pub const RESTORE_DELAY_ENV: &str = "BOOMERANG_TEST_RESTORE_DELAY_MS";
 /// How much earlier than the window's start the restore starts reading: more than any event's
 /// allowed lead on the clock (`--max-future-skew-secs`, 5 minutes by default).
 const FUTURE_SKEW_SLACK: Duration = Duration::from_secs(3600);
@@ -40,6 +42,13 @@ pub fn restore_partition(
     now: TimestampMicros,
 ) -> anyhow::Result<(DedupState, RestoreStats)> {
     let started = Instant::now();
+    if let Some(delay_ms) = std::env::var(RESTORE_DELAY_ENV)
+        .ok()
+        .and_then(|value| value.parse().ok())
+    {
+        tracing::warn!(delay_ms, "test hook: a slow restore");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+    }
     let mut state = DedupState::new(window, max_keys);
     let mut config = kafka.consumer_config("boomerang-ingest-restore");
     config.set("enable.auto.commit", "false");

@@ -4,6 +4,8 @@
 
 mod support;
 
+use boomerang_ingest::restore::RESTORE_DELAY_ENV;
+
 use std::time::{Duration, Instant};
 
 use boomerang_testkit::poll_until;
@@ -103,5 +105,32 @@ async fn a_rolling_restart_of_a_static_member_moves_no_partition() {
         partition_changes(&restarted).await,
         (half as u64, 0),
         "the restarted member got its own partitions back, nothing more"
+    );
+}
+
+/// Found by the chaos soak: an ingest asked to stop while it restored a large partition's
+/// de-duplication state took more than 20 s to exit, and was killed: the async runtime waited
+/// for the restore on its blocking thread. A stopping stage now exits within its drain timeout
+/// (8 s) and a second of grace, whatever blocking work is still running.
+#[tokio::test]
+async fn a_stage_asked_to_stop_during_a_long_restore_exits_at_once() {
+    let pipeline = Pipeline::new(1).await;
+    // Every restore takes 60 s.
+    let mut stage = pipeline.start(&[(RESTORE_DELAY_ENV, "60000")]);
+    poll_until("a restore under way", Duration::from_secs(30), || async {
+        (counter(
+            &metrics(&stage).await,
+            "boomerang_dedup_restoring_partitions",
+        ) == 1)
+            .then_some(())
+    })
+    .await;
+    stage.terminate();
+    let asked_at = Instant::now();
+    stage.wait_exit(Duration::from_secs(90)).await;
+    let took = asked_at.elapsed();
+    assert!(
+        took < Duration::from_secs(12),
+        "exited {took:?} after SIGTERM"
     );
 }

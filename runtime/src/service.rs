@@ -58,6 +58,30 @@ pub struct StageContext {
     pub shutdown: CancellationToken,
 }
 
+/// Runs a stage's `main` (below) on a multi-threaded runtime, then does not wait for blocking
+/// work still running: a partition's restore or a commit the group does not answer must not
+/// hold up a stage that has stopped (everything it processed is committed by then). The
+/// runtime's own drop would wait for them; the chaos soak found an ingest that took more than
+/// 20 s to exit after SIGTERM, behind a restore.
+pub fn run_to_exit(main: impl Future<Output = ExitCode>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(main);
+    runtime.shutdown_timeout(BLOCKING_WORK_GRACE);
+    code
+}
+
+/// How long a stopped stage lets blocking work still running finish before it exits.
+const BLOCKING_WORK_GRACE: Duration = Duration::from_secs(1);
+
 /// Runs a stage binary: `work` is the stage itself. Returns the process exit code.
 pub async fn main<Work, WorkFuture>(
     stage: &'static str,

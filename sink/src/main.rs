@@ -92,14 +92,15 @@ struct SinkArgs {
     dedup_window_events: usize,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args: Args = config::load();
     let service_args = args.service.clone();
-    service::main(STAGE, DEFAULT_HTTP_PORT, &service_args, |context| {
-        run(args, context)
-    })
-    .await
+    service::run_to_exit(service::main(
+        STAGE,
+        DEFAULT_HTTP_PORT,
+        &service_args,
+        |context| run(args, context),
+    ))
 }
 
 async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
