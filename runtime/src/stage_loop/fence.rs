@@ -178,23 +178,15 @@ mod tests {
     /// stopped.
     #[test]
     fn an_old_generation_is_asked_again_and_only_an_unknown_member_is_fenced() {
-        assert_eq!(
-            answer_to(RDKafkaErrorCode::IllegalGeneration),
-            Answer::AskAgain
-        );
-        assert_eq!(
-            answer_to(RDKafkaErrorCode::RebalanceInProgress),
-            Answer::AskAgain
-        );
-        assert_eq!(answer_to(RDKafkaErrorCode::UnknownMemberId), Answer::Fenced);
-        assert_eq!(
-            answer_to(RDKafkaErrorCode::FencedInstanceId),
-            Answer::Fenced
-        );
-        assert_eq!(
-            answer_to(RDKafkaErrorCode::CoordinatorNotAvailable),
-            Answer::GoOn
-        );
+        for (code, expected) in [
+            (RDKafkaErrorCode::IllegalGeneration, Answer::AskAgain),
+            (RDKafkaErrorCode::RebalanceInProgress, Answer::AskAgain),
+            (RDKafkaErrorCode::UnknownMemberId, Answer::Fenced),
+            (RDKafkaErrorCode::FencedInstanceId, Answer::Fenced),
+            (RDKafkaErrorCode::CoordinatorNotAvailable, Answer::GoOn),
+        ] {
+            assert_eq!(answer_to(code), expected, "{code:?}");
+        }
     }
 
     fn fence_without_brokers(in_flight: Arc<Mutex<InFlight>>) -> Fence {
