@@ -134,3 +134,32 @@ async fn a_stage_asked_to_stop_during_a_long_restore_exits_at_once() {
         "exited {took:?} after SIGTERM"
     );
 }
+
+/// Found by the 1M-event chaos soak: an ingest whose session timed out on an overloaded broker
+/// was refused on its return (FENCED_INSTANCE_ID, fatal in librdkafka) and then stayed up for
+/// good, ready and owning nothing, logging a consumer error every 200 ms. A stage whose
+/// consumer failed for good now stops with an error, for its supervisor to restart it.
+#[tokio::test]
+async fn an_instance_whose_static_id_another_took_stops_instead_of_idling() {
+    let pipeline = Pipeline::new(1).await;
+    let mut first = pipeline.start_with(&["--instance-id", "twin"], &[]);
+    poll_until(
+        "the first instance to own the partition",
+        Duration::from_secs(30),
+        || async { (owned_partitions(&first).await == 1).then_some(()) },
+    )
+    .await;
+    // A second process with the same id fences the first.
+    let second = pipeline.start_with(&["--instance-id", "twin"], &[]);
+    let status = first.wait_exit(Duration::from_secs(60)).await;
+    assert!(
+        !status.success(),
+        "the fenced instance stops with an error: {status:?}"
+    );
+    poll_until(
+        "the second instance to own the partition",
+        Duration::from_secs(30),
+        || async { (owned_partitions(&second).await == 1).then_some(()) },
+    )
+    .await;
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 
 use super::in_flight::InFlight;
@@ -92,6 +93,9 @@ pub(super) async fn collect_batch(
             Ok(Some(Err(error))) => {
                 tracing::warn!(error = %error, "consumer error");
                 metrics.errors.with_label_values(&["consume_failed"]).inc();
+                if matches!(error, KafkaError::MessageConsumptionFatal(_)) {
+                    return batch; // the loop stops: this consumer never consumes again
+                }
                 tokio::time::sleep(IDLE_CHECK_INTERVAL).await;
             }
             Ok(None) => return batch, // never: a Kafka message stream does not end

@@ -129,6 +129,15 @@ pub async fn run<P: Processor>(
         if !collected.is_empty() {
             last_batch_len = collected.len();
         }
+        // A fatal consumer error (another instance took this one's static membership id, say)
+        // leaves a consumer that never consumes again: stop, so that a supervisor restarts the
+        // stage as a fresh member. Nothing collected since is processed.
+        if let Some((code, reason)) = consumer.client().fatal_error() {
+            metrics.errors.with_label_values(&["consumer_fatal"]).inc();
+            break Err(anyhow::anyhow!(
+                "the consumer failed for good ({code:?}): {reason}; restart the stage"
+            ));
+        }
         // Before anything read past a gap is processed: a `stop` stage processes none of it.
         let gaps = std::mem::take(&mut *lock(&consumer.context().retention_gaps));
         if !gaps.is_empty()
