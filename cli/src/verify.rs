@@ -13,10 +13,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use boomerang_runtime::clickhouse::ClickhouseArgs;
 use boomerang_runtime::dead_letter;
-use boomerang_runtime::kafka::KafkaArgs;
+use boomerang_runtime::kafka::{KafkaArgs, header};
 use boomerang_runtime::topics::TopicsArgs;
 use rdkafka::Message;
-use rdkafka::message::{BorrowedMessage, Headers};
 
 use crate::generate::truth::Truth;
 use crate::topic::read_to_end;
@@ -110,14 +109,6 @@ fn seam(counts: HashMap<String, u64>, expected: &HashSet<String>) -> Seam {
         }
     }
     seam
-}
-
-fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
-    message
-        .headers()?
-        .iter()
-        .find(|header| header.key == name)
-        .and_then(|header| header.value)
 }
 
 fn keys_in_topic(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<String, u64>> {

@@ -6,10 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use boomerang_runtime::kafka::KafkaArgs;
+use boomerang_runtime::kafka::{KafkaArgs, header};
 use boomerang_schemas::TimestampMicros;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::dedup::{DedupState, key_hash};
@@ -31,8 +31,8 @@ pub struct RestoreStats {
 }
 
 /// Reads validated `partition` from the records written since `now - window` (and an hour of
-/// slack) to its high watermark, keeping the keys whose event time is in the window. Blocking: run it on
-/// a blocking thread.
+/// slack) to its high watermark, keeping the keys whose event time is in the window.
+/// Blocking: run it on a blocking thread.
 pub fn restore_partition(
     kafka: &KafkaArgs,
     validated_topic: &str,
@@ -95,18 +95,10 @@ pub fn restore_partition(
             let message = message?;
             next_offset = message.offset() + 1;
             records_read += 1;
-            let header = |name: &str| {
-                message.headers().and_then(|headers| {
-                    headers
-                        .iter()
-                        .find(|header| header.key == name)
-                        .and_then(|header| header.value)
-                })
-            };
-            let key = header(IDEMPOTENCY_KEY_HEADER);
+            let key = header(&message, IDEMPOTENCY_KEY_HEADER);
             // The event time is in a header; records written before it was were timestamped
             // with it.
-            let event_time_ms = header(EVENT_TIME_HEADER)
+            let event_time_ms = header(&message, EVENT_TIME_HEADER)
                 .and_then(|value| std::str::from_utf8(value).ok()?.parse::<i64>().ok())
                 .or_else(|| message.timestamp().to_millis());
             let (Some(key), Some(timestamp_ms)) = (key, event_time_ms) else {

@@ -387,6 +387,15 @@ mod tls_tests {
 }
 
 /// A consumed record's headers, owned: name and value (`None` for a null value), in order.
+/// The value of a record's first header called `name`.
+pub fn header<'a>(message: &'a impl Message, name: &str) -> Option<&'a [u8]> {
+    message
+        .headers()?
+        .iter()
+        .find(|header| header.key == name)
+        .and_then(|header| header.value)
+}
+
 pub fn owned_headers(message: &impl Message) -> Vec<(String, Option<Vec<u8>>)> {
     message
         .headers()

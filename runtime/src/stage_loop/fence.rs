@@ -8,8 +8,8 @@
 //! synchronously (offsets of completed batches only, so committing them early is always safe),
 //! and the group coordinator refuses a commit from a member it no longer knows
 //! (`UNKNOWN_MEMBER_ID`, `FENCED_INSTANCE_ID`; an old generation, `ILLEGAL_GENERATION`, is asked
-//! again until the member has rejoined). A refused confirmation means: do not write; the stage stops, and its restart rejoins as a current member and
-//! replays from the last commit. What remains is a pause that falls inside one write, between
+//! again until the member has rejoined). A refused confirmation means: do not write; the
+//! stage stops, and its restart rejoins as a current member and replays from the last commit. What remains is a pause that falls inside one write, between
 //! the confirmation and the write's last byte.
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -121,11 +121,7 @@ pub(super) async fn complete_acknowledged(
         if guard.failure.is_none() {
             if super::settings::drop_this_commit() {
                 tracing::warn!("test hook: a commit not made, as if refused");
-                consumer
-                    .context()
-                    .commit_failed
-                    .store(true, std::sync::atomic::Ordering::Release);
-                metrics.errors.with_label_values(&["commit_failed"]).inc();
+                consumer.context().commit_refused();
             } else {
                 ignore_nothing_to_commit(consumer.commit_consumer_state(CommitMode::Async))?;
             }

@@ -75,12 +75,11 @@ pub(super) async fn account(
             })
             .await
         };
-        let lost = match oldest_retained {
-            Ok(Ok((low, _high))) => Some(records_lost(gap.from, low)),
-            Ok(Err(error)) => {
-                tracing::warn!(error = %error, "cannot read the oldest retained offset");
-                None
-            }
+        let lost = match oldest_retained
+            .map_err(anyhow::Error::from)
+            .and_then(|watermarks| Ok(watermarks?))
+        {
+            Ok((low, _high)) => Some(records_lost(gap.from, low)),
             Err(error) => {
                 tracing::warn!(error = %error, "cannot read the oldest retained offset");
                 None
