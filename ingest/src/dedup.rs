@@ -35,6 +35,10 @@ pub struct DedupState {
     /// Keys in the order they were remembered, to forget the oldest first.
     order: VecDeque<(i64, u128)>,
     evicted_for_capacity: u64,
+    /// Keys ever remembered and ever forgotten: a [`Self::remembered_so_far`] count names the
+    /// keys remembered before it even after older ones were forgotten.
+    pushed: u64,
+    popped: u64,
 }
 
 impl DedupState {
@@ -45,6 +49,8 @@ impl DedupState {
             seen: HashMap::default(),
             order: VecDeque::new(),
             evicted_for_capacity: 0,
+            pushed: 0,
+            popped: 0,
         }
     }
 
@@ -67,6 +73,7 @@ impl DedupState {
         if let Entry::Vacant(slot) = self.seen.entry(hash) {
             slot.insert(micros);
             self.order.push_back((micros, hash));
+            self.pushed += 1;
         }
         debug_assert_eq!(self.seen.len(), self.order.len());
         while self.seen.len() > self.max_keys {
@@ -93,7 +100,24 @@ impl DedupState {
             return false;
         };
         self.seen.remove(&hash);
+        self.popped += 1;
         true
+    }
+
+    /// How many keys were remembered so far: pass it to [`Self::remembered_before`] later.
+    pub fn remembered_so_far(&self) -> u64 {
+        self.pushed
+    }
+
+    /// The keys still remembered, of those remembered before `so_far` was read, oldest first,
+    /// each with its event time in microseconds.
+    pub fn remembered_before(&self, so_far: u64) -> Vec<(i64, u128)> {
+        let count = usize::try_from(so_far.saturating_sub(self.popped)).unwrap_or(usize::MAX);
+        self.order.iter().take(count).copied().collect()
+    }
+
+    pub fn window(&self) -> Duration {
+        self.window
     }
 
     pub fn len(&self) -> usize {
@@ -151,6 +175,27 @@ mod tests {
         assert_eq!(state.evicted_for_capacity(), 1);
         assert_eq!(state.check("d", at(0)), Verdict::Duplicate);
         assert_eq!(state.check("a", at(0)), Verdict::FirstSeen, "a was evicted");
+    }
+
+    #[test]
+    fn the_keys_remembered_before_a_count_survive_forgetting() {
+        let mut state = DedupState::new(7 * DAY, 3);
+        state.check("a", at(0));
+        let mark = state.remembered_so_far();
+        state.check("b", at(1));
+        assert_eq!(
+            state.remembered_before(mark),
+            vec![(at(0).as_unix_micros(), key_hash("a"))]
+        );
+        let mark = state.remembered_so_far();
+        state.check("c", at(2));
+        state.check("d", at(3)); // "a" is evicted
+        let before: Vec<u128> = state
+            .remembered_before(mark)
+            .into_iter()
+            .map(|(_, hash)| hash)
+            .collect();
+        assert_eq!(before, vec![key_hash("b")]);
     }
 
     #[test]

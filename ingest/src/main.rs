@@ -13,6 +13,7 @@ use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::metrics::StageMetrics;
 use boomerang_runtime::registry::{self, RegistryArgs, WriterSchemas};
 use boomerang_runtime::service::{self, ServiceArgs, StageContext};
+use boomerang_runtime::snapshot::StateArgs;
 use boomerang_runtime::stage_loop::{self, LoopArgs, LoopSettings};
 use boomerang_runtime::topics::TopicsArgs;
 use boomerang_schemas::SchemaKind;
@@ -41,6 +42,8 @@ struct Args {
     stage_loop: LoopArgs,
     #[command(flatten)]
     ingest: IngestArgs,
+    #[command(flatten)]
+    state: StateArgs,
     #[command(flatten)]
     service: ServiceArgs,
 }
@@ -146,12 +149,17 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         dedup_window: Duration::from_secs(args.ingest.dedup_window_secs),
         dedup_max_keys: args.ingest.dedup_max_keys,
     };
-    let processor = IngestProcessor::new(
+    let mut processor = IngestProcessor::new(
         WriterSchemas::new(&args.registry)?,
         settings,
         Some(args.kafka.clone()),
         Some(ingest_metrics),
     );
+    if let Some(dir) = args.state.state_dir.clone() {
+        processor = processor
+            .with_snapshots(dir.clone(), args.state.snapshot_interval())
+            .with_context(|| format!("cannot start writing snapshots to {}", dir.display()))?;
+    }
     let loop_settings = LoopSettings::new(
         STAGE,
         &args.stage_loop,

@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::stage_loop::{InputRecord, Outcome, Partition, Processor, RetryableError};
 use boomerang_schemas::TimestampMicros;
-use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use crate::decode::{DecodeFailure, EventDecoder, WriterSchemaSource};
 use crate::dedup::{DedupState, Verdict};
 use crate::publish::validated_record;
 use crate::restore::restore_partition;
+use crate::snapshot::{Job, Marks, ReplayFrom, SnapshotWriterThread, clock_slack_ms};
 use crate::validate::{Rules, validate};
 
 pub const ENCODE_FAILED: &str = "encode_failed";
@@ -37,6 +38,12 @@ pub struct IngestMetrics {
     pub dedup_evictions: IntCounter,
     /// Partitions whose de-duplication state is being read back from the validated topic.
     pub restoring_partitions: IntGauge,
+    /// Restores by where they started: a local `snapshot`, or the `topic` alone.
+    pub restores: IntCounterVec,
+    /// Validated records read back by restores.
+    pub restored_records: IntCounter,
+    /// Snapshots `written` and `failed`.
+    pub snapshots: IntCounterVec,
 }
 
 impl IngestMetrics {
@@ -57,7 +64,28 @@ impl IngestMetrics {
                 "boomerang_dedup_restoring_partitions",
                 "Partitions whose de-duplication state is being read back from the validated topic.",
             )?,
+            restores: IntCounterVec::new(
+                Opts::new(
+                    "boomerang_dedup_restores_total",
+                    "Restores of a partition's de-duplication state, by where they started: a local snapshot or the topic alone.",
+                ),
+                &["source"],
+            )?,
+            restored_records: IntCounter::new(
+                "boomerang_dedup_restored_records_total",
+                "Validated records read back while restoring de-duplication state.",
+            )?,
+            snapshots: IntCounterVec::new(
+                Opts::new(
+                    "boomerang_dedup_snapshots_total",
+                    "De-duplication snapshots written to --state-dir, by outcome (written, failed).",
+                ),
+                &["outcome"],
+            )?,
         };
+        registry.register(Box::new(metrics.restores.clone()))?;
+        registry.register(Box::new(metrics.restored_records.clone()))?;
+        registry.register(Box::new(metrics.snapshots.clone()))?;
         registry.register(Box::new(metrics.restoring_partitions.clone()))?;
         registry.register(Box::new(metrics.dedup_keys.clone()))?;
         registry.register(Box::new(metrics.dedup_evictions.clone()))?;
@@ -69,6 +97,9 @@ impl IngestMetrics {
 struct PartitionState {
     dedup: DedupState,
     keys_gauge: Option<IntGauge>,
+    /// Which of its keys are durable, for snapshots.
+    marks: Marks,
+    last_snapshot: Instant,
 }
 
 impl PartitionState {
@@ -87,6 +118,9 @@ pub struct IngestProcessor<Source> {
     dedup: HashMap<i32, PartitionState>,
     metrics: Option<IngestMetrics>,
     last_expiry: Instant,
+    /// With `--state-dir`: where snapshots are read from, and their writer.
+    snapshots: Option<(std::path::PathBuf, SnapshotWriterThread)>,
+    snapshot_interval: Duration,
 }
 
 impl<Source: WriterSchemaSource> IngestProcessor<Source> {
@@ -103,6 +137,64 @@ impl<Source: WriterSchemaSource> IngestProcessor<Source> {
             dedup: HashMap::new(),
             metrics,
             last_expiry: Instant::now(),
+            snapshots: None,
+            snapshot_interval: Duration::from_secs(30),
+        }
+    }
+
+    /// Keeps snapshots of the de-duplication state in `dir` and restores from them.
+    pub fn with_snapshots(
+        mut self,
+        dir: std::path::PathBuf,
+        interval: Duration,
+    ) -> std::io::Result<Self> {
+        let writer = SnapshotWriterThread::start(
+            dir.clone(),
+            self.restore_from.clone(),
+            self.settings.validated_topic.clone(),
+            self.settings.dedup_window,
+            self.metrics
+                .as_ref()
+                .map(|metrics| metrics.snapshots.clone()),
+        )?;
+        self.snapshots = Some((dir, writer));
+        self.snapshot_interval = interval;
+        Ok(self)
+    }
+
+    /// Snapshots `partition`'s keys remembered before `remembered` (all of them: `None`).
+    fn snapshot(&self, partition: i32, remembered: Option<u64>, replay_from: ReplayFrom) {
+        let (Some((_, writer)), Some(state)) = (&self.snapshots, self.dedup.get(&partition)) else {
+            return;
+        };
+        let remembered = remembered.unwrap_or_else(|| state.dedup.remembered_so_far());
+        writer.submit(Job {
+            partition,
+            entries: state.dedup.remembered_before(remembered),
+            replay_from,
+        });
+    }
+
+    /// Snapshots the durable keys of the partitions acknowledged since their last snapshot,
+    /// if their last one is older than `interval`.
+    fn snapshot_durable(&mut self, interval: Duration) {
+        let mut due = Vec::new();
+        for (partition, state) in &mut self.dedup {
+            if state.last_snapshot.elapsed() < interval {
+                continue;
+            }
+            if let Some(mark) = state.marks.take_durable() {
+                state.last_snapshot = Instant::now();
+                due.push((*partition, mark));
+            }
+        }
+        for (partition, mark) in due {
+            let since_ms = mark.at_ms - clock_slack_ms();
+            self.snapshot(
+                partition,
+                Some(mark.remembered),
+                ReplayFrom::WrittenSince(since_ms),
+            );
         }
     }
 
@@ -125,16 +217,18 @@ impl<Source: WriterSchemaSource> IngestProcessor<Source> {
 
 /// A partition's de-duplication state: restored from the validated topic, or empty when there
 /// is no Kafka to restore from (unit tests, benchmarks).
+/// With the validated offset it is complete up to, when it was restored.
 async fn restored_state(
     restore_from: Option<KafkaArgs>,
     validated_topic: String,
     window: Duration,
     partition: i32,
     max_keys: usize,
-    restoring: Option<IntGauge>,
-) -> anyhow::Result<DedupState> {
+    metrics: Option<IngestMetrics>,
+    snapshots: Option<std::path::PathBuf>,
+) -> anyhow::Result<(DedupState, Option<i64>)> {
     let Some(kafka) = restore_from else {
-        return Ok(DedupState::new(window, max_keys));
+        return Ok((DedupState::new(window, max_keys), None));
     };
     /// Counts a restore in progress for as long as it lives, however it ends.
     struct InProgress(Option<IntGauge>);
@@ -145,6 +239,9 @@ async fn restored_state(
             }
         }
     }
+    let restoring = metrics
+        .as_ref()
+        .map(|metrics| metrics.restoring_partitions.clone());
     if let Some(gauge) = &restoring {
         gauge.inc();
     }
@@ -157,6 +254,7 @@ async fn restored_state(
             window,
             max_keys,
             TimestampMicros::now(),
+            snapshots.as_deref(),
         )
     })
     .await??;
@@ -165,24 +263,33 @@ async fn restored_state(
         records_read = stats.records_read,
         keys = stats.keys,
         elapsed_ms = stats.elapsed.as_millis() as u64,
+        from_snapshot = stats.from_snapshot,
         "restored de-duplication state"
     );
-    Ok(state)
+    if let Some(metrics) = &metrics {
+        let source = if stats.from_snapshot {
+            "snapshot"
+        } else {
+            "topic"
+        };
+        metrics.restores.with_label_values(&[source]).inc();
+        metrics.restored_records.inc_by(stats.records_read);
+    }
+    Ok((state, Some(stats.restored_upto)))
 }
 
 impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
     async fn assign(&mut self, partitions: &[Partition]) -> anyhow::Result<()> {
         let max_keys = self.max_keys_per_partition(self.dedup.len() + partitions.len());
         for (_topic, partition) in partitions {
-            let state = restored_state(
+            let (state, restored_upto) = restored_state(
                 self.restore_from.clone(),
                 self.settings.validated_topic.clone(),
                 self.settings.dedup_window,
                 *partition,
                 max_keys,
-                self.metrics
-                    .as_ref()
-                    .map(|metrics| metrics.restoring_partitions.clone()),
+                self.metrics.clone(),
+                self.snapshots.as_ref().map(|(dir, _)| dir.clone()),
             )
             .await?;
             let keys_gauge = self.metrics.as_ref().map(|metrics| {
@@ -193,9 +300,16 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
             let state = PartitionState {
                 dedup: state,
                 keys_gauge,
+                marks: Marks::default(),
+                last_snapshot: Instant::now(),
             };
             state.report();
             self.dedup.insert(*partition, state);
+            // The state is exactly what the topic held up to `restored_upto`: a snapshot of
+            // it spares the next restore what was just read.
+            if let Some(upto) = restored_upto {
+                self.snapshot(*partition, None, ReplayFrom::Offset(upto));
+            }
         }
         Ok(())
     }
@@ -211,16 +325,32 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
         }
     }
 
+    fn acknowledged(&mut self, positions: &[(Partition, i64)]) {
+        if self.snapshots.is_none() {
+            return;
+        }
+        for ((_topic, partition), next_offset) in positions {
+            if let Some(state) = self.dedup.get_mut(partition) {
+                state.marks.acknowledged(*next_offset);
+            }
+        }
+        self.snapshot_durable(self.snapshot_interval);
+    }
+
+    /// A stop: whatever is durable now is snapshotted, so that a restart reads little.
+    fn drained(&mut self) {
+        self.snapshot_durable(Duration::ZERO);
+    }
+
     async fn process(&mut self, record: &InputRecord) -> Result<Outcome, RetryableError> {
         self.expire_now_and_then();
+        let now = TimestampMicros::now();
         let decoded = match self.decoder.decode(record.value.as_deref()).await {
             Ok(decoded) => decoded,
             Err(DecodeFailure::Rejected(rejection)) => return Ok(Outcome::DeadLetter(rejection)),
             Err(DecodeFailure::Retry(error)) => return Err(error),
         };
-        if let Err(rejection) =
-            validate(&decoded.value, TimestampMicros::now(), &self.settings.rules)
-        {
+        if let Err(rejection) = validate(&decoded.value, now, &self.settings.rules) {
             return Ok(Outcome::DeadLetter(
                 rejection.with_schema_id(decoded.schema_id),
             ));
@@ -243,6 +373,12 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
         let Some(state) = self.dedup.get_mut(&record.partition) else {
             unreachable!("assign inserted the partition's state");
         };
+        if self.snapshots.is_some() {
+            let dedup = &state.dedup;
+            state.marks.note(record.offset, now.as_unix_millis(), || {
+                dedup.remembered_so_far()
+            });
+        }
         let evicted_before = state.dedup.evicted_for_capacity();
         let verdict = state
             .dedup

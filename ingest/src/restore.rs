@@ -4,6 +4,7 @@
 //! validated P from the start of the window therefore recovers every key a crashed or
 //! rebalanced-away instance passed, including those it passed but never committed.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use boomerang_runtime::kafka::{KafkaArgs, header};
@@ -14,6 +15,8 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::dedup::{DedupState, key_hash};
 use crate::publish::IDEMPOTENCY_KEY_HEADER;
+use crate::snapshot::DedupSnapshot;
+use boomerang_runtime::snapshot::SnapshotError;
 use boomerang_runtime::stage_loop::EVENT_TIME_HEADER;
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,11 +31,16 @@ pub struct RestoreStats {
     pub records_read: u64,
     pub keys: usize,
     pub elapsed: Duration,
+    /// Whether a local snapshot was the starting point.
+    pub from_snapshot: bool,
+    /// The validated offset the state is complete up to (the high watermark when read).
+    pub restored_upto: i64,
 }
 
 /// Reads validated `partition` from the records written since `now - window` (and an hour of
-/// slack) to its high watermark, keeping the keys whose event time is in the window.
-/// Blocking: run it on a blocking thread.
+/// slack) to its high watermark, keeping the keys whose event time is in the window. With a
+/// usable snapshot in `snapshots` (see `snapshot.rs`), starts from it and reads only from
+/// where it says. Blocking: run it on a blocking thread.
 pub fn restore_partition(
     kafka: &KafkaArgs,
     validated_topic: &str,
@@ -40,6 +48,7 @@ pub fn restore_partition(
     window: Duration,
     max_keys: usize,
     now: TimestampMicros,
+    snapshots: Option<&Path>,
 ) -> anyhow::Result<(DedupState, RestoreStats)> {
     let started = Instant::now();
     if let Some(delay_ms) = std::env::var(RESTORE_DELAY_ENV)
@@ -53,7 +62,52 @@ pub fn restore_partition(
     let mut config = kafka.consumer_config("boomerang-ingest-restore");
     config.set("enable.auto.commit", "false");
     let consumer: BaseConsumer = config.create()?;
-    let (_low, high) = consumer.fetch_watermarks(validated_topic, partition, KAFKA_TIMEOUT)?;
+    let (low, high) = consumer.fetch_watermarks(validated_topic, partition, KAFKA_TIMEOUT)?;
+    let snapshot = snapshots.and_then(|dir| {
+        match DedupSnapshot::load(dir, validated_topic, partition, window) {
+            Ok(snapshot) if snapshot.replay_from <= high => Some(snapshot),
+            Ok(snapshot) => {
+                tracing::warn!(
+                    topic = validated_topic,
+                    partition,
+                    replay_from = snapshot.replay_from,
+                    high,
+                    "the de-duplication snapshot lies past the topic's end (was the topic \
+                     recreated?); reading the whole window instead"
+                );
+                None
+            }
+            Err(SnapshotError::Io(error)) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => {
+                tracing::warn!(topic = validated_topic, partition, error = %error, "de-duplication snapshot not used; reading the whole window instead");
+                None
+            }
+        }
+    });
+    let from_snapshot = snapshot.is_some();
+    if let Some(snapshot) = snapshot {
+        for (micros, hash) in snapshot.entries {
+            state.remember(hash, TimestampMicros::from_unix_micros(micros));
+        }
+        let start_offset = snapshot.replay_from.max(low);
+        let records_read = read_keys(
+            &consumer,
+            validated_topic,
+            partition,
+            start_offset,
+            high,
+            &mut state,
+        )?;
+        state.expire(now);
+        let stats = RestoreStats {
+            records_read,
+            keys: state.len(),
+            elapsed: started.elapsed(),
+            from_snapshot,
+            restored_upto: high,
+        };
+        return Ok((state, stats));
+    }
     // Records are timestamped when validated: one validated before the window started
     // happened before it too, unless it came from up to `--max-future-skew-secs` ahead.
     let window_start_ms = now
@@ -72,6 +126,34 @@ pub fn restore_partition(
         // No record at or after the window start: nothing to restore.
         _ => high,
     };
+    let records_read = read_keys(
+        &consumer,
+        validated_topic,
+        partition,
+        start_offset,
+        high,
+        &mut state,
+    )?;
+    state.expire(now);
+    let stats = RestoreStats {
+        records_read,
+        keys: state.len(),
+        elapsed: started.elapsed(),
+        from_snapshot,
+        restored_upto: high,
+    };
+    Ok((state, stats))
+}
+
+/// Reads validated `partition` from `start_offset` to `high`, remembering every key.
+fn read_keys(
+    consumer: &BaseConsumer,
+    validated_topic: &str,
+    partition: i32,
+    start_offset: i64,
+    high: i64,
+    state: &mut DedupState,
+) -> anyhow::Result<u64> {
     let mut records_read = 0u64;
     if start_offset < high {
         let mut assignment = TopicPartitionList::new();
@@ -116,13 +198,7 @@ pub fn restore_partition(
             );
         }
     }
-    state.expire(now);
-    let stats = RestoreStats {
-        records_read,
-        keys: state.len(),
-        elapsed: started.elapsed(),
-    };
-    Ok((state, stats))
+    Ok(records_read)
 }
 
 fn key_hash_bytes(key: &[u8]) -> u128 {

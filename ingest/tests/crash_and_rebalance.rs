@@ -4,24 +4,11 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use boomerang_ingest::publish::IDEMPOTENCY_KEY_HEADER;
 use boomerang_runtime::stage_loop::{CRASH_AFTER_PRODUCE_ENV, DROP_COMMITS_ENV};
-use boomerang_testkit::{ReadRecord, metric_sum, poll_until, wait_committed};
-use support::{Pipeline, counter, metrics, owned_partitions, wait_until_received};
-
-fn count_per_key(records: &[ReadRecord]) -> BTreeMap<String, usize> {
-    let mut per_key = BTreeMap::new();
-    for record in records {
-        let key = record
-            .header(IDEMPOTENCY_KEY_HEADER)
-            .expect("idempotency key header");
-        *per_key.entry(key).or_default() += 1;
-    }
-    per_key
-}
+use boomerang_testkit::{metric_sum, poll_until, wait_committed};
+use support::{Pipeline, count_per_key, counter, metrics, owned_partitions, wait_until_received};
 
 #[tokio::test]
 async fn a_crash_between_produce_and_commit_publishes_nothing_twice() {

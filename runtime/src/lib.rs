@@ -10,6 +10,7 @@
 //! - [`service`]: a stage's life: telemetry, endpoints, readiness, SIGTERM and draining.
 //! - [`stage_loop`]: consume → process → produce → commit, the same for every stage;
 //!   [`delivery`]: counting a batch's acknowledgements.
+//! - [`snapshot`]: local snapshots of a stage's state, so a restart reads back only the tail.
 //! - [`dead_letter`]: the dead-letter header contract; [`record_size`]: the largest record a
 //!   stage produces; [`wire`]: Confluent framing (from
 //!   `boomerang_schemas`, beside the codec).
@@ -29,6 +30,7 @@ pub mod record_size;
 pub mod registry;
 pub mod service;
 pub mod shutdown;
+pub mod snapshot;
 pub mod stage_loop;
 pub mod telemetry;
 pub mod topics;

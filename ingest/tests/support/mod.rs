@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use apache_avro::Schema;
+use boomerang_ingest::publish::IDEMPOTENCY_KEY_HEADER;
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
 use boomerang_runtime::registry::{RegistryArgs, register_all};
 use boomerang_runtime::topics::{TopicsArgs, value_subject};
@@ -250,4 +251,16 @@ pub async fn partition_changes(process: &StageProcess) -> (u64, u64) {
             &["change=\"revoked\""],
         ),
     )
+}
+
+/// How many validated records each idempotency key has.
+pub fn count_per_key(records: &[ReadRecord]) -> BTreeMap<String, usize> {
+    let mut per_key = BTreeMap::new();
+    for record in records {
+        let key = record
+            .header(IDEMPOTENCY_KEY_HEADER)
+            .expect("idempotency key header");
+        *per_key.entry(key).or_default() += 1;
+    }
+    per_key
 }

@@ -65,6 +65,9 @@ pub use self::settings::{
     CRASH_AFTER_PRODUCE_ENV, DROP_COMMITS_ENV, LoopArgs, LoopSettings, OnRetentionGap,
 };
 
+/// How often the processor hears which offsets are acknowledged.
+const ACKNOWLEDGED_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs the loop until shutdown; returns after a final commit.
 pub async fn run<P: Processor>(
     settings: LoopSettings,
@@ -109,11 +112,16 @@ pub async fn run<P: Processor>(
     context.readiness.set_ready();
     tracing::info!(stage = settings.stage, group = %settings.group_id, topics = ?settings.input_topics, "consuming");
 
+    let mut last_acknowledged = Instant::now();
     let result = loop {
         if let Err(error) =
             complete_acknowledged(&consumer, &in_flight, &metrics, crash_after_batches, false).await
         {
             break Err(error);
+        }
+        if last_acknowledged.elapsed() >= ACKNOWLEDGED_INTERVAL {
+            last_acknowledged = Instant::now();
+            processor.acknowledged(&lock(&in_flight).ledger.stored_positions());
         }
         let room = processor.room();
         set_paused(&consumer, &mut paused, room == 0);
@@ -257,6 +265,12 @@ pub async fn run<P: Processor>(
     };
     // Whatever is in flight is acknowledged and committed before the stage stops.
     let drained = complete_all(&consumer, &in_flight, &metrics, crash_after_batches).await;
+    if drained.is_ok() {
+        processor.acknowledged(&lock(&in_flight).ledger.stored_positions());
+        if result.is_ok() {
+            processor.drained();
+        }
+    }
     if let Err(error) = ignore_nothing_to_commit(consumer.commit_consumer_state(CommitMode::Sync)) {
         tracing::warn!(error = %error, "final commit failed; the next owner replays from the last commit");
     }

@@ -108,6 +108,16 @@ pub trait Processor: Send {
     /// Partitions just revoked, after their processed offsets were committed.
     fn revoke(&mut self, partitions: &[Partition]);
 
+    /// Every output of every record before these offsets (the next offset to read, per
+    /// partition) is acknowledged: what the processor decided for them is durable. Called
+    /// about once a second while records flow, and once more when the loop stops. A processor
+    /// that snapshots its state includes in a snapshot only what is durable.
+    fn acknowledged(&mut self, _positions: &[(Partition, i64)]) {}
+
+    /// The loop stops, and everything processed is acknowledged and committed: a last
+    /// chance to snapshot state. Not called when the loop stops on a failure.
+    fn drained(&mut self) {}
+
     /// Decides one record's outcome.
     fn process(
         &mut self,
