@@ -2,7 +2,8 @@
 //!
 //! Reference data, by file: [`reference`] reads the customers and orders topics (compacted,
 //! every partition, on every instance) into [`tables`], catching up before any event is
-//! consumed and following updates afterwards.
+//! consumed and following updates afterwards; with `--state-dir` it starts from a local
+//! [`snapshot`] of each table and reads only what was written since.
 //!
 //! One event's way, by file: decode (the shared `boomerang_runtime::decode`) → [`join`]
 //! (look the order and customer up, add what they say, drop PII, pseudonymise) → [`publish`].
@@ -16,4 +17,5 @@ pub mod pending;
 pub mod processor;
 pub mod publish;
 pub mod reference;
+pub mod snapshot;
 pub mod tables;

@@ -2,6 +2,8 @@
 //! from compacted reference topics, waiting a bounded time for late reference data, and
 //! publishes enriched events. See `lib.rs` for the way of an event.
 
+use boomerang_enrich::snapshot::Snapshots;
+use boomerang_runtime::snapshot::StateArgs;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -46,6 +48,8 @@ struct Args {
     enrich: EnrichArgs,
     #[command(flatten)]
     pseudonym: PseudonymArgs,
+    #[command(flatten)]
+    state: StateArgs,
     #[command(flatten)]
     service: ServiceArgs,
 }
@@ -128,21 +132,27 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     let arrivals = Arrivals::default();
 
     // Reference data first: every instance holds both tables whole.
-    let (customers, customers_progress) = Loader::<Customer, _>::start(
+    let snapshots = args.state.state_dir.clone().map(|dir| Snapshots {
+        dir,
+        interval: args.state.snapshot_interval(),
+    });
+    let (customers, customers_progress) = Loader::<Customer, _>::start_with_snapshots(
         &args.kafka,
         &args.topics.customers,
         WriterSchemas::new(&args.registry)?,
         tables.clone(),
         arrivals.clone(),
         Some(enrich_metrics.clone()),
+        snapshots.clone(),
     )?;
-    let (orders, orders_progress) = Loader::<Order, _>::start(
+    let (orders, orders_progress) = Loader::<Order, _>::start_with_snapshots(
         &args.kafka,
         &args.topics.orders,
         WriterSchemas::new(&args.registry)?,
         tables.clone(),
         arrivals.clone(),
         Some(enrich_metrics.clone()),
+        snapshots,
     )?;
     let orders = orders.with_limits(ReferenceLimits {
         max_order_lines: args.enrich.max_order_lines,

@@ -19,6 +19,8 @@ pub struct EnrichMetrics {
     /// How long released events waited for their reference data.
     pub pending_wait: Histogram,
     pub join_outcomes: IntCounterVec,
+    /// Reference table loads at start-up, by table and where they started (snapshot, topic).
+    pub reference_restores: IntCounterVec,
 }
 
 impl EnrichMetrics {
@@ -70,7 +72,15 @@ impl EnrichMetrics {
                 ),
                 &["outcome"],
             )?,
+            reference_restores: IntCounterVec::new(
+                Opts::new(
+                    "boomerang_enrich_reference_restores_total",
+                    "Reference table loads at start-up, by table and where they started: a local snapshot (then only the topic's tail is read) or the topic alone.",
+                ),
+                &["table", "source"],
+            )?,
         };
+        registry.register(Box::new(metrics.reference_restores.clone()))?;
         registry.register(Box::new(metrics.reference_records.clone()))?;
         registry.register(Box::new(metrics.reference_changes.clone()))?;
         registry.register(Box::new(metrics.reference_caught_up.clone()))?;

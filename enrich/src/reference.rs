@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use boomerang_runtime::decode::{DecodeFailure, RecordDecoder, WriterSchemaSource};
 use boomerang_runtime::kafka::KafkaArgs;
+use boomerang_runtime::snapshot::SnapshotError;
 use boomerang_schemas::{AvroRecord, Customer, Order};
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
@@ -27,6 +28,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::EnrichMetrics;
+use crate::snapshot::{self, Snapshots};
 use crate::tables::{RefKey, ReferenceTables, SharedTables, Table, ref_key};
 
 /// Records applied under one write lock at most.
@@ -179,6 +181,12 @@ struct LoaderState<T: ReferenceRecord, Source> {
     /// The next offset per partition.
     positions: HashMap<i32, i64>,
     progress: watch::Sender<CatchUp>,
+    /// With `--state-dir`: where the table is snapshotted, when it last was, whether it has
+    /// changed since, and the write under way.
+    snapshots: Option<Snapshots>,
+    last_snapshot: Option<std::time::Instant>,
+    changed_since_snapshot: bool,
+    writing: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl<T: ReferenceRecord, Source: WriterSchemaSource> Loader<T, Source> {
@@ -190,6 +198,20 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> Loader<T, Source> {
         tables: SharedTables,
         arrivals: Arrivals,
         metrics: Option<EnrichMetrics>,
+    ) -> anyhow::Result<(Self, watch::Receiver<CatchUp>)> {
+        Self::start_with_snapshots(kafka, topic, source, tables, arrivals, metrics, None)
+    }
+
+    /// Like [`Self::start`], but first loads the table's snapshot from `snapshots` if there
+    /// is a usable one, and reads on from where it says; and snapshots the table as it goes.
+    pub fn start_with_snapshots(
+        kafka: &KafkaArgs,
+        topic: &str,
+        source: Source,
+        tables: SharedTables,
+        arrivals: Arrivals,
+        metrics: Option<EnrichMetrics>,
+        snapshots: Option<Snapshots>,
     ) -> anyhow::Result<(Self, watch::Receiver<CatchUp>)> {
         let mut config = kafka.consumer_config(&format!("boomerang-enrich-{}", T::TABLE.name()));
         // EOF events tell a partition that ends in records it never hands out (transaction
@@ -207,16 +229,61 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> Loader<T, Source> {
         if partitions.is_empty() {
             anyhow::bail!("topic {topic} does not exist; create it with `boomerang topics create`");
         }
-        let mut assignment = TopicPartitionList::new();
-        let mut targets = HashMap::new();
-        let mut positions = HashMap::new();
+        let mut watermarks = HashMap::new();
         for partition in partitions {
             let (low, high) = consumer
                 .fetch_watermarks(topic, partition, Duration::from_secs(10))
                 .with_context(|| format!("cannot read the end offsets of {topic}"))?;
-            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-            targets.insert(partition, high);
-            positions.insert(partition, low);
+            watermarks.insert(partition, (low, high));
+        }
+        let from_snapshot = snapshots.as_ref().and_then(|snapshots| {
+            let loaded = snapshot::load(
+                &snapshots.dir,
+                topic,
+                T::TABLE,
+                &watermarks,
+                &mut tables.write(),
+            );
+            match loaded {
+                Ok(positions) => Some(positions),
+                Err(SnapshotError::Io(error)) if error.kind() == std::io::ErrorKind::NotFound => {
+                    None
+                }
+                Err(error) => {
+                    tracing::warn!(topic, error = %error, "reference snapshot not used; reading the topic whole");
+                    None
+                }
+            }
+        });
+        if let Some(metrics) = &metrics {
+            let source = if from_snapshot.is_some() {
+                "snapshot"
+            } else {
+                "topic"
+            };
+            metrics
+                .reference_restores
+                .with_label_values(&[T::TABLE.name(), source])
+                .inc();
+        }
+        let mut assignment = TopicPartitionList::new();
+        let mut targets = HashMap::new();
+        let mut positions = HashMap::new();
+        for (partition, (low, high)) in &watermarks {
+            let start = from_snapshot
+                .as_ref()
+                .and_then(|positions| positions.get(partition).copied());
+            let offset = start.map_or(Offset::Beginning, Offset::Offset);
+            assignment.add_partition_offset(topic, *partition, offset)?;
+            targets.insert(*partition, *high);
+            positions.insert(*partition, start.unwrap_or(*low));
+        }
+        if from_snapshot.is_some() {
+            tracing::info!(
+                table = T::TABLE.name(),
+                rows = tables.read().len(T::TABLE),
+                "reference table loaded from its snapshot; reading on from there"
+            );
         }
         consumer.assign(&assignment)?;
         let (progress, receiver) = watch::channel(CatchUp {
@@ -234,6 +301,10 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> Loader<T, Source> {
             targets,
             positions,
             progress,
+            changed_since_snapshot: from_snapshot.is_none(),
+            snapshots,
+            last_snapshot: None,
+            writing: None,
         };
         state.report_progress();
         Ok((Self { consumer, state }, receiver))
@@ -251,10 +322,21 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> Loader<T, Source> {
             consumer,
             mut state,
         } = self;
+        let check_every = state
+            .snapshots
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |snapshots| snapshots.interval);
         loop {
             let first = tokio::select! {
                 received = consumer.recv() => received,
-                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(check_every) => {
+                    state.snapshot_if_due(false);
+                    continue;
+                }
+                () = shutdown.cancelled() => {
+                    state.snapshot_at_stop().await;
+                    return;
+                }
             };
             let mut batch = vec![first];
             while batch.len() < APPLY_BATCH {
@@ -286,13 +368,62 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> Loader<T, Source> {
                     }
                 }
             }
+            if !decoded.is_empty() {
+                state.changed_since_snapshot = true;
+            }
             state.apply(decoded);
             state.report_progress();
+            state.snapshot_if_due(false);
         }
     }
 }
 
 impl<T: ReferenceRecord, Source: WriterSchemaSource> LoaderState<T, Source> {
+    /// Writes a snapshot on a blocking thread if the table changed since the last one, has
+    /// caught up, and the last one is older than the interval (or `now`), unless one is
+    /// still being written. The rows are copied out under the read lock, which joins share.
+    fn snapshot_if_due(&mut self, now: bool) {
+        let Some(snapshots) = &self.snapshots else {
+            return;
+        };
+        let due = now
+            || self
+                .last_snapshot
+                .is_none_or(|last| last.elapsed() >= snapshots.interval);
+        let caught_up = self.progress.borrow().done;
+        let busy = self
+            .writing
+            .as_ref()
+            .is_some_and(|writing| !writing.is_finished());
+        if !due || !caught_up || !self.changed_since_snapshot || busy {
+            return;
+        }
+        let writer = snapshot::encode(&self.topic, T::TABLE, &self.positions, &self.tables.read());
+        let path = snapshot::path(&snapshots.dir, &self.topic);
+        let table = T::TABLE.name();
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            match writer.write_to(&path) {
+                Ok(()) => tracing::debug!(table, "reference snapshot written"),
+                Err(error) => {
+                    tracing::warn!(table, path = %path.display(), error = %error, "cannot write a reference snapshot");
+                }
+            }
+        }));
+        self.last_snapshot = Some(std::time::Instant::now());
+        self.changed_since_snapshot = false;
+    }
+
+    /// A stop: the table as it is now is snapshotted, so that the restart reads little.
+    async fn snapshot_at_stop(&mut self) {
+        if let Some(writing) = self.writing.take() {
+            let _ = writing.await;
+        }
+        self.snapshot_if_due(true);
+        if let Some(writing) = self.writing.take() {
+            let _ = writing.await;
+        }
+    }
+
     fn remaining(&self) -> u64 {
         self.targets
             .iter()

@@ -12,6 +12,7 @@ use std::collections::hash_map::Entry;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use boomerang_runtime::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter};
 use boomerang_schemas::{Channel, Customer, Order, TimestampMicros};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
@@ -183,6 +184,136 @@ impl ReferenceTables {
     }
 }
 
+/// Snapshots (see `reference.rs`): a table's rows written out and read back whole.
+impl ReferenceTables {
+    /// Writes `table`'s rows.
+    pub fn write_rows(&self, table: Table, writer: &mut SnapshotWriter) {
+        match table {
+            Table::Customers => {
+                writer.reserve(self.customers.len() * 40);
+                writer.u64(self.customers.len() as u64);
+                for (key, customer) in &self.customers {
+                    writer.u128(*key);
+                    writer.str(&customer.segment);
+                    writer.str(&customer.region);
+                    writer.u8(u8::from(customer.analytics_consent));
+                }
+            }
+            Table::Orders => {
+                writer.reserve(self.orders.len() * 80);
+                writer.u64(self.orders.len() as u64);
+                for (key, order) in &self.orders {
+                    writer.u128(*key);
+                    writer.u8(channel_code(order.channel));
+                    writer.i64(order.placed_at.as_unix_micros());
+                    match order.delivered_at {
+                        Some(at) => {
+                            writer.u8(1);
+                            writer.i64(at.as_unix_micros());
+                        }
+                        None => writer.u8(0),
+                    }
+                    writer.str(&order.currency);
+                    writer.u64(order.lines.len() as u64);
+                    for line in &order.lines {
+                        writer.u64(line.line_key);
+                        writer.str(&line.category);
+                        writer.i64(line.unit_price_minor);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Replaces `table`'s rows with those read back; on an error, leaves them as they were.
+    pub fn read_rows(
+        &mut self,
+        table: Table,
+        reader: &mut SnapshotReader,
+    ) -> Result<(), SnapshotError> {
+        match table {
+            Table::Customers => {
+                // A key, two string lengths and the consent at least.
+                let count = reader.count(25)?;
+                let mut customers = RefMap::default();
+                customers.reserve(count);
+                for _ in 0..count {
+                    let key = reader.u128()?;
+                    let segment = self.strings.get(&reader.string()?);
+                    let region = self.strings.get(&reader.string()?);
+                    let analytics_consent = reader.u8()? != 0;
+                    customers.insert(
+                        key,
+                        CustomerRef {
+                            segment,
+                            region,
+                            analytics_consent,
+                        },
+                    );
+                }
+                self.customers = customers;
+            }
+            Table::Orders => {
+                let count = reader.count(38)?;
+                let mut orders = RefMap::default();
+                orders.reserve(count);
+                for _ in 0..count {
+                    let key = reader.u128()?;
+                    let channel = channel_from_code(reader.u8()?)?;
+                    let placed_at = TimestampMicros::from_unix_micros(reader.i64()?);
+                    let delivered_at = match reader.u8()? {
+                        0 => None,
+                        _ => Some(TimestampMicros::from_unix_micros(reader.i64()?)),
+                    };
+                    let currency = self.strings.get(&reader.string()?);
+                    let line_count = reader.count(20)?;
+                    let mut lines = Vec::with_capacity(line_count);
+                    for _ in 0..line_count {
+                        lines.push(LineRef {
+                            line_key: reader.u64()?,
+                            category: self.strings.get(&reader.string()?),
+                            unit_price_minor: reader.i64()?,
+                        });
+                    }
+                    orders.insert(
+                        key,
+                        OrderRef {
+                            channel,
+                            placed_at,
+                            delivered_at,
+                            currency,
+                            lines: lines.into_boxed_slice(),
+                        },
+                    );
+                }
+                self.orders = orders;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn channel_code(channel: Channel) -> u8 {
+    match channel {
+        Channel::Web => 0,
+        Channel::MobileApp => 1,
+        Channel::Store => 2,
+        Channel::Marketplace => 3,
+        Channel::SupportAgent => 4,
+    }
+}
+
+fn channel_from_code(code: u8) -> Result<Channel, SnapshotError> {
+    Ok(match code {
+        0 => Channel::Web,
+        1 => Channel::MobileApp,
+        2 => Channel::Store,
+        3 => Channel::Marketplace,
+        4 => Channel::SupportAgent,
+        _ => return Err(SnapshotError::Corrupt),
+    })
+}
+
 /// The tables, shared by the loader (which writes) and the processor (which reads).
 #[derive(Clone, Default)]
 pub struct SharedTables(Arc<RwLock<ReferenceTables>>);
@@ -220,6 +351,32 @@ mod tests {
         assert!(tables.delete(Table::Customers, key));
         assert!(tables.customer(key).is_none());
         assert!(!tables.delete(Table::Customers, key));
+    }
+
+    #[test]
+    fn both_tables_read_back_from_their_snapshot_rows() {
+        let mut tables = ReferenceTables::default();
+        tables.upsert_customer(ref_key(b"cu-1"), &customer("cu-1", "vip", false));
+        tables.upsert_order(ref_key(b"o-1"), &order("o-1", "cu-1", None));
+        let mut delivered = order("o-2", "cu-1", None);
+        delivered.delivered_at = Some(TimestampMicros::from_unix_micros(1_700_000_000_000_000));
+        tables.upsert_order(ref_key(b"o-2"), &delivered);
+        let mut restored = ReferenceTables::default();
+        for table in [Table::Customers, Table::Orders] {
+            let mut writer = SnapshotWriter::new(b"t\n");
+            tables.write_rows(table, &mut writer);
+            let path = std::env::temp_dir().join(format!(
+                "boomerang-tables-{}-{}",
+                std::process::id(),
+                table.name()
+            ));
+            writer.write_to(&path).expect("write");
+            let mut reader = SnapshotReader::open(&path, b"t\n").expect("open");
+            restored.read_rows(table, &mut reader).expect("read");
+            let _ = std::fs::remove_file(&path);
+        }
+        assert_eq!(restored.customers, tables.customers);
+        assert_eq!(restored.orders, tables.orders);
     }
 
     #[test]
