@@ -111,9 +111,11 @@ arguments_of() {
   local name=$1 stage
   stage=$(stage_of "$name")
   echo "--group-id $run_id-$stage --instance-id $name --http-listen 127.0.0.1:${ports[$name]}"
+  # Ingest and enrich keep local snapshots of their state, each instance in its own directory
+  # (as on its own volume), so that a restart reads back only what was written since.
   case $stage in
-    ingest) echo "--max-event-age-secs 31536000 --dedup-window-secs 31536000" ;;
-    enrich) echo "--max-reference-wait-ms 15000" ;;
+    ingest) echo "--max-event-age-secs 31536000 --dedup-window-secs 31536000 --state-dir $run_dir/state/$name" ;;
+    enrich) echo "--max-reference-wait-ms 15000 --state-dir $run_dir/state/$name" ;;
     sink) echo "" ;;
   esac
 }
