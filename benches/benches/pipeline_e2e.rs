@@ -34,8 +34,7 @@ use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
 use boomerang_runtime::migrations;
 use boomerang_runtime::registry::{RegistryArgs, register_all};
 use boomerang_runtime::topics::{TopicsArgs, value_subject};
-use boomerang_runtime::wire;
-use boomerang_schemas::{AvroRecord, TimestampMicros, codec};
+use boomerang_schemas::{TimestampMicros, codec};
 use boomerang_testkit::{Stack, StageProcess, metrics, unique_name, value};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -88,13 +87,6 @@ fn send(
             }
         }
     }
-}
-
-fn framed<T: AvroRecord>(schema_id: u32, record: &T) -> Vec<u8> {
-    let mut value = Vec::with_capacity(320);
-    wire::start_frame(schema_id, &mut value);
-    codec::encode_into(record, &mut value).expect("encode");
-    value
 }
 
 /// One pipeline's topics, schemas and ClickHouse database.
@@ -155,7 +147,7 @@ fn publish_reference_data(kafka: &KafkaArgs, setup: &Setup, orders: usize) {
             &producer,
             &setup.topics.customers,
             customer.customer_id.as_bytes(),
-            &framed(setup.customer_schema, &customer),
+            &codec::encode_framed(setup.customer_schema, &customer).expect("encode"),
         );
     }
     for n in 0..orders {
@@ -164,7 +156,7 @@ fn publish_reference_data(kafka: &KafkaArgs, setup: &Setup, orders: usize) {
             &producer,
             &setup.topics.orders,
             order.order_id.as_bytes(),
-            &framed(setup.order_schema, &order),
+            &codec::encode_framed(setup.order_schema, &order).expect("encode"),
         );
     }
     producer.flush(Duration::from_secs(300)).expect("flush");
@@ -177,7 +169,7 @@ fn raw_event(schema_id: u32, n: usize) -> (Vec<u8>, Vec<u8>) {
     event.event_id = format!("lat-{produced}-{n}");
     (
         event.order_id.clone().into_bytes(),
-        framed(schema_id, &event),
+        codec::encode_framed(schema_id, &event).expect("encode"),
     )
 }
 

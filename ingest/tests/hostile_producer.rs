@@ -5,6 +5,7 @@
 
 mod support;
 
+use boomerang_schemas::wire;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -58,7 +59,7 @@ async fn a_hostile_producers_records_each_end_as_expected_and_ingest_keeps_runni
     let pipeline = Pipeline::new(2).await;
     let mut process = pipeline.start(&[]);
     let current = |event: &boomerang_schemas::PostPurchaseEvent| {
-        pipeline.framed(
+        wire::frame(
             pipeline.current_schema_id,
             &codec::encode(event).expect("encode"),
         )
@@ -99,7 +100,7 @@ async fn a_hostile_producers_records_each_end_as_expected_and_ingest_keeps_runni
         Hostile {
             name: "another subject's schema id",
             key: Some(b"subject".to_vec()),
-            value: Some(pipeline.framed(
+            value: Some(wire::frame(
                 pipeline.customer_schema_id,
                 &codec::encode(&pipeline.event("subject-0")).expect("encode"),
             )),
@@ -109,21 +110,21 @@ async fn a_hostile_producers_records_each_end_as_expected_and_ingest_keeps_runni
         Hostile {
             name: "a 2 GB length prefix",
             key: Some(b"gigabytes".to_vec()),
-            value: Some(pipeline.framed(pipeline.current_schema_id, &gigabytes)),
+            value: Some(wire::frame(pipeline.current_schema_id, &gigabytes)),
             headers: vec![],
             expected: Some("undecodable"),
         },
         Hostile {
             name: "a map block of a billion entries",
             key: Some(b"billion".to_vec()),
-            value: Some(pipeline.framed(pipeline.current_schema_id, &billion_entries)),
+            value: Some(wire::frame(pipeline.current_schema_id, &billion_entries)),
             headers: vec![],
             expected: Some("undecodable"),
         },
         Hostile {
             name: "a string that is not UTF-8",
             key: Some(b"nonutf8".to_vec()),
-            value: Some(pipeline.framed(pipeline.current_schema_id, &not_utf8)),
+            value: Some(wire::frame(pipeline.current_schema_id, &not_utf8)),
             headers: vec![],
             expected: Some("undecodable"),
         },

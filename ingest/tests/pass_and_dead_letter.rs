@@ -4,6 +4,7 @@
 
 mod support;
 
+use boomerang_schemas::wire;
 use std::collections::{BTreeMap, BTreeSet};
 
 use boomerang_ingest::publish::{IDEMPOTENCY_KEY_HEADER, SOURCE_HEADER};
@@ -50,22 +51,22 @@ async fn one_event_per_key_passes_and_every_bad_record_is_dead_lettered() {
         ("truncated_frame", Some(vec![0, 0, 0]), None),
         (
             "unknown_schema_id",
-            Some(pipeline.framed(999_999, &valid_datum)),
+            Some(wire::frame(999_999, &valid_datum)),
             Some(999_999),
         ),
         (
             "undecodable",
-            Some(pipeline.framed(pipeline.current_schema_id, &[0xff; 12])),
+            Some(wire::frame(pipeline.current_schema_id, &[0xff; 12])),
             Some(pipeline.current_schema_id),
         ),
         (
             "incompatible_schema",
-            Some(pipeline.framed(pipeline.customer_schema_id, &valid_datum)),
+            Some(wire::frame(pipeline.customer_schema_id, &valid_datum)),
             Some(pipeline.customer_schema_id),
         ),
         (
             "non_positive_quantity",
-            Some(pipeline.framed(pipeline.current_schema_id, &zero_quantity)),
+            Some(wire::frame(pipeline.current_schema_id, &zero_quantity)),
             Some(pipeline.current_schema_id),
         ),
     ];

@@ -212,13 +212,6 @@ pub(crate) mod tests {
 
     pub use boomerang_testkit::samples::event;
 
-    pub fn framed(schema_id: u32, datum: &[u8]) -> Vec<u8> {
-        let mut value = Vec::new();
-        wire::start_frame(schema_id, &mut value);
-        value.extend_from_slice(datum);
-        value
-    }
-
     fn kind(failure: DecodeFailure) -> &'static str {
         match failure {
             DecodeFailure::Rejected(rejection) => rejection.error_kind,
@@ -230,7 +223,7 @@ pub(crate) mod tests {
     async fn current_and_version_1_data_decode() {
         let mut decoder = RecordDecoder::<PostPurchaseEvent, _>::new(MapSource::standard());
         let event = event();
-        let current = framed(2, &codec::encode(&event).expect("encode"));
+        let current = wire::frame(2, &codec::encode(&event).expect("encode"));
         let decoded = decoder
             .decode(Some(&current))
             .await
@@ -240,7 +233,7 @@ pub(crate) mod tests {
         let v1 = MapSource::standard().0[&1];
         let datum = codec::encode_for_writer_schema(&event, v1).expect("v1 datum");
         let decoded = decoder
-            .decode(Some(&framed(1, &datum)))
+            .decode(Some(&wire::frame(1, &datum)))
             .await
             .expect("v1 decodes");
         assert_eq!((decoded.schema_id, decoded.value), (1, event));
@@ -260,7 +253,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn an_unreachable_registry_means_retry_and_nothing_is_cached() {
         let mut decoder = RecordDecoder::<PostPurchaseEvent, _>::new(UnreachableRegistry);
-        let value = framed(2, &codec::encode(&event()).expect("encode"));
+        let value = wire::frame(2, &codec::encode(&event()).expect("encode"));
         for _ in 0..2 {
             match decoder.decode(Some(&value)).await {
                 Err(DecodeFailure::Retry(error)) => {
@@ -281,10 +274,10 @@ pub(crate) mod tests {
             (Some(vec![]), EMPTY_VALUE),
             (Some(vec![0, 0, 1]), TRUNCATED_FRAME),
             (Some(b"{\"json\": true}".to_vec()), BAD_MAGIC_BYTE),
-            (Some(framed(77, &datum)), UNKNOWN_SCHEMA_ID),
-            (Some(framed(9, &datum)), INCOMPATIBLE_SCHEMA),
-            (Some(framed(2, &datum[..datum.len() / 2])), UNDECODABLE),
-            (Some(framed(2, &[0xff; 16])), UNDECODABLE),
+            (Some(wire::frame(77, &datum)), UNKNOWN_SCHEMA_ID),
+            (Some(wire::frame(9, &datum)), INCOMPATIBLE_SCHEMA),
+            (Some(wire::frame(2, &datum[..datum.len() / 2])), UNDECODABLE),
+            (Some(wire::frame(2, &[0xff; 16])), UNDECODABLE),
         ];
         for (value, expected) in cases {
             let failure = decoder

@@ -115,6 +115,14 @@ pub fn encode<T: AvroRecord>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
+/// `value` framed for the wire: the Confluent header for `schema_id`, then its datum.
+pub fn encode_framed<T: AvroRecord>(schema_id: u32, value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(256);
+    crate::wire::start_frame(schema_id, &mut out);
+    encode_into(value, &mut out)?;
+    Ok(out)
+}
+
 /// Decodes a datum written with the current schema.
 pub fn decode<T: AvroRecord>(datum: &[u8]) -> Result<T, CodecError> {
     let mut remaining = datum;

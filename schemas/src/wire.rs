@@ -37,6 +37,14 @@ pub fn start_frame(schema_id: u32, out: &mut Vec<u8>) {
     out.extend_from_slice(&schema_id.to_be_bytes());
 }
 
+/// `datum` framed for `schema_id` (an Avro record: `codec::encode_framed`).
+pub fn frame(schema_id: u32, datum: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + datum.len());
+    start_frame(schema_id, &mut out);
+    out.extend_from_slice(datum);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::registry::{self, RegistryArgs};
 use boomerang_runtime::topics::{TopicsArgs, value_subject};
 use boomerang_runtime::wire;
-use boomerang_schemas::{AvroRecord, Order, PostPurchaseEvent, SchemaKind, TimestampMicros, codec};
+use boomerang_schemas::{Order, PostPurchaseEvent, SchemaKind, TimestampMicros, codec};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 use self::truth::{StageCounts, Truth};
@@ -134,13 +134,6 @@ impl Publisher {
     }
 }
 
-fn framed<T: AvroRecord>(schema_id: u32, record: &T) -> anyhow::Result<Vec<u8>> {
-    let mut value = Vec::with_capacity(256);
-    wire::start_frame(schema_id, &mut value);
-    codec::encode_into(record, &mut value)?;
-    Ok(value)
-}
-
 pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
     let settings = args.registry.settings()?;
     let registrations = registry::register_all(&settings, &args.topics).await?;
@@ -210,7 +203,7 @@ pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
         publisher.send(
             &topics.customers,
             &customer.customer_id,
-            &framed(customer_id, customer)?,
+            &codec::encode_framed(customer_id, customer)?,
         );
     }
     let orders_by_id: BTreeMap<&str, &Order> = world
@@ -221,7 +214,11 @@ pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
     let mut published_orders: Vec<&Order> = Vec::new();
     for order in &world.orders {
         if !late.contains(&order.order_id) && !missing.contains(&order.order_id) {
-            publisher.send(&topics.orders, &order.order_id, &framed(order_id, order)?);
+            publisher.send(
+                &topics.orders,
+                &order.order_id,
+                &codec::encode_framed(order_id, order)?,
+            );
             published_orders.push(order);
         }
     }
@@ -238,7 +235,7 @@ pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
             value.extend(codec::encode_for_writer_schema(event, &previous_schema)?);
             value
         } else {
-            framed(event_id, event)?
+            codec::encode_framed(event_id, event)?
         };
         publisher.send(&topics.raw_events, &event.order_id, &value);
         counts.received += 1;
@@ -261,7 +258,7 @@ pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
             publisher.send(
                 &topics.raw_events,
                 &event.order_id,
-                &framed(event_id, &invalid)?,
+                &codec::encode_framed(event_id, &invalid)?,
             );
             counts.received += 1;
             counts.dead_lettered += 1;
@@ -272,20 +269,20 @@ pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
         while let Some(position) = due.iter().position(|(at, _)| *at <= index) {
             let (_, id) = due.swap_remove(position);
             let order = orders_by_id[id];
-            publisher.send(&topics.orders, id, &framed(order_id, order)?);
+            publisher.send(&topics.orders, id, &codec::encode_framed(order_id, order)?);
             published_orders.push(order);
         }
     }
     for (_, id) in due {
         let order = orders_by_id[id];
-        publisher.send(&topics.orders, id, &framed(order_id, order)?);
+        publisher.send(&topics.orders, id, &codec::encode_framed(order_id, order)?);
         published_orders.push(order);
     }
     // Late orders whose events all lie in the future are published too.
     for id in &late {
         if !scheduled.contains(id.as_str()) {
             let order = orders_by_id[id.as_str()];
-            publisher.send(&topics.orders, id, &framed(order_id, order)?);
+            publisher.send(&topics.orders, id, &codec::encode_framed(order_id, order)?);
             published_orders.push(order);
         }
     }

@@ -123,13 +123,6 @@ impl Pipeline {
         StageProcess::start(BINARY, &arguments, &[])
     }
 
-    fn framed<T: AvroRecord>(schema_id: u32, record: &T) -> Vec<u8> {
-        let mut value = Vec::new();
-        wire::start_frame(schema_id, &mut value);
-        codec::encode_into(record, &mut value).expect("encode");
-        value
-    }
-
     async fn send(&self, topic: &str, key: &str, value: Option<Vec<u8>>, headers: OwnedHeaders) {
         let mut record: FutureRecord<'_, str, [u8]> =
             FutureRecord::to(topic).key(key).headers(headers);
@@ -148,7 +141,7 @@ impl Pipeline {
             key: IDEMPOTENCY_KEY_HEADER,
             value: Some(event.idempotency_key.as_bytes()),
         });
-        let value = Self::framed(self.event_schema_id, event);
+        let value = codec::encode_framed(self.event_schema_id, event).expect("encode");
         self.send(
             &self.topics.validated_events,
             &event.order_id,
@@ -170,7 +163,7 @@ impl Pipeline {
     }
 
     pub async fn produce_customer(&self, customer: &Customer) {
-        let value = Self::framed(self.customer_schema_id, customer);
+        let value = codec::encode_framed(self.customer_schema_id, customer).expect("encode");
         self.send(
             &self.topics.customers,
             &customer.customer_id,
@@ -191,7 +184,7 @@ impl Pipeline {
     }
 
     pub async fn produce_order(&self, order: &Order) {
-        let value = Self::framed(self.order_schema_id, order);
+        let value = codec::encode_framed(self.order_schema_id, order).expect("encode");
         self.send(
             &self.topics.orders,
             &order.order_id,

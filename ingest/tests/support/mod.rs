@@ -145,19 +145,12 @@ impl Pipeline {
         }
     }
 
-    pub fn framed(&self, schema_id: u32, datum: &[u8]) -> Vec<u8> {
-        let mut value = Vec::new();
-        wire::start_frame(schema_id, &mut value);
-        value.extend_from_slice(datum);
-        value
-    }
-
     /// The event as a producer on the current schema frames it.
     pub fn current(&self, event: &PostPurchaseEvent) -> Raw {
         let datum = codec::encode(event).expect("encode");
         Raw {
             key: event.order_id.clone(),
-            value: Some(self.framed(self.current_schema_id, &datum)),
+            value: Some(wire::frame(self.current_schema_id, &datum)),
             headers: vec![],
         }
     }
@@ -168,7 +161,7 @@ impl Pipeline {
         let datum = codec::encode_for_writer_schema(event, &v1).expect("v1 datum");
         Raw {
             key: event.order_id.clone(),
-            value: Some(self.framed(self.v1_schema_id, &datum)),
+            value: Some(wire::frame(self.v1_schema_id, &datum)),
             headers: vec![],
         }
     }

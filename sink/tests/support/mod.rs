@@ -116,13 +116,6 @@ impl Pipeline {
         StageProcess::start(BINARY, &arguments, environment)
     }
 
-    fn framed<T: AvroRecord>(schema_id: u32, record: &T) -> Vec<u8> {
-        let mut value = Vec::new();
-        wire::start_frame(schema_id, &mut value);
-        codec::encode_into(record, &mut value).expect("encode");
-        value
-    }
-
     async fn send(&self, topic: &str, key: &str, value: Option<Vec<u8>>) {
         let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
             .key(key)
@@ -137,7 +130,7 @@ impl Pipeline {
     }
 
     pub async fn produce_enriched(&self, enriched: &EnrichedPostPurchaseEvent) {
-        let value = Self::framed(self.enriched_schema_id, enriched);
+        let value = codec::encode_framed(self.enriched_schema_id, enriched).expect("encode");
         self.send(
             &self.topics.enriched_events,
             &enriched.event.order_id,
@@ -152,7 +145,7 @@ impl Pipeline {
     }
 
     pub async fn produce_order(&self, order: &Order) {
-        let value = Self::framed(self.order_schema_id, order);
+        let value = codec::encode_framed(self.order_schema_id, order).expect("encode");
         self.send(&self.topics.orders, &order.order_id, Some(value))
             .await;
     }
@@ -162,7 +155,7 @@ impl Pipeline {
     }
 
     pub async fn produce_customer(&self, customer: &Customer) {
-        let value = Self::framed(self.customer_schema_id, customer);
+        let value = codec::encode_framed(self.customer_schema_id, customer).expect("encode");
         self.send(&self.topics.customers, &customer.customer_id, Some(value))
             .await;
     }
