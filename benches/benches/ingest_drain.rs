@@ -6,7 +6,6 @@
 //! cargo bench -p boomerang-benches --bench ingest_drain            # 1M events
 //! BOOMERANG_BENCH_EVENTS=200000 cargo bench -p boomerang-benches --bench ingest_drain
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use boomerang_benches::harness::{cpu_seconds, peak_rss_kib};
@@ -15,10 +14,7 @@ use boomerang_runtime::registry::{RegistryArgs, register_all};
 use boomerang_runtime::topics::{TopicsArgs, value_subject};
 use boomerang_runtime::wire;
 use boomerang_schemas::codec;
-use boomerang_schemas::{
-    Channel, EventType, Money, Outcome, PostPurchaseEvent, ReasonCode, ReturnMethod,
-    TimestampMicros,
-};
+use boomerang_schemas::{PostPurchaseEvent, TimestampMicros};
 use boomerang_testkit::{Stack, StageProcess, metrics, poll_until, unique_name, value};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
@@ -26,29 +22,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 const PARTITIONS: i32 = 4;
 
 fn event(n: usize, now: TimestampMicros) -> PostPurchaseEvent {
-    PostPurchaseEvent {
-        event_id: format!("0b9d3c1e-5f7a-4a55-9b8e-{n:012}"),
-        idempotency_key: format!("returns-portal:rma-{n:09}:refund-issued"),
-        event_type: EventType::RefundIssued,
-        case_id: format!("rma-{n:09}"),
-        order_id: format!("ord-{n:010}"),
-        order_line_id: format!("ord-{n:010}/2"),
-        customer_id: format!("cus-{:08}", n % 50_000),
-        sku: format!("SKU-{:05}", n % 2_000),
-        quantity: 1,
-        reason: Some(ReasonCode::TooLarge),
-        reason_text: None,
-        amount: Some(Money::new(4_999, "EUR")),
-        method: Some(ReturnMethod::Mail),
-        channel: Channel::Web,
-        outcome: Outcome::Completed,
-        occurred_at: now,
-        source_system: "returns-portal".into(),
-        replacement_sku: None,
-        warranty_resolution: None,
-        disposition: None,
-        attributes: BTreeMap::new(),
-    }
+    boomerang_testkit::samples::refund_event(n, now)
 }
 
 fn prefill(kafka: &KafkaArgs, topic: &str, schema_id: u32, events: usize) -> Duration {

@@ -2,12 +2,7 @@
 //! with PII and a segment, orders of one to three lines across a few categories, and events
 //! that name an existing order line.
 
-use std::collections::BTreeMap;
-
-use boomerang_schemas::{
-    Channel, Customer, EventType, Money, Order, OrderLine, Outcome, PostPurchaseEvent, ReasonCode,
-    ReturnMethod, TimestampMicros,
-};
+use boomerang_schemas::{Channel, Customer, Order, OrderLine, PostPurchaseEvent, TimestampMicros};
 
 const SEGMENTS: [&str; 4] = ["new", "regular", "vip", "lapsed"];
 const REGIONS: [&str; 3] = ["emea", "amer", "apac"];
@@ -62,26 +57,11 @@ pub fn order(n: usize, customers: usize, now: TimestampMicros) -> Order {
 /// A refund event for line 1 of order `n`.
 pub fn event(n: usize, customers: usize, now: TimestampMicros) -> PostPurchaseEvent {
     PostPurchaseEvent {
-        event_id: format!("0b9d3c1e-5f7a-4a55-9b8e-{n:012}"),
-        idempotency_key: format!("returns-portal:rma-{n:09}:refund-issued"),
-        event_type: EventType::RefundIssued,
-        case_id: format!("rma-{n:09}"),
         order_id: order_id(n),
         order_line_id: format!("{}/1", order_id(n)),
         customer_id: customer_id(n % customers.max(1)),
         sku: format!("SKU-{:05}", (n * 7) % 20_000),
-        quantity: 1,
-        reason: Some(ReasonCode::TooLarge),
         reason_text: Some("free text that may hold personal data".into()),
-        amount: Some(Money::new(4_999, "EUR")),
-        method: Some(ReturnMethod::Mail),
-        channel: Channel::Web,
-        outcome: Outcome::Completed,
-        occurred_at: now,
-        source_system: "returns-portal".into(),
-        replacement_sku: None,
-        warranty_resolution: None,
-        disposition: None,
-        attributes: BTreeMap::new(),
+        ..boomerang_testkit::samples::refund_event(n, now)
     }
 }

@@ -169,9 +169,8 @@ pub fn is_iso_4217(code: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
-    use boomerang_schemas::{Channel, Money, Outcome, WarrantyResolution};
+    use boomerang_schemas::{Money, WarrantyResolution};
 
     use super::*;
 
@@ -179,27 +178,8 @@ mod tests {
 
     fn event() -> PostPurchaseEvent {
         PostPurchaseEvent {
-            event_id: "e".into(),
-            idempotency_key: "k".into(),
-            event_type: EventType::ReturnRequested,
-            case_id: "c".into(),
-            order_id: "o".into(),
-            order_line_id: "o/1".into(),
-            customer_id: "cu".into(),
-            sku: "s".into(),
-            quantity: 1,
-            reason: None,
-            reason_text: None,
-            amount: None,
-            method: None,
-            channel: Channel::Web,
-            outcome: Outcome::Pending,
             occurred_at: NOW,
-            source_system: "portal".into(),
-            replacement_sku: None,
-            warranty_resolution: None,
-            disposition: None,
-            attributes: BTreeMap::new(),
+            ..boomerang_testkit::samples::event()
         }
     }
 

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use boomerang_schemas::{
-    Channel, Customer, EventType, Order, OrderLine, Outcome, PostPurchaseEvent, TimestampMicros,
+    Channel, Customer, EventType, Money, Order, OrderLine, Outcome, PostPurchaseEvent, ReasonCode,
+    ReturnMethod, TimestampMicros,
 };
 
 /// A RETURN_REQUESTED event for line `o-1/1` of order `o-1`, customer `cu-1`, happening now.
@@ -31,6 +32,28 @@ pub fn event() -> PostPurchaseEvent {
         warranty_resolution: None,
         disposition: None,
         attributes: BTreeMap::new(),
+    }
+}
+
+/// The `n`th of many distinct REFUND_ISSUED events (line 2 of order `n`, 50,000 customers,
+/// 2,000 SKUs), as the benchmarks publish them.
+pub fn refund_event(n: usize, now: TimestampMicros) -> PostPurchaseEvent {
+    PostPurchaseEvent {
+        event_id: format!("0b9d3c1e-5f7a-4a55-9b8e-{n:012}"),
+        idempotency_key: format!("returns-portal:rma-{n:09}:refund-issued"),
+        event_type: EventType::RefundIssued,
+        case_id: format!("rma-{n:09}"),
+        order_id: format!("ord-{n:010}"),
+        order_line_id: format!("ord-{n:010}/2"),
+        customer_id: format!("cus-{:08}", n % 50_000),
+        sku: format!("SKU-{:05}", n % 2_000),
+        reason: Some(ReasonCode::TooLarge),
+        amount: Some(Money::new(4_999, "EUR")),
+        method: Some(ReturnMethod::Mail),
+        outcome: Outcome::Completed,
+        occurred_at: now,
+        source_system: "returns-portal".into(),
+        ..event()
     }
 }
 

@@ -13,9 +13,7 @@ use boomerang_runtime::registry::{RegistryArgs, register_all};
 use boomerang_runtime::topics::{TopicsArgs, value_subject};
 use boomerang_runtime::wire;
 use boomerang_schemas::codec;
-use boomerang_schemas::{
-    Channel, EventType, Outcome, PostPurchaseEvent, SchemaKind, TimestampMicros,
-};
+use boomerang_schemas::{PostPurchaseEvent, SchemaKind};
 use boomerang_testkit::{ReadRecord, Stack, StageProcess, poll_until, unique_name};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -123,25 +121,11 @@ impl Pipeline {
         PostPurchaseEvent {
             event_id: format!("evt-{idempotency_key}"),
             idempotency_key: idempotency_key.to_string(),
-            event_type: EventType::ReturnRequested,
             case_id: format!("rma-{idempotency_key}"),
             order_id: format!("ord-{idempotency_key}"),
             order_line_id: format!("ord-{idempotency_key}/1"),
-            customer_id: "cus-1".into(),
-            sku: "SKU-1".into(),
-            quantity: 1,
-            reason: None,
-            reason_text: None,
-            amount: None,
-            method: None,
-            channel: Channel::Web,
-            outcome: Outcome::Pending,
-            occurred_at: TimestampMicros::now(),
             source_system: "it".into(),
-            replacement_sku: None,
-            warranty_resolution: None,
-            disposition: None,
-            attributes: BTreeMap::new(),
+            ..boomerang_testkit::samples::event()
         }
     }
 
