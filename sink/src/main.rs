@@ -13,7 +13,7 @@ use boomerang_runtime::migrations::{self, MigrationError};
 use boomerang_runtime::pseudonym::{PseudonymArgs, Pseudonymiser};
 use boomerang_runtime::registry::{RegistryArgs, WriterSchemas};
 use boomerang_runtime::service::{self, ServiceArgs, StageContext};
-use boomerang_runtime::stage_loop::{self, LoopSettings, OnRetentionGap};
+use boomerang_runtime::stage_loop::{self, GroupArgs, LoopSettings};
 use boomerang_runtime::topics::TopicsArgs;
 use boomerang_sink::metrics::SinkMetrics;
 use boomerang_sink::processor::{SinkProcessor, SinkTopics};
@@ -39,6 +39,8 @@ struct Args {
     #[command(flatten)]
     clickhouse: ClickhouseArgs,
     #[command(flatten)]
+    group: GroupArgs,
+    #[command(flatten)]
     sink: SinkArgs,
     #[command(flatten)]
     pseudonym: PseudonymArgs,
@@ -48,21 +50,6 @@ struct Args {
 
 #[derive(Debug, Clone, clap::Args)]
 struct SinkArgs {
-    /// Consumer group id; every sink instance shares one.
-    #[arg(long = "group-id", env = "BOOMERANG_GROUP_ID")]
-    group_id: Option<String>,
-
-    /// What to do when a partition's committed offset is older than the oldest record the
-    /// topic still holds: `resume` at the oldest record, counting what was lost in
-    /// `boomerang_records_lost_to_retention_total`, or `stop` the sink with an error.
-    #[arg(
-        long = "on-retention-gap",
-        env = "BOOMERANG_ON_RETENTION_GAP",
-        value_enum,
-        default_value_t = OnRetentionGap::Resume
-    )]
-    on_retention_gap: OnRetentionGap,
-
     /// Most records in one insert batch.
     #[arg(
         long = "insert-max-rows",
@@ -111,11 +98,7 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     }
     let stage_metrics = StageMetrics::register(&context.metrics)?;
     let sink_metrics = SinkMetrics::register(context.metrics.registry())?;
-    let group_id = args
-        .sink
-        .group_id
-        .clone()
-        .unwrap_or_else(|| format!("boomerang-{STAGE}"));
+    let group_id = args.group.group_id(STAGE);
     let client = args.clickhouse.client();
     let writer = Writer {
         client: client.clone(),
@@ -138,16 +121,14 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         args.sink.dedup_window_events,
         Some(sink_metrics),
     );
-    let settings = LoopSettings {
-        stage: STAGE,
-        group_id,
-        input_topics: vec![topics.enriched_events, topics.orders, topics.customers],
-        output_topics: Vec::new(),
-        dead_letter_topic: args.topics.dead_letter.clone(),
-        batch_max_records: args.sink.insert_max_rows.max(1),
-        batch_max_wait: Duration::from_millis(args.sink.insert_max_wait_ms),
-        on_retention_gap: args.sink.on_retention_gap,
-    };
+    let settings = LoopSettings::for_group(
+        STAGE,
+        &args.group,
+        vec![topics.enriched_events, topics.orders, topics.customers],
+        args.topics.dead_letter.clone(),
+        args.sink.insert_max_rows,
+        Duration::from_millis(args.sink.insert_max_wait_ms),
+    );
     stage_loop::run(settings, &args.kafka, processor, stage_metrics, &context).await
 }
 

@@ -62,7 +62,7 @@ pub use self::processor::{
     Processor, Released, RetryableError,
 };
 pub use self::settings::{
-    CRASH_AFTER_PRODUCE_ENV, DROP_COMMITS_ENV, LoopArgs, LoopSettings, OnRetentionGap,
+    CRASH_AFTER_PRODUCE_ENV, DROP_COMMITS_ENV, GroupArgs, LoopArgs, LoopSettings, OnRetentionGap,
 };
 
 /// How often the processor hears which offsets are acknowledged.

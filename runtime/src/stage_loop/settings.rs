@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
+/// The batching stage loop's arguments (the sink sizes its batches with its own).
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoopArgs {
-    /// Consumer group id; every instance of a stage shares one.
-    #[arg(long = "group-id", env = "BOOMERANG_GROUP_ID")]
-    pub group_id: Option<String>,
+    #[command(flatten)]
+    pub group: GroupArgs,
 
     /// Most records in one batch.
     #[arg(
@@ -23,6 +23,14 @@ pub struct LoopArgs {
         default_value_t = 100
     )]
     pub batch_max_wait_ms: u64,
+}
+
+/// How a stage consumes as a member of its group: every stage has these.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GroupArgs {
+    /// Consumer group id; every instance of a stage shares one (default: boomerang-STAGE).
+    #[arg(long = "group-id", env = "BOOMERANG_GROUP_ID")]
+    pub group_id: Option<String>,
 
     /// What to do when a partition's committed offset is older than the oldest record the
     /// topic still holds (retention deleted records the group never read): `resume` at the
@@ -37,7 +45,16 @@ pub struct LoopArgs {
     pub on_retention_gap: OnRetentionGap,
 }
 
-/// See [`LoopArgs::on_retention_gap`].
+impl GroupArgs {
+    /// The group id, `boomerang-STAGE` unless one was given.
+    pub fn group_id(&self, stage: &str) -> String {
+        self.group_id
+            .clone()
+            .unwrap_or_else(|| format!("boomerang-{stage}"))
+    }
+}
+
+/// See [`GroupArgs::on_retention_gap`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OnRetentionGap {
     Resume,
@@ -71,18 +88,34 @@ impl LoopSettings {
         input_topics: Vec<String>,
         dead_letter_topic: String,
     ) -> Self {
+        Self::for_group(
+            stage,
+            &args.group,
+            input_topics,
+            dead_letter_topic,
+            args.batch_max_records,
+            Duration::from_millis(args.batch_max_wait_ms),
+        )
+    }
+
+    /// For a stage that sizes its batches with arguments of its own.
+    pub fn for_group(
+        stage: &'static str,
+        group: &GroupArgs,
+        input_topics: Vec<String>,
+        dead_letter_topic: String,
+        batch_max_records: usize,
+        batch_max_wait: Duration,
+    ) -> Self {
         Self {
             stage,
-            group_id: args
-                .group_id
-                .clone()
-                .unwrap_or_else(|| format!("boomerang-{stage}")),
+            group_id: group.group_id(stage),
             input_topics,
             output_topics: Vec::new(),
             dead_letter_topic,
-            batch_max_records: args.batch_max_records.max(1),
-            batch_max_wait: Duration::from_millis(args.batch_max_wait_ms),
-            on_retention_gap: args.on_retention_gap,
+            batch_max_records: batch_max_records.max(1),
+            batch_max_wait,
+            on_retention_gap: group.on_retention_gap,
         }
     }
 }
