@@ -13,7 +13,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use crate::decode::{DecodeFailure, EventDecoder, WriterSchemaSource};
 use crate::dedup::{DedupState, Verdict};
 use crate::publish::validated_record;
-use crate::restore::restore_partition;
+use crate::restore::{RestoreStats, restore_partition};
 use crate::snapshot::{Job, Marks, ReplayFrom, SnapshotWriterThread, clock_slack_ms};
 use crate::validate::{Rules, validate};
 
@@ -217,7 +217,7 @@ impl<Source: WriterSchemaSource> IngestProcessor<Source> {
 
 /// A partition's de-duplication state: restored from the validated topic, or empty when there
 /// is no Kafka to restore from (unit tests, benchmarks).
-/// With the validated offset it is complete up to, when it was restored.
+/// With how it was restored, if it was.
 async fn restored_state(
     restore_from: Option<KafkaArgs>,
     validated_topic: String,
@@ -226,7 +226,7 @@ async fn restored_state(
     max_keys: usize,
     metrics: Option<IngestMetrics>,
     snapshots: Option<std::path::PathBuf>,
-) -> anyhow::Result<(DedupState, Option<i64>)> {
+) -> anyhow::Result<(DedupState, Option<RestoreStats>)> {
     let Some(kafka) = restore_from else {
         return Ok((DedupState::new(window, max_keys), None));
     };
@@ -275,14 +275,15 @@ async fn restored_state(
         metrics.restores.with_label_values(&[source]).inc();
         metrics.restored_records.inc_by(stats.records_read);
     }
-    Ok((state, Some(stats.restored_upto)))
+    Ok((state, Some(stats)))
 }
 
 impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
     async fn assign(&mut self, partitions: &[Partition]) -> anyhow::Result<()> {
         let max_keys = self.max_keys_per_partition(self.dedup.len() + partitions.len());
-        for (_topic, partition) in partitions {
-            let (state, restored_upto) = restored_state(
+        // Concurrently: on a slow broker each restore waits mostly for answers.
+        let restores = partitions.iter().map(|(_topic, partition)| {
+            restored_state(
                 self.restore_from.clone(),
                 self.settings.validated_topic.clone(),
                 self.settings.dedup_window,
@@ -291,7 +292,9 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
                 self.metrics.clone(),
                 self.snapshots.as_ref().map(|(dir, _)| dir.clone()),
             )
-            .await?;
+        });
+        let restored = futures::future::try_join_all(restores).await?;
+        for ((_topic, partition), (state, stats)) in partitions.iter().zip(restored) {
             let keys_gauge = self.metrics.as_ref().map(|metrics| {
                 metrics
                     .dedup_keys
@@ -307,8 +310,10 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
             self.dedup.insert(*partition, state);
             // The state is exactly what the topic held up to `restored_upto`: a snapshot of
             // it spares the next restore what was just read.
-            if let Some(upto) = restored_upto {
-                self.snapshot(*partition, None, ReplayFrom::Offset(upto));
+            if let Some(stats) = stats
+                && (!stats.from_snapshot || stats.records_read > 0)
+            {
+                self.snapshot(*partition, None, ReplayFrom::Offset(stats.restored_upto));
             }
         }
         Ok(())
