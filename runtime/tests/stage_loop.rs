@@ -10,7 +10,7 @@ use boomerang_runtime::metrics::{Metrics, StageMetrics};
 use boomerang_runtime::service::StageContext;
 use boomerang_runtime::stage_loop::{
     self, Fence, FlushFuture, FlushResult, InputRecord, LoopSettings, OnRetentionGap, Outcome,
-    Partition, Processor, RetryableError,
+    Partition, Processor, RetryableError, WriteIndex, Writes,
 };
 use boomerang_testkit::{Stack, committed_and_high_watermarks, read_topic_to_end, unique_name};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 /// the loop dead-letters them.
 #[derive(Default)]
 struct RefusingWriter {
-    kept: Vec<(Partition, i64)>,
+    writes: Writes,
+    kept: Vec<WriteIndex>,
 }
 
 impl Processor for RefusingWriter {
@@ -30,24 +31,24 @@ impl Processor for RefusingWriter {
 
     fn revoke(&mut self, _partitions: &[Partition]) {}
 
-    async fn process(&mut self, record: &InputRecord) -> Result<Outcome, RetryableError> {
-        self.kept
-            .push(((record.topic.clone(), record.partition), record.offset));
-        Ok(Outcome::Write)
+    async fn process(&mut self, _record: &InputRecord) -> Result<Outcome, RetryableError> {
+        let (outcome, write) = self.writes.write();
+        self.kept.push(write);
+        Ok(outcome)
     }
 
-    fn flush(&mut self, _fence: &Fence) -> Option<FlushFuture> {
+    fn flush(&mut self, _fence: &Fence) -> FlushFuture {
+        self.writes.seal();
         let rejected = std::mem::take(&mut self.kept)
             .into_iter()
-            .map(|(partition, offset)| {
+            .map(|write| {
                 (
-                    partition,
-                    offset,
+                    write,
                     Rejection::new("rejected_by_test", "refused for the test"),
                 )
             })
             .collect();
-        Some(Box::pin(async move { FlushResult::Written { rejected } }))
+        Box::pin(async move { FlushResult::Written { rejected } })
     }
 }
 
@@ -90,38 +91,14 @@ fn a_dead_letter_too_large_for_the_producer_is_trimmed_and_the_stage_goes_on() {
     stage_kafka
         .properties
         .push(("message.max.bytes".into(), "4096".into()));
-    let metrics = Metrics::for_stage("loop-test").expect("metrics");
-    let stage_metrics = StageMetrics::register(&metrics).expect("stage metrics");
-    let shutdown = CancellationToken::new();
-    let context = StageContext {
-        stage: "loop-test",
-        metrics,
-        readiness: Readiness::new("starting"),
-        shutdown: shutdown.clone(),
-    };
     let group = unique_name("it-loop");
-    let settings = LoopSettings {
-        stage: "loop-test",
-        group_id: group.clone(),
-        input_topics: vec![input.clone()],
-        output_topics: Vec::new(),
-        dead_letter_topic: dead_letters.clone(),
-        batch_max_records: 100,
-        batch_max_wait: Duration::from_millis(50),
-        on_retention_gap: OnRetentionGap::Resume,
-    };
-    let (ended_sender, ended) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().expect("stage runtime");
-        let result = runtime.block_on(stage_loop::run(
-            settings,
-            &stage_kafka,
-            RefusingWriter::default(),
-            stage_metrics,
-            &context,
-        ));
-        let _ = ended_sender.send(result.map_err(|error| error.to_string()));
-    });
+    let (shutdown, ended) = start_loop(
+        stage_kafka,
+        &group,
+        &input,
+        &dead_letters,
+        RefusingWriter::default(),
+    );
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let letters = loop {
@@ -168,6 +145,116 @@ fn a_dead_letter_too_large_for_the_producer_is_trimmed_and_the_stage_goes_on() {
         .recv_timeout(Duration::from_secs(30))
         .expect("the stage stops when asked");
     assert_eq!(result, Ok(()));
+}
+
+/// Runs the loop with `processor` on its own thread and runtime; answers a token that stops
+/// it and the channel its result comes on.
+fn start_loop<P: Processor + 'static>(
+    kafka: KafkaArgs,
+    group: &str,
+    input: &str,
+    dead_letters: &str,
+    processor: P,
+) -> (
+    CancellationToken,
+    std::sync::mpsc::Receiver<Result<(), String>>,
+) {
+    let metrics = Metrics::for_stage("loop-test").expect("metrics");
+    let stage_metrics = StageMetrics::register(&metrics).expect("stage metrics");
+    let shutdown = CancellationToken::new();
+    let context = StageContext {
+        stage: "loop-test",
+        metrics,
+        readiness: Readiness::new("starting"),
+        shutdown: shutdown.clone(),
+    };
+    let settings = LoopSettings {
+        stage: "loop-test",
+        group_id: group.to_string(),
+        input_topics: vec![input.to_string()],
+        output_topics: Vec::new(),
+        dead_letter_topic: dead_letters.to_string(),
+        batch_max_records: 100,
+        batch_max_wait: Duration::from_millis(50),
+        on_retention_gap: OnRetentionGap::Resume,
+    };
+    let (ended_sender, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().expect("stage runtime");
+        let result = runtime.block_on(stage_loop::run(
+            settings,
+            &kafka,
+            processor,
+            stage_metrics,
+            &context,
+        ));
+        let _ = ended_sender.send(result.map_err(|error| error.to_string()));
+    });
+    (shutdown, ended)
+}
+
+/// Answers `Write` for every record, and has no flush: a processor written against the
+/// contract's grain.
+#[derive(Default)]
+struct ForgetsToWrite(Writes);
+
+impl Processor for ForgetsToWrite {
+    async fn assign(&mut self, _partitions: &[Partition]) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn revoke(&mut self, _partitions: &[Partition]) {}
+
+    async fn process(&mut self, _record: &InputRecord) -> Result<Outcome, RetryableError> {
+        Ok(self.0.write().0)
+    }
+}
+
+/// Records kept for a write that never comes are not counted as sent and committed (they
+/// were, silently): the batch fails, the stage stops with an error, and nothing is committed.
+#[test]
+fn a_processor_that_keeps_records_but_never_writes_stops_the_stage_uncommitted() {
+    let stack = Stack::from_env();
+    let input = unique_name("it-loop-in");
+    let dead_letters = unique_name("it-loop-dlq");
+    let broker = KafkaArgs::for_brokers(&stack.kafka_brokers);
+    let setup = tokio::runtime::Runtime::new().expect("runtime");
+    setup.block_on(async {
+        ensure_topics(
+            &broker,
+            &[TopicSpec::new(&input, 1), TopicSpec::new(&dead_letters, 1)],
+        )
+        .await
+        .expect("topics");
+        let producer: FutureProducer = broker.producer_config().create().expect("producer");
+        producer
+            .send(
+                FutureRecord::<str, [u8]>::to(&input)
+                    .key("kept")
+                    .payload(&b"value"[..]),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("input record");
+    });
+    let group = unique_name("it-loop");
+    let (_shutdown, ended) = start_loop(
+        broker,
+        &group,
+        &input,
+        &dead_letters,
+        ForgetsToWrite::default(),
+    );
+    let result = ended
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the stage stops by itself");
+    let error = result.expect_err("with an error");
+    assert!(error.contains("does not write"), "{error}");
+    let committed = committed_and_high_watermarks(&stack.kafka_brokers, &group, &input);
+    assert!(
+        committed.iter().all(|(_, committed, _)| *committed <= 0),
+        "nothing committed: {committed:?}"
+    );
 }
 
 fn poll_until_blocking(what: &str, mut check: impl FnMut() -> bool) {

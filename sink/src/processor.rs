@@ -11,6 +11,7 @@ use boomerang_runtime::decode::{DecodeFailure, RecordDecoder, WriterSchemaSource
 use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_runtime::stage_loop::{
     Fence, FlushFuture, FlushResult, InputRecord, Outcome, Partition, Processor, RetryableError,
+    WriteIndex, Writes,
 };
 use boomerang_schemas::{Customer, EnrichedPostPurchaseEvent, Order};
 
@@ -60,6 +61,8 @@ pub struct SinkProcessor<Source> {
     /// The idempotency keys each enriched partition wrote lately: a second event with one of
     /// them is an upstream re-emission.
     recent_keys: RecentKeys,
+    /// The write indexes of this batch's rows, over all three tables.
+    writes: Writes,
     event_rows: Vec<Keyed<EventRow>>,
     order_rows: Vec<Keyed<OrderRow>>,
     customer_rows: Vec<Keyed<CustomerRow>>,
@@ -89,6 +92,7 @@ impl<S: WriterSchemaSource + Clone> SinkProcessor<S> {
             stored_offsets,
             skip: HashMap::new(),
             recent_keys: RecentKeys::new(dedup_window_events),
+            writes: Writes::default(),
             event_rows: Vec::new(),
             order_rows: Vec::new(),
             customer_rows: Vec::new(),
@@ -132,11 +136,12 @@ fn rejected_or_retry(failure: DecodeFailure) -> Result<Outcome, RetryableError> 
     }
 }
 
-fn keyed<R>(row: R, record: &InputRecord) -> Keyed<R> {
+fn keyed<R>(row: R, record: &InputRecord, write: WriteIndex) -> Keyed<R> {
     Keyed {
         row,
         partition: (record.topic.clone(), record.partition),
         offset: record.offset,
+        write,
     }
 }
 
@@ -214,10 +219,13 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
                 }
                 return Ok(Outcome::Deduplicated);
             }
+            let (outcome, write) = self.writes.write();
             self.event_rows.push(keyed(
                 EventRow::new(enriched, &source, &self.pseudonymiser),
                 record,
+                write,
             ));
+            Ok(outcome)
         } else if record.topic == self.topics.orders {
             let row = if record.value.is_none() {
                 let Some(order_id) = key_text(record) else {
@@ -233,7 +241,9 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
                     Err(failure) => return rejected_or_retry(failure),
                 }
             };
-            self.order_rows.push(keyed(row, record));
+            let (outcome, write) = self.writes.write();
+            self.order_rows.push(keyed(row, record, write));
+            Ok(outcome)
         } else if record.topic == self.topics.customers {
             let row = if record.value.is_none() {
                 let Some(customer_id) = key_text(record) else {
@@ -249,21 +259,19 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
                     Err(failure) => return rejected_or_retry(failure),
                 }
             };
-            self.customer_rows.push(keyed(row, record));
+            let (outcome, write) = self.writes.write();
+            self.customer_rows.push(keyed(row, record, write));
+            Ok(outcome)
         } else {
-            return Ok(Outcome::DeadLetter(Rejection::new(
+            Ok(Outcome::DeadLetter(Rejection::new(
                 "unexpected_topic",
                 format!("the sink does not write topic {}", record.topic),
-            )));
+            )))
         }
-        Ok(Outcome::Write)
     }
 
-    fn flush(&mut self, fence: &Fence) -> Option<FlushFuture> {
-        if self.event_rows.is_empty() && self.order_rows.is_empty() && self.customer_rows.is_empty()
-        {
-            return None;
-        }
+    fn flush(&mut self, fence: &Fence) -> FlushFuture {
+        self.writes.seal();
         let events = self.spare_event_rows.swap(&mut self.event_rows);
         let orders = self.spare_order_rows.swap(&mut self.order_rows);
         let customers = self.spare_customer_rows.swap(&mut self.customer_rows);
@@ -297,12 +305,12 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
             spare_customers.give_back(customers);
             FlushResult::Written { rejected }
         });
-        Some(Box::pin(async move {
+        Box::pin(async move {
             match task.await {
                 Ok(result) => result,
                 Err(error) => FlushResult::Failed(format!("the insert task failed: {error}")),
             }
-        }))
+        })
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use boomerang_runtime::dead_letter::Rejection;
 use boomerang_runtime::http::Readiness;
-use boomerang_runtime::stage_loop::{Fence, Partition};
+use boomerang_runtime::stage_loop::{Fence, Partition, WriteIndex};
 use clickhouse::error::Error as ClickhouseError;
 use tokio_util::sync::CancellationToken;
 
@@ -34,12 +34,14 @@ pub struct Keyed<R> {
     pub row: R,
     pub partition: Partition,
     pub offset: i64,
+    /// How the loop knows the record, should ClickHouse refuse the row.
+    pub write: WriteIndex,
 }
 
 /// What became of a set of rows.
 #[derive(Debug, Default)]
 pub struct Written {
-    pub rejected: Vec<(Partition, i64, Rejection)>,
+    pub rejected: Vec<(WriteIndex, Rejection)>,
     /// Shutdown came while an insert was still failing.
     pub abandoned: bool,
     /// The group moved on without this instance before an insert: nothing more was written.
@@ -302,8 +304,7 @@ impl Writer {
                         metrics.rows_rejected.with_label_values(&[table]).inc();
                     }
                     written.rejected.push((
-                        row.partition.clone(),
-                        row.offset,
+                        row.write,
                         Rejection::new(REJECTED_BY_CLICKHOUSE, format!("{table}: {message}")),
                     ));
                 }
@@ -368,12 +369,14 @@ mod tests {
     #[test]
     fn tokens_follow_the_rows() {
         let rows = |offsets: &[i64]| -> Vec<Keyed<()>> {
+            let mut writes = boomerang_runtime::stage_loop::Writes::default();
             offsets
                 .iter()
                 .map(|offset| Keyed {
                     row: (),
                     partition: ("t".to_string(), 0),
                     offset: *offset,
+                    write: writes.write().1,
                 })
                 .collect()
         };

@@ -31,15 +31,16 @@ pub(super) struct BatchCounts {
 }
 
 /// What a batch's completion future reports.
-pub(super) struct BatchResult {
-    /// The first output the brokers did not take, if any. Only that is kept: collecting every
-    /// acknowledgement (a `Result` holding a whole message each) allocated megabytes per batch.
-    pub(super) delivery_failure: Option<String>,
-    /// The dead-letter kinds of records a flush rejected (already counted as sent).
-    pub(super) rejected_writes: Vec<&'static str>,
-    pub(super) abandoned: bool,
-    /// Something else failed: as for a failed delivery.
-    pub(super) failure: Option<String>,
+pub(super) enum BatchResult {
+    /// Every output acknowledged and the write (if any) finished; the dead-letter kinds of
+    /// the records the write rejected (dead-lettered and acknowledged too).
+    Completed { rejected_writes: Vec<&'static str> },
+    /// Shutdown came while the write was still retrying: nothing from here on is committed.
+    Abandoned,
+    /// An output the brokers did not take (only the first is kept: collecting every
+    /// acknowledgement allocated megabytes per batch), or a write that failed: nothing from
+    /// here on is committed, and the loop stops.
+    Failed(String),
 }
 
 /// A batch whose outputs are on their way to the brokers (and to a processor's own sink).
@@ -169,24 +170,20 @@ pub(super) fn complete_batch<C: Consumer<LoopContext>>(
     if in_flight.failure.is_some() || in_flight.abandoned {
         return;
     }
-    if result.abandoned {
-        // Shutdown came while a write was still retrying: store nothing from here on, and
-        // let the next start replay it.
-        in_flight.abandoned = true;
-        return;
-    }
-    if let Some(failure) = result.failure {
-        metrics.errors.with_label_values(&["produce_failed"]).inc();
-        tracing::error!(error = %failure, "nothing from this batch on is committed");
-        in_flight.failure = Some(failure);
-        return;
-    }
-    if let Some(error) = result.delivery_failure {
-        metrics.errors.with_label_values(&["produce_failed"]).inc();
-        tracing::error!(error = %error, "producing failed; nothing from this batch on is committed");
-        in_flight.failure = Some(format!("producing failed: {error}"));
-        return;
-    }
+    let rejected_writes = match result {
+        BatchResult::Completed { rejected_writes } => rejected_writes,
+        BatchResult::Abandoned => {
+            // Store nothing from here on, and let the next start replay it.
+            in_flight.abandoned = true;
+            return;
+        }
+        BatchResult::Failed(failure) => {
+            metrics.errors.with_label_values(&["produce_failed"]).inc();
+            tracing::error!(error = %failure, "nothing from this batch on is committed");
+            in_flight.failure = Some(failure);
+            return;
+        }
+    };
     in_flight.completed += 1;
     if crash_after_batches.is_some_and(|limit| in_flight.completed >= limit) {
         tracing::warn!("test hook: aborting after produce, before commit");
@@ -199,7 +196,7 @@ pub(super) fn complete_batch<C: Consumer<LoopContext>>(
             tracing::warn!(topic = %topic, partition, error = %error, "cannot store offset");
         }
     }
-    for error_kind in result.rejected_writes {
+    for error_kind in rejected_writes {
         // Counted as written when the batch was built; dead-lettered after all.
         if let Some(count) = batch.counts.sent.get_mut(batch.counts.writes_to) {
             *count = count.saturating_sub(1);

@@ -59,7 +59,7 @@ pub use self::fence::{Fence, Fenced};
 pub use self::in_flight::MAX_BATCHES_IN_FLIGHT;
 pub use self::processor::{
     EVENT_TIME_HEADER, FlushFuture, FlushResult, InputRecord, Outcome, OutputRecord, Partition,
-    Processor, Released, RetryableError,
+    Processor, Released, RetryableError, WriteIndex, Writes,
 };
 pub use self::settings::{
     CRASH_AFTER_PRODUCE_ENV, DROP_COMMITS_ENV, GroupArgs, LoopArgs, LoopSettings, OnRetentionGap,
@@ -205,7 +205,7 @@ pub async fn run<P: Processor>(
             continue;
         }
         let started = Instant::now();
-        let Some(processed) = process_batch(
+        let Some(mut processed) = process_batch(
             &settings,
             max_record_bytes,
             &mut processor,
@@ -234,15 +234,12 @@ pub async fn run<P: Processor>(
         };
         let counts = batch_counts::<P>(&batch, &processed);
         let processed_offsets = last_offsets(&batch);
-        let flush = if processed.written > 0 {
-            processor.flush(&fence)
-        } else {
-            None
-        };
+        let flush = (!processed.writes.is_empty()).then(|| processor.flush(&fence));
         let completion = completion(
             delivered,
             flush,
             std::mem::take(&mut batch),
+            std::mem::take(&mut processed.writes),
             producer.clone(),
             settings.stage,
             settings.dead_letter_topic.clone(),

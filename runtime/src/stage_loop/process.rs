@@ -44,10 +44,10 @@ pub(super) fn batch_counts<P: Processor>(
         writes_to: P::WRITES_TO,
         ..BatchCounts::default()
     };
-    if processed.written > 0 {
+    if !processed.writes.is_empty() {
         counts
             .sent
-            .insert(P::WRITES_TO.to_string(), processed.written);
+            .insert(P::WRITES_TO.to_string(), processed.writes.len() as u64);
     }
     for record in batch {
         increment(&mut counts.received, &record.topic);
@@ -66,19 +66,45 @@ pub(super) fn batch_counts<P: Processor>(
     counts
 }
 
+/// Where a record kept for the processor's write is.
+pub(super) enum WriteSource {
+    /// At this position in the batch.
+    Batch(usize),
+    /// A held record, released in this batch.
+    Released(Box<InputRecord>),
+}
+
+impl WriteSource {
+    pub(super) fn record<'a>(&'a self, batch: &'a [InputRecord]) -> Option<&'a InputRecord> {
+        match self {
+            WriteSource::Batch(position) => batch.get(*position),
+            WriteSource::Released(record) => Some(record),
+        }
+    }
+}
+
 pub(super) struct ProcessedBatch {
     /// The producer's `message.max.bytes`: no output or dead letter is larger.
     pub(super) max_record_bytes: usize,
     pub(super) outputs: Vec<(Counted, OutputRecord)>,
     pub(super) deduplicated: u64,
-    /// Records kept for the processor's flush.
-    pub(super) written: u64,
+    /// The records kept for the processor's flush, by [`WriteIndex`].
+    pub(super) writes: Vec<WriteSource>,
     /// Offsets of earlier held records decided in this batch.
     pub(super) released: Vec<(String, i32, i64)>,
 }
 
 impl ProcessedBatch {
-    fn add(&mut self, settings: &LoopSettings, record: &InputRecord, outcome: Outcome) {
+    /// `position`: the record's place in the batch; `released`: the record, if it was
+    /// released rather than in the batch.
+    fn add(
+        &mut self,
+        settings: &LoopSettings,
+        record: &InputRecord,
+        outcome: Outcome,
+        position: usize,
+        released: Option<&InputRecord>,
+    ) {
         match outcome {
             Outcome::Emit(outputs) => {
                 // An output the producer would refuse for its size would stop the stage, and
@@ -97,7 +123,13 @@ impl ProcessedBatch {
                             self.max_record_bytes
                         ),
                     );
-                    return self.add(settings, record, Outcome::DeadLetter(rejection));
+                    return self.add(
+                        settings,
+                        record,
+                        Outcome::DeadLetter(rejection),
+                        position,
+                        released,
+                    );
                 }
                 self.outputs
                     .extend(outputs.into_iter().map(|output| (Counted::Sent, output)));
@@ -116,7 +148,16 @@ impl ProcessedBatch {
                 self.outputs
                     .push((Counted::DeadLettered(rejection.error_kind), dead_letter));
             }
-            Outcome::Write => self.written += 1,
+            Outcome::Write(index) => {
+                let source = match released {
+                    None => WriteSource::Batch(position),
+                    Some(record) => WriteSource::Released(Box::new(record.clone())),
+                };
+                // The processor's `Writes` and this list count the same records in the same
+                // order; a processor that kept two `Writes` would break that.
+                debug_assert_eq!(index.get(), self.writes.len(), "write indexes out of step");
+                self.writes.push(source);
+            }
             Outcome::Hold => {}
         }
     }
@@ -139,7 +180,7 @@ pub(super) async fn process_batch<P: Processor>(
         max_record_bytes,
         outputs: Vec::with_capacity(batch.len() + released.len()),
         deduplicated: 0,
-        written: 0,
+        writes: Vec::new(),
         released: Vec::with_capacity(released.len()),
     };
     for Released { record, outcome } in released {
@@ -149,9 +190,9 @@ pub(super) async fn process_batch<P: Processor>(
         processed
             .released
             .push((record.topic.clone(), record.partition, record.offset));
-        processed.add(settings, &record, outcome);
+        processed.add(settings, &record, outcome, 0, Some(&record));
     }
-    for record in batch {
+    for (position, record) in batch.iter().enumerate() {
         let outcome = process_with_retry(processor, record, metrics, context).await?;
         if matches!(outcome, Outcome::Hold) {
             // Registered now, before any earlier batch completes, so no commit passes it.
@@ -159,7 +200,7 @@ pub(super) async fn process_batch<P: Processor>(
                 .ledger
                 .hold((record.topic.clone(), record.partition), record.offset);
         }
-        processed.add(settings, record, outcome);
+        processed.add(settings, record, outcome, position, None);
     }
     Some(processed)
 }

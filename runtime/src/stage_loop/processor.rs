@@ -57,8 +57,42 @@ pub enum Outcome {
     /// [`Processor::release`]. Until then the partition is not committed past it.
     Hold,
     /// Kept for this batch's write by [`Processor::flush`]; counted as sent (to
-    /// [`Processor::WRITES_TO`]) once that write has finished.
-    Write,
+    /// [`Processor::WRITES_TO`]) once that write has finished. The index comes from the
+    /// processor's [`Writes`]; a write that refuses the record names it by that index.
+    Write(WriteIndex),
+}
+
+/// A record's place among the records of one batch that answered [`Outcome::Write`]: the
+/// first is 0. Only [`Writes`] makes one, so a processor that answers `Write` keeps a
+/// `Writes`, and a write names a record it refuses exactly as the loop knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WriteIndex(usize);
+
+impl WriteIndex {
+    pub fn get(self) -> usize {
+        self.0
+    }
+}
+
+/// Hands out the [`WriteIndex`]es of one batch's writes, in the order the records come.
+#[derive(Debug, Default)]
+pub struct Writes {
+    next: usize,
+}
+
+impl Writes {
+    /// The answer for the next record kept for the write, and its index.
+    pub fn write(&mut self) -> (Outcome, WriteIndex) {
+        let index = WriteIndex(self.next);
+        self.next += 1;
+        (Outcome::Write(index), index)
+    }
+
+    /// How many records the batch kept; the next batch starts again at 0. Call it in
+    /// [`Processor::flush`].
+    pub fn seal(&mut self) -> usize {
+        std::mem::take(&mut self.next)
+    }
 }
 
 /// A record held earlier, now decided (anything but [`Outcome::Hold`]).
@@ -71,10 +105,9 @@ pub struct Released {
 /// How a processor's batch write ended.
 #[derive(Debug)]
 pub enum FlushResult {
-    /// Written, but for these records (topic, partition, offset), rejected for good: they are
-    /// dead-lettered instead.
+    /// Written, but for these records, rejected for good: they are dead-lettered instead.
     Written {
-        rejected: Vec<(Partition, i64, Rejection)>,
+        rejected: Vec<(WriteIndex, Rejection)>,
     },
     /// Given up at shutdown: neither this batch nor any later one is committed.
     Abandoned,
@@ -145,9 +178,29 @@ pub trait Processor: Send {
 
     /// Called once per batch, after every record's outcome is decided, if any was
     /// [`Outcome::Write`]: the write of those records. The loop keeps it in flight like the
-    /// batch's produced records. A write confirms with `fence` just before it writes that this
-    /// instance still owns its partitions, and fails instead if it does not.
-    fn flush(&mut self, _fence: &Fence) -> Option<FlushFuture> {
-        None
+    /// batch's produced records, and counts them as sent only once it has finished. A write
+    /// confirms with `fence` just before it writes that this instance still owns its
+    /// partitions, and fails instead if it does not.
+    ///
+    /// A processor that answers `Write` must write: the default fails the batch, so the stage
+    /// stops instead of committing records nothing wrote.
+    fn flush(&mut self, _fence: &Fence) -> FlushFuture {
+        Box::pin(std::future::ready(FlushResult::Failed(
+            "the processor answered Outcome::Write but does not write (no flush)".to_string(),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_indexes_count_from_zero_in_every_batch() {
+        let mut writes = Writes::default();
+        assert_eq!(writes.write().1.get(), 0);
+        assert_eq!(writes.write().1.get(), 1);
+        assert_eq!(writes.seal(), 2);
+        assert_eq!(writes.write().1.get(), 0);
     }
 }

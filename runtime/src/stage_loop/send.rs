@@ -11,7 +11,7 @@ use futures::FutureExt;
 use rdkafka::consumer::StreamConsumer;
 
 use super::in_flight::{BatchResult, InFlight, complete_batch};
-use super::process::{Counted, now_ms};
+use super::process::{Counted, WriteSource, now_ms};
 use super::rebalance::LoopContext;
 use super::{FlushFuture, FlushResult, InputRecord, OutputRecord, lock};
 use crate::dead_letter;
@@ -63,53 +63,51 @@ pub(super) async fn send_all(
 
 /// The future that completes a batch: its produced records acknowledged, then the processor's
 /// write finished and whatever that write rejected dead-lettered and acknowledged too.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn completion(
     delivered: Delivered,
     flush: Option<FlushFuture>,
     batch: Vec<InputRecord>,
+    writes: Vec<WriteSource>,
     producer: BatchProducer,
     stage: &'static str,
     dead_letter_topic: String,
     max_record_bytes: usize,
 ) -> Pin<Box<dyn Future<Output = BatchResult> + Send>> {
+    let delivered = delivered.map(|failure| match failure {
+        Some(error) => Err(format!("producing failed: {error}")),
+        None => Ok(()),
+    });
     let Some(flush) = flush else {
-        return Box::pin(delivered.map(|delivery_failure| BatchResult {
-            delivery_failure,
-            rejected_writes: Vec::new(),
-            abandoned: false,
-            failure: None,
+        return Box::pin(delivered.map(|delivered| match delivered {
+            Ok(()) => BatchResult::Completed {
+                rejected_writes: Vec::new(),
+            },
+            Err(failure) => BatchResult::Failed(failure),
         }));
     };
     Box::pin(async move {
-        let delivery_failure = delivered.await;
+        let delivered = delivered.await;
         let rejected = match flush.await {
             FlushResult::Written { rejected } => rejected,
-            FlushResult::Abandoned => {
-                return BatchResult {
-                    delivery_failure,
-                    rejected_writes: Vec::new(),
-                    abandoned: true,
-                    failure: None,
-                };
-            }
-            FlushResult::Failed(failure) => {
-                return BatchResult {
-                    delivery_failure,
-                    rejected_writes: Vec::new(),
-                    abandoned: false,
-                    failure: Some(failure),
-                };
-            }
+            FlushResult::Abandoned => return BatchResult::Abandoned,
+            FlushResult::Failed(failure) => return BatchResult::Failed(failure),
         };
+        if let Err(failure) = delivered {
+            return BatchResult::Failed(failure);
+        }
         let mut rejected_writes = Vec::with_capacity(rejected.len());
-        let mut failure = None;
         let dead_letter_deliveries = BatchDeliveries::new();
-        for ((topic, partition), offset, rejection) in rejected {
-            let Some(record) = batch.iter().find(|record| {
-                record.offset == offset && record.partition == partition && record.topic == topic
-            }) else {
-                tracing::error!(topic = %topic, partition, offset, "a write rejected a record that is not in its batch");
-                continue;
+        for (index, rejection) in rejected {
+            let Some(record) = writes
+                .get(index.get())
+                .and_then(|source| source.record(&batch))
+            else {
+                return BatchResult::Failed(format!(
+                    "the write rejected record {} of a batch of {} writes",
+                    index.get(),
+                    writes.len()
+                ));
             };
             let dead_letter = dead_letter::record(
                 stage,
@@ -128,21 +126,17 @@ pub(super) fn completion(
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
                     Handed::Refused(error) => {
-                        failure = Some(format!(
+                        return BatchResult::Failed(format!(
                             "cannot hand a dead letter to the producer: {error}"
                         ));
-                        break;
                     }
                 }
             }
             rejected_writes.push(rejection.error_kind);
         }
-        let delivery_failure = delivery_failure.or(dead_letter_deliveries.seal().await);
-        BatchResult {
-            delivery_failure,
-            rejected_writes,
-            abandoned: false,
-            failure,
+        match dead_letter_deliveries.seal().await {
+            Some(error) => BatchResult::Failed(format!("producing a dead letter failed: {error}")),
+            None => BatchResult::Completed { rejected_writes },
         }
     })
 }
