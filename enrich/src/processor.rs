@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use boomerang_runtime::dead_letter::Rejection;
 use boomerang_runtime::decode::{DecodeFailure, RecordDecoder, WriterSchemaSource};
+use boomerang_runtime::error_kind::DeadLetterKind;
 use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_runtime::stage_loop::{
     InputRecord, Outcome, Partition, Processor, Released, RetryableError,
@@ -21,7 +22,6 @@ use crate::publish::enriched_record;
 use crate::reference::Arrivals;
 use crate::tables::SharedTables;
 
-pub const ENCODE_FAILED: &str = "encode_failed";
 /// How often held events are all checked again, besides the arrivals they wait for (which
 /// a reference record landing between an event's lookup and its hold can miss).
 const RECHECK_INTERVAL: Duration = Duration::from_millis(250);
@@ -108,7 +108,7 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
         ) {
             Ok(output) => Outcome::Emit(vec![output]),
             Err(error) => Outcome::DeadLetter(Rejection::new(
-                ENCODE_FAILED,
+                DeadLetterKind::EncodeFailed,
                 boomerang_runtime::config::error_chain(&error),
             )),
         }

@@ -479,10 +479,14 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> LoaderState<T, Source> {
                     return Some(Change::Upsert(key, decoded.value));
                 }
                 Err(DecodeFailure::Rejected(rejection)) => {
-                    return Some(self.rejected(message, rejection.error_kind, &rejection.message));
+                    return Some(self.rejected(
+                        message,
+                        rejection.error_kind.as_str(),
+                        &rejection.message,
+                    ));
                 }
                 Err(DecodeFailure::Retry(error)) => {
-                    tracing::warn!(topic = %self.topic, error_kind = error.kind, retry_in_ms = backoff.as_millis() as u64, "cannot decode a reference record yet; retrying");
+                    tracing::warn!(topic = %self.topic, error_kind = error.kind.as_str(), retry_in_ms = backoff.as_millis() as u64, "cannot decode a reference record yet; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
                         () = shutdown.cancelled() => return None,

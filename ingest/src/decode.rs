@@ -5,11 +5,7 @@
 
 use boomerang_schemas::PostPurchaseEvent;
 
-pub use boomerang_runtime::decode::{
-    BAD_MAGIC_BYTE, DecodeFailure, Decoded, EMPTY_VALUE, INCOMPATIBLE_SCHEMA,
-    SCHEMA_REGISTRY_UNAVAILABLE, TRUNCATED_FRAME, UNDECODABLE, UNKNOWN_SCHEMA_ID,
-    UNREADABLE_SCHEMA, WriterSchemaSource,
-};
+pub use boomerang_runtime::decode::{DecodeFailure, Decoded, WriterSchemaSource};
 
 /// Decodes raw values into events.
 pub type EventDecoder<Source> = boomerang_runtime::decode::RecordDecoder<PostPurchaseEvent, Source>;

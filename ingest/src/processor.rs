@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use boomerang_runtime::dead_letter::Rejection;
+use boomerang_runtime::error_kind::{DeadLetterKind, ErrorKind};
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::stage_loop::{InputRecord, Outcome, Partition, Processor, RetryableError};
 use boomerang_schemas::TimestampMicros;
@@ -17,7 +19,6 @@ use crate::restore::{RestoreStats, restore_partition};
 use crate::snapshot::{Job, Marks, ReplayFrom, SnapshotWriterThread, clock_slack_ms};
 use crate::validate::{Rules, validate};
 
-pub const ENCODE_FAILED: &str = "encode_failed";
 const EXPIRY_INTERVAL: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
@@ -371,7 +372,7 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
             self.assign(std::slice::from_ref(&partition))
                 .await
                 .map_err(|source| RetryableError {
-                    kind: "restore_failed",
+                    kind: ErrorKind::RestoreFailed,
                     source,
                 })?;
         }
@@ -397,17 +398,25 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
                 .dedup_evictions
                 .inc_by(state.dedup.evicted_for_capacity() - evicted_before);
         }
-        let output = validated_record(
-            &decoded.value,
-            self.settings.validated_schema_id,
-            &self.settings.validated_topic,
-            record.partition,
-            record.offset,
+        // An event that decoded and passed validation encodes; should one not, it is
+        // dead-lettered like any record this stage cannot pass, not retried for ever.
+        Ok(
+            match validated_record(
+                &decoded.value,
+                self.settings.validated_schema_id,
+                &self.settings.validated_topic,
+                record.partition,
+                record.offset,
+            ) {
+                Ok(output) => Outcome::Emit(vec![output]),
+                Err(error) => Outcome::DeadLetter(
+                    Rejection::new(
+                        DeadLetterKind::EncodeFailed,
+                        boomerang_runtime::config::error_chain(&error),
+                    )
+                    .with_schema_id(decoded.schema_id),
+                ),
+            },
         )
-        .map_err(|error| RetryableError {
-            kind: ENCODE_FAILED,
-            source: error.into(),
-        })?;
-        Ok(Outcome::Emit(vec![output]))
     }
 }

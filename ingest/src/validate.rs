@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use boomerang_runtime::dead_letter::Rejection;
+use boomerang_runtime::error_kind::DeadLetterKind;
 use boomerang_schemas::{EventType, PostPurchaseEvent, TimestampMicros};
 
 #[derive(Debug, Clone)]
@@ -31,17 +32,6 @@ impl Default for Rules {
 /// The default of [`Rules::max_attributes`].
 pub const DEFAULT_MAX_ATTRIBUTES: usize = 100;
 
-pub const EMPTY_IDENTIFIER: &str = "empty_identifier";
-pub const TOO_MANY_ATTRIBUTES: &str = "too_many_attributes";
-pub const NON_POSITIVE_QUANTITY: &str = "non_positive_quantity";
-pub const NEGATIVE_AMOUNT: &str = "negative_amount";
-pub const INVALID_CURRENCY: &str = "invalid_currency";
-pub const MISSING_AMOUNT: &str = "missing_amount";
-pub const OCCURRED_IN_FUTURE: &str = "occurred_in_future";
-pub const OCCURRED_TOO_LONG_AGO: &str = "occurred_too_long_ago";
-pub const MISSING_REPLACEMENT_SKU: &str = "missing_replacement_sku";
-pub const MISSING_WARRANTY_RESOLUTION: &str = "missing_warranty_resolution";
-
 /// The first rule `event` breaks, if any. `now` is the validation time.
 pub fn validate(
     event: &PostPurchaseEvent,
@@ -61,24 +51,27 @@ pub fn validate(
     for (field, value) in identifiers {
         if value.trim().is_empty() {
             return Err(Rejection::new(
-                EMPTY_IDENTIFIER,
+                DeadLetterKind::EmptyIdentifier,
                 format!("{field} is empty"),
             ));
         }
     }
     if event.quantity <= 0 {
         return Err(Rejection::new(
-            NON_POSITIVE_QUANTITY,
+            DeadLetterKind::NonPositiveQuantity,
             format!("quantity must be positive, got {}", event.quantity),
         ));
     }
     if let Some(amount) = &event.amount {
         if amount.amount_minor < 0 {
-            return Err(Rejection::new(NEGATIVE_AMOUNT, "amount is negative"));
+            return Err(Rejection::new(
+                DeadLetterKind::NegativeAmount,
+                "amount is negative",
+            ));
         }
         if !is_iso_4217(&amount.currency) {
             return Err(Rejection::new(
-                INVALID_CURRENCY,
+                DeadLetterKind::InvalidCurrency,
                 "amount currency is not an ISO 4217 code",
             ));
         }
@@ -89,13 +82,13 @@ pub fn validate(
     );
     if needs_amount && event.amount.is_none() {
         return Err(Rejection::new(
-            MISSING_AMOUNT,
+            DeadLetterKind::MissingAmount,
             format!("{} needs an amount", event.event_type.symbol()),
         ));
     }
     if event.occurred_at > now.saturating_add(rules.max_future_skew) {
         return Err(Rejection::new(
-            OCCURRED_IN_FUTURE,
+            DeadLetterKind::OccurredInFuture,
             format!(
                 "occurred_at is more than {} s in the future",
                 rules.max_future_skew.as_secs()
@@ -104,7 +97,7 @@ pub fn validate(
     }
     if event.occurred_at < now.saturating_sub(rules.max_event_age) {
         return Err(Rejection::new(
-            OCCURRED_TOO_LONG_AGO,
+            DeadLetterKind::OccurredTooLongAgo,
             format!(
                 "occurred_at is more than {} s in the past",
                 rules.max_event_age.as_secs()
@@ -124,13 +117,13 @@ pub fn validate(
         .is_some_and(|sku| !sku.trim().is_empty());
     if exchange_with_replacement && !has_replacement {
         return Err(Rejection::new(
-            MISSING_REPLACEMENT_SKU,
+            DeadLetterKind::MissingReplacementSku,
             format!("{} needs a replacement_sku", event.event_type.symbol()),
         ));
     }
     if event.attributes.len() > rules.max_attributes {
         return Err(Rejection::new(
-            TOO_MANY_ATTRIBUTES,
+            DeadLetterKind::TooManyAttributes,
             format!(
                 "attributes has {} entries, more than the {} allowed (--max-attributes)",
                 event.attributes.len(),
@@ -140,7 +133,7 @@ pub fn validate(
     }
     if event.event_type == EventType::WarrantyResolved && event.warranty_resolution.is_none() {
         return Err(Rejection::new(
-            MISSING_WARRANTY_RESOLUTION,
+            DeadLetterKind::MissingWarrantyResolution,
             "WARRANTY_RESOLVED needs a warranty_resolution",
         ));
     }
@@ -183,7 +176,7 @@ mod tests {
         }
     }
 
-    fn kind_of(event: &PostPurchaseEvent) -> Option<&'static str> {
+    fn kind_of(event: &PostPurchaseEvent) -> Option<DeadLetterKind> {
         validate(event, NOW, &Rules::default())
             .err()
             .map(|rejection| rejection.error_kind)
@@ -212,82 +205,82 @@ mod tests {
         assert_eq!(kind_of(&with(DEFAULT_MAX_ATTRIBUTES)), None);
         assert_eq!(
             kind_of(&with(DEFAULT_MAX_ATTRIBUTES + 1)),
-            Some(TOO_MANY_ATTRIBUTES)
+            Some(DeadLetterKind::TooManyAttributes)
         );
     }
 
     #[test]
     fn each_rule_has_its_kind() {
-        let cases: Vec<(PostPurchaseEvent, &str)> = vec![
+        let cases: Vec<(PostPurchaseEvent, DeadLetterKind)> = vec![
             (
                 PostPurchaseEvent {
                     order_id: " ".into(),
                     ..event()
                 },
-                EMPTY_IDENTIFIER,
+                DeadLetterKind::EmptyIdentifier,
             ),
             (
                 PostPurchaseEvent {
                     quantity: 0,
                     ..event()
                 },
-                NON_POSITIVE_QUANTITY,
+                DeadLetterKind::NonPositiveQuantity,
             ),
             (
                 PostPurchaseEvent {
                     amount: Some(Money::new(-1, "EUR")),
                     ..event()
                 },
-                NEGATIVE_AMOUNT,
+                DeadLetterKind::NegativeAmount,
             ),
             (
                 PostPurchaseEvent {
                     amount: Some(Money::new(1, "EURO")),
                     ..event()
                 },
-                INVALID_CURRENCY,
+                DeadLetterKind::InvalidCurrency,
             ),
             (
                 PostPurchaseEvent {
                     event_type: EventType::RefundIssued,
                     ..event()
                 },
-                MISSING_AMOUNT,
+                DeadLetterKind::MissingAmount,
             ),
             (
                 PostPurchaseEvent {
                     event_type: EventType::StoreCreditIssued,
                     ..event()
                 },
-                MISSING_AMOUNT,
+                DeadLetterKind::MissingAmount,
             ),
             (
                 PostPurchaseEvent {
                     occurred_at: NOW.saturating_add(Duration::from_secs(301)),
                     ..event()
                 },
-                OCCURRED_IN_FUTURE,
+                DeadLetterKind::OccurredInFuture,
             ),
             (
                 PostPurchaseEvent {
                     occurred_at: NOW.saturating_sub(Duration::from_secs(8 * 24 * 3600)),
                     ..event()
                 },
-                OCCURRED_TOO_LONG_AGO,
+                DeadLetterKind::OccurredTooLongAgo,
             ),
             (
                 PostPurchaseEvent {
                     event_type: EventType::ExchangeShipped,
                     ..event()
                 },
-                MISSING_REPLACEMENT_SKU,
+                DeadLetterKind::MissingReplacementSku,
             ),
             (
                 PostPurchaseEvent {
                     event_type: EventType::WarrantyResolved,
                     ..event()
                 },
-                MISSING_WARRANTY_RESOLUTION,
+                DeadLetterKind::MissingWarrantyResolution,
             ),
         ];
         for (case, expected) in cases {

@@ -8,6 +8,7 @@ mod support;
 
 use boomerang_ingest::publish::IDEMPOTENCY_KEY_HEADER;
 use boomerang_runtime::dead_letter;
+use boomerang_runtime::error_kind::DeadLetterKind;
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::record_size;
 use boomerang_schemas::codec;
@@ -86,7 +87,7 @@ async fn records_at_the_limit_pass_and_one_byte_over_is_dead_lettered() {
         );
         assert_eq!(
             letter.header(dead_letter::ERROR_KIND).as_deref(),
-            Some(record_size::RECORD_TOO_LARGE)
+            Some(DeadLetterKind::RecordTooLarge.as_str())
         );
         assert!(
             wire_size(letter) <= LIMIT,
@@ -163,7 +164,7 @@ async fn a_one_megabyte_event_is_dead_lettered_at_the_default_limit() {
     let letter = &dead_letters[0];
     assert_eq!(
         letter.header(dead_letter::ERROR_KIND).as_deref(),
-        Some(record_size::RECORD_TOO_LARGE)
+        Some(DeadLetterKind::RecordTooLarge.as_str())
     );
     assert_eq!(
         letter.value, None,

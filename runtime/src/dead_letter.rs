@@ -32,6 +32,7 @@ pub const VALUE_OMITTED_BYTES: &str = "boomerang.dlq.value_omitted_bytes";
 pub const HEADERS_OMITTED: &str = "boomerang.dlq.headers_omitted";
 pub const KEY_OMITTED_BYTES: &str = "boomerang.dlq.key_omitted_bytes";
 
+use crate::error_kind::DeadLetterKind;
 use crate::record_size;
 use crate::stage_loop::{InputRecord, OutputRecord};
 
@@ -39,14 +40,14 @@ use crate::stage_loop::{InputRecord, OutputRecord};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     /// Stable and low-cardinality: a metric label and a header.
-    pub error_kind: &'static str,
+    pub error_kind: DeadLetterKind,
     /// For people: what is wrong, without record contents or PII.
     pub message: String,
     pub schema_id: Option<u32>,
 }
 
 impl Rejection {
-    pub fn new(error_kind: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(error_kind: DeadLetterKind, message: impl Into<String>) -> Self {
         Self {
             error_kind,
             message: message.into(),
@@ -185,7 +186,8 @@ mod tests {
     }
 
     fn dead_letter(input: &InputRecord, max_bytes: usize) -> OutputRecord {
-        let rejection = Rejection::new("record_too_large", "too large").with_schema_id(7);
+        let rejection =
+            Rejection::new(DeadLetterKind::RecordTooLarge, "too large").with_schema_id(7);
         record("ingest", "dlq", input, &rejection, 1_000, max_bytes)
     }
 

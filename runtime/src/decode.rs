@@ -14,18 +14,10 @@ use boomerang_schemas::codec;
 use boomerang_schemas::{AvroRecord, ResolvingReader};
 
 use crate::dead_letter::Rejection;
+use crate::error_kind::{DeadLetterKind, ErrorKind};
 use crate::registry::{LookupError, WriterSchemas};
 use crate::stage_loop::RetryableError;
 use crate::wire::{self, FrameError};
-
-pub const EMPTY_VALUE: &str = "empty_value";
-pub const TRUNCATED_FRAME: &str = "truncated_frame";
-pub const BAD_MAGIC_BYTE: &str = "bad_magic_byte";
-pub const UNKNOWN_SCHEMA_ID: &str = "unknown_schema_id";
-pub const UNREADABLE_SCHEMA: &str = "unreadable_schema";
-pub const INCOMPATIBLE_SCHEMA: &str = "incompatible_schema";
-pub const UNDECODABLE: &str = "undecodable";
-pub const SCHEMA_REGISTRY_UNAVAILABLE: &str = "schema_registry_unavailable";
 
 /// Where writer schemas come from: the registry in production, a map in unit tests.
 pub trait WriterSchemaSource: Send {
@@ -50,8 +42,8 @@ enum Reader<T> {
     Current,
     /// Written with another compatible version: resolved to the current one.
     Resolving(ResolvingReader<'static, T>),
-    /// Cannot be read as a `T`.
-    Incompatible(String),
+    /// Cannot be read as a `T`: why, and the kind of dead letter it makes.
+    Refused(DeadLetterKind, String),
 }
 
 #[derive(Debug)]
@@ -111,9 +103,9 @@ impl<T: AvroRecord, Source: WriterSchemaSource> RecordDecoder<T, Source> {
             |kind, message: String| DecodeFailure::Rejected(Rejection::new(kind, message));
         let (schema_id, datum) = wire::parse(value.unwrap_or_default()).map_err(|error| {
             let kind = match error {
-                FrameError::Empty => EMPTY_VALUE,
-                FrameError::Truncated { .. } => TRUNCATED_FRAME,
-                FrameError::BadMagicByte { .. } => BAD_MAGIC_BYTE,
+                FrameError::Empty => DeadLetterKind::EmptyValue,
+                FrameError::Truncated { .. } => DeadLetterKind::TruncatedFrame,
+                FrameError::BadMagicByte { .. } => DeadLetterKind::BadMagicByte,
             };
             rejected(kind, error.to_string())
         })?;
@@ -127,16 +119,16 @@ impl<T: AvroRecord, Source: WriterSchemaSource> RecordDecoder<T, Source> {
                     Err(LookupError::UnknownId(_)) => {
                         // Not cached: the id may be registered later.
                         return Err(with_id(Rejection::new(
-                            UNKNOWN_SCHEMA_ID,
+                            DeadLetterKind::UnknownSchemaId,
                             format!("schema id {schema_id} is not in the schema registry"),
                         )));
                     }
                     Err(error @ LookupError::Unreadable { .. }) => {
-                        Reader::Incompatible(error.to_string())
+                        Reader::Refused(DeadLetterKind::UnreadableSchema, error.to_string())
                     }
                     Err(LookupError::Unavailable(source)) => {
                         return Err(DecodeFailure::Retry(RetryableError {
-                            kind: SCHEMA_REGISTRY_UNAVAILABLE,
+                            kind: ErrorKind::SchemaRegistryUnavailable,
                             source,
                         }));
                     }
@@ -147,14 +139,14 @@ impl<T: AvroRecord, Source: WriterSchemaSource> RecordDecoder<T, Source> {
         let decoded = match reader {
             Reader::Current => codec::decode::<T>(datum),
             Reader::Resolving(reader) => reader.decode(datum),
-            Reader::Incompatible(reason) => {
-                return Err(with_id(Rejection::new(INCOMPATIBLE_SCHEMA, reason.clone())));
+            Reader::Refused(kind, reason) => {
+                return Err(with_id(Rejection::new(*kind, reason.clone())));
             }
         };
         match decoded {
             Ok(value) => Ok(Decoded { value, schema_id }),
             Err(error) => Err(with_id(Rejection::new(
-                UNDECODABLE,
+                DeadLetterKind::Undecodable,
                 crate::config::error_chain(&error),
             ))),
         }
@@ -167,14 +159,20 @@ fn reader_for<T: AvroRecord>(writer: &'static Schema) -> Reader<T> {
         return Reader::Current;
     }
     if let Err(error) = SchemaCompatibility::can_read(writer, current) {
-        return Reader::Incompatible(format!(
-            "the writer schema cannot be read as the current {}: {error}",
-            T::KIND.full_name()
-        ));
+        return Reader::Refused(
+            DeadLetterKind::IncompatibleSchema,
+            format!(
+                "the writer schema cannot be read as the current {}: {error}",
+                T::KIND.full_name()
+            ),
+        );
     }
     match ResolvingReader::new(writer) {
         Ok(reader) => Reader::Resolving(reader),
-        Err(error) => Reader::Incompatible(crate::config::error_chain(&error)),
+        Err(error) => Reader::Refused(
+            DeadLetterKind::IncompatibleSchema,
+            crate::config::error_chain(&error),
+        ),
     }
 }
 
@@ -212,7 +210,7 @@ pub(crate) mod tests {
 
     pub use boomerang_testkit::samples::event;
 
-    fn kind(failure: DecodeFailure) -> &'static str {
+    fn kind(failure: DecodeFailure) -> DeadLetterKind {
         match failure {
             DecodeFailure::Rejected(rejection) => rejection.error_kind,
             DecodeFailure::Retry(error) => panic!("unexpected retry: {error}"),
@@ -257,7 +255,7 @@ pub(crate) mod tests {
         for _ in 0..2 {
             match decoder.decode(Some(&value)).await {
                 Err(DecodeFailure::Retry(error)) => {
-                    assert_eq!(error.kind, SCHEMA_REGISTRY_UNAVAILABLE)
+                    assert_eq!(error.kind, ErrorKind::SchemaRegistryUnavailable)
                 }
                 other => panic!("expected a retry, got {other:?}"),
             }
@@ -269,15 +267,30 @@ pub(crate) mod tests {
     async fn each_bad_frame_has_its_kind() {
         let mut decoder = RecordDecoder::<PostPurchaseEvent, _>::new(MapSource::standard());
         let datum = codec::encode(&event()).expect("encode");
-        let cases: Vec<(Option<Vec<u8>>, &str)> = vec![
-            (None, EMPTY_VALUE),
-            (Some(vec![]), EMPTY_VALUE),
-            (Some(vec![0, 0, 1]), TRUNCATED_FRAME),
-            (Some(b"{\"json\": true}".to_vec()), BAD_MAGIC_BYTE),
-            (Some(wire::frame(77, &datum)), UNKNOWN_SCHEMA_ID),
-            (Some(wire::frame(9, &datum)), INCOMPATIBLE_SCHEMA),
-            (Some(wire::frame(2, &datum[..datum.len() / 2])), UNDECODABLE),
-            (Some(wire::frame(2, &[0xff; 16])), UNDECODABLE),
+        let cases: Vec<(Option<Vec<u8>>, DeadLetterKind)> = vec![
+            (None, DeadLetterKind::EmptyValue),
+            (Some(vec![]), DeadLetterKind::EmptyValue),
+            (Some(vec![0, 0, 1]), DeadLetterKind::TruncatedFrame),
+            (
+                Some(b"{\"json\": true}".to_vec()),
+                DeadLetterKind::BadMagicByte,
+            ),
+            (
+                Some(wire::frame(77, &datum)),
+                DeadLetterKind::UnknownSchemaId,
+            ),
+            (
+                Some(wire::frame(9, &datum)),
+                DeadLetterKind::IncompatibleSchema,
+            ),
+            (
+                Some(wire::frame(2, &datum[..datum.len() / 2])),
+                DeadLetterKind::Undecodable,
+            ),
+            (
+                Some(wire::frame(2, &[0xff; 16])),
+                DeadLetterKind::Undecodable,
+            ),
         ];
         for (value, expected) in cases {
             let failure = decoder

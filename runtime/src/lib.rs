@@ -11,6 +11,7 @@
 //! - [`stage_loop`]: consume → process → produce → commit, the same for every stage;
 //!   [`delivery`]: counting a batch's acknowledgements.
 //! - [`snapshot`]: local snapshots of a stage's state, so a restart reads back only the tail.
+//! - [`error_kind`]: every `error_kind` a stage reports, defined once.
 //! - [`dead_letter`]: the dead-letter header contract; [`record_size`]: the largest record a
 //!   stage produces; [`wire`]: Confluent framing (from
 //!   `boomerang_schemas`, beside the codec).
@@ -20,6 +21,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod decode;
 pub mod delivery;
+pub mod error_kind;
 pub mod http;
 pub mod idempotency;
 pub mod kafka;

@@ -11,9 +11,6 @@
 
 use crate::stage_loop::OutputRecord;
 
-/// The dead-letter kind of a record whose output, or the record itself, is over the limit.
-pub const RECORD_TOO_LARGE: &str = "record_too_large";
-
 /// The default `message.max.bytes` of the stages' producers: librdkafka's own default, and below
 /// a Kafka topic's default `max.message.bytes` (1,048,588).
 pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use boomerang_runtime::dead_letter::{self, Rejection};
+use boomerang_runtime::error_kind::DeadLetterKind;
 use boomerang_runtime::http::Readiness;
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
 use boomerang_runtime::metrics::{Metrics, StageMetrics};
@@ -44,7 +45,7 @@ impl Processor for RefusingWriter {
             .map(|write| {
                 (
                     write,
-                    Rejection::new("rejected_by_test", "refused for the test"),
+                    Rejection::new(DeadLetterKind::RejectedByClickhouse, "refused for the test"),
                 )
             })
             .collect();

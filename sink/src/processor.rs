@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use boomerang_runtime::dead_letter::Rejection;
 use boomerang_runtime::decode::{DecodeFailure, RecordDecoder, WriterSchemaSource};
+use boomerang_runtime::error_kind::DeadLetterKind;
 use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_runtime::stage_loop::{
     Fence, FlushFuture, FlushResult, InputRecord, Outcome, Partition, Processor, RetryableError,
@@ -24,7 +25,6 @@ use crate::write::{Keyed, Writer};
 pub const EVENTS_TABLE: &str = "post_purchase_events";
 pub const ORDERS_TABLE: &str = "orders";
 pub const CUSTOMERS_TABLE: &str = "customers";
-pub const TOMBSTONE_WITHOUT_KEY: &str = "tombstone_without_key";
 
 #[derive(Debug, Clone)]
 pub struct SinkTopics {
@@ -230,7 +230,7 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
             let row = if record.value.is_none() {
                 let Some(order_id) = key_text(record) else {
                     return Ok(Outcome::DeadLetter(Rejection::new(
-                        TOMBSTONE_WITHOUT_KEY,
+                        DeadLetterKind::TombstoneWithoutKey,
                         "an order tombstone without a (UTF-8) key".to_string(),
                     )));
                 };
@@ -248,7 +248,7 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
             let row = if record.value.is_none() {
                 let Some(customer_id) = key_text(record) else {
                     return Ok(Outcome::DeadLetter(Rejection::new(
-                        TOMBSTONE_WITHOUT_KEY,
+                        DeadLetterKind::TombstoneWithoutKey,
                         "a customer tombstone without a (UTF-8) key".to_string(),
                     )));
                 };
@@ -264,7 +264,7 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
             Ok(outcome)
         } else {
             Ok(Outcome::DeadLetter(Rejection::new(
-                "unexpected_topic",
+                DeadLetterKind::UnexpectedTopic,
                 format!("the sink does not write topic {}", record.topic),
             )))
         }

@@ -16,6 +16,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use boomerang_runtime::dead_letter::Rejection;
+use boomerang_runtime::error_kind::DeadLetterKind;
 use boomerang_runtime::http::Readiness;
 use boomerang_runtime::stage_loop::{Fence, Partition, WriteIndex};
 use clickhouse::error::Error as ClickhouseError;
@@ -24,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::SinkMetrics;
 
 /// The dead-letter kind of a row ClickHouse refused.
-pub const REJECTED_BY_CLICKHOUSE: &str = "rejected_by_clickhouse";
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -305,7 +305,10 @@ impl Writer {
                     }
                     written.rejected.push((
                         row.write,
-                        Rejection::new(REJECTED_BY_CLICKHOUSE, format!("{table}: {message}")),
+                        Rejection::new(
+                            DeadLetterKind::RejectedByClickhouse,
+                            format!("{table}: {message}"),
+                        ),
                     ));
                 }
                 Ok(Some(_message)) => {

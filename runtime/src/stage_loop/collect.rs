@@ -13,6 +13,7 @@ use rdkafka::message::BorrowedMessage;
 use super::in_flight::InFlight;
 use super::rebalance::{LoopContext, Ownership};
 use super::{InputRecord, LoopSettings, lock};
+use crate::error_kind::ErrorKind;
 use crate::kafka;
 use crate::metrics::StageMetrics;
 
@@ -92,7 +93,10 @@ pub(super) async fn collect_batch(
             }
             Ok(Some(Err(error))) => {
                 tracing::warn!(error = %error, "consumer error");
-                metrics.errors.with_label_values(&["consume_failed"]).inc();
+                metrics
+                    .errors
+                    .with_label_values(&[ErrorKind::ConsumeFailed.as_str()])
+                    .inc();
                 if matches!(error, KafkaError::MessageConsumptionFatal(_)) {
                     return batch; // the loop stops: this consumer never consumes again
                 }
@@ -120,7 +124,10 @@ pub(super) async fn collect_batch(
                 Ok(message) => batch.push(owned_record(&message)),
                 Err(error) => {
                     tracing::warn!(error = %error, "consumer error");
-                    metrics.errors.with_label_values(&["consume_failed"]).inc();
+                    metrics
+                        .errors
+                        .with_label_values(&[ErrorKind::ConsumeFailed.as_str()])
+                        .inc();
                 }
             }
             continue;
@@ -130,7 +137,10 @@ pub(super) async fn collect_batch(
             Ok(None) => break, // never: a Kafka message stream does not end
             Ok(Some(Err(error))) => {
                 tracing::warn!(error = %error, "consumer error");
-                metrics.errors.with_label_values(&["consume_failed"]).inc();
+                metrics
+                    .errors
+                    .with_label_values(&[ErrorKind::ConsumeFailed.as_str()])
+                    .inc();
             }
             Err(_elapsed) => break,
         }

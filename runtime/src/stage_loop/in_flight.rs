@@ -13,6 +13,7 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use super::ledger::OffsetLedger;
 use super::rebalance::{LoopContext, ignore_nothing_to_commit};
 use super::{Partition, lock};
+use crate::error_kind::{DeadLetterKind, ErrorKind};
 use crate::metrics::StageMetrics;
 
 /// Batches whose outputs are on their way to the brokers most at once.
@@ -23,7 +24,7 @@ pub const MAX_BATCHES_IN_FLIGHT: usize = 4;
 pub(super) struct BatchCounts {
     pub(super) received: BTreeMap<String, u64>,
     pub(super) sent: BTreeMap<String, u64>,
-    pub(super) dead_lettered: BTreeMap<&'static str, u64>,
+    pub(super) dead_lettered: BTreeMap<DeadLetterKind, u64>,
     pub(super) deduplicated: u64,
     pub(super) latest_event_ms: Option<i64>,
     /// The `sent` label of records a processor writes itself ([`Processor::WRITES_TO`]).
@@ -34,7 +35,9 @@ pub(super) struct BatchCounts {
 pub(super) enum BatchResult {
     /// Every output acknowledged and the write (if any) finished; the dead-letter kinds of
     /// the records the write rejected (dead-lettered and acknowledged too).
-    Completed { rejected_writes: Vec<&'static str> },
+    Completed {
+        rejected_writes: Vec<DeadLetterKind>,
+    },
     /// Shutdown came while the write was still retrying: nothing from here on is committed.
     Abandoned,
     /// An output the brokers did not take (only the first is kept: collecting every
@@ -178,7 +181,10 @@ pub(super) fn complete_batch<C: Consumer<LoopContext>>(
             return;
         }
         BatchResult::Failed(failure) => {
-            metrics.errors.with_label_values(&["produce_failed"]).inc();
+            metrics
+                .errors
+                .with_label_values(&[ErrorKind::ProduceFailed.as_str()])
+                .inc();
             tracing::error!(error = %failure, "nothing from this batch on is committed");
             in_flight.failure = Some(failure);
             return;
@@ -219,7 +225,7 @@ pub(super) fn complete_batch<C: Consumer<LoopContext>>(
     for (error_kind, count) in &counts.dead_lettered {
         metrics
             .dead_lettered_events
-            .with_label_values(&[error_kind])
+            .with_label_values(&[error_kind.as_str()])
             .inc_by(*count);
     }
     metrics.deduplicated_events.inc_by(counts.deduplicated);

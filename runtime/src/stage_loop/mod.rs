@@ -51,6 +51,7 @@ use self::process::{batch_counts, last_offsets, process_batch};
 use self::rebalance::{LoopContext, Ownership, ignore_nothing_to_commit, is_owned, set_paused};
 use self::send::{completion, send_all};
 use crate::delivery::{BatchProducer, CountingContext};
+use crate::error_kind::ErrorKind;
 use crate::kafka::{self, KafkaArgs};
 use crate::metrics::StageMetrics;
 use crate::service::StageContext;
@@ -141,7 +142,10 @@ pub async fn run<P: Processor>(
         // leaves a consumer that never consumes again: stop, so that a supervisor restarts the
         // stage as a fresh member. Nothing collected since is processed.
         if let Some((code, reason)) = consumer.client().fatal_error() {
-            metrics.errors.with_label_values(&["consumer_fatal"]).inc();
+            metrics
+                .errors
+                .with_label_values(&[ErrorKind::ConsumerFatal.as_str()])
+                .inc();
             break Err(anyhow::anyhow!(
                 "the consumer failed for good ({code:?}): {reason}; restart the stage"
             ));

@@ -8,8 +8,8 @@ use std::time::Duration;
 use super::in_flight::{BatchCounts, InFlight};
 use super::{InputRecord, LoopSettings, Outcome, OutputRecord, Processor, Released, lock};
 use crate::dead_letter::{self, Rejection};
+use crate::error_kind::DeadLetterKind;
 use crate::metrics::StageMetrics;
-use crate::record_size::RECORD_TOO_LARGE;
 use crate::service::StageContext;
 
 pub(super) fn now_ms() -> i64 {
@@ -22,7 +22,7 @@ pub(super) fn now_ms() -> i64 {
 /// How each produced record is counted once acknowledged.
 pub(super) enum Counted {
     Sent,
-    DeadLettered(&'static str),
+    DeadLettered(DeadLetterKind),
 }
 
 /// Adds one to `topic`'s count, allocating the key only for a topic's first record.
@@ -59,7 +59,7 @@ pub(super) fn batch_counts<P: Processor>(
                 counts.latest_event_ms = counts.latest_event_ms.max(output.event_time_ms);
             }
             Counted::DeadLettered(error_kind) => {
-                *counts.dead_lettered.entry(error_kind).or_default() += 1;
+                *counts.dead_lettered.entry(*error_kind).or_default() += 1;
             }
         }
     }
@@ -114,7 +114,7 @@ impl ProcessedBatch {
                     .find(|output| output.wire_size() > self.max_record_bytes)
                 {
                     let rejection = Rejection::new(
-                        RECORD_TOO_LARGE,
+                        DeadLetterKind::RecordTooLarge,
                         format!(
                             "its record for {} would take {} bytes, over the {}-byte limit \
                              (--max-record-bytes, the producer's message.max.bytes)",
@@ -136,7 +136,7 @@ impl ProcessedBatch {
             }
             Outcome::Deduplicated => self.deduplicated += 1,
             Outcome::DeadLetter(rejection) => {
-                tracing::debug!(topic = %record.topic, partition = record.partition, offset = record.offset, error_kind = rejection.error_kind, "dead-lettering record");
+                tracing::debug!(topic = %record.topic, partition = record.partition, offset = record.offset, error_kind = rejection.error_kind.as_str(), "dead-lettering record");
                 let dead_letter = dead_letter::record(
                     settings.stage,
                     &settings.dead_letter_topic,
@@ -216,8 +216,11 @@ pub(super) async fn process_with_retry<P: Processor>(
         match processor.process(record).await {
             Ok(outcome) => return Some(outcome),
             Err(error) => {
-                metrics.errors.with_label_values(&[error.kind]).inc();
-                tracing::warn!(error_kind = error.kind, error = %crate::config::error_chain(error.source.as_ref()), retry_in_ms = backoff.as_millis() as u64, "cannot process record yet; retrying");
+                metrics
+                    .errors
+                    .with_label_values(&[error.kind.as_str()])
+                    .inc();
+                tracing::warn!(error_kind = error.kind.as_str(), error = %crate::config::error_chain(error.source.as_ref()), retry_in_ms = backoff.as_millis() as u64, "cannot process record yet; retrying");
                 context
                     .readiness
                     .set_not_ready(format!("{}: retrying", error.kind));

@@ -5,6 +5,7 @@ use std::pin::Pin;
 
 use super::Fence;
 use crate::dead_letter::Rejection;
+use crate::error_kind::ErrorKind;
 
 /// A topic and partition.
 pub type Partition = (String, i32);
@@ -124,7 +125,7 @@ pub type FlushFuture = Pin<Box<dyn Future<Output = FlushResult> + Send>>;
 #[error("{kind}")]
 pub struct RetryableError {
     /// Stable and low-cardinality, e.g. `schema_registry_unavailable`.
-    pub kind: &'static str,
+    pub kind: ErrorKind,
     #[source]
     pub source: anyhow::Error,
 }

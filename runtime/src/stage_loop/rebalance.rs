@@ -16,6 +16,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use super::in_flight::{InFlight, complete_batch};
 use super::retention::{RetentionGap, parse_reset};
 use super::{InputRecord, Partition, lock};
+use crate::error_kind::ErrorKind;
 use crate::metrics::StageMetrics;
 
 #[derive(Default)]
@@ -46,7 +47,7 @@ impl LoopContext {
             .store(true, std::sync::atomic::Ordering::Release);
         self.metrics
             .errors
-            .with_label_values(&["commit_failed"])
+            .with_label_values(&[ErrorKind::CommitFailed.as_str()])
             .inc();
     }
 
@@ -126,7 +127,7 @@ impl ConsumerContext for LoopContext {
                 tracing::warn!(error = %error, "cannot commit before giving up partitions");
                 self.metrics
                     .errors
-                    .with_label_values(&["commit_failed"])
+                    .with_label_values(&[ErrorKind::CommitFailed.as_str()])
                     .inc();
             }
             let revoked = partitions_of(list);
