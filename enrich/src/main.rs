@@ -3,6 +3,7 @@
 //! publishes enriched events. See `lib.rs` for the way of an event.
 
 use boomerang_enrich::snapshot::Snapshots;
+use boomerang_runtime::retry;
 use boomerang_runtime::snapshot::StateArgs;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -136,24 +137,39 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         dir,
         interval: args.state.snapshot_interval(),
     });
-    let (customers, customers_progress) = Loader::<Customer, _>::start_with_snapshots(
-        &args.kafka,
-        &args.topics.customers,
-        WriterSchemas::new(&args.registry)?,
-        tables.clone(),
-        arrivals.clone(),
-        Some(enrich_metrics.clone()),
-        snapshots.clone(),
-    )?;
-    let (orders, orders_progress) = Loader::<Order, _>::start_with_snapshots(
-        &args.kafka,
-        &args.topics.orders,
-        WriterSchemas::new(&args.registry)?,
-        tables.clone(),
-        arrivals.clone(),
-        Some(enrich_metrics.clone()),
-        snapshots,
-    )?;
+    // A broker too busy to answer at start-up is waited for, not a reason to exit.
+    let Some((customers, customers_progress)) =
+        retry::until_ok(&context, "starting the customers loader", || async {
+            Loader::<Customer, _>::start_with_snapshots(
+                &args.kafka,
+                &args.topics.customers,
+                WriterSchemas::new(&args.registry)?,
+                tables.clone(),
+                arrivals.clone(),
+                Some(enrich_metrics.clone()),
+                snapshots.clone(),
+            )
+        })
+        .await
+    else {
+        return Ok(());
+    };
+    let Some((orders, orders_progress)) =
+        retry::until_ok(&context, "starting the orders loader", || async {
+            Loader::<Order, _>::start_with_snapshots(
+                &args.kafka,
+                &args.topics.orders,
+                WriterSchemas::new(&args.registry)?,
+                tables.clone(),
+                arrivals.clone(),
+                Some(enrich_metrics.clone()),
+                snapshots.clone(),
+            )
+        })
+        .await
+    else {
+        return Ok(());
+    };
     let orders = orders.with_limits(ReferenceLimits {
         max_order_lines: args.enrich.max_order_lines,
     });

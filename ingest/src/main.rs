@@ -12,6 +12,7 @@ use boomerang_runtime::config;
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::metrics::StageMetrics;
 use boomerang_runtime::registry::{self, RegistryArgs, WriterSchemas};
+use boomerang_runtime::retry;
 use boomerang_runtime::service::{self, ServiceArgs, StageContext};
 use boomerang_runtime::snapshot::StateArgs;
 use boomerang_runtime::stage_loop::{self, LoopArgs, LoopSettings};
@@ -119,12 +120,23 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     if context.shutdown.is_cancelled() {
         return Ok(());
     }
-    let kafka = args.kafka.clone();
-    let (raw, validated) = (
-        args.topics.raw_events.clone(),
-        args.topics.validated_events.clone(),
-    );
-    tokio::task::spawn_blocking(move || check_co_partitioned(&kafka, &raw, &validated)).await??;
+    let checked = retry::until_ok(&context, "checking the topics' partitions", || {
+        let kafka = args.kafka.clone();
+        let (raw, validated) = (
+            args.topics.raw_events.clone(),
+            args.topics.validated_events.clone(),
+        );
+        async move {
+            tokio::task::spawn_blocking(move || check_co_partitioned(&kafka, &raw, &validated))
+                .await?
+        }
+    })
+    .await;
+    match checked {
+        None => return Ok(()), // shut down while the brokers did not answer
+        Some(Err(mismatch)) => anyhow::bail!(mismatch),
+        Some(Ok(())) => {}
+    }
     let Some(validated_schema_id) = registry::register_output_schema(
         &args.registry,
         &args.topics.validated_events,
@@ -178,7 +190,12 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
 }
 
 /// Validated partition P is raw partition P's de-duplication log: the counts must match.
-fn check_co_partitioned(kafka: &KafkaArgs, raw: &str, validated: &str) -> anyhow::Result<()> {
+/// The outer error is the brokers' (worth retrying), the inner one the topics' (not).
+fn check_co_partitioned(
+    kafka: &KafkaArgs,
+    raw: &str,
+    validated: &str,
+) -> anyhow::Result<Result<(), String>> {
     let consumer: BaseConsumer = kafka.client_config().create()?;
     let count = |topic: &str| -> anyhow::Result<usize> {
         let metadata = consumer
@@ -196,12 +213,12 @@ fn check_co_partitioned(kafka: &KafkaArgs, raw: &str, validated: &str) -> anyhow
     };
     let (raw_partitions, validated_partitions) = (count(raw)?, count(validated)?);
     if raw_partitions != validated_partitions {
-        anyhow::bail!(
+        return Ok(Err(format!(
             "{raw} has {raw_partitions} partitions and {validated} has {validated_partitions}: \
              ingest needs them equal (validated partition P de-duplicates raw partition P)"
-        );
+        )));
     }
-    Ok(())
+    Ok(Ok(()))
 }
 
 #[cfg(test)]

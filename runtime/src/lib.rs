@@ -7,6 +7,7 @@
 //! - [`topics`]: the topic names and the schema each topic carries.
 //! - [`metrics`], [`http`]: the Prometheus registry and the `/metrics`, `/healthz`, `/readyz`
 //!   endpoints.
+//! - [`retry`]: retrying with backoff what fails outside the stage, instead of exiting.
 //! - [`service`]: a stage's life: telemetry, endpoints, readiness, SIGTERM and draining.
 //! - [`stage_loop`]: consume → process → produce → commit, the same for every stage;
 //!   [`delivery`]: counting a batch's acknowledgements.
@@ -30,6 +31,7 @@ pub mod migrations;
 pub mod pseudonym;
 pub mod record_size;
 pub mod registry;
+pub mod retry;
 pub mod service;
 pub mod shutdown;
 pub mod snapshot;

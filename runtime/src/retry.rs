@@ -1,0 +1,122 @@
+//! Retrying what fails for reasons outside the stage (a broker or registry that does not
+//! answer yet) instead of exiting: with backoff, saying why in `/readyz` and the log, until it
+//! works or the stage is asked to stop.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::time::Duration;
+
+use crate::service::StageContext;
+
+/// Exponential backoff: `first`, doubling, at most `max`.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Self { next: first, max }
+    }
+
+    /// How long to wait before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+}
+
+impl Default for Backoff {
+    /// 100 ms, doubling up to 10 s.
+    fn default() -> Self {
+        Self::new(Duration::from_millis(100), Duration::from_secs(10))
+    }
+}
+
+/// Runs `attempt` until it succeeds; after each failure says `what` failed and why in
+/// `/readyz` and a warning, and waits with [`Backoff::default`]. `None` if the stage was asked
+/// to stop first.
+pub async fn until_ok<T, E, F, Fut>(context: &StageContext, what: &str, mut attempt: F) -> Option<T>
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = Backoff::default();
+    loop {
+        if context.shutdown.is_cancelled() {
+            return None;
+        }
+        let error = match attempt().await {
+            Ok(value) => return Some(value),
+            Err(error) => error.to_string(),
+        };
+        let delay = backoff.next_delay();
+        tracing::warn!(what, error = %error, retry_in_ms = delay.as_millis() as u64, "failed; retrying");
+        context.readiness.set_not_ready(format!("{what}: {error}"));
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = context.shutdown.cancelled() => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> StageContext {
+        StageContext {
+            stage: "retry-test",
+            metrics: crate::metrics::Metrics::for_stage("retry-test").expect("metrics"),
+            readiness: crate::http::Readiness::new("starting"),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+
+    /// Fails twice, then answers: the caller gets the answer, and `/readyz` said why it
+    /// waited meanwhile.
+    #[tokio::test]
+    async fn what_fails_is_tried_again_until_it_works() {
+        let context = context();
+        let mut attempts = 0;
+        let answer = until_ok(&context, "reading the metadata", || {
+            attempts += 1;
+            let attempt = attempts;
+            async move {
+                if attempt < 3 {
+                    Err(format!("timed out ({attempt})"))
+                } else {
+                    Ok(attempt)
+                }
+            }
+        })
+        .await;
+        assert_eq!(answer, Some(3));
+        assert_eq!(
+            context.readiness.not_ready_reason().as_deref(),
+            Some("reading the metadata: timed out (2)")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_the_retries() {
+        let context = context();
+        let shutdown = context.shutdown.clone();
+        let answer: Option<()> = until_ok(&context, "reading the metadata", || {
+            shutdown.cancel();
+            async { Err("timed out") }
+        })
+        .await;
+        assert_eq!(answer, None);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
+        let delays: Vec<u128> = (0..4).map(|_| backoff.next_delay().as_millis()).collect();
+        assert_eq!(delays, [100, 200, 350, 350]);
+    }
+}
