@@ -332,7 +332,7 @@ one_off() {
       # is never rebalanced. Partitions a partner gives up meanwhile are a finding (a
       # rebalance is eager: it revokes every partition of every member). A partner's own
       # first assignment after it was itself restarted is not a move.
-      local name partner before after moved=0
+      local name partner before after moved=0 which=""
       # First the group whole again: an instance that stopped by itself (a fenced zombie)
       # back, and every instance owning partitions, or its joining would count as a move.
       supervise
@@ -356,10 +356,13 @@ one_off() {
           sleep 0.2
         done
         after=$(metric_of "$partner" 'boomerang_partition_changes_total{change="revoked"')
-        ((after > before)) && moved=$((moved + after - before))
+        if ((after > before)); then
+          moved=$((moved + after - before))
+          which+=" $partner:$((after - before))(restarting $name)"
+        fi
       done
       if ((moved > 0)); then
-        fault "FINDING: the rolling restart made instances not restarted give up $moved partitions"
+        fault "FINDING: the rolling restart made instances not restarted give up $moved partitions:$which"
       else
         fault "rolling restart done; no partition moved"
       fi

@@ -177,15 +177,16 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         tokio::spawn(customers.run(context.shutdown.clone())),
         tokio::spawn(orders.run(context.shutdown.clone())),
     ];
-    let caught_up = catch_up(
+    // The group is joined at once, so that a restarted instance is back under its static id
+    // within its session timeout however long the catch-up takes; no event is joined before
+    // the tables caught up (the processor's `assign` waits for them).
+    let (caught_up, caught_up_receiver) = watch::channel(false);
+    let catching_up = tokio::spawn(catch_up(
         [customers_progress, orders_progress],
-        &context,
-        &enrich_metrics,
-    )
-    .await;
-    if !caught_up {
-        return Ok(());
-    }
+        context.clone(),
+        enrich_metrics.clone(),
+        caught_up,
+    ));
 
     let settings = EnrichSettings {
         enriched_topic: args.topics.enriched_events.clone(),
@@ -206,7 +207,8 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         settings,
         pseudonymiser,
         Some(enrich_metrics),
-    );
+    )
+    .after_catch_up(caught_up_receiver, context.shutdown.clone());
     let loop_settings = LoopSettings::new(
         STAGE,
         &args.stage_loop,
@@ -223,19 +225,22 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     )
     .await;
     context.shutdown.cancel();
+    let _ = catching_up.await;
     for loader in loaders {
         let _ = loader.await;
     }
     result
 }
 
-/// Waits until both reference tables have caught up, `/readyz` saying how far they are.
-/// `false` if shutdown came first.
+/// Waits until both reference tables have caught up, `/readyz` saying how far they are, then
+/// says so on `caught_up`. Returns early if shutdown comes first.
 async fn catch_up(
     mut progress: [watch::Receiver<CatchUp>; 2],
-    context: &StageContext,
-    metrics: &EnrichMetrics,
-) -> bool {
+    context: StageContext,
+    metrics: EnrichMetrics,
+    caught_up: watch::Sender<bool>,
+) {
+    const CATCHING_UP: &str = "reference catch-up";
     loop {
         let states: Vec<CatchUp> = progress.iter().map(|receiver| *receiver.borrow()).collect();
         let remaining: u64 = states.iter().map(|state| state.remaining).sum();
@@ -244,17 +249,20 @@ async fn catch_up(
             .set(i64::try_from(remaining).unwrap_or(i64::MAX));
         if states.iter().all(|state| state.done) {
             metrics.reference_caught_up.set(1);
-            tracing::info!("reference tables caught up; consuming events");
-            return true;
+            context.readiness.unblock(CATCHING_UP);
+            tracing::info!("reference tables caught up; joining events");
+            caught_up.send_replace(true);
+            return;
         }
-        context.readiness.set_not_ready(format!(
-            "catching up reference data: {remaining} records to read"
-        ));
+        context.readiness.block(
+            CATCHING_UP,
+            format!("catching up reference data: {remaining} records to read"),
+        );
         let [customers, orders] = &mut progress;
         tokio::select! {
-            changed = customers.changed() => if changed.is_err() { return false },
-            changed = orders.changed() => if changed.is_err() { return false },
-            () = context.shutdown.cancelled() => return false,
+            changed = customers.changed() => if changed.is_err() { return },
+            changed = orders.changed() => if changed.is_err() { return },
+            () = context.shutdown.cancelled() => return,
         }
     }
 }

@@ -44,6 +44,11 @@ pub struct EnrichProcessor<Source> {
     pseudonymiser: Pseudonymiser,
     metrics: Option<EnrichMetrics>,
     last_recheck: Instant,
+    /// Whether the reference tables caught up at start-up, and the stage's shutdown.
+    catch_up: Option<(
+        tokio::sync::watch::Receiver<bool>,
+        tokio_util::sync::CancellationToken,
+    )>,
 }
 
 impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
@@ -64,7 +69,18 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
             pseudonymiser,
             metrics,
             last_recheck: Instant::now(),
+            catch_up: None,
         }
+    }
+
+    /// Joins no event before `caught_up` says the reference tables caught up.
+    pub fn after_catch_up(
+        mut self,
+        caught_up: tokio::sync::watch::Receiver<bool>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        self.catch_up = Some((caught_up, shutdown));
+        self
     }
 
     /// Joins with what the tables hold now and builds the record to publish.
@@ -127,8 +143,22 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
 }
 
 impl<Source: WriterSchemaSource> Processor for EnrichProcessor<Source> {
+    /// The reference tables are whole on every instance: nothing per partition. But until they
+    /// caught up at start-up, no event may be joined: wait for that (the stage processes
+    /// nothing more if it is asked to stop meanwhile).
     async fn assign(&mut self, _partitions: &[Partition]) -> anyhow::Result<()> {
-        Ok(()) // the reference tables are whole on every instance: nothing per partition
+        let Some((caught_up, shutdown)) = &mut self.catch_up else {
+            return Ok(());
+        };
+        tokio::select! {
+            waited = caught_up.wait_for(|done| *done) => {
+                if waited.is_err() && !shutdown.is_cancelled() {
+                    anyhow::bail!("the reference tables stopped loading before they caught up");
+                }
+            }
+            () = shutdown.cancelled() => {}
+        }
+        Ok(())
     }
 
     fn revoke(&mut self, partitions: &[Partition]) {

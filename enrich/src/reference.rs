@@ -31,6 +31,10 @@ use crate::metrics::EnrichMetrics;
 use crate::snapshot::{self, Snapshots};
 use crate::tables::{RefKey, ReferenceTables, SharedTables, Table, ref_key};
 
+/// Test hook: every loader waits this many milliseconds before it reads, as a long catch-up
+/// would take.
+pub const CATCH_UP_DELAY_ENV: &str = "BOOMERANG_TEST_CATCH_UP_DELAY_MS";
+
 /// Records applied under one write lock at most.
 const APPLY_BATCH: usize = 5_000;
 
@@ -322,6 +326,16 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> Loader<T, Source> {
             consumer,
             mut state,
         } = self;
+        if let Some(delay_ms) = std::env::var(CATCH_UP_DELAY_ENV)
+            .ok()
+            .and_then(|value| value.parse().ok())
+        {
+            tracing::warn!(delay_ms, "test hook: a slow catch-up");
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(delay_ms)) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
         let check_every = state
             .snapshots
             .as_ref()

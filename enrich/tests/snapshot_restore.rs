@@ -1,12 +1,14 @@
-//! With `--state-dir`, a restarted enrich loads its reference tables from its local snapshots
-//! and reads from the reference topics only what was written since: joins after the restart
-//! see the snapshot's rows and the updates, deletions and new rows written after it.
+//! A restarted enrich is back quickly: with `--state-dir` it loads its reference tables from
+//! its local snapshots and reads from the reference topics only what was written since (joins
+//! after the restart see the snapshot's rows and the updates, deletions and new rows written
+//! after it), and it rejoins its group before its catch-up, not after.
 
 mod support;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use boomerang_enrich::reference::CATCH_UP_DELAY_ENV;
 use boomerang_enrich::snapshot::path as snapshot_path;
 use boomerang_testkit::samples::customer;
 use boomerang_testkit::{StageProcess, poll_until, unique_name};
@@ -114,4 +116,48 @@ async fn a_restart_loads_the_snapshot_and_reads_only_the_updates_since() {
     let new_order = pipeline.wait_for_enriched("e-new-order").await;
     assert!(!new_order.order_missing, "o-new arrived after the snapshot");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A restarted instance must be back in its group under its static id within its session
+/// timeout, however long its reference catch-up takes, or its partners are rebalanced (the
+/// soak's rolling restart moved partitions while enrich instances caught up). Enrich joins
+/// the group at once, and joins no event before its tables caught up.
+#[tokio::test]
+async fn the_group_is_joined_before_the_catch_up_and_no_event_joined_before_it_ends() {
+    let pipeline = Pipeline::new(2).await;
+    pipeline
+        .produce_customer(&customer("cu-1", "regular", true))
+        .await;
+    pipeline.produce_order(&order("o-1", "cu-1")).await;
+    pipeline
+        .produce_event(&event("e-early", "o-1", "cu-1"))
+        .await;
+    // A short wait for reference data: an event joined before the catch-up ended would be
+    // emitted with its order missing.
+    let stage = pipeline.start_with_environment(
+        100,
+        &["--instance-id", "catching-up-0"],
+        &[(CATCH_UP_DELAY_ENV, "8000")],
+    );
+    poll_until(
+        "the group joined while the catch-up goes on",
+        Duration::from_secs(30),
+        || async {
+            let text = metrics(&stage).await;
+            let owned = value(&text, "boomerang_owned_partitions", &[]);
+            let caught_up = value(&text, "boomerang_enrich_reference_caught_up", &[]);
+            assert_eq!(
+                caught_up, 0,
+                "the catch-up ended before the group was joined"
+            );
+            (owned == 2).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        pipeline.enriched().is_empty(),
+        "an event was joined before the tables caught up"
+    );
+    let joined = pipeline.wait_for_enriched("e-early").await;
+    assert!(!joined.order_missing && !joined.customer_missing);
 }

@@ -50,6 +50,7 @@ pub struct ServiceArgs {
 }
 
 /// What a stage's work gets from its service.
+#[derive(Clone)]
 pub struct StageContext {
     pub stage: &'static str,
     pub metrics: Metrics,

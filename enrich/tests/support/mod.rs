@@ -117,10 +117,19 @@ impl Pipeline {
     }
 
     pub fn start_with(&self, max_reference_wait_ms: u64, extra: &[&str]) -> StageProcess {
+        self.start_with_environment(max_reference_wait_ms, extra, &[])
+    }
+
+    pub fn start_with_environment(
+        &self,
+        max_reference_wait_ms: u64,
+        extra: &[&str],
+        environment: &[(&str, &str)],
+    ) -> StageProcess {
         let arguments = self.arguments(max_reference_wait_ms);
         let mut arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
         arguments.extend_from_slice(extra);
-        StageProcess::start(BINARY, &arguments, &[])
+        StageProcess::start(BINARY, &arguments, environment)
     }
 
     async fn send(&self, topic: &str, key: &str, value: Option<Vec<u8>>, headers: OwnedHeaders) {

@@ -177,6 +177,11 @@ pub async fn run<P: Processor>(
             if let Err(error) = processor.assign(&assigned).await {
                 break Err(error);
             }
+            // Asked to stop while the processor restored (or waited): nothing more is
+            // processed, nothing of this batch committed.
+            if context.shutdown.is_cancelled() {
+                break Ok(());
+            }
         }
         // Records fetched before a revoke belong to the new owner now. (Only a revoke in this
         // batch's collection can leave such records: librdkafka fetches nothing for partitions
