@@ -73,6 +73,10 @@ bin=${CARGO_TARGET_DIR:-$repo_root/target}/release
 stack_started=no
 if ! stack status >/dev/null 2>&1; then
   stack_started=yes
+  # A soak that starts its stack starts it empty: the SQLite broker otherwise keeps every
+  # earlier run's topics (7 GB after a few 1M runs), which slowed it down and once left the
+  # registry a _schemas topic it could not read.
+  stack clean >/dev/null
 fi
 stack up --sqlite
 
