@@ -482,7 +482,7 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> LoaderState<T, Source> {
                 ),
             });
         };
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = boomerang_runtime::retry::Backoff::default();
         loop {
             match self.decoder.decode(Some(value)).await {
                 Ok(decoded) => {
@@ -500,12 +500,12 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> LoaderState<T, Source> {
                     ));
                 }
                 Err(DecodeFailure::Retry(error)) => {
-                    tracing::warn!(topic = %self.topic, error_kind = error.kind.as_str(), retry_in_ms = backoff.as_millis() as u64, "cannot decode a reference record yet; retrying");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(topic = %self.topic, error_kind = error.kind.as_str(), retry_in_ms = delay.as_millis() as u64, "cannot decode a reference record yet; retrying");
                     tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(delay) => {}
                         () = shutdown.cancelled() => return None,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }

@@ -239,22 +239,11 @@ pub async fn register_output_schema(
     context: &crate::service::StageContext,
 ) -> anyhow::Result<Option<u32>> {
     let settings = args.settings()?;
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match register_value_schema(&settings, topic, kind).await {
-            Ok(id) => return Ok(Some(id)),
-            Err(error) => {
-                let reason = crate::config::error_chain(&error);
-                tracing::warn!(error = %reason, topic, "cannot register the output schema; retrying");
-                context
-                    .readiness
-                    .set_not_ready(format!("schema registry: {reason}"));
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            () = context.shutdown.cancelled() => return Ok(None),
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
+    let what = format!("schema registry: registering the schema of {topic}");
+    Ok(crate::retry::until_ok(context, &what, || async {
+        register_value_schema(&settings, topic, kind)
+            .await
+            .map_err(|error| crate::config::error_chain(&error))
+    })
+    .await)
 }

@@ -26,6 +26,16 @@ impl Backoff {
         self.next = (self.next * 2).min(self.max);
         delay
     }
+
+    /// [`Self::next_delay`], up to ±50% either side, so that instances failing together do
+    /// not retry in step.
+    pub fn next_delay_jittered(&mut self) -> Duration {
+        use std::hash::BuildHasher;
+        let delay = self.next_delay();
+        let random = std::collections::hash_map::RandomState::new().hash_one(delay);
+        let fraction = (random % 1_000) as f64 / 1_000.0; // 0.0 .. 1.0
+        delay.mul_f64(0.5 + fraction)
+    }
 }
 
 impl Default for Backoff {
@@ -38,13 +48,27 @@ impl Default for Backoff {
 /// Runs `attempt` until it succeeds; after each failure says `what` failed and why in
 /// `/readyz` and a warning, and waits with [`Backoff::default`]. `None` if the stage was asked
 /// to stop first.
-pub async fn until_ok<T, E, F, Fut>(context: &StageContext, what: &str, mut attempt: F) -> Option<T>
+pub async fn until_ok<T, E, F, Fut>(context: &StageContext, what: &str, attempt: F) -> Option<T>
 where
     E: Display,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let mut backoff = Backoff::default();
+    until_ok_with(context, what, Backoff::default(), attempt).await
+}
+
+/// [`until_ok`] with another `backoff`.
+pub async fn until_ok_with<T, E, F, Fut>(
+    context: &StageContext,
+    what: &str,
+    mut backoff: Backoff,
+    mut attempt: F,
+) -> Option<T>
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
     loop {
         if context.shutdown.is_cancelled() {
             return None;
@@ -111,6 +135,15 @@ mod tests {
         })
         .await;
         assert_eq!(answer, None);
+    }
+
+    #[test]
+    fn jitter_stays_within_half_either_side() {
+        for _ in 0..100 {
+            let mut backoff = Backoff::new(Duration::from_millis(1_000), Duration::from_secs(1));
+            let wait = backoff.next_delay_jittered();
+            assert!(wait >= Duration::from_millis(500) && wait <= Duration::from_millis(1_500));
+        }
     }
 
     #[test]

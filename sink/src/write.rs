@@ -12,12 +12,13 @@
 //!   in halves, recursively, until the refused rows are alone; those are returned to be
 //!   dead-lettered and the rest are written.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use boomerang_runtime::dead_letter::Rejection;
 use boomerang_runtime::error_kind::DeadLetterKind;
 use boomerang_runtime::http::Readiness;
+use boomerang_runtime::retry::Backoff;
 use boomerang_runtime::stage_loop::{Fence, Partition, WriteIndex};
 use clickhouse::error::Error as ClickhouseError;
 use tokio_util::sync::CancellationToken;
@@ -146,13 +147,6 @@ fn dedup_token<R>(table: &str, rows: &[Keyed<R>]) -> String {
     format!("boomerang:{table}:{}:{:016x}", rows.len(), hasher.finish())
 }
 
-/// Up to ±50% around `backoff`, so that instances do not retry in step.
-fn jittered(backoff: Duration, attempt: u32) -> Duration {
-    let random = std::collections::hash_map::RandomState::new().hash_one(attempt);
-    let fraction = (random % 1_000) as f64 / 1_000.0; // 0.0 .. 1.0
-    backoff.mul_f64(0.5 + fraction)
-}
-
 impl Writer {
     async fn insert_once<R>(
         &self,
@@ -187,7 +181,7 @@ impl Writer {
         R: clickhouse::RowOwned + clickhouse::RowWrite + Send + Sync,
     {
         let token = dedup_token(table, rows);
-        let mut backoff = FIRST_BACKOFF;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         let mut attempt = 0u32;
         loop {
             // Every attempt, a retry after a long outage too: a paused instance must not write
@@ -251,13 +245,12 @@ impl Writer {
                             format!("clickhouse insert into {table} failing ({kind}); retrying"),
                         );
                     }
-                    let wait = jittered(backoff, attempt);
+                    let wait = backoff.next_delay_jittered();
                     tracing::warn!(table, kind, error = %message, attempt, retry_in_ms = wait.as_millis() as u64, "insert failed; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
                         () = self.shutdown.cancelled() => return Err(NotWritten::Shutdown),
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
@@ -395,13 +388,5 @@ mod tests {
             dedup_token("e", &rows(&[1, 2])),
             dedup_token("o", &rows(&[1, 2]))
         );
-    }
-
-    #[test]
-    fn jitter_stays_within_half_either_side() {
-        for attempt in 0..100 {
-            let wait = jittered(Duration::from_millis(1_000), attempt);
-            assert!(wait >= Duration::from_millis(500) && wait <= Duration::from_millis(1_500));
-        }
     }
 }

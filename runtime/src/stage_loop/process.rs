@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use super::in_flight::{BatchCounts, InFlight};
 use super::{InputRecord, LoopSettings, Outcome, OutputRecord, Processor, Released, lock};
@@ -211,7 +210,7 @@ pub(super) async fn process_with_retry<P: Processor>(
     metrics: &StageMetrics,
     context: &StageContext,
 ) -> Option<Outcome> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = crate::retry::Backoff::default();
     loop {
         match processor.process(record).await {
             Ok(outcome) => return Some(outcome),
@@ -220,15 +219,15 @@ pub(super) async fn process_with_retry<P: Processor>(
                     .errors
                     .with_label_values(&[error.kind.as_str()])
                     .inc();
-                tracing::warn!(error_kind = error.kind.as_str(), error = %crate::config::error_chain(error.source.as_ref()), retry_in_ms = backoff.as_millis() as u64, "cannot process record yet; retrying");
+                let delay = backoff.next_delay();
+                tracing::warn!(error_kind = error.kind.as_str(), error = %crate::config::error_chain(error.source.as_ref()), retry_in_ms = delay.as_millis() as u64, "cannot process record yet; retrying");
                 context
                     .readiness
                     .set_not_ready(format!("{}: retrying", error.kind));
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(delay) => {}
                     () = context.shutdown.cancelled() => return None,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
