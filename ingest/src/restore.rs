@@ -85,46 +85,24 @@ pub fn restore_partition(
         }
     });
     let from_snapshot = snapshot.is_some();
-    if let Some(snapshot) = snapshot {
-        for (micros, hash) in snapshot.entries {
-            state.remember(hash, TimestampMicros::from_unix_micros(micros));
+    let start_offset = match snapshot {
+        Some(snapshot) => {
+            for (micros, hash) in snapshot.entries {
+                state.remember(hash, TimestampMicros::from_unix_micros(micros));
+            }
+            snapshot.replay_from.max(low)
         }
-        let start_offset = snapshot.replay_from.max(low);
-        let records_read = read_keys(
+        // Records are timestamped when validated: one validated before the window started
+        // happened before it too, unless it came from up to `--max-future-skew-secs` ahead.
+        None => first_offset_since(
             &consumer,
             validated_topic,
             partition,
-            start_offset,
+            now.saturating_sub(window)
+                .saturating_sub(FUTURE_SKEW_SLACK)
+                .as_unix_millis(),
             high,
-            &mut state,
-        )?;
-        state.expire(now);
-        let stats = RestoreStats {
-            records_read,
-            keys: state.len(),
-            elapsed: started.elapsed(),
-            from_snapshot,
-            restored_upto: high,
-        };
-        return Ok((state, stats));
-    }
-    // Records are timestamped when validated: one validated before the window started
-    // happened before it too, unless it came from up to `--max-future-skew-secs` ahead.
-    let window_start_ms = now
-        .saturating_sub(window)
-        .saturating_sub(FUTURE_SKEW_SLACK)
-        .as_unix_millis();
-    let mut by_time = TopicPartitionList::new();
-    by_time.add_partition_offset(validated_topic, partition, Offset::Offset(window_start_ms))?;
-    let start = consumer
-        .offsets_for_times(by_time, KAFKA_TIMEOUT)?
-        .find_partition(validated_topic, partition)
-        .map(|element| element.offset())
-        .unwrap_or(Offset::End);
-    let start_offset = match start {
-        Offset::Offset(offset) => offset,
-        // No record at or after the window start: nothing to restore.
-        _ => high,
+        )?,
     };
     let records_read = read_keys(
         &consumer,
@@ -143,6 +121,27 @@ pub fn restore_partition(
         restored_upto: high,
     };
     Ok((state, stats))
+}
+
+/// The first offset of `topic`/`partition` written at or after `since_ms`; `high` (the end,
+/// read before) when none is.
+pub(crate) fn first_offset_since(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    since_ms: i64,
+    high: i64,
+) -> anyhow::Result<i64> {
+    let mut by_time = TopicPartitionList::new();
+    by_time.add_partition_offset(topic, partition, Offset::Offset(since_ms))?;
+    let found = consumer
+        .offsets_for_times(by_time, KAFKA_TIMEOUT)?
+        .find_partition(topic, partition)
+        .map(|element| element.offset());
+    Ok(match found {
+        Some(Offset::Offset(offset)) => offset.min(high),
+        _ => high,
+    })
 }
 
 /// Reads validated `partition` from `start_offset` to `high`, remembering every key.

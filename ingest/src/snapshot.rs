@@ -24,7 +24,6 @@ use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::snapshot::{SnapshotError, SnapshotReader, SnapshotWriter, file_name};
 use prometheus::IntCounterVec;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
 
 const MAGIC: &[u8] = b"boomerang-dedup-snapshot-v1\n";
 /// How far before a mark a restore starts reading: more than the host's clock may step back
@@ -315,16 +314,7 @@ fn resolve(
     };
     // The end first: a record written after it lies past it, whatever its time.
     let (_low, high) = consumer.fetch_watermarks(topic, partition, KAFKA_TIMEOUT)?;
-    let mut by_time = TopicPartitionList::new();
-    by_time.add_partition_offset(topic, partition, Offset::Offset(since_ms))?;
-    let found = consumer
-        .offsets_for_times(by_time, KAFKA_TIMEOUT)?
-        .find_partition(topic, partition)
-        .map(|element| element.offset());
-    Ok(match found {
-        Some(Offset::Offset(offset)) => offset.min(high),
-        _ => high,
-    })
+    crate::restore::first_offset_since(consumer, topic, partition, since_ms, high)
 }
 
 #[cfg(test)]
