@@ -13,7 +13,7 @@ use boomerang_enrich::metrics::EnrichMetrics;
 use boomerang_enrich::pending::PendingLimits;
 use boomerang_enrich::processor::{EnrichProcessor, EnrichSettings};
 use boomerang_enrich::reference::{
-    Arrivals, CatchUp, DEFAULT_MAX_ORDER_LINES, Loader, ReferenceLimits,
+    Arrivals, CatchUp, DEFAULT_MAX_ORDER_LINES, Loader, ReferenceLimits, ReferenceRecord,
 };
 use boomerang_enrich::tables::SharedTables;
 use boomerang_runtime::config;
@@ -137,36 +137,19 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         dir,
         interval: args.state.snapshot_interval(),
     });
-    // A broker too busy to answer at start-up is waited for, not a reason to exit.
+    let shared = LoaderShared {
+        tables: tables.clone(),
+        arrivals: arrivals.clone(),
+        metrics: enrich_metrics.clone(),
+        snapshots,
+    };
     let Some((customers, customers_progress)) =
-        retry::until_ok(&context, "starting the customers loader", || async {
-            Loader::<Customer, _>::start_with_snapshots(
-                &args.kafka,
-                &args.topics.customers,
-                WriterSchemas::new(&args.registry)?,
-                tables.clone(),
-                arrivals.clone(),
-                Some(enrich_metrics.clone()),
-                snapshots.clone(),
-            )
-        })
-        .await
+        start_loader::<Customer>(&args, &args.topics.customers, &shared, &context).await
     else {
         return Ok(());
     };
     let Some((orders, orders_progress)) =
-        retry::until_ok(&context, "starting the orders loader", || async {
-            Loader::<Order, _>::start_with_snapshots(
-                &args.kafka,
-                &args.topics.orders,
-                WriterSchemas::new(&args.registry)?,
-                tables.clone(),
-                arrivals.clone(),
-                Some(enrich_metrics.clone()),
-                snapshots.clone(),
-            )
-        })
-        .await
+        start_loader::<Order>(&args, &args.topics.orders, &shared, &context).await
     else {
         return Ok(());
     };
@@ -230,6 +213,37 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         let _ = loader.await;
     }
     result
+}
+
+/// What both reference loaders share.
+struct LoaderShared {
+    tables: SharedTables,
+    arrivals: Arrivals,
+    metrics: EnrichMetrics,
+    snapshots: Option<Snapshots>,
+}
+
+/// Starts the loader of `topic`. A broker too busy to answer at start-up is waited for, not a
+/// reason to exit; `None` if the stage was asked to stop first.
+async fn start_loader<T: ReferenceRecord>(
+    args: &Args,
+    topic: &str,
+    shared: &LoaderShared,
+    context: &StageContext,
+) -> Option<(Loader<T, WriterSchemas>, watch::Receiver<CatchUp>)> {
+    let what = format!("starting the {} loader", T::TABLE.name());
+    retry::until_ok(context, &what, || async {
+        Loader::<T, _>::start_with_snapshots(
+            &args.kafka,
+            topic,
+            WriterSchemas::new(&args.registry)?,
+            shared.tables.clone(),
+            shared.arrivals.clone(),
+            Some(shared.metrics.clone()),
+            shared.snapshots.clone(),
+        )
+    })
+    .await
 }
 
 /// Waits until both reference tables have caught up, `/readyz` saying how far they are, then
