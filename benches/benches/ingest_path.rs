@@ -14,10 +14,7 @@ use boomerang_ingest::validate::Rules;
 use boomerang_runtime::stage_loop::{InputRecord, Outcome, Processor};
 use boomerang_runtime::wire;
 use boomerang_schemas::codec;
-use boomerang_schemas::{
-    Channel, EventType, Money, Outcome as CaseOutcome, PostPurchaseEvent, ReasonCode, ReturnMethod,
-    TimestampMicros,
-};
+use boomerang_schemas::{PostPurchaseEvent, TimestampMicros};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 const EVENTS: usize = 10_000;
@@ -27,27 +24,10 @@ fn raw_records() -> Vec<InputRecord> {
     (0..EVENTS)
         .map(|n| {
             let event = PostPurchaseEvent {
-                event_id: format!("0b9d3c1e-5f7a-4a55-9b8e-{n:012}"),
-                idempotency_key: format!("returns-portal:rma-{n:09}:refund-issued"),
-                event_type: EventType::RefundIssued,
-                case_id: format!("rma-{n:09}"),
-                order_id: format!("ord-{n:010}"),
-                order_line_id: format!("ord-{n:010}/2"),
                 customer_id: format!("cus-{:08}", n % 5_000),
                 sku: "SKU-APP-0042-M".into(),
-                quantity: 1,
-                reason: Some(ReasonCode::TooLarge),
-                reason_text: None,
-                amount: Some(Money::new(4_999, "EUR")),
-                method: Some(ReturnMethod::Mail),
-                channel: Channel::Web,
-                outcome: CaseOutcome::Completed,
-                occurred_at: now,
-                source_system: "returns-portal".into(),
-                replacement_sku: None,
-                warranty_resolution: None,
-                disposition: None,
                 attributes: BTreeMap::from([("portal_version".into(), "4.2".into())]),
+                ..boomerang_testkit::samples::refund_event(n, now)
             };
             let mut value = Vec::new();
             wire::start_frame(SCHEMA_ID, &mut value);

@@ -61,34 +61,13 @@ impl Processor for RefusingWriter {
 #[test]
 fn a_dead_letter_too_large_for_the_producer_is_trimmed_and_the_stage_goes_on() {
     let stack = Stack::from_env();
-    let input = unique_name("it-loop-in");
-    let dead_letters = unique_name("it-loop-dlq");
-    let broker = KafkaArgs::for_brokers(&stack.kafka_brokers);
-    let setup = tokio::runtime::Runtime::new().expect("runtime");
-    setup.block_on(async {
-        ensure_topics(
-            &broker,
-            &[TopicSpec::new(&input, 1), TopicSpec::new(&dead_letters, 1)],
-        )
-        .await
-        .expect("topics");
-        let producer: FutureProducer = broker.producer_config().create().expect("producer");
-        for (key, size) in [("large", 5_000), ("small", 100)] {
-            producer
-                .send(
-                    FutureRecord::<str, [u8]>::to(&input)
-                        .key(key)
-                        .payload(&vec![7u8; size][..]),
-                    Duration::from_secs(10),
-                )
-                .await
-                .expect("input record");
-        }
-    });
+    let (input, dead_letters, mut stage_kafka) = topics_holding(
+        &stack,
+        &[("large", vec![7u8; 5_000]), ("small", vec![7u8; 100])],
+    );
 
     // The stage's producer takes records up to 4,096 bytes: the 5,000-byte input's dead letter
     // cannot carry its value; the 100-byte one's can.
-    let mut stage_kafka = KafkaArgs::for_brokers(&stack.kafka_brokers);
     stage_kafka
         .properties
         .push(("message.max.bytes".into(), "4096".into()));
@@ -146,6 +125,36 @@ fn a_dead_letter_too_large_for_the_producer_is_trimmed_and_the_stage_goes_on() {
         .recv_timeout(Duration::from_secs(30))
         .expect("the stage stops when asked");
     assert_eq!(result, Ok(()));
+}
+
+/// A fresh input topic holding `records` (key, value) and a dead-letter topic, and the
+/// broker's arguments.
+fn topics_holding(stack: &Stack, records: &[(&str, Vec<u8>)]) -> (String, String, KafkaArgs) {
+    let input = unique_name("it-loop-in");
+    let dead_letters = unique_name("it-loop-dlq");
+    let broker = KafkaArgs::for_brokers(&stack.kafka_brokers);
+    let setup = tokio::runtime::Runtime::new().expect("runtime");
+    setup.block_on(async {
+        ensure_topics(
+            &broker,
+            &[TopicSpec::new(&input, 1), TopicSpec::new(&dead_letters, 1)],
+        )
+        .await
+        .expect("topics");
+        let producer: FutureProducer = broker.producer_config().create().expect("producer");
+        for (key, value) in records {
+            producer
+                .send(
+                    FutureRecord::<str, [u8]>::to(&input)
+                        .key(key)
+                        .payload(value.as_slice()),
+                    Duration::from_secs(10),
+                )
+                .await
+                .expect("input record");
+        }
+    });
+    (input, dead_letters, broker)
 }
 
 /// Runs the loop with `processor` on its own thread and runtime; answers a token that stops
@@ -216,28 +225,7 @@ impl Processor for ForgetsToWrite {
 #[test]
 fn a_processor_that_keeps_records_but_never_writes_stops_the_stage_uncommitted() {
     let stack = Stack::from_env();
-    let input = unique_name("it-loop-in");
-    let dead_letters = unique_name("it-loop-dlq");
-    let broker = KafkaArgs::for_brokers(&stack.kafka_brokers);
-    let setup = tokio::runtime::Runtime::new().expect("runtime");
-    setup.block_on(async {
-        ensure_topics(
-            &broker,
-            &[TopicSpec::new(&input, 1), TopicSpec::new(&dead_letters, 1)],
-        )
-        .await
-        .expect("topics");
-        let producer: FutureProducer = broker.producer_config().create().expect("producer");
-        producer
-            .send(
-                FutureRecord::<str, [u8]>::to(&input)
-                    .key("kept")
-                    .payload(&b"value"[..]),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("input record");
-    });
+    let (input, dead_letters, broker) = topics_holding(&stack, &[("kept", b"value".to_vec())]);
     let group = unique_name("it-loop");
     let (_shutdown, ended) = start_loop(
         broker,
