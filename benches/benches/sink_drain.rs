@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use boomerang_benches::harness::{built_release_binary, cpu_seconds};
 use boomerang_benches::reference_world::event;
-use boomerang_runtime::clickhouse::ClickhouseArgs;
+use boomerang_clickhouse::ClickhouseArgs;
+use boomerang_clickhouse::migrations;
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
-use boomerang_runtime::migrations;
 use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_runtime::registry::{RegistryArgs, register_all};
 use boomerang_runtime::topics::{TopicsArgs, value_subject};

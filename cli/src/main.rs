@@ -17,10 +17,10 @@ mod verify;
 
 use std::process::ExitCode;
 
-use boomerang_runtime::clickhouse::ClickhouseArgs;
+use boomerang_clickhouse::ClickhouseArgs;
+use boomerang_clickhouse::migrations;
 use boomerang_runtime::config::{self, error_chain};
 use boomerang_runtime::kafka::{self, KafkaArgs, TopicSpec};
-use boomerang_runtime::migrations;
 use boomerang_runtime::registry::{self, RegistryArgs};
 use boomerang_runtime::telemetry::{self, LogArgs, LogFormat};
 use boomerang_runtime::topics::TopicsArgs;

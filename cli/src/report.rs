@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use boomerang_runtime::clickhouse::ClickhouseArgs;
+use boomerang_clickhouse::ClickhouseArgs;
 
 use crate::generate::truth::{Quantiles, StageCounts, Truth, Units};
 

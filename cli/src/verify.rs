@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 
 use anyhow::Context;
-use boomerang_runtime::clickhouse::ClickhouseArgs;
+use boomerang_clickhouse::ClickhouseArgs;
 use boomerang_runtime::dead_letter;
 use boomerang_runtime::kafka::{KafkaArgs, header};
 use boomerang_runtime::topics::TopicsArgs;

@@ -17,7 +17,6 @@
 //!   stage produces; [`wire`]: Confluent framing (from
 //!   `boomerang_schemas`, beside the codec).
 
-pub mod clickhouse;
 pub mod config;
 pub mod dead_letter;
 pub mod decode;
@@ -27,7 +26,6 @@ pub mod http;
 pub mod idempotency;
 pub mod kafka;
 pub mod metrics;
-pub mod migrations;
 pub mod pseudonym;
 pub mod record_size;
 pub mod registry;

@@ -5,11 +5,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use boomerang_runtime::clickhouse::ClickhouseArgs;
+use boomerang_clickhouse::ClickhouseArgs;
+use boomerang_clickhouse::migrations::{self, MigrationError};
 use boomerang_runtime::config;
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::metrics::StageMetrics;
-use boomerang_runtime::migrations::{self, MigrationError};
 use boomerang_runtime::pseudonym::{PseudonymArgs, Pseudonymiser};
 use boomerang_runtime::registry::{RegistryArgs, WriterSchemas};
 use boomerang_runtime::service::{self, ServiceArgs, StageContext};

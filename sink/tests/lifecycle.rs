@@ -56,7 +56,7 @@ async fn is_not_ready_until_clickhouse_is_migrated() {
     assert_eq!(status, 503, "{reason}");
     let mut migrated = pipeline.clickhouse.clone();
     migrated.database = database;
-    boomerang_runtime::migrations::apply(&migrated, None)
+    boomerang_clickhouse::migrations::apply(&migrated, None)
         .await
         .expect("migrate");
     poll_until("ready once migrated", Duration::from_secs(30), || async {

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use boomerang_runtime::clickhouse::ClickhouseArgs;
+use boomerang_clickhouse::ClickhouseArgs;
+use boomerang_clickhouse::migrations;
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
-use boomerang_runtime::migrations;
 use boomerang_runtime::registry::{RegistryArgs, register_all};
 use boomerang_runtime::topics::{TopicsArgs, value_subject};
 use boomerang_runtime::wire;

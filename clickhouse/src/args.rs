@@ -40,7 +40,7 @@ pub struct ClickhouseArgs {
 
     /// A ClickHouse setting for every query and insert, as NAME=VALUE; repeatable.
     #[arg(id = "clickhouse-setting",
-        long = "clickhouse-setting", value_name = "NAME=VALUE", value_parser = crate::config::parse_key_value)]
+        long = "clickhouse-setting", value_name = "NAME=VALUE", value_parser = boomerang_runtime::config::parse_key_value)]
     pub settings: Vec<(String, String)>,
 
     /// How long one request may take before it is abandoned (and, for inserts, retried), in

@@ -1,8 +1,8 @@
 //! `boomerang migrate`'s engine against the local stack's ClickHouse: applying twice is
 //! harmless, the check sees pending migrations, and every analytics object answers.
 
-use boomerang_runtime::clickhouse::ClickhouseArgs;
-use boomerang_runtime::migrations::{self, MIGRATIONS, MigrationError};
+use boomerang_clickhouse::ClickhouseArgs;
+use boomerang_clickhouse::migrations::{self, MIGRATIONS, MigrationError};
 use boomerang_testkit::{Stack, unique_name};
 
 fn fresh_database() -> ClickhouseArgs {

@@ -6,7 +6,7 @@
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::clickhouse::ClickhouseArgs;
+use crate::ClickhouseArgs;
 
 pub struct Migration {
     pub version: u32,

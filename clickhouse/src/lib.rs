@@ -1,0 +1,11 @@
+//! ClickHouse for the stages that write or read it (the sink and the CLI); the other stages do
+//! not link it.
+//!
+//! - [`args`]: where ClickHouse is and how to reach it ([`ClickhouseArgs`]), and its clients.
+//! - [`migrations`]: the SQL files in `deploy/clickhouse/migrations/`, applied by `boomerang
+//!   migrate`, checked by the sink before it writes.
+
+pub mod args;
+pub mod migrations;
+
+pub use args::ClickhouseArgs;
