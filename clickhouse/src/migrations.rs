@@ -3,6 +3,12 @@
 //! start-up. Applied versions are recorded in `schema_migrations` with a checksum of their SQL;
 //! applying again skips them, and a migration edited after it was applied is refused.
 
+use std::time::Duration;
+
+use boomerang_runtime::config::error_chain;
+use boomerang_runtime::error_kind::ErrorKind;
+use boomerang_runtime::retry::{Backoff, Retry};
+use boomerang_runtime::service::StageContext;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -231,6 +237,37 @@ pub async fn check(args: &ClickhouseArgs) -> Result<(), MigrationError> {
         Ok(())
     } else {
         Err(MigrationError::Pending(pending))
+    }
+}
+
+/// Waits until ClickHouse answers with every migration applied, `/readyz` saying why not yet
+/// and each failed check counted (`migrations_pending`, or `clickhouse_unavailable` when it
+/// does not answer). `false` if the stage was asked to stop first; an error if a migration was
+/// changed after it was applied, which waiting cannot mend.
+pub async fn wait_until_applied(
+    clickhouse: &ClickhouseArgs,
+    context: &StageContext,
+) -> Result<bool, MigrationError> {
+    let mut retry = Retry::in_stage("checking ClickHouse's migrations", context).with_backoff(
+        Backoff::new(Duration::from_millis(500), Duration::from_secs(5)),
+    );
+    loop {
+        let error = match check(clickhouse).await {
+            Ok(()) => return Ok(true),
+            Err(error @ MigrationError::Changed { .. }) => return Err(error),
+            Err(error) => error,
+        };
+        let kind = match error {
+            MigrationError::Pending(_) => ErrorKind::MigrationsPending,
+            _ => ErrorKind::ClickhouseUnavailable,
+        };
+        let reason = error_chain(&error);
+        context
+            .readiness
+            .set_not_ready(format!("clickhouse: {reason}"));
+        if !retry.failed(kind, &reason).await {
+            return Ok(false);
+        }
     }
 }
 

@@ -118,6 +118,14 @@ kinds! {
             "an offset commit was refused (a rebalance, a broker restarting); made again";
         ProduceFailed => "produce_failed", ["ingest", "enrich", "sink"],
             "an output or write was not acknowledged: nothing from its batch on is committed, and the stage stops";
+        BrokersUnavailable => "brokers_unavailable", ["ingest", "enrich", "sink"],
+            "the Kafka brokers did not answer a metadata request at start-up; asked again";
+        TopicUnavailable => "topic_unavailable", ["ingest", "enrich"],
+            "a topic's metadata or offsets could not be read at start-up (not created yet, a broker busy); asked again";
+        ClickhouseUnavailable => "clickhouse_unavailable", ["sink"],
+            "ClickHouse did not answer, timed out or refused a batch for a passing reason; the batch is inserted again";
+        MigrationsPending => "migrations_pending", ["sink"],
+            "ClickHouse lacks a migration `boomerang migrate` applies; the sink checks again before it writes";
     }
 }
 

@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+use crate::error_kind::ErrorKind;
+
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
@@ -12,6 +14,35 @@ use prometheus::{
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    errors: Errors,
+}
+
+/// `boomerang_errors_total{error_kind}`: failures that are not a record's fault, each attempt
+/// that failed counted once. Registered with the process's registry, before any stage work, so
+/// that start-up waits count too.
+#[derive(Clone)]
+pub struct Errors(IntCounterVec);
+
+impl Errors {
+    fn new() -> prometheus::Result<Self> {
+        IntCounterVec::new(
+            Opts::new(
+                "boomerang_errors_total",
+                "Failures that are not a record's fault (broker, registry, ClickHouse, commit).",
+            ),
+            &["error_kind"],
+        )
+        .map(Self)
+    }
+
+    pub fn count(&self, kind: ErrorKind) {
+        self.0.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// How many failures of `kind` were counted (tests, and what a stage reports of itself).
+    pub fn get(&self, kind: ErrorKind) -> u64 {
+        self.0.with_label_values(&[kind.as_str()]).get()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,11 +67,23 @@ impl Metrics {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        Ok(Self { registry })
+        let errors = Errors::new()?;
+        registry.register(Box::new(errors.0.clone()))?;
+        Ok(Self { registry, errors })
+    }
+
+    /// A registry for unit tests and benchmarks: the stage label `test`, nothing exported.
+    pub fn for_tests() -> Self {
+        // Only fails on a metric registered twice, which a new registry cannot hold.
+        Self::for_stage("test").expect("a new registry accepts every metric once")
     }
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    pub fn errors(&self) -> &Errors {
+        &self.errors
     }
 
     /// The Prometheus text exposition of every metric.
@@ -64,8 +107,9 @@ pub struct StageMetrics {
     pub deduplicated_events: IntCounter,
     /// Records sent to the dead-letter topic, by `error_kind`.
     pub dead_lettered_events: IntCounterVec,
-    /// Failures that are not a record's fault (broker, registry), by `error_kind`.
-    pub errors: IntCounterVec,
+    /// Failures that are not a record's fault (broker, registry), by `error_kind`: the
+    /// process's one counter ([`Metrics::errors`]).
+    pub errors: Errors,
     pub batch_duration: Histogram,
     /// Consumer lag per partition (librdkafka's view, refreshed with its statistics).
     pub consumer_lag: IntGaugeVec,
@@ -107,11 +151,7 @@ impl StageMetrics {
                 "Records sent to the dead-letter topic.",
                 &["error_kind"],
             )?,
-            errors: counter(
-                "boomerang_errors_total",
-                "Failures that are not a record's fault (broker, registry, commit).",
-                &["error_kind"],
-            )?,
+            errors: metrics.errors().clone(),
             batch_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "boomerang_batch_duration_seconds",
@@ -157,7 +197,6 @@ impl StageMetrics {
         registry.register(Box::new(stage_metrics.sent_events.clone()))?;
         registry.register(Box::new(stage_metrics.deduplicated_events.clone()))?;
         registry.register(Box::new(stage_metrics.dead_lettered_events.clone()))?;
-        registry.register(Box::new(stage_metrics.errors.clone()))?;
         registry.register(Box::new(stage_metrics.batch_duration.clone()))?;
         registry.register(Box::new(stage_metrics.consumer_lag.clone()))?;
         registry.register(Box::new(stage_metrics.last_event_timestamp.clone()))?;

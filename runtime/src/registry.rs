@@ -240,10 +240,15 @@ pub async fn register_output_schema(
 ) -> anyhow::Result<Option<u32>> {
     let settings = args.settings()?;
     let what = format!("schema registry: registering the schema of {topic}");
-    Ok(crate::retry::until_ok(context, &what, || async {
-        register_value_schema(&settings, topic, kind)
-            .await
-            .map_err(|error| crate::config::error_chain(&error))
-    })
+    Ok(crate::retry::until_ok(
+        context,
+        crate::error_kind::ErrorKind::SchemaRegistryUnavailable,
+        &what,
+        || async {
+            register_value_schema(&settings, topic, kind)
+                .await
+                .map_err(|error| crate::config::error_chain(&error))
+        },
+    )
     .await)
 }

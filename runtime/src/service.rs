@@ -216,27 +216,21 @@ pub async fn idle_once_brokers_answer(
 /// says why it is waiting.
 pub async fn wait_for_brokers(kafka_args: &KafkaArgs, context: &StageContext) {
     const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
-    const RETRY_PAUSE: Duration = Duration::from_millis(500);
-    while !context.shutdown.is_cancelled() {
-        let args = kafka_args.clone();
-        let checked =
-            tokio::task::spawn_blocking(move || kafka::check_brokers(&args, METADATA_TIMEOUT))
-                .await;
-        match checked {
-            Ok(Ok(_)) => return,
-            Ok(Err(error)) => {
-                context
-                    .readiness
-                    .set_not_ready(format!("kafka brokers do not answer: {error}"));
-                tracing::warn!(brokers = %kafka_args.brokers, error = %error, "kafka brokers do not answer; retrying");
+    let backoff = crate::retry::Backoff::new(Duration::from_millis(500), Duration::from_secs(2));
+    crate::retry::until_ok_with(
+        context,
+        crate::error_kind::ErrorKind::BrokersUnavailable,
+        "kafka brokers do not answer",
+        backoff,
+        || {
+            let args = kafka_args.clone();
+            async move {
+                tokio::task::spawn_blocking(move || kafka::check_brokers(&args, METADATA_TIMEOUT))
+                    .await
+                    .map_err(|join_error| join_error.to_string())?
+                    .map_err(|error| error.to_string())
             }
-            Err(join_error) => {
-                tracing::warn!(error = %join_error, "broker check task failed; retrying");
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(RETRY_PAUSE) => {}
-            () = context.shutdown.cancelled() => {}
-        }
-    }
+        },
+    )
+    .await;
 }

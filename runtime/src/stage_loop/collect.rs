@@ -93,10 +93,7 @@ pub(super) async fn collect_batch(
             }
             Ok(Some(Err(error))) => {
                 tracing::warn!(error = %error, "consumer error");
-                metrics
-                    .errors
-                    .with_label_values(&[ErrorKind::ConsumeFailed.as_str()])
-                    .inc();
+                metrics.errors.count(ErrorKind::ConsumeFailed);
                 if matches!(error, KafkaError::MessageConsumptionFatal(_)) {
                     return batch; // the loop stops: this consumer never consumes again
                 }
@@ -124,10 +121,7 @@ pub(super) async fn collect_batch(
                 Ok(message) => batch.push(owned_record(&message)),
                 Err(error) => {
                     tracing::warn!(error = %error, "consumer error");
-                    metrics
-                        .errors
-                        .with_label_values(&[ErrorKind::ConsumeFailed.as_str()])
-                        .inc();
+                    metrics.errors.count(ErrorKind::ConsumeFailed);
                 }
             }
             continue;
@@ -137,10 +131,7 @@ pub(super) async fn collect_batch(
             Ok(None) => break, // never: a Kafka message stream does not end
             Ok(Some(Err(error))) => {
                 tracing::warn!(error = %error, "consumer error");
-                metrics
-                    .errors
-                    .with_label_values(&[ErrorKind::ConsumeFailed.as_str()])
-                    .inc();
+                metrics.errors.count(ErrorKind::ConsumeFailed);
             }
             Err(_elapsed) => break,
         }

@@ -181,10 +181,7 @@ pub(super) fn complete_batch<C: Consumer<LoopContext>>(
             return;
         }
         BatchResult::Failed(failure) => {
-            metrics
-                .errors
-                .with_label_values(&[ErrorKind::ProduceFailed.as_str()])
-                .inc();
+            metrics.errors.count(ErrorKind::ProduceFailed);
             tracing::error!(error = %failure, "nothing from this batch on is committed");
             in_flight.failure = Some(failure);
             return;

@@ -142,10 +142,7 @@ pub async fn run<P: Processor>(
         // leaves a consumer that never consumes again: stop, so that a supervisor restarts the
         // stage as a fresh member. Nothing collected since is processed.
         if let Some((code, reason)) = consumer.client().fatal_error() {
-            metrics
-                .errors
-                .with_label_values(&[ErrorKind::ConsumerFatal.as_str()])
-                .inc();
+            metrics.errors.count(ErrorKind::ConsumerFatal);
             break Err(anyhow::anyhow!(
                 "the consumer failed for good ({code:?}): {reason}; restart the stage"
             ));

@@ -210,23 +210,18 @@ pub(super) async fn process_with_retry<P: Processor>(
     metrics: &StageMetrics,
     context: &StageContext,
 ) -> Option<Outcome> {
-    let mut backoff = crate::retry::Backoff::default();
+    let mut retry =
+        crate::retry::Retry::new("processing a record", &metrics.errors, &context.shutdown);
     loop {
         match processor.process(record).await {
             Ok(outcome) => return Some(outcome),
             Err(error) => {
-                metrics
-                    .errors
-                    .with_label_values(&[error.kind.as_str()])
-                    .inc();
-                let delay = backoff.next_delay();
-                tracing::warn!(error_kind = error.kind.as_str(), error = %crate::config::error_chain(error.source.as_ref()), retry_in_ms = delay.as_millis() as u64, "cannot process record yet; retrying");
                 context
                     .readiness
                     .set_not_ready(format!("{}: retrying", error.kind));
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = context.shutdown.cancelled() => return None,
+                let chain = crate::config::error_chain(error.source.as_ref());
+                if !retry.failed(error.kind, &chain).await {
+                    return None;
                 }
             }
         }

@@ -45,10 +45,7 @@ impl LoopContext {
     pub(super) fn commit_refused(&self) {
         self.commit_failed
             .store(true, std::sync::atomic::Ordering::Release);
-        self.metrics
-            .errors
-            .with_label_values(&[ErrorKind::CommitFailed.as_str()])
-            .inc();
+        self.metrics.errors.count(ErrorKind::CommitFailed);
     }
 
     fn count_changes(&self, change: &str, partitions: usize, owned: usize) {
@@ -125,10 +122,7 @@ impl ConsumerContext for LoopContext {
                 ignore_nothing_to_commit(consumer.commit_consumer_state(CommitMode::Sync))
             {
                 tracing::warn!(error = %error, "cannot commit before giving up partitions");
-                self.metrics
-                    .errors
-                    .with_label_values(&[ErrorKind::CommitFailed.as_str()])
-                    .inc();
+                self.metrics.errors.count(ErrorKind::CommitFailed);
             }
             let revoked = partitions_of(list);
             {
