@@ -6,6 +6,8 @@
 //! cargo bench -p boomerang-benches --bench enrich_join
 
 use boomerang_benches::harness::{CurrentSchemaOnly, SCHEMA_ID};
+use boomerang_enrich::metrics::EnrichMetrics;
+use boomerang_runtime::metrics::Metrics;
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -89,6 +91,7 @@ fn join_path(criterion: &mut Criterion) {
         },
     };
     let pseudonymiser = Pseudonymiser::new(b"benchmark-pseudonym-key").expect("key");
+    let metrics = EnrichMetrics::register(&Metrics::for_tests()).expect("metrics");
     let mut group = criterion.benchmark_group("enrich_join");
     group.throughput(Throughput::Elements(EVENTS as u64));
     group.bench_function("decode_join_encode_1M_orders", |bench| {
@@ -100,7 +103,7 @@ fn join_path(criterion: &mut Criterion) {
                     Arrivals::default(),
                     settings.clone(),
                     pseudonymiser.clone(),
-                    None,
+                    metrics.clone(),
                 )
             },
             |mut processor| {

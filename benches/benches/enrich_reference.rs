@@ -7,6 +7,8 @@
 //! BOOMERANG_BENCH_ORDERS=200000 BOOMERANG_BENCH_CUSTOMERS=40000 cargo bench -p boomerang-benches --bench enrich_reference
 
 use boomerang_benches::harness::resident_bytes;
+use boomerang_enrich::metrics::EnrichMetrics;
+use boomerang_runtime::metrics::Metrics;
 use std::time::{Duration, Instant};
 
 use boomerang_benches::reference_world::{customer, order};
@@ -130,6 +132,7 @@ async fn loader_bootstrap(
 ) -> (Duration, SharedTables) {
     let tables = SharedTables::default();
     let shutdown = CancellationToken::new();
+    let metrics = EnrichMetrics::register(&Metrics::for_tests()).expect("metrics");
     let started = Instant::now();
     let (customers, mut customers_progress) = Loader::<Customer, _>::start(
         kafka,
@@ -137,7 +140,7 @@ async fn loader_bootstrap(
         WriterSchemas::new(registry).expect("registry"),
         tables.clone(),
         Arrivals::default(),
-        None,
+        metrics.clone(),
     )
     .expect("customers loader");
     let (orders, mut orders_progress) = Loader::<Order, _>::start(
@@ -146,7 +149,7 @@ async fn loader_bootstrap(
         WriterSchemas::new(registry).expect("registry"),
         tables.clone(),
         Arrivals::default(),
-        None,
+        metrics,
     )
     .expect("orders loader");
     let handles = [

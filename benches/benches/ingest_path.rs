@@ -5,6 +5,9 @@
 //! cargo bench -p boomerang-benches --bench ingest_path
 
 use boomerang_benches::harness::{CurrentSchemaOnly, SCHEMA_ID};
+use boomerang_ingest::processor::IngestMetrics;
+use boomerang_ingest::restore::NoHistory;
+use boomerang_runtime::metrics::Metrics;
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Duration;
@@ -55,8 +58,8 @@ fn processor(runtime: &tokio::runtime::Runtime) -> IngestProcessor<CurrentSchema
             dedup_window: Duration::from_secs(7 * 24 * 3600),
             dedup_max_keys: 10_000_000,
         },
-        None,
-        None,
+        NoHistory,
+        IngestMetrics::register(&Metrics::for_tests()).expect("metrics"),
     );
     runtime
         .block_on(processor.assign(&[("raw".to_string(), 0)]))

@@ -17,6 +17,7 @@ use boomerang_enrich::reference::{
 };
 use boomerang_enrich::tables::SharedTables;
 use boomerang_runtime::config;
+use boomerang_runtime::error_kind::ErrorKind;
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::metrics::StageMetrics;
 use boomerang_runtime::pseudonym::{PseudonymArgs, Pseudonymiser};
@@ -128,7 +129,7 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         return Ok(());
     };
     let stage_metrics = StageMetrics::register(&context.metrics)?;
-    let enrich_metrics = EnrichMetrics::register(context.metrics.registry())?;
+    let enrich_metrics = EnrichMetrics::register(&context.metrics)?;
     let tables = SharedTables::default();
     let arrivals = Arrivals::default();
 
@@ -189,7 +190,7 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         arrivals,
         settings,
         pseudonymiser,
-        Some(enrich_metrics),
+        enrich_metrics,
     )
     .after_catch_up(caught_up_receiver, context.shutdown.clone());
     let loop_settings = LoopSettings::new(
@@ -232,14 +233,14 @@ async fn start_loader<T: ReferenceRecord>(
     context: &StageContext,
 ) -> Option<(Loader<T, WriterSchemas>, watch::Receiver<CatchUp>)> {
     let what = format!("starting the {} loader", T::TABLE.name());
-    retry::until_ok(context, &what, || async {
+    retry::until_ok(context, ErrorKind::TopicUnavailable, &what, || async {
         Loader::<T, _>::start_with_snapshots(
             &args.kafka,
             topic,
             WriterSchemas::new(&args.registry)?,
             shared.tables.clone(),
             shared.arrivals.clone(),
-            Some(shared.metrics.clone()),
+            shared.metrics.clone(),
             shared.snapshots.clone(),
         )
     })

@@ -2,6 +2,8 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
+use boomerang_runtime::metrics::{Errors, Metrics};
+
 use crate::join::JoinOutcome;
 
 #[derive(Clone)]
@@ -21,10 +23,13 @@ pub struct EnrichMetrics {
     pub join_outcomes: IntCounterVec,
     /// Reference table loads at start-up, by table and where they started (snapshot, topic).
     pub reference_restores: IntCounterVec,
+    /// The process's `boomerang_errors_total`, for the loaders' retries.
+    pub errors: Errors,
 }
 
 impl EnrichMetrics {
-    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+    pub fn register(process: &Metrics) -> prometheus::Result<Self> {
+        let registry = process.registry();
         let metrics = Self {
             reference_records: IntGaugeVec::new(
                 Opts::new(
@@ -79,6 +84,7 @@ impl EnrichMetrics {
                 ),
                 &["table", "source"],
             )?,
+            errors: process.errors().clone(),
         };
         registry.register(Box::new(metrics.reference_restores.clone()))?;
         registry.register(Box::new(metrics.reference_records.clone()))?;

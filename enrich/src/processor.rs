@@ -42,7 +42,7 @@ pub struct EnrichProcessor<Source> {
     pending: PendingBuffer,
     settings: EnrichSettings,
     pseudonymiser: Pseudonymiser,
-    metrics: Option<EnrichMetrics>,
+    metrics: EnrichMetrics,
     last_recheck: Instant,
     /// Whether the reference tables caught up at start-up, and the stage's shutdown.
     catch_up: Option<(
@@ -58,7 +58,7 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
         arrivals: Arrivals,
         settings: EnrichSettings,
         pseudonymiser: Pseudonymiser,
-        metrics: Option<EnrichMetrics>,
+        metrics: EnrichMetrics,
     ) -> Self {
         Self {
             decoder: RecordDecoder::new(source),
@@ -110,12 +110,10 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
             &self.pseudonymiser,
             TimestampMicros::now(),
         );
-        if let Some(metrics) = &self.metrics {
-            metrics
-                .join_outcomes
-                .with_label_values(&[outcome.as_str()])
-                .inc();
-        }
+        self.metrics
+            .join_outcomes
+            .with_label_values(&[outcome.as_str()])
+            .inc();
         match enriched_record(
             &enriched,
             self.settings.enriched_schema_id,
@@ -131,14 +129,12 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
     }
 
     fn report_pending(&self) {
-        if let Some(metrics) = &self.metrics {
-            metrics
-                .pending_events
-                .set(i64::try_from(self.pending.len()).unwrap_or(i64::MAX));
-            metrics
-                .pending_bytes
-                .set(i64::try_from(self.pending.bytes()).unwrap_or(i64::MAX));
-        }
+        self.metrics
+            .pending_events
+            .set(i64::try_from(self.pending.len()).unwrap_or(i64::MAX));
+        self.metrics
+            .pending_bytes
+            .set(i64::try_from(self.pending.bytes()).unwrap_or(i64::MAX));
     }
 }
 
@@ -219,11 +215,9 @@ impl<Source: WriterSchemaSource> Processor for EnrichProcessor<Source> {
         let released = held
             .into_iter()
             .map(|held| {
-                if let Some(metrics) = &self.metrics {
-                    metrics
-                        .pending_wait
-                        .observe(now.duration_since(held.since).as_secs_f64());
-                }
+                self.metrics
+                    .pending_wait
+                    .observe(now.duration_since(held.since).as_secs_f64());
                 let outcome = self.emit(held.event, held.keys, true, &held.record);
                 Released {
                     record: held.record,

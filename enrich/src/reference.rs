@@ -27,6 +27,8 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use boomerang_runtime::retry::Retry;
+
 use crate::metrics::EnrichMetrics;
 use crate::snapshot::{self, Snapshots};
 use crate::tables::{RefKey, ReferenceTables, SharedTables, Table, ref_key};
@@ -179,7 +181,7 @@ struct LoaderState<T: ReferenceRecord, Source> {
     limits: ReferenceLimits,
     tables: SharedTables,
     arrivals: Arrivals,
-    metrics: Option<EnrichMetrics>,
+    metrics: EnrichMetrics,
     /// The end offset per partition at start-up.
     targets: HashMap<i32, i64>,
     /// The next offset per partition.
@@ -201,7 +203,7 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> Loader<T, Source> {
         source: Source,
         tables: SharedTables,
         arrivals: Arrivals,
-        metrics: Option<EnrichMetrics>,
+        metrics: EnrichMetrics,
     ) -> anyhow::Result<(Self, watch::Receiver<CatchUp>)> {
         Self::start_with_snapshots(kafka, topic, source, tables, arrivals, metrics, None)
     }
@@ -214,7 +216,7 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> Loader<T, Source> {
         source: Source,
         tables: SharedTables,
         arrivals: Arrivals,
-        metrics: Option<EnrichMetrics>,
+        metrics: EnrichMetrics,
         snapshots: Option<Snapshots>,
     ) -> anyhow::Result<(Self, watch::Receiver<CatchUp>)> {
         let mut config = kafka.consumer_config(&format!("boomerang-enrich-{}", T::TABLE.name()));
@@ -259,17 +261,15 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> Loader<T, Source> {
                 }
             }
         });
-        if let Some(metrics) = &metrics {
-            let source = if from_snapshot.is_some() {
-                "snapshot"
-            } else {
-                "topic"
-            };
-            metrics
-                .reference_restores
-                .with_label_values(&[T::TABLE.name(), source])
-                .inc();
-        }
+        let started_from = if from_snapshot.is_some() {
+            "snapshot"
+        } else {
+            "topic"
+        };
+        metrics
+            .reference_restores
+            .with_label_values(&[T::TABLE.name(), started_from])
+            .inc();
         let mut assignment = TopicPartitionList::new();
         let mut targets = HashMap::new();
         let mut positions = HashMap::new();
@@ -482,7 +482,11 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> LoaderState<T, Source> {
                 ),
             });
         };
-        let mut backoff = boomerang_runtime::retry::Backoff::default();
+        let mut retry = Retry::new(
+            "decoding a reference record",
+            &self.metrics.errors,
+            shutdown,
+        );
         loop {
             match self.decoder.decode(Some(value)).await {
                 Ok(decoded) => {
@@ -500,11 +504,9 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> LoaderState<T, Source> {
                     ));
                 }
                 Err(DecodeFailure::Retry(error)) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(topic = %self.topic, error_kind = error.kind.as_str(), retry_in_ms = delay.as_millis() as u64, "cannot decode a reference record yet; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = shutdown.cancelled() => return None,
+                    let chain = boomerang_runtime::config::error_chain(error.source.as_ref());
+                    if !retry.failed(error.kind, &chain).await {
+                        return None;
                     }
                 }
             }
@@ -546,22 +548,20 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> LoaderState<T, Source> {
             tables.len(table)
         };
         self.arrivals.record(&arrived);
-        if let Some(metrics) = &self.metrics {
-            let changes = &metrics.reference_changes;
-            changes
-                .with_label_values(&[table.name(), "upsert"])
-                .inc_by(upserts);
-            changes
-                .with_label_values(&[table.name(), "tombstone"])
-                .inc_by(deletes);
-            changes
-                .with_label_values(&[table.name(), "rejected"])
-                .inc_by(rejected);
-            metrics
-                .reference_records
-                .with_label_values(&[table.name()])
-                .set(i64::try_from(size).unwrap_or(i64::MAX));
-        }
+        let changes = &self.metrics.reference_changes;
+        changes
+            .with_label_values(&[table.name(), "upsert"])
+            .inc_by(upserts);
+        changes
+            .with_label_values(&[table.name(), "tombstone"])
+            .inc_by(deletes);
+        changes
+            .with_label_values(&[table.name(), "rejected"])
+            .inc_by(rejected);
+        self.metrics
+            .reference_records
+            .with_label_values(&[table.name()])
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
     }
 }
 

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use boomerang_ingest::processor::{IngestMetrics, IngestProcessor, IngestSettings};
+use boomerang_ingest::restore::ValidatedTopic;
 use boomerang_ingest::validate::{DEFAULT_MAX_ATTRIBUTES, Rules};
 use boomerang_runtime::config;
+use boomerang_runtime::error_kind::ErrorKind;
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::metrics::StageMetrics;
 use boomerang_runtime::registry::{self, RegistryArgs, WriterSchemas};
@@ -120,17 +122,22 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     if context.shutdown.is_cancelled() {
         return Ok(());
     }
-    let checked = retry::until_ok(&context, "checking the topics' partitions", || {
-        let kafka = args.kafka.clone();
-        let (raw, validated) = (
-            args.topics.raw_events.clone(),
-            args.topics.validated_events.clone(),
-        );
-        async move {
-            tokio::task::spawn_blocking(move || check_co_partitioned(&kafka, &raw, &validated))
-                .await?
-        }
-    })
+    let checked = retry::until_ok(
+        &context,
+        ErrorKind::TopicUnavailable,
+        "checking the topics' partitions",
+        || {
+            let kafka = args.kafka.clone();
+            let (raw, validated) = (
+                args.topics.raw_events.clone(),
+                args.topics.validated_events.clone(),
+            );
+            async move {
+                tokio::task::spawn_blocking(move || check_co_partitioned(&kafka, &raw, &validated))
+                    .await?
+            }
+        },
+    )
     .await;
     match checked {
         None => return Ok(()), // shut down while the brokers did not answer
@@ -149,7 +156,7 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     };
 
     let stage_metrics = StageMetrics::register(&context.metrics)?;
-    let ingest_metrics = IngestMetrics::register(context.metrics.registry())?;
+    let ingest_metrics = IngestMetrics::register(&context.metrics)?;
     let settings = IngestSettings {
         validated_topic: args.topics.validated_events.clone(),
         validated_schema_id,
@@ -164,12 +171,19 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     let mut processor = IngestProcessor::new(
         WriterSchemas::new(&args.registry)?,
         settings,
-        Some(args.kafka.clone()),
-        Some(ingest_metrics),
+        ValidatedTopic {
+            kafka: args.kafka.clone(),
+            topic: args.topics.validated_events.clone(),
+        },
+        ingest_metrics,
     );
     if let Some(dir) = args.state.state_dir.clone() {
         processor = processor
-            .with_snapshots(dir.clone(), args.state.snapshot_interval())
+            .with_snapshots(
+                args.kafka.clone(),
+                dir.clone(),
+                args.state.snapshot_interval(),
+            )
             .with_context(|| format!("cannot start writing snapshots to {}", dir.display()))?;
     }
     let loop_settings = LoopSettings::new(

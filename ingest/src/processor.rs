@@ -3,11 +3,13 @@
 //! (`publish.rs`); anything that fails the first two is dead-lettered.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boomerang_runtime::dead_letter::Rejection;
 use boomerang_runtime::error_kind::{DeadLetterKind, ErrorKind};
 use boomerang_runtime::kafka::KafkaArgs;
+use boomerang_runtime::metrics::Metrics;
 use boomerang_runtime::stage_loop::{InputRecord, Outcome, Partition, Processor, RetryableError};
 use boomerang_schemas::TimestampMicros;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
@@ -15,7 +17,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 use crate::decode::{DecodeFailure, EventDecoder, WriterSchemaSource};
 use crate::dedup::{DedupState, Verdict};
 use crate::publish::validated_record;
-use crate::restore::{RestoreStats, restore_partition};
+use crate::restore::{History, RestoreStats};
 use crate::snapshot::{Job, Marks, ReplayFrom, SnapshotWriterThread, clock_slack_ms};
 use crate::validate::{Rules, validate};
 
@@ -48,8 +50,9 @@ pub struct IngestMetrics {
 }
 
 impl IngestMetrics {
-    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
-        let metrics = Self {
+    pub fn register(metrics: &Metrics) -> prometheus::Result<Self> {
+        let registry = metrics.registry();
+        let ingest = Self {
             dedup_keys: IntGaugeVec::new(
                 Opts::new(
                     "boomerang_dedup_keys",
@@ -84,20 +87,20 @@ impl IngestMetrics {
                 &["outcome"],
             )?,
         };
-        registry.register(Box::new(metrics.restores.clone()))?;
-        registry.register(Box::new(metrics.restored_records.clone()))?;
-        registry.register(Box::new(metrics.snapshots.clone()))?;
-        registry.register(Box::new(metrics.restoring_partitions.clone()))?;
-        registry.register(Box::new(metrics.dedup_keys.clone()))?;
-        registry.register(Box::new(metrics.dedup_evictions.clone()))?;
-        Ok(metrics)
+        registry.register(Box::new(ingest.restores.clone()))?;
+        registry.register(Box::new(ingest.restored_records.clone()))?;
+        registry.register(Box::new(ingest.snapshots.clone()))?;
+        registry.register(Box::new(ingest.restoring_partitions.clone()))?;
+        registry.register(Box::new(ingest.dedup_keys.clone()))?;
+        registry.register(Box::new(ingest.dedup_evictions.clone()))?;
+        Ok(ingest)
     }
 }
 
 /// A partition's de-duplication state and the gauge that reports its size.
 struct PartitionState {
     dedup: DedupState,
-    keys_gauge: Option<IntGauge>,
+    keys_gauge: IntGauge,
     /// Which of its keys are durable, for snapshots.
     marks: Marks,
     last_snapshot: Instant,
@@ -105,19 +108,17 @@ struct PartitionState {
 
 impl PartitionState {
     fn report(&self) {
-        if let Some(gauge) = &self.keys_gauge {
-            gauge.set(self.dedup.len() as i64);
-        }
+        self.keys_gauge.set(self.dedup.len() as i64);
     }
 }
 
 pub struct IngestProcessor<Source> {
     decoder: EventDecoder<Source>,
     settings: IngestSettings,
-    /// `None` in unit tests and benchmarks: partitions start empty instead of restored.
-    restore_from: Option<KafkaArgs>,
+    /// Where a newly assigned partition's state is read back from.
+    history: Arc<dyn History>,
     dedup: HashMap<i32, PartitionState>,
-    metrics: Option<IngestMetrics>,
+    metrics: IngestMetrics,
     last_expiry: Instant,
     /// With `--state-dir`: where snapshots are read from, and their writer.
     snapshots: Option<(std::path::PathBuf, SnapshotWriterThread)>,
@@ -128,13 +129,13 @@ impl<Source: WriterSchemaSource> IngestProcessor<Source> {
     pub fn new(
         source: Source,
         settings: IngestSettings,
-        restore_from: Option<KafkaArgs>,
-        metrics: Option<IngestMetrics>,
+        history: impl History,
+        metrics: IngestMetrics,
     ) -> Self {
         Self {
             decoder: EventDecoder::new(source),
             settings,
-            restore_from,
+            history: Arc::new(history),
             dedup: HashMap::new(),
             metrics,
             last_expiry: Instant::now(),
@@ -143,20 +144,20 @@ impl<Source: WriterSchemaSource> IngestProcessor<Source> {
         }
     }
 
-    /// Keeps snapshots of the de-duplication state in `dir` and restores from them.
+    /// Keeps snapshots of the de-duplication state in `dir` and restores from them; `kafka`
+    /// says where in the validated topic a snapshot's restore must read on from.
     pub fn with_snapshots(
         mut self,
+        kafka: KafkaArgs,
         dir: std::path::PathBuf,
         interval: Duration,
     ) -> std::io::Result<Self> {
         let writer = SnapshotWriterThread::start(
             dir.clone(),
-            self.restore_from.clone(),
+            kafka,
             self.settings.validated_topic.clone(),
             self.settings.dedup_window,
-            self.metrics
-                .as_ref()
-                .map(|metrics| metrics.snapshots.clone()),
+            self.metrics.snapshots.clone(),
         )?;
         self.snapshots = Some((dir, writer));
         self.snapshot_interval = interval;
@@ -216,41 +217,26 @@ impl<Source: WriterSchemaSource> IngestProcessor<Source> {
     }
 }
 
-/// A partition's de-duplication state: restored from the validated topic, or empty when there
-/// is no Kafka to restore from (unit tests, benchmarks).
-/// With how it was restored, if it was.
+/// A partition's de-duplication state, read back from `history`, with how it was.
 async fn restored_state(
-    restore_from: Option<KafkaArgs>,
-    validated_topic: String,
+    history: Arc<dyn History>,
     window: Duration,
     partition: i32,
     max_keys: usize,
-    metrics: Option<IngestMetrics>,
+    metrics: IngestMetrics,
     snapshots: Option<std::path::PathBuf>,
-) -> anyhow::Result<(DedupState, Option<RestoreStats>)> {
-    let Some(kafka) = restore_from else {
-        return Ok((DedupState::new(window, max_keys), None));
-    };
+) -> anyhow::Result<(DedupState, RestoreStats)> {
     /// Counts a restore in progress for as long as it lives, however it ends.
-    struct InProgress(Option<IntGauge>);
+    struct InProgress(IntGauge);
     impl Drop for InProgress {
         fn drop(&mut self) {
-            if let Some(gauge) = &self.0 {
-                gauge.dec();
-            }
+            self.0.dec();
         }
     }
-    let restoring = metrics
-        .as_ref()
-        .map(|metrics| metrics.restoring_partitions.clone());
-    if let Some(gauge) = &restoring {
-        gauge.inc();
-    }
-    let _in_progress = InProgress(restoring);
+    metrics.restoring_partitions.inc();
+    let _in_progress = InProgress(metrics.restoring_partitions.clone());
     let (state, stats) = tokio::task::spawn_blocking(move || {
-        restore_partition(
-            &kafka,
-            &validated_topic,
+        history.restore(
             partition,
             window,
             max_keys,
@@ -267,16 +253,14 @@ async fn restored_state(
         from_snapshot = stats.from_snapshot,
         "restored de-duplication state"
     );
-    if let Some(metrics) = &metrics {
-        let source = if stats.from_snapshot {
-            "snapshot"
-        } else {
-            "topic"
-        };
-        metrics.restores.with_label_values(&[source]).inc();
-        metrics.restored_records.inc_by(stats.records_read);
-    }
-    Ok((state, Some(stats)))
+    let source = if stats.from_snapshot {
+        "snapshot"
+    } else {
+        "topic"
+    };
+    metrics.restores.with_label_values(&[source]).inc();
+    metrics.restored_records.inc_by(stats.records_read);
+    Ok((state, stats))
 }
 
 impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
@@ -285,8 +269,7 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
         // Concurrently: on a slow broker each restore waits mostly for answers.
         let restores = partitions.iter().map(|(_topic, partition)| {
             restored_state(
-                self.restore_from.clone(),
-                self.settings.validated_topic.clone(),
+                self.history.clone(),
                 self.settings.dedup_window,
                 *partition,
                 max_keys,
@@ -296,11 +279,10 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
         });
         let restored = futures::future::try_join_all(restores).await?;
         for ((_topic, partition), (state, stats)) in partitions.iter().zip(restored) {
-            let keys_gauge = self.metrics.as_ref().map(|metrics| {
-                metrics
-                    .dedup_keys
-                    .with_label_values(&[&partition.to_string()])
-            });
+            let keys_gauge = self
+                .metrics
+                .dedup_keys
+                .with_label_values(&[&partition.to_string()]);
             let state = PartitionState {
                 dedup: state,
                 keys_gauge,
@@ -311,9 +293,7 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
             self.dedup.insert(*partition, state);
             // The state is exactly what the topic held up to `restored_upto`: a snapshot of
             // it spares the next restore what was just read.
-            if let Some(stats) = stats
-                && (!stats.from_snapshot || stats.records_read > 0)
-            {
+            if !stats.from_snapshot || stats.records_read > 0 {
                 self.snapshot(*partition, None, ReplayFrom::Offset(stats.restored_upto));
             }
         }
@@ -323,11 +303,10 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
     fn revoke(&mut self, partitions: &[Partition]) {
         for (_topic, partition) in partitions {
             self.dedup.remove(partition);
-            if let Some(metrics) = &self.metrics {
-                let _ = metrics
-                    .dedup_keys
-                    .remove_label_values(&[&partition.to_string()]);
-            }
+            let _ = self
+                .metrics
+                .dedup_keys
+                .remove_label_values(&[&partition.to_string()]);
         }
     }
 
@@ -393,11 +372,9 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
             return Ok(Outcome::Deduplicated);
         }
         state.report();
-        if let Some(metrics) = &self.metrics {
-            metrics
-                .dedup_evictions
-                .inc_by(state.dedup.evicted_for_capacity() - evicted_before);
-        }
+        self.metrics
+            .dedup_evictions
+            .inc_by(state.dedup.evicted_for_capacity() - evicted_before);
         // An event that decoded and passed validation encodes; should one not, it is
         // dead-lettered like any record this stage cannot pass, not retried for ever.
         Ok(

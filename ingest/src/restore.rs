@@ -37,6 +37,72 @@ pub struct RestoreStats {
     pub restored_upto: i64,
 }
 
+/// Where a newly assigned partition's de-duplication state comes from. Blocking: the
+/// processor calls it on a blocking thread.
+pub trait History: Send + Sync + 'static {
+    /// `partition`'s state: the keys of the events it passed within `window` (at most
+    /// `max_keys`), read back from a usable snapshot in `snapshots` and what was written since.
+    fn restore(
+        &self,
+        partition: i32,
+        window: Duration,
+        max_keys: usize,
+        now: TimestampMicros,
+        snapshots: Option<&Path>,
+    ) -> anyhow::Result<(DedupState, RestoreStats)>;
+}
+
+/// The validated topic itself: what every running ingest restores from.
+pub struct ValidatedTopic {
+    pub kafka: KafkaArgs,
+    pub topic: String,
+}
+
+impl History for ValidatedTopic {
+    fn restore(
+        &self,
+        partition: i32,
+        window: Duration,
+        max_keys: usize,
+        now: TimestampMicros,
+        snapshots: Option<&Path>,
+    ) -> anyhow::Result<(DedupState, RestoreStats)> {
+        restore_partition(
+            &self.kafka,
+            &self.topic,
+            partition,
+            window,
+            max_keys,
+            now,
+            snapshots,
+        )
+    }
+}
+
+/// No history: every partition starts empty. For benchmarks and unit tests, which have no
+/// Kafka to read back from.
+pub struct NoHistory;
+
+impl History for NoHistory {
+    fn restore(
+        &self,
+        _partition: i32,
+        window: Duration,
+        max_keys: usize,
+        _now: TimestampMicros,
+        _snapshots: Option<&Path>,
+    ) -> anyhow::Result<(DedupState, RestoreStats)> {
+        let stats = RestoreStats {
+            records_read: 0,
+            keys: 0,
+            elapsed: Duration::ZERO,
+            from_snapshot: false,
+            restored_upto: 0,
+        };
+        Ok((DedupState::new(window, max_keys), stats))
+    }
+}
+
 /// Reads validated `partition` from the records written since `now - window` (and an hour of
 /// slack) to its high watermark, keeping the keys whose event time is in the window. With a
 /// usable snapshot in `snapshots` (see `snapshot.rs`), starts from it and reads only from

@@ -192,24 +192,15 @@ pub struct SnapshotWriterThread {
 impl SnapshotWriterThread {
     pub fn start(
         dir: PathBuf,
-        kafka: Option<KafkaArgs>,
+        kafka: KafkaArgs,
         topic: String,
         window: Duration,
-        outcomes: Option<IntCounterVec>,
+        outcomes: IntCounterVec,
     ) -> std::io::Result<Self> {
         let (sender, receiver) = std::sync::mpsc::sync_channel(8);
         let handle = std::thread::Builder::new()
             .name("dedup-snapshots".into())
-            .spawn(move || {
-                write_jobs(
-                    receiver,
-                    &dir,
-                    kafka.as_ref(),
-                    &topic,
-                    window,
-                    outcomes.as_ref(),
-                )
-            })?;
+            .spawn(move || write_jobs(receiver, &dir, &kafka, &topic, window, &outcomes))?;
         Ok(Self {
             sender: Some(sender),
             handle: Some(handle),
@@ -244,16 +235,12 @@ impl Drop for SnapshotWriterThread {
 fn write_jobs(
     jobs: Receiver<Job>,
     dir: &Path,
-    kafka: Option<&KafkaArgs>,
+    kafka: &KafkaArgs,
     topic: &str,
     window: Duration,
-    outcomes: Option<&IntCounterVec>,
+    outcomes: &IntCounterVec,
 ) {
-    let count = |outcome: &str| {
-        if let Some(outcomes) = outcomes {
-            outcomes.with_label_values(&[outcome]).inc();
-        }
-    };
+    let count = |outcome: &str| outcomes.with_label_values(&[outcome]).inc();
     let mut consumer: Option<BaseConsumer> = None;
     for job in jobs {
         let replay_from = match job.replay_from {
@@ -297,15 +284,12 @@ fn write_jobs(
 
 /// The first offset of `topic`/`partition` written at or after `since_ms`.
 fn resolve(
-    kafka: Option<&KafkaArgs>,
+    kafka: &KafkaArgs,
     consumer: &mut Option<BaseConsumer>,
     topic: &str,
     partition: i32,
     since_ms: i64,
 ) -> anyhow::Result<i64> {
-    let Some(kafka) = kafka else {
-        anyhow::bail!("no Kafka to ask");
-    };
     if consumer.is_none() {
         *consumer = Some(kafka.client_config().create()?);
     }

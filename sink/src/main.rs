@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use boomerang_clickhouse::ClickhouseArgs;
-use boomerang_clickhouse::migrations::{self, MigrationError};
+use boomerang_clickhouse::migrations;
 use boomerang_runtime::config;
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::metrics::StageMetrics;
@@ -93,17 +93,19 @@ fn main() -> ExitCode {
 async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     let pseudonymiser = Pseudonymiser::from_args(&args.pseudonym)?;
     service::wait_for_brokers(&args.kafka, &context).await;
-    if context.shutdown.is_cancelled() || !wait_for_migrations(&args.clickhouse, &context).await? {
+    if context.shutdown.is_cancelled()
+        || !migrations::wait_until_applied(&args.clickhouse, &context).await?
+    {
         return Ok(());
     }
     let stage_metrics = StageMetrics::register(&context.metrics)?;
-    let sink_metrics = SinkMetrics::register(context.metrics.registry())?;
+    let sink_metrics = SinkMetrics::register(&context.metrics)?;
     let group_id = args.group.group_id(STAGE);
     let client = args.clickhouse.client();
     let writer = Writer {
         client: client.clone(),
-        metrics: Some(sink_metrics.clone()),
-        readiness: Some(context.readiness.clone()),
+        metrics: sink_metrics.clone(),
+        readiness: context.readiness.clone(),
         shutdown: context.shutdown.clone(),
         timeout: args.clickhouse.timeout(),
     };
@@ -117,9 +119,9 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         topics.clone(),
         pseudonymiser,
         writer,
-        Some(StoredOffsets::new(&args.kafka, &group_id, client)?),
+        StoredOffsets::new(&args.kafka, &group_id, client)?,
         args.sink.dedup_window_events,
-        Some(sink_metrics),
+        sink_metrics,
     );
     let settings = LoopSettings::for_group(
         STAGE,
@@ -130,29 +132,6 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         Duration::from_millis(args.sink.insert_max_wait_ms),
     );
     stage_loop::run(settings, &args.kafka, processor, stage_metrics, &context).await
-}
-
-/// Waits until ClickHouse answers with every migration applied, `/readyz` saying why not yet.
-/// `false` if shutdown came first; an error if a migration was changed after it was applied.
-async fn wait_for_migrations(
-    clickhouse: &ClickhouseArgs,
-    context: &StageContext,
-) -> anyhow::Result<bool> {
-    loop {
-        let reason = match migrations::check(clickhouse).await {
-            Ok(()) => return Ok(true),
-            Err(error @ MigrationError::Changed { .. }) => return Err(error.into()),
-            Err(error) => config::error_chain(&error),
-        };
-        tracing::warn!(reason = %reason, "ClickHouse is not ready for the sink; checking again");
-        context
-            .readiness
-            .set_not_ready(format!("clickhouse: {reason}"));
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(2)) => {}
-            () = context.shutdown.cancelled() => return Ok(false),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
 
+use boomerang_runtime::metrics::{Errors, Metrics};
+
 #[derive(Clone)]
 pub struct SinkMetrics {
     pub rows_inserted: IntCounterVec,
@@ -16,11 +18,15 @@ pub struct SinkMetrics {
     pub duplicate_keys: IntCounter,
     /// 1 while an insert is being retried.
     pub inserts_failing: IntGauge,
+    /// The process's `boomerang_errors_total`, for the insert retries.
+    pub errors: Errors,
 }
 
 impl SinkMetrics {
-    pub fn register(registry: &prometheus::Registry) -> prometheus::Result<Self> {
+    pub fn register(process: &Metrics) -> prometheus::Result<Self> {
+        let registry = process.registry();
         let metrics = Self {
+            errors: process.errors().clone(),
             rows_inserted: IntCounterVec::new(
                 Opts::new(
                     "boomerang_sink_rows_inserted_total",

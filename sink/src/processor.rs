@@ -54,8 +54,8 @@ pub struct SinkProcessor<Source> {
     customers: RecordDecoder<Customer, Source>,
     pseudonymiser: Pseudonymiser,
     writer: Writer,
-    /// `None` in benchmarks: nothing is read back on assignment.
-    stored_offsets: Option<StoredOffsets>,
+    /// What ClickHouse already holds of a newly assigned partition.
+    stored_offsets: StoredOffsets,
     /// Offsets already in ClickHouse, per partition, to skip.
     skip: HashMap<Partition, HashSet<i64>>,
     /// The idempotency keys each enriched partition wrote lately: a second event with one of
@@ -69,7 +69,7 @@ pub struct SinkProcessor<Source> {
     spare_event_rows: SpareRows<Keyed<EventRow>>,
     spare_order_rows: SpareRows<Keyed<OrderRow>>,
     spare_customer_rows: SpareRows<Keyed<CustomerRow>>,
-    metrics: Option<SinkMetrics>,
+    metrics: SinkMetrics,
 }
 
 impl<S: WriterSchemaSource + Clone> SinkProcessor<S> {
@@ -78,9 +78,9 @@ impl<S: WriterSchemaSource + Clone> SinkProcessor<S> {
         topics: SinkTopics,
         pseudonymiser: Pseudonymiser,
         writer: Writer,
-        stored_offsets: Option<StoredOffsets>,
+        stored_offsets: StoredOffsets,
         dedup_window_events: usize,
-        metrics: Option<SinkMetrics>,
+        metrics: SinkMetrics,
     ) -> Self {
         Self {
             topics,
@@ -117,10 +117,8 @@ impl<S> SinkProcessor<S> {
         if stored.is_empty() {
             self.skip.remove(&partition);
         }
-        if let Some(metrics) = &self.metrics
-            && let Some(table) = self.topics.table_of(&record.topic)
-        {
-            metrics
+        if let Some(table) = self.topics.table_of(&record.topic) {
+            self.metrics
                 .rows_already_stored
                 .with_label_values(&[table])
                 .inc();
@@ -157,9 +155,7 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
     const WRITES_TO: &'static str = "clickhouse";
 
     async fn assign(&mut self, partitions: &[Partition]) -> anyhow::Result<()> {
-        let Some(stored_offsets) = &self.stored_offsets else {
-            return Ok(());
-        };
+        let stored_offsets = &self.stored_offsets;
         let topics = self.topics.clone();
         let committed = stored_offsets.committed(partitions).await?;
         let stored = stored_offsets
@@ -214,9 +210,7 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
                 .recent_keys
                 .first_seen(record.partition, &enriched.event.idempotency_key)
             {
-                if let Some(metrics) = &self.metrics {
-                    metrics.duplicate_keys.inc();
-                }
+                self.metrics.duplicate_keys.inc();
                 return Ok(Outcome::Deduplicated);
             }
             let (outcome, write) = self.writes.write();

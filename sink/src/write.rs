@@ -16,9 +16,9 @@ use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use boomerang_runtime::dead_letter::Rejection;
-use boomerang_runtime::error_kind::DeadLetterKind;
+use boomerang_runtime::error_kind::{DeadLetterKind, ErrorKind};
 use boomerang_runtime::http::Readiness;
-use boomerang_runtime::retry::Backoff;
+use boomerang_runtime::retry::{Backoff, Retry};
 use boomerang_runtime::stage_loop::{Fence, Partition, WriteIndex};
 use clickhouse::error::Error as ClickhouseError;
 use tokio_util::sync::CancellationToken;
@@ -60,8 +60,8 @@ enum NotWritten {
 #[derive(Clone)]
 pub struct Writer {
     pub client: clickhouse::Client,
-    pub metrics: Option<SinkMetrics>,
-    pub readiness: Option<Readiness>,
+    pub metrics: SinkMetrics,
+    pub readiness: Readiness,
     pub shutdown: CancellationToken,
     pub timeout: Duration,
 }
@@ -181,8 +181,10 @@ impl Writer {
         R: clickhouse::RowOwned + clickhouse::RowWrite + Send + Sync,
     {
         let token = dedup_token(table, rows);
-        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
-        let mut attempt = 0u32;
+        let what = format!("inserting into {table}");
+        let mut retry = Retry::new(&what, &self.metrics.errors, &self.shutdown)
+            .with_backoff(Backoff::new(FIRST_BACKOFF, MAX_BACKOFF))
+            .jittered();
         loop {
             // Every attempt, a retry after a long outage too: a paused instance must not write
             // what the partition's new owner writes.
@@ -199,31 +201,27 @@ impl Writer {
             let result = self.insert_once(table, rows, &token).await;
             let failure = match result {
                 Ok(()) => {
-                    if let Some(metrics) = &self.metrics {
-                        metrics
-                            .rows_inserted
-                            .with_label_values(&[table])
-                            .inc_by(rows.len() as u64);
-                        metrics
-                            .insert_duration
-                            .with_label_values(&[table])
-                            .observe(started.elapsed().as_secs_f64());
-                        metrics
-                            .insert_rows
-                            .with_label_values(&[table])
-                            .observe(rows.len() as f64);
-                        metrics.inserts_failing.set(0);
-                    }
-                    if attempt > 0 {
+                    self.metrics
+                        .rows_inserted
+                        .with_label_values(&[table])
+                        .inc_by(rows.len() as u64);
+                    self.metrics
+                        .insert_duration
+                        .with_label_values(&[table])
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics
+                        .insert_rows
+                        .with_label_values(&[table])
+                        .observe(rows.len() as f64);
+                    self.metrics.inserts_failing.set(0);
+                    if retry.failures() > 0 {
                         tracing::info!(
                             table,
-                            attempts = attempt + 1,
+                            attempts = retry.failures() + 1,
                             "insert succeeded after retries"
                         );
                     }
-                    if let Some(readiness) = &self.readiness {
-                        readiness.unblock("clickhouse");
-                    }
+                    self.readiness.unblock("clickhouse");
                     return Ok(None);
                 }
                 Err(error) => classify(&error),
@@ -231,25 +229,23 @@ impl Writer {
             match failure {
                 Failure::Refused { message } => return Ok(Some(message)),
                 Failure::Retry { kind, message } => {
-                    attempt += 1;
-                    if let Some(metrics) = &self.metrics {
-                        metrics
-                            .insert_retries
-                            .with_label_values(&[table, kind])
-                            .inc();
-                        metrics.inserts_failing.set(1);
-                    }
-                    if let Some(readiness) = &self.readiness {
-                        readiness.block(
-                            "clickhouse",
-                            format!("clickhouse insert into {table} failing ({kind}); retrying"),
-                        );
-                    }
-                    let wait = backoff.next_delay_jittered();
-                    tracing::warn!(table, kind, error = %message, attempt, retry_in_ms = wait.as_millis() as u64, "insert failed; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = self.shutdown.cancelled() => return Err(NotWritten::Shutdown),
+                    self.metrics
+                        .insert_retries
+                        .with_label_values(&[table, kind])
+                        .inc();
+                    self.metrics.inserts_failing.set(1);
+                    self.readiness.block(
+                        "clickhouse",
+                        format!("clickhouse insert into {table} failing ({kind}); retrying"),
+                    );
+                    if !retry
+                        .failed(
+                            ErrorKind::ClickhouseUnavailable,
+                            &format!("{kind}: {message}"),
+                        )
+                        .await
+                    {
+                        return Err(NotWritten::Shutdown);
                     }
                 }
             }
@@ -293,9 +289,7 @@ impl Writer {
                         offset = row.offset,
                         "ClickHouse refused a row; dead-lettering it"
                     );
-                    if let Some(metrics) = &self.metrics {
-                        metrics.rows_rejected.with_label_values(&[table]).inc();
-                    }
+                    self.metrics.rows_rejected.with_label_values(&[table]).inc();
                     written.rejected.push((
                         row.write,
                         Rejection::new(
