@@ -5,16 +5,17 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::Message;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Headers;
-use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::parse_key_value;
+
+mod admin;
+mod headers;
+
 use crate::record_size::{DEFAULT_MAX_RECORD_BYTES, MIN_MAX_RECORD_BYTES};
+pub use admin::{TopicSpec, check_record_limit, ensure_topics};
+pub use headers::{header, owned_headers};
 
 /// Environment variables `BOOMERANG_KAFKA_PROPERTY_<NAME>` set librdkafka property `<name>` with
 /// `_` read as `.`: `BOOMERANG_KAFKA_PROPERTY_SASL_MECHANISMS=PLAIN` sets `sasl.mechanisms`.
@@ -181,105 +182,6 @@ pub fn check_brokers(args: &KafkaArgs, timeout: Duration) -> Result<usize, Kafka
     Ok(metadata.brokers().len())
 }
 
-/// A topic to create if it does not exist.
-#[derive(Debug, Clone)]
-pub struct TopicSpec {
-    pub name: String,
-    pub partitions: i32,
-    pub replication: i32,
-    /// Topic configs, e.g. `cleanup.policy=compact` for reference data.
-    pub configs: Vec<(String, String)>,
-}
-
-impl TopicSpec {
-    pub fn new(name: impl Into<String>, partitions: i32) -> Self {
-        Self {
-            name: name.into(),
-            partitions,
-            replication: 1,
-            configs: Vec::new(),
-        }
-    }
-
-    pub fn compacted(mut self) -> Self {
-        self.configs
-            .push(("cleanup.policy".to_string(), "compact".to_string()));
-        self
-    }
-}
-
-/// Checks at start-up that every topic a stage produces to takes the stage's largest record
-/// ([`KafkaArgs::effective_max_record_bytes`]): a topic whose `max.message.bytes` is smaller
-/// would refuse a record the stage let through, and the stage would stop on it. A broker that
-/// does not describe topic configs is trusted, with a warning.
-pub async fn check_record_limit(args: &KafkaArgs, topics: &[&str]) -> anyhow::Result<()> {
-    let max_record_bytes = args.effective_max_record_bytes()?;
-    let admin: AdminClient<DefaultClientContext> = args.client_config().create()?;
-    let resources: Vec<ResourceSpecifier<'_>> = topics
-        .iter()
-        .map(|topic| ResourceSpecifier::Topic(topic))
-        .collect();
-    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
-    let described = match admin.describe_configs(&resources, &options).await {
-        Ok(described) => described,
-        Err(error) => {
-            tracing::warn!(error = %error, "cannot read the output topics' max.message.bytes; not checked");
-            return Ok(());
-        }
-    };
-    for (topic, result) in topics.iter().zip(described) {
-        let limit = result
-            .ok()
-            .and_then(|resource| {
-                resource
-                    .get("max.message.bytes")
-                    .and_then(|entry| entry.value.clone())
-            })
-            .and_then(|value| value.parse::<usize>().ok());
-        match limit {
-            Some(limit) if limit < max_record_bytes => anyhow::bail!(
-                "topic {topic} takes records of at most {limit} bytes (max.message.bytes), \
-                 but this stage may produce records of up to {max_record_bytes} bytes: set \
-                 --max-record-bytes (BOOMERANG_MAX_RECORD_BYTES) to {limit} or less, or raise \
-                 the topic's max.message.bytes"
-            ),
-            Some(_) => {}
-            None => tracing::warn!(
-                topic,
-                "cannot read the topic's max.message.bytes; not checked"
-            ),
-        }
-    }
-    Ok(())
-}
-
-/// Creates the topics that do not exist yet; existing ones are left as they are.
-pub async fn ensure_topics(args: &KafkaArgs, topics: &[TopicSpec]) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = args.client_config().create()?;
-    let new_topics: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|topic| {
-            let mut new_topic = NewTopic::new(
-                &topic.name,
-                topic.partitions,
-                TopicReplication::Fixed(topic.replication),
-            );
-            for (key, value) in &topic.configs {
-                new_topic = new_topic.set(key, value);
-            }
-            new_topic
-        })
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics(&new_topics, &options).await? {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(KafkaError::AdminOp(code)),
-        }
-    }
-    Ok(())
-}
-
 /// A librdkafka log line as rdkafka's default client context writes it (target `librdkafka`),
 /// for contexts that look at some lines first.
 pub fn log_librdkafka(level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
@@ -384,26 +286,4 @@ mod tls_tests {
         let created: Result<BaseProducer, _> = args.producer_config().create();
         assert!(created.is_ok(), "{:?}", created.err());
     }
-}
-
-/// A consumed record's headers, owned: name and value (`None` for a null value), in order.
-/// The value of a record's first header called `name`.
-pub fn header<'a>(message: &'a impl Message, name: &str) -> Option<&'a [u8]> {
-    message
-        .headers()?
-        .iter()
-        .find(|header| header.key == name)
-        .and_then(|header| header.value)
-}
-
-pub fn owned_headers(message: &impl Message) -> Vec<(String, Option<Vec<u8>>)> {
-    message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|header| (header.key.to_string(), header.value.map(<[u8]>::to_vec)))
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -1,0 +1,26 @@
+//! Reading a consumed record's headers.
+
+use rdkafka::Message;
+use rdkafka::message::Headers;
+
+/// The value of a record's first header called `name`.
+pub fn header<'a>(message: &'a impl Message, name: &str) -> Option<&'a [u8]> {
+    message
+        .headers()?
+        .iter()
+        .find(|header| header.key == name)
+        .and_then(|header| header.value)
+}
+
+/// A consumed record's headers, owned: name and value (`None` for a null value), in order.
+pub fn owned_headers(message: &impl Message) -> Vec<(String, Option<Vec<u8>>)> {
+    message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|header| (header.key.to_string(), header.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
