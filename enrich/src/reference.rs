@@ -27,6 +27,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use boomerang_runtime::error_kind::ErrorKind;
 use boomerang_runtime::retry::Retry;
 
 use crate::metrics::EnrichMetrics;
@@ -378,6 +379,9 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> Loader<T, Source> {
                     }
                     Err(error) => {
                         tracing::warn!(topic = %state.topic, error = %error, "reference consumer error");
+                        state.metrics.errors.count(ErrorKind::ConsumeFailed);
+                        // librdkafka retries by itself; this only keeps a failing fetch from
+                        // spinning.
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }
