@@ -6,89 +6,57 @@
 
 use std::time::Duration;
 
-use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
-use boomerang_runtime::registry::{RegistryArgs, register_all};
-use boomerang_runtime::topics::{TopicsArgs, value_subject};
+use boomerang_runtime::kafka::TopicSpec;
 use boomerang_runtime::wire;
 use boomerang_schemas::{
     AvroRecord, Customer, EnrichedPostPurchaseEvent, Order, PostPurchaseEvent, TimestampMicros,
     codec,
 };
-use boomerang_testkit::{ReadRecord, Stack, StageProcess, poll_until, unique_name};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use boomerang_testkit::{ReadRecord, StageProcess, TestPipeline, poll_until, start_stage};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_boomerang-enrich");
 pub const PSEUDONYM_KEY: &str = "integration-test-pseudonym-key";
 pub const IDEMPOTENCY_KEY_HEADER: &str = "boomerang.idempotency_key";
 
 pub struct Pipeline {
-    pub stack: Stack,
-    pub topics: TopicsArgs,
-    pub kafka: KafkaArgs,
-    pub group: String,
+    base: TestPipeline,
     event_schema_id: u32,
     customer_schema_id: u32,
     order_schema_id: u32,
-    producer: FutureProducer,
+}
+
+/// The stack, topics, kafka and group of every test pipeline.
+impl std::ops::Deref for Pipeline {
+    type Target = TestPipeline;
+    fn deref(&self) -> &TestPipeline {
+        &self.base
+    }
 }
 
 impl Pipeline {
     pub async fn new(event_partitions: i32) -> Self {
-        let stack = Stack::from_env();
-        let topics = TopicsArgs::with_prefix(&unique_name("it-enr"));
-        let kafka = KafkaArgs::for_brokers(&stack.kafka_brokers);
-        ensure_topics(
-            &kafka,
-            &[
+        let base = TestPipeline::new("it-enr", |topics| {
+            vec![
                 TopicSpec::new(&topics.validated_events, event_partitions),
                 TopicSpec::new(&topics.enriched_events, event_partitions),
                 TopicSpec::new(&topics.customers, 2).compacted(),
                 TopicSpec::new(&topics.orders, 2).compacted(),
                 TopicSpec::new(&topics.dead_letter, 1),
-            ],
-        )
-        .await
-        .expect("create topics");
-        let settings = RegistryArgs::for_url(&stack.schema_registry_url)
-            .settings()
-            .expect("registry settings");
-        let registrations = register_all(&settings, &topics).await.expect("register");
-        let id_of = |topic: &str| {
-            let subject = value_subject(topic);
-            registrations
-                .iter()
-                .find(|registration| registration.subject == subject && registration.current)
-                .map(|registration| registration.schema_id)
-                .expect("registered")
-        };
-        // Room for hostile producers' large records (an order of 100k lines).
-        let mut large = kafka.clone();
-        large.max_record_bytes = 16 << 20;
-        let producer = large.producer_config().create().expect("producer");
+            ]
+        })
+        .await;
         Self {
-            event_schema_id: id_of(&topics.validated_events),
-            customer_schema_id: id_of(&topics.customers),
-            order_schema_id: id_of(&topics.orders),
-            group: unique_name("it-enr-group"),
-            stack,
-            topics,
-            kafka,
-            producer,
+            event_schema_id: base.schema_id(&base.topics.validated_events),
+            customer_schema_id: base.schema_id(&base.topics.customers),
+            order_schema_id: base.schema_id(&base.topics.orders),
+            base,
         }
     }
 
     pub fn arguments(&self, max_reference_wait_ms: u64) -> Vec<String> {
         let wait = max_reference_wait_ms.to_string();
-        [
-            // A killed instance holds its partitions until its session times out: keep it short.
-            ("--kafka-property", "session.timeout.ms=6000"),
-            ("--kafka-property", "heartbeat.interval.ms=500"),
-            ("--kafka-brokers", self.stack.kafka_brokers.as_str()),
-            (
-                "--schema-registry-url",
-                self.stack.schema_registry_url.as_str(),
-            ),
+        let mut arguments = self.common_arguments();
+        for (flag, value) in [
             (
                 "--validated-events-topic",
                 self.topics.validated_events.as_str(),
@@ -99,17 +67,13 @@ impl Pipeline {
             ),
             ("--customers-topic", self.topics.customers.as_str()),
             ("--orders-topic", self.topics.orders.as_str()),
-            ("--dead-letter-topic", self.topics.dead_letter.as_str()),
-            ("--group-id", self.group.as_str()),
             ("--pseudonym-key", PSEUDONYM_KEY),
             ("--max-reference-wait-ms", wait.as_str()),
             ("--batch-max-wait-ms", "50"),
-            ("--log-format", "text"),
-            ("--log-filter", "info,rdkafka=warn"),
-        ]
-        .iter()
-        .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
-        .collect()
+        ] {
+            arguments.extend([flag.to_string(), value.to_string()]);
+        }
+        arguments
     }
 
     pub fn start(&self, max_reference_wait_ms: u64) -> StageProcess {
@@ -126,49 +90,30 @@ impl Pipeline {
         extra: &[&str],
         environment: &[(&str, &str)],
     ) -> StageProcess {
-        let arguments = self.arguments(max_reference_wait_ms);
-        let mut arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
-        arguments.extend_from_slice(extra);
-        StageProcess::start(BINARY, &arguments, environment)
-    }
-
-    async fn send(&self, topic: &str, key: &str, value: Option<Vec<u8>>, headers: OwnedHeaders) {
-        let mut record: FutureRecord<'_, str, [u8]> =
-            FutureRecord::to(topic).key(key).headers(headers);
-        if let Some(value) = &value {
-            record = record.payload(value.as_slice());
-        }
-        self.producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .expect("produce");
+        start_stage(
+            BINARY,
+            &self.arguments(max_reference_wait_ms),
+            extra,
+            environment,
+        )
     }
 
     /// A validated event, as ingest publishes it.
     pub async fn produce_event(&self, event: &PostPurchaseEvent) {
-        let headers = OwnedHeaders::new().insert(Header {
-            key: IDEMPOTENCY_KEY_HEADER,
-            value: Some(event.idempotency_key.as_bytes()),
-        });
         let value = codec::encode_framed(self.event_schema_id, event).expect("encode");
         self.send(
             &self.topics.validated_events,
             &event.order_id,
-            Some(value),
-            headers,
+            Some(&value),
+            &[(IDEMPOTENCY_KEY_HEADER, event.idempotency_key.as_bytes())],
         )
         .await;
     }
 
     /// Bytes that are no validated event at all.
     pub async fn produce_raw_event(&self, key: &str, value: &[u8]) {
-        self.send(
-            &self.topics.validated_events,
-            key,
-            Some(value.to_vec()),
-            OwnedHeaders::new(),
-        )
-        .await;
+        self.send(&self.topics.validated_events, key, Some(value), &[])
+            .await;
     }
 
     pub async fn produce_customer(&self, customer: &Customer) {
@@ -176,38 +121,25 @@ impl Pipeline {
         self.send(
             &self.topics.customers,
             &customer.customer_id,
-            Some(value),
-            OwnedHeaders::new(),
+            Some(&value),
+            &[],
         )
         .await;
     }
 
     pub async fn delete_customer(&self, customer_id: &str) {
-        self.send(
-            &self.topics.customers,
-            customer_id,
-            None,
-            OwnedHeaders::new(),
-        )
-        .await;
+        self.send(&self.topics.customers, customer_id, None, &[])
+            .await;
     }
 
     pub async fn produce_order(&self, order: &Order) {
         let value = codec::encode_framed(self.order_schema_id, order).expect("encode");
-        self.send(
-            &self.topics.orders,
-            &order.order_id,
-            Some(value),
-            OwnedHeaders::new(),
-        )
-        .await;
+        self.send(&self.topics.orders, &order.order_id, Some(&value), &[])
+            .await;
     }
 
     pub fn enriched_records(&self) -> Vec<ReadRecord> {
-        boomerang_testkit::read_topic_to_end(
-            &self.stack.kafka_brokers,
-            &self.topics.enriched_events,
-        )
+        self.read(&self.topics.enriched_events)
     }
 
     /// Every enriched event so far, decoded.
@@ -234,10 +166,6 @@ impl Pipeline {
             },
         )
         .await
-    }
-
-    pub fn dead_letters(&self) -> Vec<ReadRecord> {
-        boomerang_testkit::read_topic_to_end(&self.stack.kafka_brokers, &self.topics.dead_letter)
     }
 }
 

@@ -8,27 +8,27 @@ use std::time::Duration;
 
 use apache_avro::Schema;
 use boomerang_ingest::publish::IDEMPOTENCY_KEY_HEADER;
-use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
-use boomerang_runtime::registry::{RegistryArgs, register_all};
-use boomerang_runtime::topics::{TopicsArgs, value_subject};
+use boomerang_runtime::kafka::TopicSpec;
 use boomerang_runtime::wire;
 use boomerang_schemas::codec;
 use boomerang_schemas::{PostPurchaseEvent, SchemaKind};
-use boomerang_testkit::{ReadRecord, Stack, StageProcess, poll_until, unique_name};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use boomerang_testkit::{ReadRecord, StageProcess, TestPipeline, poll_until, start_stage};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_boomerang-ingest");
 
 pub struct Pipeline {
-    pub stack: Stack,
-    pub topics: TopicsArgs,
-    pub kafka: KafkaArgs,
-    pub group: String,
+    base: TestPipeline,
     pub current_schema_id: u32,
     pub v1_schema_id: u32,
     pub customer_schema_id: u32,
-    producer: FutureProducer,
+}
+
+/// The stack, topics, kafka and group of every test pipeline.
+impl std::ops::Deref for Pipeline {
+    type Target = TestPipeline;
+    fn deref(&self) -> &TestPipeline {
+        &self.base
+    }
 }
 
 /// A record to produce to the raw topic.
@@ -40,69 +40,35 @@ pub struct Raw {
 
 impl Pipeline {
     pub async fn new(partitions: i32) -> Self {
-        let stack = Stack::from_env();
-        let topics = TopicsArgs::with_prefix(&unique_name("it-ingest"));
-        let kafka = KafkaArgs::for_brokers(&stack.kafka_brokers);
-        ensure_topics(
-            &kafka,
-            &[
+        let base = TestPipeline::new("it-ingest", |topics| {
+            vec![
                 TopicSpec::new(&topics.raw_events, partitions),
                 TopicSpec::new(&topics.validated_events, partitions),
                 TopicSpec::new(&topics.dead_letter, 1),
-            ],
-        )
-        .await
-        .expect("create topics");
-        let settings = RegistryArgs::for_url(&stack.schema_registry_url)
-            .settings()
-            .expect("registry settings");
-        let registrations = register_all(&settings, &topics).await.expect("register");
-        let id_of = |subject: String, current: bool| {
-            registrations
-                .iter()
-                .find(|registration| {
-                    registration.subject == subject && registration.current == current
-                })
-                .map(|registration| registration.schema_id)
-                .expect("registered")
-        };
-        let producer = kafka.producer_config().create().expect("producer");
+            ]
+        })
+        .await;
         Self {
-            current_schema_id: id_of(value_subject(&topics.raw_events), true),
-            v1_schema_id: id_of(value_subject(&topics.raw_events), false),
-            customer_schema_id: id_of(value_subject(&topics.customers), true),
-            group: unique_name("it-ingest-group"),
-            stack,
-            topics,
-            kafka,
-            producer,
+            current_schema_id: base.schema_id(&base.topics.raw_events),
+            v1_schema_id: base.earlier_schema_id(&base.topics.raw_events),
+            customer_schema_id: base.schema_id(&base.topics.customers),
+            base,
         }
     }
 
     pub fn arguments(&self) -> Vec<String> {
-        [
-            // A killed instance holds its partitions until its session times out: keep it short.
-            ("--kafka-property", "session.timeout.ms=6000"),
-            ("--kafka-property", "heartbeat.interval.ms=500"),
-            ("--kafka-brokers", self.stack.kafka_brokers.as_str()),
-            (
-                "--schema-registry-url",
-                self.stack.schema_registry_url.as_str(),
-            ),
+        let mut arguments = self.common_arguments();
+        for (flag, value) in [
             ("--raw-events-topic", self.topics.raw_events.as_str()),
             (
                 "--validated-events-topic",
                 self.topics.validated_events.as_str(),
             ),
-            ("--dead-letter-topic", self.topics.dead_letter.as_str()),
-            ("--group-id", self.group.as_str()),
             ("--batch-max-wait-ms", "50"),
-            ("--log-format", "text"),
-            ("--log-filter", "info,rdkafka=warn"),
-        ]
-        .iter()
-        .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
-        .collect()
+        ] {
+            arguments.extend([flag.to_string(), value.to_string()]);
+        }
+        arguments
     }
 
     pub fn start(&self, environment: &[(&str, &str)]) -> StageProcess {
@@ -111,10 +77,7 @@ impl Pipeline {
 
     /// Starts ingest with `extra` arguments after the usual ones (a later one wins).
     pub fn start_with(&self, extra: &[&str], environment: &[(&str, &str)]) -> StageProcess {
-        let arguments = self.arguments();
-        let mut arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
-        arguments.extend_from_slice(extra);
-        StageProcess::start(BINARY, &arguments, environment)
+        start_stage(BINARY, &self.arguments(), extra, environment)
     }
 
     pub fn event(&self, idempotency_key: &str) -> PostPurchaseEvent {
@@ -152,36 +115,23 @@ impl Pipeline {
 
     pub async fn produce(&self, records: &[Raw]) {
         for record in records {
-            let mut headers = OwnedHeaders::new();
-            for (key, value) in &record.headers {
-                headers = headers.insert(Header {
-                    key,
-                    value: Some(*value),
-                });
-            }
-            let mut future_record: FutureRecord<'_, str, [u8]> =
-                FutureRecord::to(&self.topics.raw_events)
-                    .key(record.key.as_str())
-                    .headers(headers);
-            if let Some(value) = &record.value {
-                future_record = future_record.payload(value.as_slice());
-            }
-            self.producer
-                .send(future_record, Duration::from_secs(10))
-                .await
-                .expect("produce raw record");
+            let headers: Vec<(&str, &[u8])> = record
+                .headers
+                .iter()
+                .map(|(name, value)| (*name, value.as_bytes()))
+                .collect();
+            self.send(
+                &self.topics.raw_events,
+                &record.key,
+                record.value.as_deref(),
+                &headers,
+            )
+            .await;
         }
     }
 
     pub fn validated(&self) -> Vec<ReadRecord> {
-        boomerang_testkit::read_topic_to_end(
-            &self.stack.kafka_brokers,
-            &self.topics.validated_events,
-        )
-    }
-
-    pub fn dead_letters(&self) -> Vec<ReadRecord> {
-        boomerang_testkit::read_topic_to_end(&self.stack.kafka_brokers, &self.topics.dead_letter)
+        self.read(&self.topics.validated_events)
     }
 }
 

@@ -7,126 +7,78 @@ use std::time::Duration;
 
 use boomerang_clickhouse::ClickhouseArgs;
 use boomerang_clickhouse::migrations;
-use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
-use boomerang_runtime::registry::{RegistryArgs, register_all};
-use boomerang_runtime::topics::{TopicsArgs, value_subject};
+use boomerang_runtime::kafka::TopicSpec;
 use boomerang_runtime::wire;
 use boomerang_schemas::{
     AvroRecord, Customer, EnrichedPostPurchaseEvent, EventType, Order, PostPurchaseEvent,
     TimestampMicros, codec,
 };
-use boomerang_testkit::{ReadRecord, Stack, StageProcess, poll_until, unique_name};
-use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use boomerang_testkit::{ReadRecord, StageProcess, TestPipeline, poll_until, start_stage};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_boomerang-sink");
 pub const PSEUDONYM_KEY: &str = "integration-test-pseudonym-key";
 
 pub struct Pipeline {
-    pub stack: Stack,
-    pub topics: TopicsArgs,
-    pub kafka: KafkaArgs,
-    pub group: String,
+    base: TestPipeline,
     pub clickhouse: ClickhouseArgs,
     enriched_schema_id: u32,
     customer_schema_id: u32,
     order_schema_id: u32,
-    producer: FutureProducer,
+}
+
+/// The stack, topics, kafka and group of every test pipeline.
+impl std::ops::Deref for Pipeline {
+    type Target = TestPipeline;
+    fn deref(&self) -> &TestPipeline {
+        &self.base
+    }
 }
 
 impl Pipeline {
     pub async fn new() -> Self {
-        let stack = Stack::from_env();
-        let name = unique_name("it-sink");
-        let topics = TopicsArgs::with_prefix(&name);
-        let kafka = KafkaArgs::for_brokers(&stack.kafka_brokers);
-        ensure_topics(
-            &kafka,
-            &[
+        let base = TestPipeline::new("it-sink", |topics| {
+            vec![
                 TopicSpec::new(&topics.enriched_events, 2),
                 TopicSpec::new(&topics.customers, 2).compacted(),
                 TopicSpec::new(&topics.orders, 2).compacted(),
                 TopicSpec::new(&topics.dead_letter, 1),
-            ],
-        )
-        .await
-        .expect("create topics");
-        let settings = RegistryArgs::for_url(&stack.schema_registry_url)
-            .settings()
-            .expect("registry settings");
-        let registrations = register_all(&settings, &topics).await.expect("register");
-        let id_of = |topic: &str| {
-            let subject = value_subject(topic);
-            registrations
-                .iter()
-                .find(|registration| registration.subject == subject && registration.current)
-                .map(|registration| registration.schema_id)
-                .expect("registered")
-        };
-        let clickhouse = ClickhouseArgs::for_url(&stack.clickhouse_url, &name.replace('-', "_"));
+            ]
+        })
+        .await;
+        let clickhouse =
+            ClickhouseArgs::for_url(&base.stack.clickhouse_url, &base.name.replace('-', "_"));
         migrations::apply(&clickhouse, None).await.expect("migrate");
-        let producer = kafka.producer_config().create().expect("producer");
         Self {
-            enriched_schema_id: id_of(&topics.enriched_events),
-            customer_schema_id: id_of(&topics.customers),
-            order_schema_id: id_of(&topics.orders),
-            group: unique_name("it-sink-group"),
-            stack,
-            topics,
-            kafka,
+            enriched_schema_id: base.schema_id(&base.topics.enriched_events),
+            customer_schema_id: base.schema_id(&base.topics.customers),
+            order_schema_id: base.schema_id(&base.topics.orders),
             clickhouse,
-            producer,
+            base,
         }
     }
 
     pub fn arguments(&self) -> Vec<String> {
-        [
-            ("--kafka-property", "session.timeout.ms=6000"),
-            ("--kafka-property", "heartbeat.interval.ms=500"),
-            ("--kafka-brokers", self.stack.kafka_brokers.as_str()),
-            (
-                "--schema-registry-url",
-                self.stack.schema_registry_url.as_str(),
-            ),
+        let mut arguments = self.common_arguments();
+        for (flag, value) in [
             (
                 "--enriched-events-topic",
                 self.topics.enriched_events.as_str(),
             ),
             ("--customers-topic", self.topics.customers.as_str()),
             ("--orders-topic", self.topics.orders.as_str()),
-            ("--dead-letter-topic", self.topics.dead_letter.as_str()),
             ("--clickhouse-url", self.clickhouse.url.as_str()),
             ("--clickhouse-database", self.clickhouse.database.as_str()),
             ("--clickhouse-timeout-secs", "5"),
-            ("--group-id", self.group.as_str()),
             ("--pseudonym-key", PSEUDONYM_KEY),
             ("--insert-max-wait-ms", "100"),
-            ("--log-format", "text"),
-            ("--log-filter", "info,rdkafka=warn"),
-        ]
-        .iter()
-        .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
-        .collect()
+        ] {
+            arguments.extend([flag.to_string(), value.to_string()]);
+        }
+        arguments
     }
 
     pub fn start(&self, extra: &[&str], environment: &[(&str, &str)]) -> StageProcess {
-        let arguments = self.arguments();
-        let mut arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
-        arguments.extend_from_slice(extra);
-        StageProcess::start(BINARY, &arguments, environment)
-    }
-
-    async fn send(&self, topic: &str, key: &str, value: Option<Vec<u8>>) {
-        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
-            .key(key)
-            .headers(OwnedHeaders::new());
-        if let Some(value) = &value {
-            record = record.payload(value.as_slice());
-        }
-        self.producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .expect("produce");
+        start_stage(BINARY, &self.arguments(), extra, environment)
     }
 
     pub async fn produce_enriched(&self, enriched: &EnrichedPostPurchaseEvent) {
@@ -134,34 +86,36 @@ impl Pipeline {
         self.send(
             &self.topics.enriched_events,
             &enriched.event.order_id,
-            Some(value),
+            Some(&value),
+            &[],
         )
         .await;
     }
 
     pub async fn produce_raw_enriched(&self, key: &str, value: &[u8]) {
-        self.send(&self.topics.enriched_events, key, Some(value.to_vec()))
+        self.send(&self.topics.enriched_events, key, Some(value), &[])
             .await;
     }
 
     pub async fn produce_order(&self, order: &Order) {
         let value = codec::encode_framed(self.order_schema_id, order).expect("encode");
-        self.send(&self.topics.orders, &order.order_id, Some(value))
+        self.send(&self.topics.orders, &order.order_id, Some(&value), &[])
             .await;
     }
 
     pub async fn delete_order(&self, order_id: &str) {
-        self.send(&self.topics.orders, order_id, None).await;
+        self.send(&self.topics.orders, order_id, None, &[]).await;
     }
 
     pub async fn produce_customer(&self, customer: &Customer) {
         let value = codec::encode_framed(self.customer_schema_id, customer).expect("encode");
-        self.send(&self.topics.customers, &customer.customer_id, Some(value))
-            .await;
-    }
-
-    pub fn dead_letters(&self) -> Vec<ReadRecord> {
-        boomerang_testkit::read_topic_to_end(&self.stack.kafka_brokers, &self.topics.dead_letter)
+        self.send(
+            &self.topics.customers,
+            &customer.customer_id,
+            Some(&value),
+            &[],
+        )
+        .await;
     }
 
     /// `count()` of a table or view, without FINAL unless the query says so.

@@ -1,0 +1,147 @@
+//! A private pipeline for one test on the local stack: its own topics (named after a unique
+//! prefix), every schema registered for them, its own consumer group, a producer, and the
+//! arguments every stage binary takes in a test. Each stage's `tests/support` adds only what
+//! is its own (its topics, its records, its flags).
+
+use std::time::Duration;
+
+use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
+use boomerang_runtime::registry::{Registration, RegistryArgs, register_all};
+use boomerang_runtime::topics::{TopicsArgs, value_subject};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::{ReadRecord, Stack, StageProcess, read_topic_to_end, unique_name};
+
+/// Records a test producer may send: room for hostile producers' large records (an order of
+/// 100k lines).
+const PRODUCER_MAX_RECORD_BYTES: usize = 16 << 20;
+
+pub struct TestPipeline {
+    pub stack: Stack,
+    /// The unique name topics are prefixed with.
+    pub name: String,
+    pub topics: TopicsArgs,
+    pub kafka: KafkaArgs,
+    pub group: String,
+    registrations: Vec<Registration>,
+    producer: FutureProducer,
+}
+
+impl TestPipeline {
+    /// Topics named after a unique `prefix-…`; creates those `create` lists and registers every
+    /// topic's schemas (the earlier versions too).
+    pub async fn new(prefix: &str, create: impl FnOnce(&TopicsArgs) -> Vec<TopicSpec>) -> Self {
+        let stack = Stack::from_env();
+        let name = unique_name(prefix);
+        let topics = TopicsArgs::with_prefix(&name);
+        let kafka = KafkaArgs::for_brokers(&stack.kafka_brokers);
+        ensure_topics(&kafka, &create(&topics))
+            .await
+            .expect("create topics");
+        let settings = RegistryArgs::for_url(&stack.schema_registry_url)
+            .settings()
+            .expect("registry settings");
+        let registrations = register_all(&settings, &topics).await.expect("register");
+        let mut large = kafka.clone();
+        large.max_record_bytes = PRODUCER_MAX_RECORD_BYTES;
+        let producer = large.producer_config().create().expect("producer");
+        Self {
+            group: unique_name(&format!("{prefix}-group")),
+            stack,
+            name,
+            topics,
+            kafka,
+            registrations,
+            producer,
+        }
+    }
+
+    /// The registry id of `topic`'s current value schema.
+    pub fn schema_id(&self, topic: &str) -> u32 {
+        self.registered(topic, true)
+    }
+
+    /// The registry id of `topic`'s earlier value schema (version 1).
+    pub fn earlier_schema_id(&self, topic: &str) -> u32 {
+        self.registered(topic, false)
+    }
+
+    fn registered(&self, topic: &str, current: bool) -> u32 {
+        let subject = value_subject(topic);
+        self.registrations
+            .iter()
+            .find(|registration| registration.subject == subject && registration.current == current)
+            .map(|registration| registration.schema_id)
+            .unwrap_or_else(|| panic!("no schema registered for {subject} (current: {current})"))
+    }
+
+    /// What every stage takes in a test, before its own flags: the stack, the dead-letter
+    /// topic, the group, sessions short enough that a killed instance's partitions move on
+    /// soon, and text logs.
+    pub fn common_arguments(&self) -> Vec<String> {
+        [
+            ("--kafka-property", "session.timeout.ms=6000"),
+            ("--kafka-property", "heartbeat.interval.ms=500"),
+            ("--kafka-brokers", self.stack.kafka_brokers.as_str()),
+            (
+                "--schema-registry-url",
+                self.stack.schema_registry_url.as_str(),
+            ),
+            ("--dead-letter-topic", self.topics.dead_letter.as_str()),
+            ("--group-id", self.group.as_str()),
+            ("--log-format", "text"),
+            ("--log-filter", "info,rdkafka=warn"),
+        ]
+        .iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
+        .collect()
+    }
+
+    /// Produces one record and waits for its acknowledgement.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        value: Option<&[u8]>,
+        headers: &[(&str, &[u8])],
+    ) {
+        let mut owned = OwnedHeaders::new();
+        for (name, value) in headers {
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(*value),
+            });
+        }
+        let mut record: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(topic).key(key).headers(owned);
+        if let Some(value) = value {
+            record = record.payload(value);
+        }
+        self.producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("produce");
+    }
+
+    /// Every record of `topic` so far.
+    pub fn read(&self, topic: &str) -> Vec<ReadRecord> {
+        read_topic_to_end(&self.stack.kafka_brokers, topic)
+    }
+
+    pub fn dead_letters(&self) -> Vec<ReadRecord> {
+        self.read(&self.topics.dead_letter)
+    }
+}
+
+/// Starts `binary` with `arguments`, then `extra` (a later flag wins), in `environment`.
+pub fn start_stage(
+    binary: &str,
+    arguments: &[String],
+    extra: &[&str],
+    environment: &[(&str, &str)],
+) -> StageProcess {
+    let mut all: Vec<&str> = arguments.iter().map(String::as_str).collect();
+    all.extend_from_slice(extra);
+    StageProcess::start(binary, &all, environment)
+}
