@@ -30,13 +30,7 @@ fn enriched(n: usize, now: TimestampMicros) -> EnrichedPostPurchaseEvent {
     let mut event = event(n, 50_000, now);
     event.reason_text = None;
     EnrichedPostPurchaseEvent {
-        event,
-        customer_missing: false,
-        order_missing: false,
-        order_line_missing: false,
-        customer_pseudonymised: false,
         customer_segment: Some(["new", "regular", "vip"][n % 3].into()),
-        customer_region: Some("emea".into()),
         order_channel: Some(boomerang_schemas::Channel::Web),
         order_placed_at: Some(now),
         order_delivered_at: Some(now),
@@ -45,6 +39,7 @@ fn enriched(n: usize, now: TimestampMicros) -> EnrichedPostPurchaseEvent {
         days_since_delivery: Some(5),
         within_return_window: Some(true),
         enriched_at: now,
+        ..boomerang_testkit::samples::enriched(event)
     }
 }
 

@@ -16,7 +16,6 @@ use boomerang_enrich::reference::{
     Arrivals, CatchUp, DEFAULT_MAX_ORDER_LINES, Loader, ReferenceLimits, ReferenceRecord,
 };
 use boomerang_enrich::tables::SharedTables;
-use boomerang_runtime::config;
 use boomerang_runtime::error_kind::ErrorKind;
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::metrics::StageMetrics;
@@ -102,20 +101,12 @@ struct EnrichArgs {
 }
 
 fn main() -> ExitCode {
-    let args: Args = config::load();
-    let service_args = args.service.clone();
-    service::run_to_exit(service::main(
-        STAGE,
-        DEFAULT_HTTP_PORT,
-        &service_args,
-        |context| run(args, context),
-    ))
+    service::run_binary(STAGE, DEFAULT_HTTP_PORT, |args: &Args| &args.service, run)
 }
 
 async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     let pseudonymiser = Pseudonymiser::from_args(&args.pseudonym)?;
-    service::wait_for_brokers(&args.kafka, &context).await;
-    if context.shutdown.is_cancelled() {
+    if !service::wait_for_brokers(&args.kafka, &context).await {
         return Ok(());
     }
     let Some(enriched_schema_id) = registry::register_output_schema(

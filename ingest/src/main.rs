@@ -9,7 +9,6 @@ use anyhow::Context;
 use boomerang_ingest::processor::{IngestMetrics, IngestProcessor, IngestSettings};
 use boomerang_ingest::restore::ValidatedTopic;
 use boomerang_ingest::validate::{DEFAULT_MAX_ATTRIBUTES, Rules};
-use boomerang_runtime::config;
 use boomerang_runtime::error_kind::ErrorKind;
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::metrics::StageMetrics;
@@ -100,14 +99,7 @@ struct IngestArgs {
 }
 
 fn main() -> ExitCode {
-    let args: Args = config::load();
-    let service_args = args.service.clone();
-    service::run_to_exit(service::main(
-        STAGE,
-        DEFAULT_HTTP_PORT,
-        &service_args,
-        |context| run(args, context),
-    ))
+    service::run_binary(STAGE, DEFAULT_HTTP_PORT, |args: &Args| &args.service, run)
 }
 
 async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
@@ -118,8 +110,7 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
             "events older than the de-duplication window can pass; late duplicates of them too"
         );
     }
-    service::wait_for_brokers(&args.kafka, &context).await;
-    if context.shutdown.is_cancelled() {
+    if !service::wait_for_brokers(&args.kafka, &context).await {
         return Ok(());
     }
     let checked = retry::until_ok(

@@ -64,6 +64,26 @@ pub struct StageContext {
 /// hold up a stage that has stopped (everything it processed is committed by then). The
 /// runtime's own drop would wait for them; the chaos soak found an ingest that took more than
 /// 20 s to exit after SIGTERM, behind a restore.
+/// A stage binary's whole `main`: its `Args` loaded (flags, then environment, then config
+/// file), then [`main`] running `work` on a new runtime, to an exit code.
+pub fn run_binary<Args, Work, WorkFuture>(
+    stage: &'static str,
+    default_http_port: u16,
+    service_args: impl FnOnce(&Args) -> &ServiceArgs,
+    work: Work,
+) -> ExitCode
+where
+    Args: clap::Parser,
+    Work: FnOnce(Args, StageContext) -> WorkFuture,
+    WorkFuture: Future<Output = anyhow::Result<()>>,
+{
+    let args: Args = crate::config::load();
+    let service = service_args(&args).clone();
+    run_to_exit(main(stage, default_http_port, &service, |context| {
+        work(args, context)
+    }))
+}
+
 pub fn run_to_exit(main: impl Future<Output = ExitCode>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -203,8 +223,7 @@ pub async fn idle_once_brokers_answer(
     kafka_args: KafkaArgs,
     context: StageContext,
 ) -> anyhow::Result<()> {
-    wait_for_brokers(&kafka_args, &context).await;
-    if !context.shutdown.is_cancelled() {
+    if wait_for_brokers(&kafka_args, &context).await {
         context.readiness.set_ready();
         tracing::info!(stage = context.stage, "ready");
     }
@@ -212,9 +231,9 @@ pub async fn idle_once_brokers_answer(
     Ok(())
 }
 
-/// Retries until the brokers answer a metadata request or shutdown is asked for; `/readyz`
-/// says why it is waiting.
-pub async fn wait_for_brokers(kafka_args: &KafkaArgs, context: &StageContext) {
+/// Retries until the brokers answer a metadata request (`true`) or shutdown is asked for
+/// (`false`); `/readyz` says why it is waiting.
+pub async fn wait_for_brokers(kafka_args: &KafkaArgs, context: &StageContext) -> bool {
     const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
     let backoff = crate::retry::Backoff::new(Duration::from_millis(500), Duration::from_secs(2));
     crate::retry::until_ok_with(
@@ -232,5 +251,6 @@ pub async fn wait_for_brokers(kafka_args: &KafkaArgs, context: &StageContext) {
             }
         },
     )
-    .await;
+    .await
+    .is_some()
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use boomerang_clickhouse::ClickhouseArgs;
 use boomerang_clickhouse::migrations;
-use boomerang_runtime::config;
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::metrics::StageMetrics;
 use boomerang_runtime::pseudonym::{PseudonymArgs, Pseudonymiser};
@@ -80,20 +79,12 @@ struct SinkArgs {
 }
 
 fn main() -> ExitCode {
-    let args: Args = config::load();
-    let service_args = args.service.clone();
-    service::run_to_exit(service::main(
-        STAGE,
-        DEFAULT_HTTP_PORT,
-        &service_args,
-        |context| run(args, context),
-    ))
+    service::run_binary(STAGE, DEFAULT_HTTP_PORT, |args: &Args| &args.service, run)
 }
 
 async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     let pseudonymiser = Pseudonymiser::from_args(&args.pseudonym)?;
-    service::wait_for_brokers(&args.kafka, &context).await;
-    if context.shutdown.is_cancelled()
+    if !service::wait_for_brokers(&args.kafka, &context).await
         || !migrations::wait_until_applied(&args.clickhouse, &context).await?
     {
         return Ok(());

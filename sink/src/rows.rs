@@ -346,21 +346,10 @@ mod tests {
 
     fn enriched(event: boomerang_schemas::PostPurchaseEvent) -> EnrichedPostPurchaseEvent {
         EnrichedPostPurchaseEvent {
-            event,
-            customer_missing: false,
-            order_missing: false,
-            order_line_missing: false,
-            customer_pseudonymised: false,
             customer_segment: Some("vip".into()),
-            customer_region: Some("emea".into()),
-            order_channel: None,
-            order_placed_at: None,
-            order_delivered_at: None,
             line_category: Some("apparel".into()),
-            line_unit_price: None,
-            days_since_delivery: None,
-            within_return_window: None,
             enriched_at: TimestampMicros::from_unix_micros(9),
+            ..boomerang_testkit::samples::enriched(event)
         }
     }
 }

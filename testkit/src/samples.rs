@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use boomerang_schemas::{
-    Channel, Customer, EventType, Money, Order, OrderLine, Outcome, PostPurchaseEvent, ReasonCode,
-    ReturnMethod, TimestampMicros,
+    Channel, Customer, EnrichedPostPurchaseEvent, EventType, Money, Order, OrderLine, Outcome,
+    PostPurchaseEvent, ReasonCode, ReturnMethod, TimestampMicros,
 };
 
 /// A RETURN_REQUESTED event for line `o-1/1` of order `o-1`, customer `cu-1`, happening now.
@@ -98,5 +98,27 @@ pub fn order(id: &str, customer_id: &str, delivered_at_micros: Option<i64>) -> O
             },
         ],
         updated_at: TimestampMicros::from_unix_micros(1),
+    }
+}
+
+/// `event` as enrich emits it when the customer is known (segment `regular`, region `emea`)
+/// and nothing of the order is: nothing missing, nothing pseudonymised, enriched now.
+pub fn enriched(event: PostPurchaseEvent) -> EnrichedPostPurchaseEvent {
+    EnrichedPostPurchaseEvent {
+        event,
+        customer_missing: false,
+        order_missing: false,
+        order_line_missing: false,
+        customer_pseudonymised: false,
+        customer_segment: Some("regular".into()),
+        customer_region: Some("emea".into()),
+        order_channel: None,
+        order_placed_at: None,
+        order_delivered_at: None,
+        line_category: None,
+        line_unit_price: None,
+        days_since_delivery: None,
+        within_return_window: None,
+        enriched_at: TimestampMicros::now(),
     }
 }

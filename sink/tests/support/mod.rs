@@ -161,23 +161,7 @@ pub fn enriched(
     event.order_line_id = format!("{order_id}/{line}");
     event.customer_id = customer_id.to_string();
     event.occurred_at = occurred_at;
-    EnrichedPostPurchaseEvent {
-        event,
-        customer_missing: false,
-        order_missing: false,
-        order_line_missing: false,
-        customer_pseudonymised: false,
-        customer_segment: Some("regular".into()),
-        customer_region: Some("emea".into()),
-        order_channel: None,
-        order_placed_at: None,
-        order_delivered_at: None,
-        line_category: None,
-        line_unit_price: None,
-        days_since_delivery: None,
-        within_return_window: None,
-        enriched_at: TimestampMicros::now(),
-    }
+    boomerang_testkit::samples::enriched(event)
 }
 
 pub use boomerang_testkit::{metrics, value, wait_ready};
