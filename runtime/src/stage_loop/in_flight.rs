@@ -133,6 +133,28 @@ pub(super) async fn complete_acknowledged(
     }
 }
 
+/// Waits for and completes the oldest batch in flight; `false` if there is none.
+pub(super) async fn complete_oldest(
+    consumer: &StreamConsumer<LoopContext>,
+    in_flight: &Mutex<InFlight>,
+    metrics: &StageMetrics,
+    crash_after_batches: Option<u64>,
+) -> bool {
+    let Some(mut batch) = lock(in_flight).batches.pop_front() else {
+        return false;
+    };
+    let result = (&mut batch.completion).await;
+    complete_batch(
+        consumer,
+        &mut lock(in_flight),
+        batch,
+        result,
+        metrics,
+        crash_after_batches,
+    );
+    true
+}
+
 /// Waits for and completes every batch in flight.
 pub(super) async fn complete_all(
     consumer: &StreamConsumer<LoopContext>,
@@ -140,20 +162,7 @@ pub(super) async fn complete_all(
     metrics: &StageMetrics,
     crash_after_batches: Option<u64>,
 ) -> anyhow::Result<()> {
-    loop {
-        let Some(mut batch) = lock(in_flight).batches.pop_front() else {
-            break;
-        };
-        let result = (&mut batch.completion).await;
-        complete_batch(
-            consumer,
-            &mut lock(in_flight),
-            batch,
-            result,
-            metrics,
-            crash_after_batches,
-        );
-    }
+    while complete_oldest(consumer, in_flight, metrics, crash_after_batches).await {}
     match &lock(in_flight).failure {
         Some(failure) => anyhow::bail!("{failure}"),
         None => Ok(()),

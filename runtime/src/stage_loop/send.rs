@@ -10,10 +10,10 @@ use std::time::Duration;
 use futures::FutureExt;
 use rdkafka::consumer::StreamConsumer;
 
-use super::in_flight::{BatchResult, InFlight, complete_batch};
+use super::in_flight::{BatchResult, InFlight, complete_oldest};
 use super::process::{Counted, WriteSource, now_ms};
 use super::rebalance::LoopContext;
-use super::{FlushFuture, FlushResult, InputRecord, OutputRecord, lock};
+use super::{FlushFuture, FlushResult, InputRecord, OutputRecord};
 use crate::dead_letter;
 use crate::delivery::{BatchDeliveries, BatchProducer, Delivered, Handed, base_record, hand_over};
 use crate::metrics::StageMetrics;
@@ -36,20 +36,8 @@ pub(super) async fn send_all(
                 Handed::Queued => break,
                 Handed::QueueFull(back) => {
                     record = back;
-                    let waited = lock(in_flight).batches.pop_front();
-                    match waited {
-                        Some(mut batch) => {
-                            let result = (&mut batch.completion).await;
-                            complete_batch(
-                                consumer,
-                                &mut lock(in_flight),
-                                batch,
-                                result,
-                                metrics,
-                                crash_after_batches,
-                            );
-                        }
-                        None => tokio::time::sleep(Duration::from_millis(1)).await,
+                    if !complete_oldest(consumer, in_flight, metrics, crash_after_batches).await {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
                     }
                 }
                 Handed::Refused(error) => {
