@@ -6,7 +6,7 @@
 //! cargo bench -p boomerang-benches --bench enrich_reference         # 1M orders, 200k customers
 //! BOOMERANG_BENCH_ORDERS=200000 BOOMERANG_BENCH_CUSTOMERS=40000 cargo bench -p boomerang-benches --bench enrich_reference
 
-use boomerang_benches::harness::resident_bytes;
+use boomerang_benches::harness::{prefill, resident_bytes};
 use boomerang_enrich::metrics::EnrichMetrics;
 use boomerang_runtime::metrics::Metrics;
 use std::time::{Duration, Instant};
@@ -17,11 +17,9 @@ use boomerang_enrich::tables::{ReferenceTables, SharedTables, Table, ref_key};
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
 use boomerang_runtime::registry::{RegistryArgs, WriterSchemas, register_all};
 use boomerang_runtime::topics::{TopicsArgs, value_subject};
-use boomerang_runtime::wire;
-use boomerang_schemas::{AvroRecord, Customer, Order, TimestampMicros, codec};
+use boomerang_schemas::{Customer, Order, TimestampMicros};
 use boomerang_testkit::{Stack, unique_name};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -59,33 +57,6 @@ fn memory(orders: usize, customers: usize, now: TimestampMicros) {
         "| orders (avg 2 lines) | {orders} | {orders_bytes} | {:.0} |",
         orders_bytes as f64 / orders as f64
     );
-}
-
-fn prefill<T: AvroRecord>(
-    kafka: &KafkaArgs,
-    topic: &str,
-    schema_id: u32,
-    count: usize,
-    record: impl Fn(usize) -> (String, T),
-) {
-    let mut config = kafka.producer_config();
-    config.set("queue.buffering.max.messages", "1000000");
-    config.set("linger.ms", "20");
-    let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
-    let mut value = Vec::with_capacity(512);
-    for n in 0..count {
-        let (key, record) = record(n);
-        value.clear();
-        wire::start_frame(schema_id, &mut value);
-        codec::encode_into(&record, &mut value).expect("encode");
-        loop {
-            match producer.send(BaseRecord::<str, [u8]>::to(topic).key(&key).payload(&value)) {
-                Ok(()) => break,
-                Err((_, _record)) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(300)).expect("flush");
 }
 
 /// A bare consumer reading every partition of both topics from the beginning.

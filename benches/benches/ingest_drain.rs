@@ -8,12 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use boomerang_benches::harness::{cpu_seconds, peak_rss_kib};
+use boomerang_benches::harness::{cpu_seconds, peak_rss_kib, prefill};
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
 use boomerang_runtime::registry::{RegistryArgs, register_all};
 use boomerang_runtime::topics::{TopicsArgs, value_subject};
-use boomerang_runtime::wire;
-use boomerang_schemas::codec;
 use boomerang_schemas::{PostPurchaseEvent, TimestampMicros};
 use boomerang_testkit::{Stack, StageProcess, metrics, poll_until, unique_name, value};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -23,34 +21,6 @@ const PARTITIONS: i32 = 4;
 
 fn event(n: usize, now: TimestampMicros) -> PostPurchaseEvent {
     boomerang_testkit::samples::refund_event(n, now)
-}
-
-fn prefill(kafka: &KafkaArgs, topic: &str, schema_id: u32, events: usize) -> Duration {
-    let started = Instant::now();
-    let mut config = kafka.producer_config();
-    config.set("queue.buffering.max.messages", "1000000");
-    config.set("linger.ms", "20");
-    let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
-    let now = TimestampMicros::now();
-    let mut value = Vec::with_capacity(512);
-    for n in 0..events {
-        let event = event(n, now);
-        value.clear();
-        wire::start_frame(schema_id, &mut value);
-        codec::encode_into(&event, &mut value).expect("encode");
-        loop {
-            match producer.send(
-                BaseRecord::<str, [u8]>::to(topic)
-                    .key(&event.order_id)
-                    .payload(&value),
-            ) {
-                Ok(()) => break,
-                Err((_, _record)) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(120)).expect("flush");
-    started.elapsed()
 }
 
 fn bare_consumer_drain(kafka: &KafkaArgs, topic: &str, events: usize) -> Duration {
@@ -159,7 +129,11 @@ fn main() {
     });
 
     println!("pre-filling {} with {events} events…", topics.raw_events);
-    let prefill_time = prefill(&kafka, &topics.raw_events, schema_id, events);
+    let now = TimestampMicros::now();
+    let prefill_time = prefill(&kafka, &topics.raw_events, schema_id, events, |n| {
+        let event = event(n, now);
+        (event.order_id.clone(), event)
+    });
     println!("pre-filled in {:.1} s", prefill_time.as_secs_f64());
 
     let bare = bare_consumer_drain(&kafka, &topics.raw_events, events);

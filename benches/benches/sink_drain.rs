@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use boomerang_benches::harness::{built_release_binary, cpu_seconds};
+use boomerang_benches::harness::{built_release_binary, cpu_seconds, prefill};
 use boomerang_benches::reference_world::event;
 use boomerang_clickhouse::ClickhouseArgs;
 use boomerang_clickhouse::migrations;
@@ -16,11 +16,9 @@ use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
 use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_runtime::registry::{RegistryArgs, register_all};
 use boomerang_runtime::topics::{TopicsArgs, value_subject};
-use boomerang_runtime::wire;
-use boomerang_schemas::{EnrichedPostPurchaseEvent, Money, TimestampMicros, codec};
+use boomerang_schemas::{EnrichedPostPurchaseEvent, Money, TimestampMicros};
 use boomerang_sink::rows::{EventRow, Source};
 use boomerang_testkit::{Stack, StageProcess, metrics, poll_until, unique_name, value};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 const PARTITIONS: i32 = 4;
 const BATCH: usize = 50_000;
@@ -41,31 +39,6 @@ fn enriched(n: usize, now: TimestampMicros) -> EnrichedPostPurchaseEvent {
         enriched_at: now,
         ..boomerang_testkit::samples::enriched(event)
     }
-}
-
-fn prefill(kafka: &KafkaArgs, topic: &str, schema_id: u32, events: usize, now: TimestampMicros) {
-    let mut config = kafka.producer_config();
-    config.set("queue.buffering.max.messages", "1000000");
-    config.set("linger.ms", "20");
-    let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
-    let mut value = Vec::with_capacity(512);
-    for n in 0..events {
-        let enriched = enriched(n, now);
-        value.clear();
-        wire::start_frame(schema_id, &mut value);
-        codec::encode_into(&enriched, &mut value).expect("encode");
-        loop {
-            match producer.send(
-                BaseRecord::<str, [u8]>::to(topic)
-                    .key(&enriched.event.order_id)
-                    .payload(&value),
-            ) {
-                Ok(()) => break,
-                Err((_, _record)) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    }
-    producer.flush(Duration::from_secs(300)).expect("flush");
 }
 
 /// The same rows, built beforehand, inserted with the `clickhouse` crate in batches of the
@@ -142,7 +115,10 @@ fn main() {
             .expect("enriched schema id")
     });
     let filled = Instant::now();
-    prefill(&kafka, &topics.enriched_events, schema_id, events, now);
+    prefill(&kafka, &topics.enriched_events, schema_id, events, |n| {
+        let enriched = enriched(n, now);
+        (enriched.event.order_id.clone(), enriched)
+    });
     eprintln!(
         "pre-filled {events} enriched events in {:.1?}",
         filled.elapsed()

@@ -3,11 +3,15 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use apache_avro::Schema;
 use boomerang_runtime::decode::WriterSchemaSource;
+use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::registry::LookupError;
-use boomerang_schemas::SchemaKind;
+use boomerang_runtime::wire;
+use boomerang_schemas::{AvroRecord, SchemaKind, codec};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
 /// The schema id in-process benchmarks frame events with.
 pub const SCHEMA_ID: u32 = 1;
@@ -28,6 +32,37 @@ impl WriterSchemaSource for CurrentSchemaOnly {
         };
         async move { found }
     }
+}
+
+/// Produces `count` records to `topic`, the `n`th keyed and valued by `record(n)`, framed with
+/// `schema_id`, as fast as the producer takes them; returns how long it took, flush included.
+pub fn prefill<T: AvroRecord>(
+    kafka: &KafkaArgs,
+    topic: &str,
+    schema_id: u32,
+    count: usize,
+    record: impl Fn(usize) -> (String, T),
+) -> Duration {
+    let started = Instant::now();
+    let mut config = kafka.producer_config();
+    config.set("queue.buffering.max.messages", "1000000");
+    config.set("linger.ms", "20");
+    let producer: ThreadedProducer<DefaultProducerContext> = config.create().expect("producer");
+    let mut value = Vec::with_capacity(512);
+    for n in 0..count {
+        let (key, record) = record(n);
+        value.clear();
+        wire::start_frame(schema_id, &mut value);
+        codec::encode_into(&record, &mut value).expect("encode");
+        loop {
+            match producer.send(BaseRecord::<str, [u8]>::to(topic).key(&key).payload(&value)) {
+                Ok(()) => break,
+                Err((_, _record)) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(300)).expect("flush");
+    started.elapsed()
 }
 
 /// Builds `bin` of `package` in release mode (as deployed) and returns its path.
