@@ -145,3 +145,17 @@ pub fn start_stage(
     all.extend_from_slice(extra);
     StageProcess::start(binary, &all, environment)
 }
+
+/// Lets a stage's test pipeline, a struct whose field `base` is its [`TestPipeline`], be used
+/// as one (`pipeline.topics`, `pipeline.send(…)`).
+#[macro_export]
+macro_rules! extends_test_pipeline {
+    ($pipeline:ty) => {
+        impl std::ops::Deref for $pipeline {
+            type Target = $crate::TestPipeline;
+            fn deref(&self) -> &$crate::TestPipeline {
+                &self.base
+            }
+        }
+    };
+}

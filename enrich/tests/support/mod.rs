@@ -25,13 +25,7 @@ pub struct Pipeline {
     order_schema_id: u32,
 }
 
-/// The stack, topics, kafka and group of every test pipeline.
-impl std::ops::Deref for Pipeline {
-    type Target = TestPipeline;
-    fn deref(&self) -> &TestPipeline {
-        &self.base
-    }
-}
+boomerang_testkit::extends_test_pipeline!(Pipeline);
 
 impl Pipeline {
     pub async fn new(event_partitions: i32) -> Self {

@@ -23,13 +23,7 @@ pub struct Pipeline {
     pub customer_schema_id: u32,
 }
 
-/// The stack, topics, kafka and group of every test pipeline.
-impl std::ops::Deref for Pipeline {
-    type Target = TestPipeline;
-    fn deref(&self) -> &TestPipeline {
-        &self.base
-    }
-}
+boomerang_testkit::extends_test_pipeline!(Pipeline);
 
 /// A record to produce to the raw topic.
 pub struct Raw {
