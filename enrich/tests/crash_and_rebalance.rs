@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use boomerang_testkit::samples::customer;
 use boomerang_testkit::{committed_and_high_watermarks, poll_until};
-use support::{Pipeline, event, metrics, order, value, wait_for_metric, wait_ready};
+use support::{
+    Pipeline, event, metrics, order, reference_records, value, wait_for_metric, wait_ready,
+};
 
 #[tokio::test]
 async fn a_kill_9_with_events_held_loses_none() {
@@ -108,23 +110,7 @@ async fn two_instances_split_the_events_and_both_hold_every_reference_record() {
     wait_ready(&one).await;
     wait_ready(&two).await;
     for process in [&one, &two] {
-        let exposition = metrics(process).await;
-        assert_eq!(
-            value(
-                &exposition,
-                "boomerang_enrich_reference_records",
-                &["table=\"customers\""]
-            ),
-            20
-        );
-        assert_eq!(
-            value(
-                &exposition,
-                "boomerang_enrich_reference_records",
-                &["table=\"orders\""]
-            ),
-            40
-        );
+        assert_eq!(reference_records(process).await, (20, 40));
     }
 
     // Produce rounds of events until both instances have had some (the group's rebalance

@@ -194,3 +194,16 @@ pub async fn wait_for_metric(process: &StageProcess, name: &str, labels: &[&str]
     )
     .await;
 }
+
+/// How many records each reference table holds: (customers, orders).
+pub async fn reference_records(process: &StageProcess) -> (u64, u64) {
+    let exposition = metrics(process).await;
+    let records = |table: &str| {
+        value(
+            &exposition,
+            "boomerang_enrich_reference_records",
+            &[&format!("table=\"{table}\"")],
+        )
+    };
+    (records("customers"), records("orders"))
+}
