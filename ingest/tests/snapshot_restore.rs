@@ -109,14 +109,7 @@ async fn a_restart_reads_back_only_what_was_written_since_the_snapshot() {
     let second = start(&pipeline, &dir);
     republish_and_verify(&pipeline).await;
     let text = metrics(&second).await;
-    assert_eq!(
-        value(
-            &text,
-            "boomerang_dedup_restores_total",
-            &["source=\"snapshot\""]
-        ),
-        1
-    );
+    assert_eq!(restores(&text, "snapshot"), 1);
     let read_back = counter(&text, "boomerang_dedup_restored_records_total");
     assert!(
         read_back < ORIGINALS as u64 / 2,
@@ -139,14 +132,16 @@ async fn a_damaged_snapshot_is_ignored_and_the_whole_window_read_instead() {
     let second = start(&pipeline, &dir);
     republish_and_verify(&pipeline).await;
     let text = metrics(&second).await;
-    assert_eq!(
-        value(
-            &text,
-            "boomerang_dedup_restores_total",
-            &["source=\"topic\""]
-        ),
-        1
-    );
+    assert_eq!(restores(&text, "topic"), 1);
     assert!(counter(&text, "boomerang_dedup_restored_records_total") >= ORIGINALS as u64);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Restores the instance made, by where they started (`snapshot` or `topic`).
+fn restores(exposition: &str, source: &str) -> u64 {
+    value(
+        exposition,
+        "boomerang_dedup_restores_total",
+        &[&format!("source=\"{source}\"")],
+    )
 }

@@ -14,7 +14,7 @@ use boomerang_schemas::{
 };
 use boomerang_testkit::poll_until;
 use boomerang_testkit::samples::customer;
-use support::{Pipeline, enriched, metrics, value, wait_committed};
+use support::{Pipeline, enriched, metrics, value, wait_all_committed, wait_committed};
 
 const DAY: i64 = 86_400_000_000;
 const HOUR: i64 = 3_600_000_000;
@@ -392,13 +392,7 @@ async fn each_analytics_object_matches_an_independent_computation() {
     }
     let duplicates = world.events.iter().step_by(10).count() as u64;
     let sink = pipeline.start(&[], &[]);
-    for topic in [
-        &pipeline.topics.enriched_events,
-        &pipeline.topics.orders,
-        &pipeline.topics.customers,
-    ] {
-        wait_committed(&pipeline, topic).await;
-    }
+    wait_all_committed(&pipeline).await;
     // The second delivery of a duplicate is recognised by its idempotency key and not
     // written: one row per key, without FINAL as with it.
     assert_eq!(

@@ -11,7 +11,7 @@ use boomerang_testkit::poll_until;
 use boomerang_testkit::samples::{customer, order};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use support::{Pipeline, enriched, metrics, value, wait_committed};
+use support::{Pipeline, enriched, metrics, value, wait_all_committed};
 
 const EVENTS: u64 = 60;
 const ORDERS: u64 = 10;
@@ -94,13 +94,7 @@ async fn a_kill_9_between_insert_and_commit_and_a_full_replay_add_no_rows() {
     // Its successor replays from the last commit and skips what ClickHouse already has.
     let mut second = pipeline.start(&[], &[]);
     pipeline.wait_for_rows("post_purchase_events", EVENTS).await;
-    for topic in [
-        &pipeline.topics.enriched_events,
-        &pipeline.topics.orders,
-        &pipeline.topics.customers,
-    ] {
-        wait_committed(&pipeline, topic).await;
-    }
+    wait_all_committed(&pipeline).await;
     assert_eq!(
         pipeline.count("post_purchase_events").await,
         EVENTS,

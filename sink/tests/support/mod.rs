@@ -165,6 +165,17 @@ pub async fn wait_committed(pipeline: &Pipeline, topic: &str) {
     boomerang_testkit::wait_committed(&pipeline.stack.kafka_brokers, &pipeline.group, topic).await;
 }
 
+/// Polls until the group has committed each of the sink's three input topics to its end.
+pub async fn wait_all_committed(pipeline: &Pipeline) {
+    for topic in [
+        &pipeline.topics.enriched_events,
+        &pipeline.topics.orders,
+        &pipeline.topics.customers,
+    ] {
+        wait_committed(pipeline, topic).await;
+    }
+}
+
 /// Runs `deploy/local/stack.sh` with `arguments` (to stop and start a part for an outage).
 pub fn stack(arguments: &[&str]) {
     let script =
