@@ -49,15 +49,7 @@ struct Observed {
 }
 
 fn sum(exposition: &str, metric: &str, filter: &str) -> u64 {
-    exposition
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let name = series.split('{').next()?;
-            (name == metric && series.contains(filter)).then(|| value.parse::<f64>().ok())?
-        })
-        .sum::<f64>() as u64
+    boomerang_runtime::metrics::exposition_sum(exposition, metric, &[filter]) as u64
 }
 
 /// One client for every scrape: `reqwest::get` would build a client, root certificates

@@ -208,6 +208,24 @@ impl StageMetrics {
     }
 }
 
+/// The sum of `metric` over its series in a Prometheus text exposition, counting only the
+/// series whose labels contain every `label_filters` entry (`name="value"`): what the CLI's
+/// report and the tests read from a stage's `/metrics`.
+pub fn exposition_sum(exposition: &str, metric: &str, label_filters: &[&str]) -> f64 {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let name = series.split('{').next()?;
+            if name != metric || !label_filters.iter().all(|filter| series.contains(filter)) {
+                return None;
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,18 +5,7 @@ use std::process::{Command, Stdio};
 /// The sum of a metric over all its label sets in a Prometheus text exposition, counting only
 /// the label sets that contain every `label_filters` entry (`name="value"`).
 pub fn metric_sum(exposition: &str, metric: &str, label_filters: &[&str]) -> f64 {
-    exposition
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let name = series.split('{').next()?;
-            if name != metric || !label_filters.iter().all(|filter| series.contains(filter)) {
-                return None;
-            }
-            value.parse::<f64>().ok()
-        })
-        .sum()
+    boomerang_runtime::metrics::exposition_sum(exposition, metric, label_filters)
 }
 
 /// [`metric_sum`] as a count.
