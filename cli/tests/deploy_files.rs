@@ -27,7 +27,7 @@ fn promtool(arguments: &[&str], directory: &Path) {
 /// All Rust sources of the stages and their shared runtime, concatenated.
 fn sources() -> String {
     let mut text = String::new();
-    for crate_dir in ["runtime", "ingest", "enrich", "sink", "cli"] {
+    for crate_dir in ["runtime", "clickhouse", "ingest", "enrich", "sink", "cli"] {
         let mut stack = vec![repo().join(crate_dir).join("src")];
         while let Some(dir) = stack.pop() {
             for entry in std::fs::read_dir(&dir).expect("source dir") {

@@ -60,16 +60,8 @@ fn write_seed_corpora() {
     let customer = boomerang_testkit::samples::customer("cu-1", "vip", true);
     let order = boomerang_testkit::samples::order("o-1", "cu-1", Some(1_700_000_000_000_000));
     let enriched = EnrichedPostPurchaseEvent {
-        event: rich.clone(),
-        customer_missing: false,
-        order_missing: false,
-        order_line_missing: false,
         customer_pseudonymised: true,
         customer_segment: Some("vip".into()),
-        customer_region: Some("emea".into()),
-        order_channel: None,
-        order_placed_at: None,
-        order_delivered_at: None,
         line_category: Some("shoes".into()),
         line_unit_price: Some(Money {
             amount_minor: 5_000,
@@ -78,7 +70,9 @@ fn write_seed_corpora() {
         days_since_delivery: Some(3),
         within_return_window: Some(true),
         enriched_at: event.occurred_at,
+        ..boomerang_testkit::samples::enriched(rich.clone())
     };
+
     let event_datums = [
         codec::encode(&event).expect("encode"),
         codec::encode(&rich).expect("encode"),
