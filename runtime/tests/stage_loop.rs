@@ -10,8 +10,8 @@ use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
 use boomerang_runtime::metrics::{Metrics, StageMetrics};
 use boomerang_runtime::service::StageContext;
 use boomerang_runtime::stage_loop::{
-    self, Fence, FlushFuture, FlushResult, InputRecord, LoopSettings, OnRetentionGap, Outcome,
-    Partition, Processor, RetryableError, WriteIndex, Writes,
+    self, BatchWait, Fence, FlushFuture, FlushResult, InputRecord, LoopSettings, OnRetentionGap,
+    Outcome, Partition, Processor, RetryableError, WriteIndex, Writes,
 };
 use boomerang_testkit::{Stack, committed_and_high_watermarks, read_topic_to_end, unique_name};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -185,7 +185,7 @@ fn start_loop<P: Processor + 'static>(
         output_topics: Vec::new(),
         dead_letter_topic: dead_letters.to_string(),
         batch_max_records: 100,
-        batch_max_wait: Duration::from_millis(50),
+        batch_wait: BatchWait::from_millis(50, 50),
         on_retention_gap: OnRetentionGap::Resume,
     };
     let (ended_sender, ended) = std::sync::mpsc::channel();

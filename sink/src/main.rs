@@ -3,7 +3,6 @@
 //! the way of a record.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use boomerang_clickhouse::ClickhouseArgs;
 use boomerang_clickhouse::migrations;
@@ -12,7 +11,7 @@ use boomerang_runtime::metrics::StageMetrics;
 use boomerang_runtime::pseudonym::{PseudonymArgs, Pseudonymiser};
 use boomerang_runtime::registry::{RegistryArgs, WriterSchemas};
 use boomerang_runtime::service::{self, ServiceArgs, StageContext};
-use boomerang_runtime::stage_loop::{self, GroupArgs, LoopSettings};
+use boomerang_runtime::stage_loop::{self, BatchWait, GroupArgs, LoopSettings};
 use boomerang_runtime::topics::TopicsArgs;
 use boomerang_sink::metrics::SinkMetrics;
 use boomerang_sink::processor::{SinkProcessor, SinkTopics};
@@ -65,6 +64,17 @@ struct SinkArgs {
         default_value_t = 500
     )]
     insert_max_wait_ms: u64,
+
+    /// Shortest a batch waits once its first record is in, in milliseconds; after that it is
+    /// inserted as soon as the sink has caught up with its topics, instead of waiting out
+    /// --insert-max-wait-ms. Under load the sink always has more, and batches fill as before.
+    /// This bounds how many inserts a second a trickle of events makes.
+    #[arg(
+        long = "insert-min-wait-ms",
+        env = "BOOMERANG_INSERT_MIN_WAIT_MS",
+        default_value_t = 100
+    )]
+    insert_min_wait_ms: u64,
 
     /// How many of each enriched partition's latest events' idempotency keys the sink
     /// remembers (about 50 bytes each), to write an event an upstream stage emitted twice only
@@ -120,7 +130,7 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         vec![topics.enriched_events, topics.orders, topics.customers],
         args.topics.dead_letter.clone(),
         args.sink.insert_max_rows,
-        Duration::from_millis(args.sink.insert_max_wait_ms),
+        BatchWait::from_millis(args.sink.insert_min_wait_ms, args.sink.insert_max_wait_ms),
     );
     stage_loop::run(settings, &args.kafka, processor, stage_metrics, &context).await
 }

@@ -1,5 +1,5 @@
-//! Collecting a batch from the consumer: wait for a first record, then fill until full or
-//! until the batch's wait is over.
+//! Collecting a batch from the consumer: wait for a first record, then fill until full, until
+//! the consumer has caught up (after the batch's minimum wait), or until its maximum wait.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -50,8 +50,8 @@ pub(super) struct CollectLimits {
 /// How often an idle loop returns while the processor holds records.
 pub(super) const HOLDING_CHECK_INTERVAL: Duration = Duration::from_millis(20);
 
-/// Waits for a first record, then fills the batch until it is full or `batch_max_wait` has
-/// passed. Returns early, possibly empty, when partitions were assigned or revoked, so that
+/// Waits for a first record, then fills the batch until it is full, or until the consumer has
+/// nothing more fetched once `batch_wait.min` has passed, or until `batch_wait.max` has passed. Returns early, possibly empty, when partitions were assigned or revoked, so that
 /// even an idle stage restores and releases partitions at once.
 pub(super) async fn collect_batch(
     consumer: &StreamConsumer<LoopContext>,
@@ -113,7 +113,9 @@ pub(super) async fn collect_batch(
             Err(_idle) => {}
         }
     }
-    let deadline = tokio::time::Instant::now() + settings.batch_max_wait;
+    let first_in = tokio::time::Instant::now();
+    let deadline = first_in + settings.batch_wait.max;
+    let caught_up_from = first_in + settings.batch_wait.min;
     while batch.len() < limits.max_records {
         // Take what librdkafka has already fetched without arming a timer per record.
         if let Some(Some(received)) = messages.next().now_or_never() {
@@ -126,7 +128,14 @@ pub(super) async fn collect_batch(
             }
             continue;
         }
-        match tokio::time::timeout_at(deadline, messages.next()).await {
+        // Nothing more fetched: the consumer has caught up. The batch goes once it has waited
+        // its minimum, rather than waiting out its maximum for records that may not come:
+        // at low rates that wait was most of an event's time to queryable.
+        let flush_at = caught_up_from.min(deadline);
+        if tokio::time::Instant::now() >= flush_at {
+            break;
+        }
+        match tokio::time::timeout_at(flush_at, messages.next()).await {
             Ok(Some(Ok(message))) => batch.push(owned_record(&message)),
             Ok(None) => break, // never: a Kafka message stream does not end
             Ok(Some(Err(error))) => {

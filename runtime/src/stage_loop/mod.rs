@@ -63,7 +63,8 @@ pub use self::processor::{
     Processor, Released, RetryableError, WriteIndex, Writes,
 };
 pub use self::settings::{
-    CRASH_AFTER_PRODUCE_ENV, DROP_COMMITS_ENV, GroupArgs, LoopArgs, LoopSettings, OnRetentionGap,
+    BatchWait, CRASH_AFTER_PRODUCE_ENV, DROP_COMMITS_ENV, GroupArgs, LoopArgs, LoopSettings,
+    OnRetentionGap,
 };
 
 /// How often the processor hears which offsets are acknowledged.

@@ -23,6 +23,35 @@ pub struct LoopArgs {
         default_value_t = 100
     )]
     pub batch_max_wait_ms: u64,
+
+    /// Shortest a batch waits once its first record is in, in milliseconds; after that it
+    /// goes as soon as the consumer has nothing more fetched (it has caught up), instead of
+    /// waiting out --batch-max-wait-ms. Under load the consumer always has more, and batches
+    /// fill as before.
+    #[arg(
+        long = "batch-min-wait-ms",
+        env = "BOOMERANG_BATCH_MIN_WAIT_MS",
+        default_value_t = 20
+    )]
+    pub batch_min_wait_ms: u64,
+}
+
+/// How long a batch waits to fill: at least `min`, then only while the consumer has more
+/// fetched, and never past `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchWait {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl BatchWait {
+    pub fn from_millis(min_ms: u64, max_ms: u64) -> Self {
+        let max = Duration::from_millis(max_ms);
+        Self {
+            min: Duration::from_millis(min_ms).min(max),
+            max,
+        }
+    }
 }
 
 /// How a stage consumes as a member of its group: every stage has these.
@@ -71,7 +100,7 @@ pub struct LoopSettings {
     pub output_topics: Vec<String>,
     pub dead_letter_topic: String,
     pub batch_max_records: usize,
-    pub batch_max_wait: Duration,
+    pub batch_wait: BatchWait,
     pub on_retention_gap: OnRetentionGap,
 }
 
@@ -94,7 +123,7 @@ impl LoopSettings {
             input_topics,
             dead_letter_topic,
             args.batch_max_records,
-            Duration::from_millis(args.batch_max_wait_ms),
+            BatchWait::from_millis(args.batch_min_wait_ms, args.batch_max_wait_ms),
         )
     }
 
@@ -105,7 +134,7 @@ impl LoopSettings {
         input_topics: Vec<String>,
         dead_letter_topic: String,
         batch_max_records: usize,
-        batch_max_wait: Duration,
+        batch_wait: BatchWait,
     ) -> Self {
         Self {
             stage,
@@ -114,7 +143,7 @@ impl LoopSettings {
             output_topics: Vec::new(),
             dead_letter_topic,
             batch_max_records: batch_max_records.max(1),
-            batch_max_wait,
+            batch_wait,
             on_retention_gap: group.on_retention_gap,
         }
     }
