@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use boomerang_benches::harness::{built_release_binary, cpu_seconds};
+use boomerang_benches::harness::{built_release_binary, cpu_seconds, peak_rss_kib};
 use boomerang_benches::reference_world::{customer, event, order};
 use boomerang_clickhouse::ClickhouseArgs;
 use boomerang_clickhouse::migrations;
@@ -520,6 +520,7 @@ fn boomerang_drain(
         ];
         measured.extend(stack_pids());
         let cpu_before = cpu_now(&measured);
+        let profiler = start_profiler();
         let started = Instant::now();
         let mut first_record = None;
         while events_inserted(&downstream[1]).await < events {
@@ -543,7 +544,37 @@ fn boomerang_drain(
             with_start_up: started.elapsed().as_secs_f64(),
             from_first_record: first_record.map_or(f64::NAN, |first| first.elapsed().as_secs_f64()),
         };
+        stop_profiler(profiler);
         print_cpu_used(&measured, &cpu_before, events);
+        let sink_metrics = metrics(&downstream[1]).await;
+        let events_table = ["table=\"post_purchase_events\""];
+        let inserts = value(
+            &sink_metrics,
+            "boomerang_sink_insert_rows_count",
+            &events_table,
+        );
+        let rows = value(
+            &sink_metrics,
+            "boomerang_sink_insert_rows_sum",
+            &events_table,
+        );
+        eprintln!(
+            "sink: {inserts} inserts of events, {} rows per insert",
+            rows / inserts.max(1)
+        );
+        for (name, process) in ["ingest", "enrich", "sink"]
+            .iter()
+            .zip(ingest.iter().chain(&downstream))
+        {
+            let exposition = metrics(process).await;
+            let batches = value(&exposition, "boomerang_batch_duration_seconds_count", &[]);
+            let records = value(&exposition, "boomerang_received_events_total", &[]);
+            eprintln!(
+                "{name}: {batches} batches, {} records per batch; peak rss {} MiB",
+                records / batches.max(1),
+                peak_rss_kib(process.id()) / 1024
+            );
+        }
         for process in ingest.iter().chain(&downstream) {
             process.terminate();
         }
@@ -554,6 +585,25 @@ fn boomerang_drain(
         drain.from_first_record, drain.with_start_up
     );
     drain
+}
+
+/// `BOOMERANG_BENCH_PROFILE`: a shell command run while Boomerang drains, from its clock's
+/// start to its end (then sent SIGINT), e.g. `perf record -F 499 -a -g -o /tmp/e2e.perf`.
+fn start_profiler() -> Option<std::process::Child> {
+    let command = std::env::var("BOOMERANG_BENCH_PROFILE").ok()?;
+    let child = std::process::Command::new("sh")
+        .args(["-c", &format!("exec {command}")])
+        .spawn()
+        .expect("start BOOMERANG_BENCH_PROFILE");
+    Some(child)
+}
+
+fn stop_profiler(profiler: Option<std::process::Child>) {
+    let Some(mut child) = profiler else { return };
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
