@@ -65,10 +65,11 @@ struct SinkArgs {
     )]
     insert_max_wait_ms: u64,
 
-    /// Shortest a batch waits once its first record is in, in milliseconds; after that it is
-    /// inserted as soon as the sink has caught up with its topics, instead of waiting out
-    /// --insert-max-wait-ms. Under load the sink always has more, and batches fill as before.
-    /// This bounds how many inserts a second a trickle of events makes.
+    /// Shortest a batch waits once its first record is in, in milliseconds; after that a small
+    /// batch (under a tenth of --insert-max-rows) is inserted as soon as the sink has caught
+    /// up with its topics, instead of waiting out --insert-max-wait-ms. Under load batches are
+    /// large by then and fill as before. This bounds how many inserts a second a trickle of
+    /// events makes.
     #[arg(
         long = "insert-min-wait-ms",
         env = "BOOMERANG_INSERT_MIN_WAIT_MS",

@@ -24,10 +24,10 @@ pub struct LoopArgs {
     )]
     pub batch_max_wait_ms: u64,
 
-    /// Shortest a batch waits once its first record is in, in milliseconds; after that it
-    /// goes as soon as the consumer has nothing more fetched (it has caught up), instead of
-    /// waiting out --batch-max-wait-ms. Under load the consumer always has more, and batches
-    /// fill as before.
+    /// Shortest a batch waits once its first record is in, in milliseconds; after that a
+    /// small batch (under a tenth of --batch-max-records) goes as soon as the consumer has
+    /// nothing more fetched (it has caught up), instead of waiting out --batch-max-wait-ms.
+    /// Under load batches are large by then and fill as before.
     #[arg(
         long = "batch-min-wait-ms",
         env = "BOOMERANG_BATCH_MIN_WAIT_MS",
