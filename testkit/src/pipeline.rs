@@ -8,6 +8,7 @@ use std::time::Duration;
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
 use boomerang_runtime::registry::{Registration, RegistryArgs, register_all};
 use boomerang_runtime::topics::{TopicsArgs, value_subject};
+use boomerang_schemas::{AvroRecord, Customer, Order, codec};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
@@ -122,6 +123,33 @@ impl TestPipeline {
             .send(record, Duration::from_secs(10))
             .await
             .expect("produce");
+    }
+
+    /// `record`, framed with `topic`'s current schema, keyed `key`.
+    pub async fn produce<T: AvroRecord>(&self, topic: &str, key: &str, record: &T) {
+        let value = codec::encode_framed(self.schema_id(topic), record).expect("encode");
+        self.send(topic, key, Some(&value), &[]).await;
+    }
+
+    /// Reference data, as the CRM publishes it (enrich joins it, the sink stores it).
+    pub async fn produce_customer(&self, customer: &Customer) {
+        self.produce(&self.topics.customers, &customer.customer_id, customer)
+            .await;
+    }
+
+    pub async fn delete_customer(&self, customer_id: &str) {
+        self.send(&self.topics.customers, customer_id, None, &[])
+            .await;
+    }
+
+    /// Reference data, as the shop publishes it.
+    pub async fn produce_order(&self, order: &Order) {
+        self.produce(&self.topics.orders, &order.order_id, order)
+            .await;
+    }
+
+    pub async fn delete_order(&self, order_id: &str) {
+        self.send(&self.topics.orders, order_id, None, &[]).await;
     }
 
     /// Every record of `topic` so far.

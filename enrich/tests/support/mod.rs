@@ -21,8 +21,6 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "boomerang.idempotency_key";
 pub struct Pipeline {
     base: TestPipeline,
     event_schema_id: u32,
-    customer_schema_id: u32,
-    order_schema_id: u32,
 }
 
 boomerang_testkit::extends_test_pipeline!(Pipeline);
@@ -41,8 +39,6 @@ impl Pipeline {
         .await;
         Self {
             event_schema_id: base.schema_id(&base.topics.validated_events),
-            customer_schema_id: base.schema_id(&base.topics.customers),
-            order_schema_id: base.schema_id(&base.topics.orders),
             base,
         }
     }
@@ -107,28 +103,6 @@ impl Pipeline {
     /// Bytes that are no validated event at all.
     pub async fn produce_raw_event(&self, key: &str, value: &[u8]) {
         self.send(&self.topics.validated_events, key, Some(value), &[])
-            .await;
-    }
-
-    pub async fn produce_customer(&self, customer: &Customer) {
-        let value = codec::encode_framed(self.customer_schema_id, customer).expect("encode");
-        self.send(
-            &self.topics.customers,
-            &customer.customer_id,
-            Some(&value),
-            &[],
-        )
-        .await;
-    }
-
-    pub async fn delete_customer(&self, customer_id: &str) {
-        self.send(&self.topics.customers, customer_id, None, &[])
-            .await;
-    }
-
-    pub async fn produce_order(&self, order: &Order) {
-        let value = codec::encode_framed(self.order_schema_id, order).expect("encode");
-        self.send(&self.topics.orders, &order.order_id, Some(&value), &[])
             .await;
     }
 

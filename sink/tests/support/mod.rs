@@ -22,8 +22,6 @@ pub struct Pipeline {
     base: TestPipeline,
     pub clickhouse: ClickhouseArgs,
     enriched_schema_id: u32,
-    customer_schema_id: u32,
-    order_schema_id: u32,
 }
 
 boomerang_testkit::extends_test_pipeline!(Pipeline);
@@ -44,8 +42,6 @@ impl Pipeline {
         migrations::apply(&clickhouse, None).await.expect("migrate");
         Self {
             enriched_schema_id: base.schema_id(&base.topics.enriched_events),
-            customer_schema_id: base.schema_id(&base.topics.customers),
-            order_schema_id: base.schema_id(&base.topics.orders),
             clickhouse,
             base,
         }
@@ -89,27 +85,6 @@ impl Pipeline {
     pub async fn produce_raw_enriched(&self, key: &str, value: &[u8]) {
         self.send(&self.topics.enriched_events, key, Some(value), &[])
             .await;
-    }
-
-    pub async fn produce_order(&self, order: &Order) {
-        let value = codec::encode_framed(self.order_schema_id, order).expect("encode");
-        self.send(&self.topics.orders, &order.order_id, Some(&value), &[])
-            .await;
-    }
-
-    pub async fn delete_order(&self, order_id: &str) {
-        self.send(&self.topics.orders, order_id, None, &[]).await;
-    }
-
-    pub async fn produce_customer(&self, customer: &Customer) {
-        let value = codec::encode_framed(self.customer_schema_id, customer).expect("encode");
-        self.send(
-            &self.topics.customers,
-            &customer.customer_id,
-            Some(&value),
-            &[],
-        )
-        .await;
     }
 
     /// `count()` of a table or view, without FINAL unless the query says so.
