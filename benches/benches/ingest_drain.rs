@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use boomerang_benches::harness::{cpu_seconds, peak_rss_kib, prefill};
+use boomerang_benches::harness::{cpu_seconds, env_number, peak_rss_kib, prefill};
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
 use boomerang_runtime::registry::{RegistryArgs, register_all};
 use boomerang_runtime::topics::{TopicsArgs, value_subject};
@@ -94,10 +94,7 @@ fn bare_forwarder_drain(kafka: &KafkaArgs, topic: &str, to_topic: &str, events: 
 }
 
 fn main() {
-    let events: usize = std::env::var("BOOMERANG_BENCH_EVENTS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(1_000_000);
+    let events = env_number("BOOMERANG_BENCH_EVENTS", 1_000_000) as usize;
     let binary =
         boomerang_benches::harness::built_release_binary("boomerang-ingest", "boomerang-ingest");
     let stack = Stack::from_env();

@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use boomerang_benches::harness::{built_release_binary, cpu_seconds, peak_rss_kib};
+use boomerang_benches::harness::{built_release_binary, cpu_seconds, env_number, peak_rss_kib};
 use boomerang_benches::reference_world::{customer, event, order};
 use boomerang_clickhouse::ClickhouseArgs;
 use boomerang_clickhouse::migrations;
@@ -50,13 +50,6 @@ const PARTITIONS: i32 = 4;
 const CUSTOMERS: usize = 20_000;
 /// How often both drains look whether the last hop has every event.
 const NULL_WATCH_INTERVAL: Duration = Duration::from_millis(20);
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
 
 fn now_micros() -> i64 {
     TimestampMicros::now().as_unix_micros()

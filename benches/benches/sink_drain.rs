@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use boomerang_benches::harness::{built_release_binary, cpu_seconds, prefill};
+use boomerang_benches::harness::{built_release_binary, cpu_seconds, env_number, prefill};
 use boomerang_benches::reference_world::event;
 use boomerang_clickhouse::ClickhouseArgs;
 use boomerang_clickhouse::migrations;
@@ -76,10 +76,7 @@ async fn bare_insert(clickhouse: &ClickhouseArgs, events: usize, now: TimestampM
 }
 
 fn main() {
-    let events: usize = std::env::var("BOOMERANG_BENCH_EVENTS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(1_000_000);
+    let events = env_number("BOOMERANG_BENCH_EVENTS", 1_000_000) as usize;
     let binary = built_release_binary("boomerang-sink", "boomerang-sink");
     let stack = Stack::from_env();
     let kafka = KafkaArgs::for_brokers(&stack.kafka_brokers);

@@ -34,6 +34,14 @@ impl WriterSchemaSource for CurrentSchemaOnly {
     }
 }
 
+/// A number from the environment (`BOOMERANG_BENCH_EVENTS`, say), else `default`.
+pub fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Produces `count` records to `topic`, the `n`th keyed and valued by `record(n)`, framed with
 /// `schema_id`, as fast as the producer takes them; returns how long it took, flush included.
 pub fn prefill<T: AvroRecord>(
