@@ -59,11 +59,6 @@ pub struct StageContext {
     pub shutdown: CancellationToken,
 }
 
-/// Runs a stage's `main` (below) on a multi-threaded runtime, then does not wait for blocking
-/// work still running: a partition's restore or a commit the group does not answer must not
-/// hold up a stage that has stopped (everything it processed is committed by then). The
-/// runtime's own drop would wait for them; the chaos soak found an ingest that took more than
-/// 20 s to exit after SIGTERM, behind a restore.
 /// A stage binary's whole `main`: its `Args` loaded (flags, then environment, then config
 /// file), then [`main`] running `work` on a new runtime, to an exit code.
 pub fn run_binary<Args, Work, WorkFuture>(
@@ -84,6 +79,11 @@ where
     }))
 }
 
+/// Runs a stage's `main` (below) on a multi-threaded runtime, then does not wait for blocking
+/// work still running: a partition's restore or a commit the group does not answer must not
+/// hold up a stage that has stopped (everything it processed is committed by then). The
+/// runtime's own drop would wait for them; the chaos soak found an ingest that took more than
+/// 20 s to exit after SIGTERM, behind a restore.
 pub fn run_to_exit(main: impl Future<Output = ExitCode>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
