@@ -77,6 +77,7 @@ fn a_dead_letter_too_large_for_the_producer_is_trimmed_and_the_stage_goes_on() {
         &group,
         &input,
         &dead_letters,
+        BatchWait::from_millis(50, 50),
         RefusingWriter::default(),
     );
 
@@ -164,6 +165,7 @@ fn start_loop<P: Processor + 'static>(
     group: &str,
     input: &str,
     dead_letters: &str,
+    batch_wait: BatchWait,
     processor: P,
 ) -> (
     CancellationToken,
@@ -185,7 +187,7 @@ fn start_loop<P: Processor + 'static>(
         output_topics: Vec::new(),
         dead_letter_topic: dead_letters.to_string(),
         batch_max_records: 100,
-        batch_wait: BatchWait::from_millis(50, 50),
+        batch_wait,
         on_retention_gap: OnRetentionGap::Resume,
     };
     let (ended_sender, ended) = std::sync::mpsc::channel();
@@ -232,6 +234,7 @@ fn a_processor_that_keeps_records_but_never_writes_stops_the_stage_uncommitted()
         &group,
         &input,
         &dead_letters,
+        BatchWait::from_millis(50, 50),
         ForgetsToWrite::default(),
     );
     let result = ended
@@ -244,6 +247,49 @@ fn a_processor_that_keeps_records_but_never_writes_stops_the_stage_uncommitted()
         committed.iter().all(|(_, committed, _)| *committed <= 0),
         "nothing committed: {committed:?}"
     );
+}
+
+/// Passes every record on, producing nothing.
+struct PassesEverything;
+
+impl Processor for PassesEverything {
+    async fn assign(&mut self, _partitions: &[Partition]) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn revoke(&mut self, _partitions: &[Partition]) {}
+
+    async fn process(&mut self, _record: &InputRecord) -> Result<Outcome, RetryableError> {
+        Ok(Outcome::Emit(Vec::new()))
+    }
+}
+
+/// A trickle of records is not held for the batch's maximum wait: once the consumer has
+/// nothing more fetched, a small batch goes after its minimum wait. Here the maximum is
+/// 10 minutes, so a commit within the 30 s deadline can only come from the early flush.
+#[test]
+fn a_small_batch_goes_once_the_consumer_has_caught_up_not_at_its_maximum_wait() {
+    let stack = Stack::from_env();
+    let (input, dead_letters, broker) = topics_holding(&stack, &[("one", b"value".to_vec())]);
+    let group = unique_name("it-loop");
+    let (shutdown, ended) = start_loop(
+        broker,
+        &group,
+        &input,
+        &dead_letters,
+        BatchWait::from_millis(20, 600_000),
+        PassesEverything,
+    );
+    poll_until_blocking("the one record committed", || {
+        committed_and_high_watermarks(&stack.kafka_brokers, &group, &input)
+            .iter()
+            .all(|(_, committed, high)| committed == high)
+    });
+    shutdown.cancel();
+    let result = ended
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the stage stops when asked");
+    assert_eq!(result, Ok(()));
 }
 
 fn poll_until_blocking(what: &str, mut check: impl FnMut() -> bool) {

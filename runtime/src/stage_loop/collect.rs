@@ -47,10 +47,6 @@ pub(super) struct CollectLimits {
     pub(super) return_when_idle: bool,
 }
 
-/// A batch under this fraction of its maximum size is small: it goes as soon as the consumer
-/// has caught up (after its minimum wait).
-const SMALL_BATCH_FRACTION: usize = 10;
-
 /// How often an idle loop returns while the processor holds records.
 pub(super) const HOLDING_CHECK_INTERVAL: Duration = Duration::from_millis(20);
 
@@ -118,9 +114,6 @@ pub(super) async fn collect_batch(
         }
     }
     let first_in = tokio::time::Instant::now();
-    let deadline = first_in + settings.batch_wait.max;
-    let caught_up_from = first_in + settings.batch_wait.min;
-    let small_batch = (limits.max_records / SMALL_BATCH_FRACTION).max(1);
     while batch.len() < limits.max_records {
         // Take what librdkafka has already fetched without arming a timer per record.
         if let Some(Some(received)) = messages.next().now_or_never() {
@@ -133,17 +126,11 @@ pub(super) async fn collect_batch(
             }
             continue;
         }
-        // Nothing more fetched: the consumer has caught up. A small batch goes once it has
-        // waited its minimum, rather than waiting out its maximum for records that may not
-        // come: at low rates that wait was most of an event's time to queryable. A batch that
-        // is already large is under load, and the next fetch is near: it fills as before, so
-        // that load never means more, smaller batches (inserts, commits).
-        let small = batch.len() < small_batch;
-        let flush_at = if small {
-            caught_up_from.min(deadline)
-        } else {
-            deadline
-        };
+        // Nothing more fetched: the consumer has caught up (`BatchWait::caught_up_flush_at`).
+        let flush_at =
+            settings
+                .batch_wait
+                .caught_up_flush_at(first_in, batch.len(), limits.max_records);
         if tokio::time::Instant::now() >= flush_at {
             break;
         }

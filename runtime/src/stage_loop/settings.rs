@@ -44,12 +44,36 @@ pub struct BatchWait {
     pub max: Duration,
 }
 
+/// A batch under this fraction of its maximum size is small: it goes as soon as the consumer
+/// has caught up (after its minimum wait).
+const SMALL_BATCH_FRACTION: usize = 10;
+
 impl BatchWait {
     pub fn from_millis(min_ms: u64, max_ms: u64) -> Self {
         let max = Duration::from_millis(max_ms);
         Self {
             min: Duration::from_millis(min_ms).min(max),
             max,
+        }
+    }
+
+    /// When a batch whose first record came in at `first_in`, holding `records` of at most
+    /// `max_records`, goes once the consumer has nothing more fetched. A small batch goes after
+    /// the minimum wait, rather than waiting out the maximum for records that may not come: at
+    /// low rates that wait was most of an event's time to queryable. A large one is under
+    /// load and the next fetch is near: it fills until the maximum, so that load never means
+    /// more, smaller batches (inserts, commits).
+    pub(super) fn caught_up_flush_at(
+        &self,
+        first_in: tokio::time::Instant,
+        records: usize,
+        max_records: usize,
+    ) -> tokio::time::Instant {
+        let small = records < (max_records / SMALL_BATCH_FRACTION).max(1);
+        if small {
+            first_in + self.min.min(self.max)
+        } else {
+            first_in + self.max
         }
     }
 }
@@ -175,4 +199,35 @@ pub(super) fn drop_this_commit() -> bool {
             left.checked_sub(1)
         })
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_caught_up_batch_goes_after_its_minimum_a_large_one_at_its_maximum() {
+        let wait = BatchWait::from_millis(20, 500);
+        let first_in = tokio::time::Instant::now();
+        let at = |records| wait.caught_up_flush_at(first_in, records, 10_000) - first_in;
+        assert_eq!(at(1), Duration::from_millis(20));
+        assert_eq!(at(999), Duration::from_millis(20));
+        assert_eq!(
+            at(1_000),
+            Duration::from_millis(500),
+            "a tenth of the maximum is large"
+        );
+        assert_eq!(at(9_999), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn the_minimum_never_exceeds_the_maximum() {
+        let wait = BatchWait::from_millis(900, 100);
+        assert_eq!(wait.min, Duration::from_millis(100));
+        let first_in = tokio::time::Instant::now();
+        assert_eq!(
+            wait.caught_up_flush_at(first_in, 1, 10) - first_in,
+            Duration::from_millis(100)
+        );
+    }
 }
