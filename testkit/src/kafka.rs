@@ -28,7 +28,7 @@ impl ReadRecord {
 /// Every record of `topic` from the start of each partition to its high watermark as of now.
 pub fn read_topic_to_end(brokers: &str, topic: &str) -> Vec<ReadRecord> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::{Headers, Message};
+    use rdkafka::message::Message;
     use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
     let consumer: BaseConsumer = ClientConfig::new()
@@ -83,17 +83,7 @@ pub fn read_topic_to_end(brokers: &str, topic: &str) -> Vec<ReadRecord> {
                 key: message.key().map(<[u8]>::to_vec),
                 value: message.payload().map(<[u8]>::to_vec),
                 timestamp_ms: message.timestamp().to_millis(),
-                headers: message
-                    .headers()
-                    .map(|headers| {
-                        headers
-                            .iter()
-                            .map(|header| {
-                                (header.key.to_string(), header.value.map(<[u8]>::to_vec))
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                headers: boomerang_runtime::kafka::owned_headers(&message),
             });
         }
     }
