@@ -55,18 +55,22 @@ fn validated_records(now: TimestampMicros) -> Vec<InputRecord> {
             let mut value = Vec::new();
             wire::start_frame(SCHEMA_ID, &mut value);
             codec::encode_into(&event, &mut value).expect("encode");
-            InputRecord {
-                topic: "validated".into(),
-                partition: 0,
-                offset: n as i64,
-                key: Some(event.order_id.into_bytes()),
-                value: Some(value),
-                timestamp_ms: Some(now.as_unix_millis()),
-                headers: vec![(
-                    "boomerang.idempotency_key".into(),
-                    Some(event.idempotency_key.into_bytes()),
-                )],
-            }
+            InputRecord::new(
+                "validated".into(),
+                0,
+                n as i64,
+                Some(event.order_id.as_bytes()),
+                Some(&value),
+            )
+            .with_timestamp_ms(Some(now.as_unix_millis()))
+            .with_headers(
+                [(
+                    "boomerang.idempotency_key",
+                    Some(event.idempotency_key.as_bytes()),
+                )]
+                .into_iter()
+                .collect(),
+            )
         })
         .collect()
 }

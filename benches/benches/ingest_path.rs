@@ -35,15 +35,14 @@ fn raw_records() -> Vec<InputRecord> {
             let mut value = Vec::new();
             wire::start_frame(SCHEMA_ID, &mut value);
             codec::encode_into(&event, &mut value).expect("encode");
-            InputRecord {
-                topic: "raw".into(),
-                partition: 0,
-                offset: n as i64,
-                key: Some(event.order_id.into_bytes()),
-                value: Some(value),
-                timestamp_ms: Some(now.as_unix_millis()),
-                headers: Vec::new(),
-            }
+            InputRecord::new(
+                "raw".into(),
+                0,
+                n as i64,
+                Some(event.order_id.as_bytes()),
+                Some(&value),
+            )
+            .with_timestamp_ms(Some(now.as_unix_millis()))
         })
         .collect()
 }
@@ -62,7 +61,7 @@ fn processor(runtime: &tokio::runtime::Runtime) -> IngestProcessor<CurrentSchema
         IngestMetrics::register(&Metrics::for_tests()).expect("metrics"),
     );
     runtime
-        .block_on(processor.assign(&[("raw".to_string(), 0)]))
+        .block_on(processor.assign(&[("raw".into(), 0)]))
         .expect("assign");
     processor
 }

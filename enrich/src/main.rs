@@ -164,7 +164,7 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     ));
 
     let settings = EnrichSettings {
-        enriched_topic: args.topics.enriched_events.clone(),
+        enriched_topic: args.topics.enriched_events.as_str().into(),
         enriched_schema_id,
         join: JoinSettings {
             return_window_days: args.enrich.return_window_days,

@@ -55,13 +55,7 @@ pub struct PendingBuffer {
 }
 
 fn record_bytes(record: &InputRecord) -> usize {
-    record.key.as_ref().map_or(0, Vec::len)
-        + record.value.as_ref().map_or(0, Vec::len)
-        + record
-            .headers
-            .iter()
-            .map(|(name, value)| name.len() + value.as_ref().map_or(0, Vec::len))
-            .sum::<usize>()
+    record.retained_bytes()
 }
 
 impl PendingBuffer {
@@ -272,15 +266,13 @@ mod tests {
         let mut event = event();
         event.order_id = order_id.into();
         event.order_line_id = format!("{order_id}/1");
-        let record = InputRecord {
-            topic: "validated".into(),
-            partition: 0,
+        let record = InputRecord::new(
+            "validated".into(),
+            0,
             offset,
-            key: Some(order_id.as_bytes().to_vec()),
-            value: Some(vec![0; 100]),
-            timestamp_ms: None,
-            headers: vec![],
-        };
+            Some(order_id.as_bytes()),
+            Some(&[0; 100]),
+        );
         Held {
             keys: JoinKeys::of(&event),
             record,

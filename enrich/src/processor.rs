@@ -4,6 +4,7 @@
 //! when reference data is missing, hold the event (`pending.rs`) until it arrives or the
 //! deadline passes.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boomerang_runtime::dead_letter::Rejection;
@@ -28,7 +29,7 @@ const RECHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct EnrichSettings {
-    pub enriched_topic: String,
+    pub enriched_topic: Arc<str>,
     /// The registry id of the schema enriched events are written with.
     pub enriched_schema_id: u32,
     pub join: JoinSettings,
@@ -170,7 +171,7 @@ impl<Source: WriterSchemaSource> Processor for EnrichProcessor<Source> {
     }
 
     async fn process(&mut self, record: &InputRecord) -> Result<Outcome, RetryableError> {
-        let decoded = match self.decoder.decode(record.value.as_deref()).await {
+        let decoded = match self.decoder.decode(record.value()).await {
             Ok(decoded) => decoded,
             Err(DecodeFailure::Rejected(rejection)) => return Ok(Outcome::DeadLetter(rejection)),
             Err(DecodeFailure::Retry(error)) => return Err(error),

@@ -3,6 +3,8 @@
 //! idempotency key and the event time among them) carried over, and timestamped when it is
 //! produced, so that retention counts from then.
 
+use std::sync::Arc;
+
 use boomerang_runtime::stage_loop::{InputRecord, OutputRecord};
 use boomerang_runtime::wire;
 use boomerang_schemas::{CodecError, EnrichedPostPurchaseEvent, codec};
@@ -10,14 +12,14 @@ use boomerang_schemas::{CodecError, EnrichedPostPurchaseEvent, codec};
 pub fn enriched_record(
     enriched: &EnrichedPostPurchaseEvent,
     schema_id: u32,
-    topic: &str,
+    topic: &Arc<str>,
     from: &InputRecord,
 ) -> Result<OutputRecord, CodecError> {
     let mut value = Vec::with_capacity(320);
     wire::start_frame(schema_id, &mut value);
     codec::encode_into(enriched, &mut value)?;
     Ok(OutputRecord {
-        topic: topic.to_string(),
+        topic: topic.clone(),
         partition: None,
         key: Some(enriched.event.order_id.as_bytes().to_vec()),
         value: Some(value),

@@ -149,7 +149,7 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     let stage_metrics = StageMetrics::register(&context.metrics)?;
     let ingest_metrics = IngestMetrics::register(&context.metrics)?;
     let settings = IngestSettings {
-        validated_topic: args.topics.validated_events.clone(),
+        validated_topic: args.topics.validated_events.as_str().into(),
         validated_schema_id,
         rules: Rules {
             max_future_skew: Duration::from_secs(args.ingest.max_future_skew_secs),

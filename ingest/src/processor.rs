@@ -25,7 +25,7 @@ const EXPIRY_INTERVAL: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct IngestSettings {
-    pub validated_topic: String,
+    pub validated_topic: Arc<str>,
     /// The registry id of the schema validated events are written with.
     pub validated_schema_id: u32,
     pub rules: Rules,
@@ -155,7 +155,7 @@ impl<Source: WriterSchemaSource> IngestProcessor<Source> {
         let writer = SnapshotWriterThread::start(
             dir.clone(),
             kafka,
-            self.settings.validated_topic.clone(),
+            self.settings.validated_topic.to_string(),
             self.settings.dedup_window,
             self.metrics.snapshots.clone(),
         )?;
@@ -330,7 +330,7 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
     async fn process(&mut self, record: &InputRecord) -> Result<Outcome, RetryableError> {
         self.expire_now_and_then();
         let now = TimestampMicros::now();
-        let decoded = match self.decoder.decode(record.value.as_deref()).await {
+        let decoded = match self.decoder.decode(record.value()).await {
             Ok(decoded) => decoded,
             Err(DecodeFailure::Rejected(rejection)) => return Ok(Outcome::DeadLetter(rejection)),
             Err(DecodeFailure::Retry(error)) => return Err(error),
@@ -347,7 +347,7 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
                 partition = record.partition,
                 "record of a partition without state; restoring it now"
             );
-            let partition = (record.topic.clone(), record.partition);
+            let partition = record.partition();
             self.assign(std::slice::from_ref(&partition))
                 .await
                 .map_err(|source| RetryableError {

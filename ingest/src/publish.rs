@@ -5,7 +5,10 @@
 //! is when it was validated, so that retention counts from then: a backfilled event months old
 //! is not deleted before enrich reads it.
 
-use boomerang_runtime::stage_loop::{EVENT_TIME_HEADER, OutputRecord};
+use std::io::Write as _;
+use std::sync::Arc;
+
+use boomerang_runtime::stage_loop::{EVENT_TIME_HEADER, Headers, OutputRecord};
 use boomerang_runtime::wire;
 use boomerang_schemas::{CodecError, PostPurchaseEvent, codec};
 
@@ -17,34 +20,38 @@ pub const SOURCE_HEADER: &str = "boomerang.source";
 pub fn validated_record(
     event: &PostPurchaseEvent,
     schema_id: u32,
-    topic: &str,
+    topic: &Arc<str>,
     partition: i32,
     source_offset: i64,
 ) -> Result<OutputRecord, CodecError> {
     let mut value = Vec::with_capacity(256);
     wire::start_frame(schema_id, &mut value);
     codec::encode_into(event, &mut value)?;
+    let event_time_ms = event.occurred_at.as_unix_millis();
+    let mut headers = Headers::with_capacity(
+        3,
+        IDEMPOTENCY_KEY_HEADER.len() + SOURCE_HEADER.len() + EVENT_TIME_HEADER.len(),
+        event.idempotency_key.len() + 2 * 20,
+    );
+    headers.push(
+        IDEMPOTENCY_KEY_HEADER,
+        Some(event.idempotency_key.as_bytes()),
+    );
+    // Written straight into the headers' buffer: writing to a `Vec` cannot fail.
+    headers.push_with(SOURCE_HEADER, |bytes| {
+        let _ = write!(bytes, "{partition}/{source_offset}");
+    });
+    headers.push_with(EVENT_TIME_HEADER, |bytes| {
+        let _ = write!(bytes, "{event_time_ms}");
+    });
     Ok(OutputRecord {
-        topic: topic.to_string(),
+        topic: topic.clone(),
         partition: Some(partition),
         key: Some(event.order_id.as_bytes().to_vec()),
         value: Some(value),
         // Produced now: retention counts from when it was validated, not from its event time.
         timestamp_ms: None,
-        event_time_ms: Some(event.occurred_at.as_unix_millis()),
-        headers: vec![
-            (
-                IDEMPOTENCY_KEY_HEADER.to_string(),
-                Some(event.idempotency_key.as_bytes().to_vec()),
-            ),
-            (
-                SOURCE_HEADER.to_string(),
-                Some(format!("{partition}/{source_offset}").into_bytes()),
-            ),
-            (
-                EVENT_TIME_HEADER.to_string(),
-                Some(event.occurred_at.as_unix_millis().to_string().into_bytes()),
-            ),
-        ],
+        event_time_ms: Some(event_time_ms),
+        headers,
     })
 }

@@ -28,7 +28,10 @@ fn wire_size(record: &boomerang_testkit::ReadRecord) -> usize {
     record_size::wire_size(
         record.key.as_deref(),
         record.value.as_deref(),
-        &record.headers,
+        record
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_deref())),
     )
 }
 

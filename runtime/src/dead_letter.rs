@@ -34,7 +34,9 @@ pub const KEY_OMITTED_BYTES: &str = "boomerang.dlq.key_omitted_bytes";
 
 use crate::error_kind::DeadLetterKind;
 use crate::record_size;
-use crate::stage_loop::{InputRecord, OutputRecord};
+use std::sync::Arc;
+
+use crate::stage_loop::{Headers, InputRecord, OutputRecord};
 
 /// Why a stage gives up on a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,49 +98,49 @@ pub fn record(
     failed_at_ms: i64,
     max_bytes: usize,
 ) -> OutputRecord {
-    let contract: Vec<(String, Option<Vec<u8>>)> = headers(
+    let contract = headers(
         stage,
         rejection,
         &record.topic,
         record.partition,
         record.offset,
         failed_at_ms,
-    )
-    .into_iter()
-    .map(|(name, value)| (name.to_string(), Some(value.into_bytes())))
-    .collect();
+    );
+    let contract = contract
+        .iter()
+        .map(|(name, value)| (*name, Some(value.as_bytes())));
     let mut dead_letter = OutputRecord {
-        topic: dead_letter_topic.to_string(),
+        topic: Arc::from(dead_letter_topic),
         partition: None,
         key: None,
         value: None,
         timestamp_ms: Some(failed_at_ms),
         event_time_ms: None,
-        headers: Vec::new(),
+        headers: Headers::new(),
     };
     // The marks that may be added are counted up front, so adding them never breaks the limit.
     let marks = [VALUE_OMITTED_BYTES, HEADERS_OMITTED, KEY_OMITTED_BYTES]
         .iter()
         .map(|name| record_size::header_size(name, Some(&[0; 20])))
         .sum::<usize>();
-    let mut size = record_size::wire_size(None, None, &contract) + marks;
-    let mut omitted: Vec<(String, Option<Vec<u8>>)> = Vec::new();
+    let mut size = record_size::wire_size(None, None, contract.clone()) + marks;
+    let mut omitted = Headers::new();
     let mut omit = |name: &str, count: usize| {
-        omitted.push((name.to_string(), Some(count.to_string().into_bytes())));
+        omitted.push(name, Some(count.to_string().as_bytes()));
     };
     // Kept in this order while they fit: the key, the value, the headers.
-    if let Some(key) = &record.key {
+    if let Some(key) = record.key() {
         if size + key.len() <= max_bytes {
             size += key.len();
-            dead_letter.key = Some(key.clone());
+            dead_letter.key = Some(key.to_vec());
         } else {
             omit(KEY_OMITTED_BYTES, key.len());
         }
     }
-    if let Some(value) = &record.value {
+    if let Some(value) = record.value() {
         if size + value.len() <= max_bytes {
             size += value.len();
-            dead_letter.value = Some(value.clone());
+            dead_letter.value = Some(value.to_vec());
         } else {
             omit(VALUE_OMITTED_BYTES, value.len());
         }
@@ -146,15 +148,17 @@ pub fn record(
     let original_headers: usize = record
         .headers
         .iter()
-        .map(|(name, value)| record_size::header_size(name, value.as_deref()))
+        .map(|(name, value)| record_size::header_size(name, value))
         .sum();
     if size + original_headers <= max_bytes {
         dead_letter.headers = record.headers.clone();
     } else {
         omit(HEADERS_OMITTED, record.headers.len());
     }
-    dead_letter.headers.extend(contract);
-    dead_letter.headers.extend(omitted);
+    for (name, value) in contract {
+        dead_letter.headers.push(name, value);
+    }
+    dead_letter.headers.extend(&omitted);
     dead_letter
 }
 
@@ -163,25 +167,25 @@ mod tests {
     use super::*;
 
     fn input(key: usize, value: usize, headers: usize) -> InputRecord {
-        InputRecord {
-            topic: "raw".into(),
-            partition: 2,
-            offset: 41,
-            key: Some(vec![b'k'; key]),
-            value: Some(vec![b'v'; value]),
-            timestamp_ms: Some(1),
-            headers: (0..headers)
-                .map(|n| (format!("h{n}"), Some(vec![b'x'; 100])))
-                .collect(),
+        let mut names = Headers::new();
+        for n in 0..headers {
+            names.push(&format!("h{n}"), Some(&[b'x'; 100]));
         }
+        InputRecord::new(
+            Arc::from("raw"),
+            2,
+            41,
+            Some(&vec![b'k'; key]),
+            Some(&vec![b'v'; value]),
+        )
+        .with_timestamp_ms(Some(1))
+        .with_headers(names)
     }
 
     fn header<'a>(record: &'a OutputRecord, name: &str) -> Option<&'a str> {
         record
             .headers
-            .iter()
-            .find(|(header, _)| header == name)
-            .and_then(|(_, value)| value.as_deref())
+            .get(name)
             .and_then(|value| std::str::from_utf8(value).ok())
     }
 
@@ -195,9 +199,9 @@ mod tests {
     fn a_record_that_fits_keeps_its_bytes_and_headers_first() {
         let input = input(10, 1_000, 2);
         let letter = dead_letter(&input, 100_000);
-        assert_eq!(letter.value, input.value);
-        assert_eq!(letter.key, input.key);
-        assert_eq!(&letter.headers[..2], &input.headers[..]);
+        assert_eq!(letter.value.as_deref(), input.value());
+        assert_eq!(letter.key.as_deref(), input.key());
+        assert!(letter.headers.iter().take(2).eq(input.headers.iter()));
         assert_eq!(header(&letter, ERROR_KIND), Some("record_too_large"));
         assert_eq!(header(&letter, SOURCE_OFFSET), Some("41"));
         assert_eq!(header(&letter, VALUE_OMITTED_BYTES), None);
@@ -209,8 +213,8 @@ mod tests {
         let letter = dead_letter(&input, 10_000);
         assert_eq!(letter.value, None);
         assert_eq!(header(&letter, VALUE_OMITTED_BYTES), Some("20000"));
-        assert_eq!(letter.key, input.key);
-        assert_eq!(&letter.headers[..2], &input.headers[..]);
+        assert_eq!(letter.key.as_deref(), input.key());
+        assert!(letter.headers.iter().take(2).eq(input.headers.iter()));
         assert!(letter.wire_size() <= 10_000);
     }
 
@@ -220,8 +224,8 @@ mod tests {
         let letter = dead_letter(&input, 10_000);
         assert_eq!(header(&letter, HEADERS_OMITTED), Some("200"));
         assert_eq!(header(&letter, VALUE_OMITTED_BYTES), None, "the value fits");
-        assert_eq!(letter.value, input.value);
-        assert_eq!(letter.key, input.key);
+        assert_eq!(letter.value.as_deref(), input.value());
+        assert_eq!(letter.key.as_deref(), input.key());
         assert!(letter.wire_size() <= 10_000);
     }
 
@@ -231,7 +235,7 @@ mod tests {
         let letter = dead_letter(&input, 10_000);
         assert_eq!(header(&letter, KEY_OMITTED_BYTES), Some("50000"));
         assert_eq!(letter.key, None);
-        assert_eq!(letter.value, input.value);
+        assert_eq!(letter.value.as_deref(), input.value());
         assert!(letter.wire_size() <= 10_000, "{}", letter.wire_size());
     }
 

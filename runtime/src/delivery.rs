@@ -150,11 +150,8 @@ pub fn base_record<'a>(
     let mut record = BaseRecord::with_opaque_to(&output.topic, deliveries.expect_one());
     if !output.headers.is_empty() {
         let mut headers = OwnedHeaders::new_with_capacity(output.headers.len());
-        for (name, value) in &output.headers {
-            headers = headers.insert(Header {
-                key: name.as_str(),
-                value: value.as_deref(),
-            });
+        for (key, value) in output.headers.iter() {
+            headers = headers.insert(Header { key, value });
         }
         record = record.headers(headers);
     }

@@ -107,7 +107,7 @@ impl<S: WriterSchemaSource + Clone> SinkProcessor<S> {
 impl<S> SinkProcessor<S> {
     /// Whether ClickHouse already holds `record`'s row (and forgets it: each is skipped once).
     fn already_stored(&mut self, record: &InputRecord) -> bool {
-        let partition = (record.topic.clone(), record.partition);
+        let partition = record.partition();
         let Some(stored) = self.skip.get_mut(&partition) else {
             return false;
         };
@@ -137,7 +137,7 @@ fn rejected_or_retry(failure: DecodeFailure) -> Result<Outcome, RetryableError> 
 fn keyed<R>(row: R, record: &InputRecord, write: WriteIndex) -> Keyed<R> {
     Keyed {
         row,
-        partition: (record.topic.clone(), record.partition),
+        partition: record.partition(),
         offset: record.offset,
         write,
     }
@@ -145,8 +145,7 @@ fn keyed<R>(row: R, record: &InputRecord, write: WriteIndex) -> Keyed<R> {
 
 fn key_text(record: &InputRecord) -> Option<String> {
     record
-        .key
-        .as_deref()
+        .key()
         .and_then(|key| std::str::from_utf8(key).ok())
         .map(str::to_string)
 }
@@ -168,7 +167,7 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
         );
         let window = self.recent_keys.window() as i64;
         for ((topic, partition), from) in &committed {
-            if *topic != self.topics.enriched_events {
+            if **topic != *self.topics.enriched_events {
                 continue;
             }
             let keys = stored_offsets
@@ -184,7 +183,7 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
     fn revoke(&mut self, partitions: &[Partition]) {
         for partition in partitions {
             self.skip.remove(partition);
-            if partition.0 == self.topics.enriched_events {
+            if *partition.0 == *self.topics.enriched_events {
                 self.recent_keys.forget(partition.1);
             }
         }
@@ -201,8 +200,8 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
             partition: record.partition,
             offset: record.offset,
         };
-        if record.topic == self.topics.enriched_events {
-            let enriched = match self.events.decode(record.value.as_deref()).await {
+        if *record.topic == *self.topics.enriched_events {
+            let enriched = match self.events.decode(record.value()).await {
                 Ok(decoded) => decoded.value,
                 Err(failure) => return rejected_or_retry(failure),
             };
@@ -220,8 +219,8 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
                 write,
             ));
             Ok(outcome)
-        } else if record.topic == self.topics.orders {
-            let row = if record.value.is_none() {
+        } else if *record.topic == *self.topics.orders {
+            let row = if record.value().is_none() {
                 let Some(order_id) = key_text(record) else {
                     return Ok(Outcome::DeadLetter(Rejection::new(
                         DeadLetterKind::TombstoneWithoutKey,
@@ -230,7 +229,7 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
                 };
                 OrderRow::deleted(order_id, &source)
             } else {
-                match self.orders.decode(record.value.as_deref()).await {
+                match self.orders.decode(record.value()).await {
                     Ok(decoded) => OrderRow::new(decoded.value, &source, &self.pseudonymiser),
                     Err(failure) => return rejected_or_retry(failure),
                 }
@@ -238,8 +237,8 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
             let (outcome, write) = self.writes.write();
             self.order_rows.push(keyed(row, record, write));
             Ok(outcome)
-        } else if record.topic == self.topics.customers {
-            let row = if record.value.is_none() {
+        } else if *record.topic == *self.topics.customers {
+            let row = if record.value().is_none() {
                 let Some(customer_id) = key_text(record) else {
                     return Ok(Outcome::DeadLetter(Rejection::new(
                         DeadLetterKind::TombstoneWithoutKey,
@@ -248,7 +247,7 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
                 };
                 CustomerRow::deleted(&customer_id, &source, &self.pseudonymiser)
             } else {
-                match self.customers.decode(record.value.as_deref()).await {
+                match self.customers.decode(record.value()).await {
                     Ok(decoded) => CustomerRow::new(decoded.value, &source, &self.pseudonymiser),
                     Err(failure) => return rejected_or_retry(failure),
                 }

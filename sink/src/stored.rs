@@ -60,7 +60,7 @@ impl StoredOffsets {
                     Offset::Offset(offset) => offset,
                     _ => 0, // nothing committed: anything stored may be replayed
                 };
-                ((element.topic().to_string(), element.partition()), from)
+                ((element.topic().into(), element.partition()), from)
             })
             .collect())
     }
@@ -84,7 +84,7 @@ impl StoredOffsets {
                     "SELECT DISTINCT source_partition, source_offset FROM {table} \
                      WHERE source_topic = ? AND source_partition = ? AND source_offset >= ?"
                 ))
-                .bind(topic)
+                .bind(&**topic)
                 .bind(partition)
                 .bind(from)
                 .fetch_all::<StoredRow>()

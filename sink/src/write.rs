@@ -364,7 +364,7 @@ mod tests {
                 .iter()
                 .map(|offset| Keyed {
                     row: (),
-                    partition: ("t".to_string(), 0),
+                    partition: ("t".into(), 0),
                     offset: *offset,
                     write: writes.write().1,
                 })

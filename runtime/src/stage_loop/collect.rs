@@ -1,7 +1,7 @@
 //! Collecting a batch from the consumer: wait for a first record, then fill until full, until
 //! the consumer has caught up (after the batch's minimum wait), or until its maximum wait.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -14,20 +14,32 @@ use super::in_flight::InFlight;
 use super::rebalance::{LoopContext, Ownership};
 use super::{InputRecord, LoopSettings, lock};
 use crate::error_kind::ErrorKind;
-use crate::kafka;
 use crate::metrics::StageMetrics;
 
-pub(super) fn owned_record(message: &BorrowedMessage<'_>) -> InputRecord {
-    let headers = kafka::owned_headers(message);
-    InputRecord {
-        topic: message.topic().to_string(),
-        partition: message.partition(),
-        offset: message.offset(),
-        key: message.key().map(<[u8]>::to_vec),
-        value: message.payload().map(<[u8]>::to_vec),
-        timestamp_ms: message.timestamp().to_millis(),
-        headers,
+/// The input topics' names, shared by every record consumed from them.
+pub(super) struct TopicNames(Vec<Arc<str>>);
+
+impl TopicNames {
+    pub(super) fn new(topics: &[String]) -> Self {
+        Self(
+            topics
+                .iter()
+                .map(|topic| Arc::from(topic.as_str()))
+                .collect(),
+        )
     }
+
+    fn of(&self, topic: &str) -> Arc<str> {
+        self.0
+            .iter()
+            .find(|name| ***name == *topic)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(topic))
+    }
+}
+
+pub(super) fn owned_record(message: &BorrowedMessage<'_>, topics: &TopicNames) -> InputRecord {
+    InputRecord::of(message, topics.of(message.topic()))
 }
 
 /// How often an idle loop looks up from the consumer to act on partition changes.
@@ -58,6 +70,7 @@ pub(super) async fn collect_batch(
     ownership: &Mutex<Ownership>,
     in_flight: &Mutex<InFlight>,
     settings: &LoopSettings,
+    topics: &TopicNames,
     limits: CollectLimits,
     metrics: &StageMetrics,
 ) -> Vec<InputRecord> {
@@ -88,7 +101,7 @@ pub(super) async fn collect_batch(
             Ok(Some(Ok(message))) => {
                 // Room only once a record is in: an idle loop returns empty every few ms.
                 batch.reserve(limits.expected_records.min(limits.max_records));
-                batch.push(owned_record(&message));
+                batch.push(owned_record(&message, topics));
                 break;
             }
             Ok(Some(Err(error))) => {
@@ -118,7 +131,7 @@ pub(super) async fn collect_batch(
         // Take what librdkafka has already fetched without arming a timer per record.
         if let Some(Some(received)) = messages.next().now_or_never() {
             match received {
-                Ok(message) => batch.push(owned_record(&message)),
+                Ok(message) => batch.push(owned_record(&message, topics)),
                 Err(error) => {
                     tracing::warn!(error = %error, "consumer error");
                     metrics.errors.count(ErrorKind::ConsumeFailed);
@@ -135,7 +148,7 @@ pub(super) async fn collect_batch(
             break;
         }
         match tokio::time::timeout_at(flush_at, messages.next()).await {
-            Ok(Some(Ok(message))) => batch.push(owned_record(&message)),
+            Ok(Some(Ok(message))) => batch.push(owned_record(&message, topics)),
             Ok(None) => break, // never: a Kafka message stream does not end
             Ok(Some(Err(error))) => {
                 tracing::warn!(error = %error, "consumer error");

@@ -10,7 +10,7 @@ use std::time::Instant;
 use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 
-use super::ledger::OffsetLedger;
+use super::ledger::{OffsetLedger, PartitionOffset};
 use super::rebalance::{LoopContext, ignore_nothing_to_commit};
 use super::{Partition, lock};
 use crate::error_kind::{DeadLetterKind, ErrorKind};
@@ -51,9 +51,9 @@ pub(super) struct InFlightBatch {
     pub(super) completion: Pin<Box<dyn Future<Output = BatchResult> + Send>>,
     pub(super) counts: BatchCounts,
     /// The highest offset per partition processed in this batch.
-    pub(super) processed: Vec<(String, i32, i64)>,
+    pub(super) processed: Vec<PartitionOffset>,
     /// Offsets of earlier held records this batch decided.
-    pub(super) released: Vec<(String, i32, i64)>,
+    pub(super) released: Vec<PartitionOffset>,
     pub(super) started: Instant,
 }
 

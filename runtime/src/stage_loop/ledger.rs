@@ -10,11 +10,12 @@
 //! - once every batch has completed and nothing is held, everything processed is committable.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use super::Partition;
 
 /// The last offset of a partition a batch processed, or a held record it decided.
-pub(crate) type PartitionOffset = (String, i32, i64);
+pub(crate) type PartitionOffset = (Arc<str>, i32, i64);
 
 #[derive(Debug, Default)]
 pub(crate) struct OffsetLedger {
@@ -112,11 +113,11 @@ mod tests {
     use super::*;
 
     fn p(partition: i32) -> Partition {
-        ("t".to_string(), partition)
+        (Arc::from("t"), partition)
     }
 
     fn at(partition: i32, offset: i64) -> PartitionOffset {
-        ("t".to_string(), partition, offset)
+        (Arc::from("t"), partition, offset)
     }
 
     #[test]

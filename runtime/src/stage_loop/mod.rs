@@ -36,6 +36,7 @@ mod ledger;
 mod process;
 mod processor;
 mod rebalance;
+mod record;
 mod retention;
 mod send;
 mod settings;
@@ -45,7 +46,7 @@ use std::time::Instant;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 
-use self::collect::{CollectLimits, collect_batch};
+use self::collect::{CollectLimits, TopicNames, collect_batch};
 use self::in_flight::{InFlight, InFlightBatch, complete_acknowledged, complete_all};
 use self::process::{batch_counts, last_offsets, process_batch};
 use self::rebalance::{LoopContext, Ownership, ignore_nothing_to_commit, is_owned, set_paused};
@@ -59,9 +60,10 @@ use crate::service::StageContext;
 pub use self::fence::{Fence, Fenced};
 pub use self::in_flight::MAX_BATCHES_IN_FLIGHT;
 pub use self::processor::{
-    EVENT_TIME_HEADER, FlushFuture, FlushResult, InputRecord, Outcome, OutputRecord, Partition,
-    Processor, Released, RetryableError, WriteIndex, Writes,
+    EVENT_TIME_HEADER, FlushFuture, FlushResult, Outcome, Processor, Released, RetryableError,
+    WriteIndex, Writes,
 };
+pub use self::record::{Headers, InputRecord, OutputRecord, Partition};
 pub use self::settings::{
     BatchWait, CRASH_AFTER_PRODUCE_ENV, DROP_COMMITS_ENV, GroupArgs, LoopArgs, LoopSettings,
     OnRetentionGap,
@@ -99,6 +101,7 @@ pub async fn run<P: Processor>(
         })?);
     let fence = Fence::new(consumer.clone(), in_flight.clone());
     let topics: Vec<&str> = settings.input_topics.iter().map(String::as_str).collect();
+    let topic_names = TopicNames::new(&settings.input_topics);
     consumer.subscribe(&topics)?;
     let max_record_bytes = kafka.effective_max_record_bytes()?;
     let produced_to: Vec<&str> = std::iter::once(&settings.dead_letter_topic)
@@ -133,7 +136,7 @@ pub async fn run<P: Processor>(
             return_when_idle: processor.holding() > 0 || paused,
         };
         let collected = tokio::select! {
-            collected = collect_batch(&consumer, &ownership, &in_flight, &settings, limits, &metrics) => collected,
+            collected = collect_batch(&consumer, &ownership, &in_flight, &settings, &topic_names, limits, &metrics) => collected,
             () = context.shutdown.cancelled() => break Ok(()),
         };
         if !collected.is_empty() {

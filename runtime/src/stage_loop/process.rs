@@ -2,9 +2,10 @@
 //! not the record's), dead letters built, and what the batch will add to the counters.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::in_flight::{BatchCounts, InFlight};
+use super::ledger::PartitionOffset;
 use super::{InputRecord, LoopSettings, Outcome, OutputRecord, Processor, Released, lock};
 use crate::dead_letter::{self, Rejection};
 use crate::error_kind::DeadLetterKind;
@@ -90,7 +91,7 @@ pub(super) struct ProcessedBatch {
     /// The records kept for the processor's flush, by [`WriteIndex`].
     pub(super) writes: Vec<WriteSource>,
     /// Offsets of earlier held records decided in this batch.
-    pub(super) released: Vec<(String, i32, i64)>,
+    pub(super) released: Vec<PartitionOffset>,
 }
 
 impl ProcessedBatch {
@@ -229,15 +230,15 @@ pub(super) async fn process_with_retry<P: Processor>(
 }
 
 /// The highest offset per partition in the batch.
-pub(super) fn last_offsets(batch: &[InputRecord]) -> Vec<(String, i32, i64)> {
-    let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+pub(super) fn last_offsets(batch: &[InputRecord]) -> Vec<PartitionOffset> {
+    let mut last: BTreeMap<(&str, i32), (&Arc<str>, i64)> = BTreeMap::new();
     for record in batch {
         let entry = last
-            .entry((record.topic.as_str(), record.partition))
-            .or_insert(record.offset);
-        *entry = (*entry).max(record.offset);
+            .entry((&*record.topic, record.partition))
+            .or_insert((&record.topic, record.offset));
+        entry.1 = entry.1.max(record.offset);
     }
     last.into_iter()
-        .map(|((topic, partition), offset)| (topic.to_string(), partition, offset))
+        .map(|((_, partition), (topic, offset))| (topic.clone(), partition, offset))
         .collect()
 }

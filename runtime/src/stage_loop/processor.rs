@@ -4,42 +4,9 @@ use std::future::Future;
 use std::pin::Pin;
 
 use super::Fence;
+use super::record::{InputRecord, OutputRecord, Partition};
 use crate::dead_letter::Rejection;
 use crate::error_kind::ErrorKind;
-
-/// A topic and partition.
-pub type Partition = (String, i32);
-
-/// A consumed record, owned.
-#[derive(Debug, Clone)]
-pub struct InputRecord {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    /// The record's timestamp, milliseconds since the epoch.
-    pub timestamp_ms: Option<i64>,
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
-}
-
-/// A record to produce.
-#[derive(Debug, Clone)]
-pub struct OutputRecord {
-    pub topic: String,
-    /// `None`: the producer's partitioner picks by key.
-    pub partition: Option<i32>,
-    pub key: Option<Vec<u8>>,
-    pub value: Option<Vec<u8>>,
-    /// The record's Kafka timestamp, milliseconds since the epoch; `None`: when it is
-    /// produced. Retention counts from it, so an event keeps it `None` (its event time, which
-    /// may lie months back in a backfill, would have the broker delete it before it is read)
-    /// and says its event time in [`Self::event_time_ms`] and a header.
-    pub timestamp_ms: Option<i64>,
-    /// For an event, its event time (milliseconds since the epoch): the freshness metric.
-    pub event_time_ms: Option<i64>,
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
-}
 
 /// The header that carries an event's time on the validated and enriched topics, milliseconds
 /// since the epoch in decimal.

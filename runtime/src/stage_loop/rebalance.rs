@@ -66,7 +66,7 @@ impl LoopContext {
 pub(super) fn partitions_of(list: &rdkafka::TopicPartitionList) -> Vec<Partition> {
     list.elements()
         .iter()
-        .map(|element| (element.topic().to_string(), element.partition()))
+        .map(|element| (Arc::from(element.topic()), element.partition()))
         .collect()
 }
 
@@ -135,7 +135,7 @@ impl ConsumerContext for LoopContext {
                 let _ = self
                     .metrics
                     .consumer_lag
-                    .remove_label_values(&[topic.as_str(), &partition.to_string()]);
+                    .remove_label_values(&[&**topic, &partition.to_string()]);
             }
             let mut ownership = self.ownership();
             for partition in &revoked {
