@@ -51,10 +51,11 @@ async fn bare_insert(clickhouse: &ClickhouseArgs, events: usize, now: TimestampM
         .await
         .expect("bare table");
     let pseudonymiser = Pseudonymiser::new(PSEUDONYM_KEY.as_bytes()).expect("key");
+    let topic = std::sync::Arc::from("bench");
     let rows: Vec<EventRow> = (0..events)
         .map(|n| {
             let source = Source {
-                topic: "bench",
+                topic: &topic,
                 partition: (n % PARTITIONS as usize) as i32,
                 offset: n as i64,
             };

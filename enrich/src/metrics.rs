@@ -1,6 +1,8 @@
 //! enrich's own metrics, beside the shared stage counters.
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
 
 use boomerang_runtime::metrics::{Errors, Metrics};
 
@@ -21,6 +23,9 @@ pub struct EnrichMetrics {
     /// How long released events waited for their reference data.
     pub pending_wait: Histogram,
     pub join_outcomes: IntCounterVec,
+    /// `join_outcomes`' counter of each outcome, in [`JoinOutcome::ALL`]'s order: resolved once,
+    /// not by label per event.
+    join_outcome_counters: Vec<IntCounter>,
     /// Reference table loads at start-up, by table and where they started (snapshot, topic).
     pub reference_restores: IntCounterVec,
     /// The process's `boomerang_errors_total`, for the loaders' retries.
@@ -28,9 +33,22 @@ pub struct EnrichMetrics {
 }
 
 impl EnrichMetrics {
+    /// Counts one event whose join ended with `outcome`.
+    pub fn count_join(&self, outcome: JoinOutcome) {
+        match JoinOutcome::ALL.iter().position(|known| *known == outcome) {
+            Some(index) if index < self.join_outcome_counters.len() => {
+                self.join_outcome_counters[index].inc();
+            }
+            _ => self
+                .join_outcomes
+                .with_label_values(&[outcome.as_str()])
+                .inc(),
+        }
+    }
+
     pub fn register(process: &Metrics) -> prometheus::Result<Self> {
         let registry = process.registry();
-        let metrics = Self {
+        let mut metrics = Self {
             reference_records: IntGaugeVec::new(
                 Opts::new(
                     "boomerang_enrich_reference_records",
@@ -77,6 +95,7 @@ impl EnrichMetrics {
                 ),
                 &["outcome"],
             )?,
+            join_outcome_counters: Vec::new(),
             reference_restores: IntCounterVec::new(
                 Opts::new(
                     "boomerang_enrich_reference_restores_total",
@@ -96,9 +115,10 @@ impl EnrichMetrics {
         registry.register(Box::new(metrics.pending_wait.clone()))?;
         registry.register(Box::new(metrics.join_outcomes.clone()))?;
         // Every outcome is exported from the start, so rates work before the first of a kind.
-        for outcome in JoinOutcome::ALL {
-            metrics.join_outcomes.with_label_values(&[outcome.as_str()]);
-        }
+        metrics.join_outcome_counters = JoinOutcome::ALL
+            .iter()
+            .map(|outcome| metrics.join_outcomes.with_label_values(&[outcome.as_str()]))
+            .collect();
         Ok(metrics)
     }
 }

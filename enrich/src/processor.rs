@@ -111,10 +111,7 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
             &self.pseudonymiser,
             TimestampMicros::now(),
         );
-        self.metrics
-            .join_outcomes
-            .with_label_values(&[outcome.as_str()])
-            .inc();
+        self.metrics.count_join(outcome);
         match enriched_record(
             &enriched,
             self.settings.enriched_schema_id,

@@ -200,8 +200,9 @@ pub fn sink_rows(data: &[u8]) {
     let Some((&selector, datum)) = data.split_first() else {
         return;
     };
+    let topic = std::sync::Arc::from("fuzz");
     let source = Source {
-        topic: "fuzz",
+        topic: &topic,
         partition: 0,
         offset: 0,
     };

@@ -2,6 +2,8 @@
 //! the decoded Kafka records. Customers are keyed by their keyed pseudonym everywhere, so no raw
 //! customer id reaches ClickHouse; CRM PII is never written.
 
+use std::sync::Arc;
+
 use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_schemas::{Customer, EnrichedPostPurchaseEvent, Order, TimestampMicros};
 use serde::Serialize;
@@ -9,7 +11,8 @@ use serde::Serialize;
 /// Where a row came from: the table itself says how far the sink got.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source<'a> {
-    pub topic: &'a str,
+    /// Shared with the record it came from: no copy of the name per row.
+    pub topic: &'a Arc<str>,
     pub partition: i32,
     pub offset: i64,
 }
@@ -68,7 +71,7 @@ pub struct EventRow {
     pub days_since_delivery: Option<i32>,
     pub within_return_window: Option<bool>,
     pub enriched_at: i64,
-    pub source_topic: String,
+    pub source_topic: Arc<str>,
     pub source_partition: i32,
     pub source_offset: i64,
 }
@@ -134,7 +137,7 @@ impl EventRow {
             days_since_delivery: enriched.days_since_delivery,
             within_return_window: enriched.within_return_window,
             enriched_at: micros(enriched.enriched_at),
-            source_topic: source.topic.to_string(),
+            source_topic: source.topic.clone(),
             source_partition: source.partition,
             source_offset: source.offset,
         }
@@ -156,7 +159,7 @@ pub struct OrderRow {
     pub line_quantities: Vec<i32>,
     pub line_unit_prices_minor: Vec<i64>,
     pub is_deleted: u8,
-    pub source_topic: String,
+    pub source_topic: Arc<str>,
     pub source_partition: i32,
     pub source_offset: i64,
 }
@@ -177,7 +180,7 @@ impl OrderRow {
             line_quantities: Vec::with_capacity(order.lines.len()),
             line_unit_prices_minor: Vec::with_capacity(order.lines.len()),
             is_deleted: 0,
-            source_topic: source.topic.to_string(),
+            source_topic: source.topic.clone(),
             source_partition: source.partition,
             source_offset: source.offset,
         };
@@ -207,7 +210,7 @@ impl OrderRow {
             line_quantities: Vec::new(),
             line_unit_prices_minor: Vec::new(),
             is_deleted: 1,
-            source_topic: source.topic.to_string(),
+            source_topic: source.topic.clone(),
             source_partition: source.partition,
             source_offset: source.offset,
         }
@@ -223,7 +226,7 @@ pub struct CustomerRow {
     pub analytics_consent: bool,
     pub updated_at: i64,
     pub is_deleted: u8,
-    pub source_topic: String,
+    pub source_topic: Arc<str>,
     pub source_partition: i32,
     pub source_offset: i64,
 }
@@ -239,7 +242,7 @@ impl CustomerRow {
             analytics_consent: customer.analytics_consent,
             updated_at: micros(customer.updated_at),
             is_deleted: 0,
-            source_topic: source.topic.to_string(),
+            source_topic: source.topic.clone(),
             source_partition: source.partition,
             source_offset: source.offset,
         }
@@ -254,7 +257,7 @@ impl CustomerRow {
             analytics_consent: false,
             updated_at: 0,
             is_deleted: 1,
-            source_topic: source.topic.to_string(),
+            source_topic: source.topic.clone(),
             source_partition: source.partition,
             source_offset: source.offset,
         }
@@ -287,8 +290,9 @@ mod tests {
     }
 
     fn source() -> Source<'static> {
+        static TOPIC: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("t"));
         Source {
-            topic: "t",
+            topic: &TOPIC,
             partition: 2,
             offset: 40,
         }
