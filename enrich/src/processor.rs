@@ -118,7 +118,7 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
             &self.settings.enriched_topic,
             record,
         ) {
-            Ok(output) => Outcome::Emit(vec![output]),
+            Ok(output) => Outcome::emit(output),
             Err(error) => Outcome::DeadLetter(Rejection::new(
                 DeadLetterKind::EncodeFailed,
                 boomerang_runtime::config::error_chain(&error),

@@ -119,7 +119,8 @@ pub struct IngestProcessor<Source> {
     history: Arc<dyn History>,
     dedup: HashMap<i32, PartitionState>,
     metrics: IngestMetrics,
-    last_expiry: Instant,
+    /// When expired keys were last dropped, by the clock each record is validated against.
+    last_expiry: TimestampMicros,
     /// With `--state-dir`: where snapshots are read from, and their writer.
     snapshots: Option<(std::path::PathBuf, SnapshotWriterThread)>,
     snapshot_interval: Duration,
@@ -138,7 +139,7 @@ impl<Source: WriterSchemaSource> IngestProcessor<Source> {
             history: Arc::new(history),
             dedup: HashMap::new(),
             metrics,
-            last_expiry: Instant::now(),
+            last_expiry: TimestampMicros::now(),
             snapshots: None,
             snapshot_interval: Duration::from_secs(30),
         }
@@ -204,12 +205,18 @@ impl<Source: WriterSchemaSource> IngestProcessor<Source> {
         (self.settings.dedup_max_keys / partitions.max(1)).max(1)
     }
 
-    fn expire_now_and_then(&mut self) {
-        if self.last_expiry.elapsed() < EXPIRY_INTERVAL {
+    /// Drops expired keys every [`EXPIRY_INTERVAL`]; `now` is the record's validation clock,
+    /// so no second clock is read per record.
+    fn expire_now_and_then(&mut self, now: TimestampMicros) {
+        let interval = i64::try_from(EXPIRY_INTERVAL.as_micros()).unwrap_or(i64::MAX);
+        let since = now
+            .as_unix_micros()
+            .saturating_sub(self.last_expiry.as_unix_micros());
+        // A clock stepped back (since < 0) also expires, so a step never stops expiry.
+        if (0..interval).contains(&since) {
             return;
         }
-        self.last_expiry = Instant::now();
-        let now = TimestampMicros::now();
+        self.last_expiry = now;
         for state in self.dedup.values_mut() {
             state.dedup.expire(now);
             state.report();
@@ -328,8 +335,8 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
     }
 
     async fn process(&mut self, record: &InputRecord) -> Result<Outcome, RetryableError> {
-        self.expire_now_and_then();
         let now = TimestampMicros::now();
+        self.expire_now_and_then(now);
         let decoded = match self.decoder.decode(record.value()).await {
             Ok(decoded) => decoded,
             Err(DecodeFailure::Rejected(rejection)) => return Ok(Outcome::DeadLetter(rejection)),
@@ -385,7 +392,7 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
                 record.partition,
                 record.offset,
             ) {
-                Ok(output) => Outcome::Emit(vec![output]),
+                Ok(output) => Outcome::emit(output),
                 Err(error) => Outcome::DeadLetter(
                     Rejection::new(
                         DeadLetterKind::EncodeFailed,

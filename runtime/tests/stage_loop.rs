@@ -260,7 +260,7 @@ impl Processor for PassesEverything {
     fn revoke(&mut self, _partitions: &[Partition]) {}
 
     async fn process(&mut self, _record: &InputRecord) -> Result<Outcome, RetryableError> {
-        Ok(Outcome::Emit(Vec::new()))
+        Ok(Outcome::Emit(Default::default()))
     }
 }
 

@@ -49,8 +49,20 @@ pub(super) fn batch_counts<P: Processor>(
             .sent
             .insert(P::WRITES_TO.to_string(), processed.writes.len() as u64);
     }
+    // Records come in runs of one topic: counted per run, not looked up per record.
+    let mut run: Option<(&str, u64)> = None;
     for record in batch {
-        increment(&mut counts.received, &record.topic);
+        match &mut run {
+            Some((topic, count)) if *topic == &*record.topic => *count += 1,
+            _ => {
+                if let Some((topic, count)) = run.replace((&record.topic, 1)) {
+                    *counts.received.entry(topic.to_string()).or_default() += count;
+                }
+            }
+        }
+    }
+    if let Some((topic, count)) = run {
+        *counts.received.entry(topic.to_string()).or_default() += count;
     }
     for (counted, output) in &processed.outputs {
         match counted {

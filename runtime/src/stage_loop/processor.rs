@@ -3,6 +3,8 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use smallvec::SmallVec;
+
 use super::Fence;
 use super::record::{InputRecord, OutputRecord, Partition};
 use crate::dead_letter::Rejection;
@@ -12,11 +14,14 @@ use crate::error_kind::ErrorKind;
 /// since the epoch in decimal.
 pub const EVENT_TIME_HEADER: &str = "boomerang.event_time_ms";
 
+/// A record's outputs: most records have one, kept inline (no allocation per record).
+pub type Outputs = SmallVec<[OutputRecord; 1]>;
+
 /// What becomes of one input record.
 #[derive(Debug)]
 pub enum Outcome {
     /// Produce these (possibly none), then count the record as sent.
-    Emit(Vec<OutputRecord>),
+    Emit(Outputs),
     /// A duplicate of a record already passed: dropped on purpose.
     Deduplicated,
     /// Cannot be processed: to the dead-letter topic with its original bytes.
@@ -28,6 +33,13 @@ pub enum Outcome {
     /// [`Processor::WRITES_TO`]) once that write has finished. The index comes from the
     /// processor's [`Writes`]; a write that refuses the record names it by that index.
     Write(WriteIndex),
+}
+
+impl Outcome {
+    /// Produce `output`, then count the record as sent.
+    pub fn emit(output: OutputRecord) -> Self {
+        Outcome::Emit(smallvec::smallvec![output])
+    }
 }
 
 /// A record's place among the records of one batch that answered [`Outcome::Write`]: the
