@@ -49,21 +49,7 @@ pub(super) fn batch_counts<P: Processor>(
             .sent
             .insert(P::WRITES_TO.to_string(), processed.writes.len() as u64);
     }
-    // Records come in runs of one topic: counted per run, not looked up per record.
-    let mut run: Option<(&str, u64)> = None;
-    for record in batch {
-        match &mut run {
-            Some((topic, count)) if *topic == &*record.topic => *count += 1,
-            _ => {
-                if let Some((topic, count)) = run.replace((&record.topic, 1)) {
-                    *counts.received.entry(topic.to_string()).or_default() += count;
-                }
-            }
-        }
-    }
-    if let Some((topic, count)) = run {
-        *counts.received.entry(topic.to_string()).or_default() += count;
-    }
+    counts.received = received_per_topic(batch);
     for (counted, output) in &processed.outputs {
         match counted {
             Counted::Sent => {
@@ -76,6 +62,27 @@ pub(super) fn batch_counts<P: Processor>(
         }
     }
     counts
+}
+
+/// How many records of the batch came from each topic. Records come in runs of one topic:
+/// counted per run, not looked up per record.
+fn received_per_topic(batch: &[InputRecord]) -> BTreeMap<String, u64> {
+    let mut received: BTreeMap<String, u64> = BTreeMap::new();
+    let mut run: Option<(&str, u64)> = None;
+    for record in batch {
+        match &mut run {
+            Some((topic, count)) if *topic == &*record.topic => *count += 1,
+            _ => {
+                if let Some((topic, count)) = run.replace((&record.topic, 1)) {
+                    *received.entry(topic.to_string()).or_default() += count;
+                }
+            }
+        }
+    }
+    if let Some((topic, count)) = run {
+        *received.entry(topic.to_string()).or_default() += count;
+    }
+    received
 }
 
 /// Where a record kept for the processor's write is.
@@ -253,4 +260,65 @@ pub(super) fn last_offsets(batch: &[InputRecord]) -> Vec<PartitionOffset> {
     last.into_iter()
         .map(|((_, partition), (topic, offset))| (topic.clone(), partition, offset))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(records: &[(&str, i32, i64)]) -> Vec<InputRecord> {
+        records
+            .iter()
+            .map(|(topic, partition, offset)| {
+                InputRecord::new(Arc::from(*topic), *partition, *offset, None, Some(b"v"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn records_are_counted_per_topic_across_interleaved_runs() {
+        let batch = batch(&[
+            ("a", 0, 1),
+            ("a", 1, 1),
+            ("b", 0, 7),
+            ("a", 0, 2),
+            ("c", 3, 9),
+            ("c", 3, 10),
+            ("b", 0, 8),
+        ]);
+        let received = received_per_topic(&batch);
+        assert_eq!(
+            received.into_iter().collect::<Vec<_>>(),
+            [
+                ("a".to_string(), 3),
+                ("b".to_string(), 2),
+                ("c".to_string(), 2)
+            ]
+        );
+        assert!(received_per_topic(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_last_offset_of_each_partition_of_each_topic() {
+        let batch = batch(&[
+            ("a", 0, 5),
+            ("b", 0, 3),
+            ("a", 1, 9),
+            ("a", 0, 6),
+            ("b", 0, 4),
+            ("a", 0, 2),
+        ]);
+        let last: Vec<(String, i32, i64)> = last_offsets(&batch)
+            .into_iter()
+            .map(|(topic, partition, offset)| (topic.to_string(), partition, offset))
+            .collect();
+        assert_eq!(
+            last,
+            [
+                ("a".to_string(), 0, 6),
+                ("a".to_string(), 1, 9),
+                ("b".to_string(), 0, 4)
+            ]
+        );
+    }
 }
