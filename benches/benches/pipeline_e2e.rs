@@ -15,14 +15,13 @@
 //!   broker keeps every record of every run and slows down as it fills;
 //! - event-to-queryable latency at a fixed input rate: each event carries its produce time;
 //!   Boomerang's is `inserted_at` in ClickHouse minus that, the null pipeline's the third
-//!   stage's receive time minus that. Boomerang's is reported over every event and over those
-//!   produced after a warm-up (`BOOMERANG_BENCH_WARMUP_SECONDS`, 5): the first produce and
-//!   the first insert of freshly started stages.
+//!   stage's receive time minus that. The paced events start once the stages own their
+//!   partitions and have loaded and written the reference data published before them.
 //!
 //! Targets: Boomerang ≥ 0.7× the null pipeline's throughput; p99 ≤ 1 s at 2k events/s.
 //!
 //! cargo bench -p boomerang-benches --bench pipeline_e2e
-//! BOOMERANG_BENCH_EVENTS=1000000 BOOMERANG_BENCH_ROUNDS=3 BOOMERANG_BENCH_RATE=2000 BOOMERANG_BENCH_SECONDS=30 BOOMERANG_BENCH_WARMUP_SECONDS=5 cargo bench …
+//! BOOMERANG_BENCH_EVENTS=1000000 BOOMERANG_BENCH_ROUNDS=3 BOOMERANG_BENCH_RATE=2000 BOOMERANG_BENCH_SECONDS=30 cargo bench …
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -462,10 +461,6 @@ struct LatencyRow {
     rows: u64,
     p50_ms: f64,
     p99_ms: f64,
-    /// The same over the events produced after the warm-up.
-    steady_rows: u64,
-    steady_p50_ms: f64,
-    steady_p99_ms: f64,
 }
 
 /// The null pipeline draining `setup`'s pre-filled raw topic, with its CPU.
@@ -614,10 +609,6 @@ fn main() {
     let events = env_number("BOOMERANG_BENCH_EVENTS", 1_000_000);
     let rate = env_number("BOOMERANG_BENCH_RATE", 2_000);
     let seconds = env_number("BOOMERANG_BENCH_SECONDS", 30);
-    // Latencies are also reported without the events of the paced run's first seconds: a
-    // stage's first produce and the sink's first insert into a table are slower (~1 s on the
-    // local stack), and at 2,000 events/s they alone decide a 30 s run's p99.
-    let warm_up = env_number("BOOMERANG_BENCH_WARMUP_SECONDS", 5).min(seconds.saturating_sub(1));
     let rounds_wanted = env_number("BOOMERANG_BENCH_ROUNDS", 3).max(1);
     let binaries = [
         built_release_binary("boomerang-ingest", "boomerang-ingest")
@@ -674,14 +665,24 @@ fn main() {
     publish_reference_data(&kafka, &latency, total);
     let boomerang_latency: LatencyRow = runtime.block_on(async {
         let processes = start_stages(&stack, &latency, &binaries, &unique_name("bench-e2e"), &[0, 1, 2]).await;
-        // Paced events start once every stage owns its partitions: joining the consumer group
-        // is start-up (the drains' "with start-up" columns), not an event's latency.
+        // Paced events start once every stage owns its partitions and the reference data
+        // published above is loaded (enrich) and written (sink), as in the drains: joining the
+        // consumer group and loading a backlog are start-up, not an event's latency. Without
+        // the second wait the first events queued behind the sink's insert of the 60k orders
+        // (~1 s) and alone decided the p99.
         for process in &processes {
             poll_until("the stage to own its partitions", Duration::from_secs(60), || async {
                 (value(&metrics(process).await, "boomerang_owned_partitions", &[]) > 0).then_some(())
             })
             .await;
         }
+        poll_until("the reference data to be loaded and written", Duration::from_secs(900), || async {
+            let loaded = value(&metrics(&processes[1]).await, "boomerang_enrich_reference_caught_up", &[]) == 1;
+            let written = rows_inserted(&processes[2], "orders").await >= total as u64
+                && rows_inserted(&processes[2], "customers").await >= CUSTOMERS as u64;
+            (loaded && written).then_some(())
+        })
+        .await;
         let kafka = kafka.clone();
         let topic = latency.topics.raw_events.clone();
         let schema = latency.event_schema;
@@ -716,30 +717,18 @@ fn main() {
             .clickhouse
             .client()
             .query(
-                "WITH (SELECT min(toInt64(splitByChar('-', event_id)[2])) FROM post_purchase_events) AS first_produced \
-                 SELECT count() AS rows, \
-                 quantileExact(0.5)(latency) / 1000 AS p50_ms, \
-                 quantileExact(0.99)(latency) / 1000 AS p99_ms, \
-                 countIf(steady) AS steady_rows, \
-                 quantileExactIf(0.5)(latency, steady) / 1000 AS steady_p50_ms, \
-                 quantileExactIf(0.99)(latency, steady) / 1000 AS steady_p99_ms \
-                 FROM (SELECT toInt64(splitByChar('-', event_id)[2]) AS produced, \
-                       toUnixTimestamp64Micro(inserted_at) - produced AS latency, \
-                       produced >= first_produced + ? AS steady \
-                       FROM post_purchase_events)",
+                "SELECT count() AS rows, \
+                 quantileExact(0.5)(toUnixTimestamp64Micro(inserted_at) - toInt64(splitByChar('-', event_id)[2])) / 1000 AS p50_ms, \
+                 quantileExact(0.99)(toUnixTimestamp64Micro(inserted_at) - toInt64(splitByChar('-', event_id)[2])) / 1000 AS p99_ms \
+                 FROM post_purchase_events",
             )
-            .bind(warm_up * 1_000_000)
             .fetch_one()
             .await
             .expect("latency")
     });
     eprintln!(
-        "boomerang at {rate}/s: {} events, p50 {:.0} ms, p99 {:.0} ms; after the first {warm_up} s: p50 {:.0} ms, p99 {:.0} ms",
-        boomerang_latency.rows,
-        boomerang_latency.p50_ms,
-        boomerang_latency.p99_ms,
-        boomerang_latency.steady_p50_ms,
-        boomerang_latency.steady_p99_ms
+        "boomerang at {rate}/s: {} events, p50 {:.0} ms, p99 {:.0} ms",
+        boomerang_latency.rows, boomerang_latency.p50_ms, boomerang_latency.p99_ms
     );
     let (_, null_latencies) = null_pipeline(&kafka, "", 0, Some((rate, seconds)));
 
@@ -790,11 +779,5 @@ fn main() {
     println!(
         "| Boomerang, produce → queryable in ClickHouse | {} | {:.0} ms | {:.0} ms |",
         boomerang_latency.rows, boomerang_latency.p50_ms, boomerang_latency.p99_ms
-    );
-    println!(
-        "| Boomerang, the same after the first {warm_up} s (warm-up: first connections, first inserts) | {} | {:.0} ms | {:.0} ms |",
-        boomerang_latency.steady_rows,
-        boomerang_latency.steady_p50_ms,
-        boomerang_latency.steady_p99_ms
     );
 }
