@@ -35,11 +35,14 @@ pub struct EnrichMetrics {
 impl EnrichMetrics {
     /// Counts one event whose join ended with `outcome`.
     pub fn count_join(&self, outcome: JoinOutcome) {
-        match JoinOutcome::ALL.iter().position(|known| *known == outcome) {
-            Some(index) if index < self.join_outcome_counters.len() => {
-                self.join_outcome_counters[index].inc();
-            }
-            _ => self
+        let resolved = JoinOutcome::ALL
+            .iter()
+            .position(|known| *known == outcome)
+            .and_then(|index| self.join_outcome_counters.get(index));
+        match resolved {
+            Some(counter) => counter.inc(),
+            // Only for a metrics value built without `register`: counted by label instead.
+            None => self
                 .join_outcomes
                 .with_label_values(&[outcome.as_str()])
                 .inc(),

@@ -54,10 +54,6 @@ pub struct PendingBuffer {
     bytes: usize,
 }
 
-fn record_bytes(record: &InputRecord) -> usize {
-    record.retained_bytes()
-}
-
 impl PendingBuffer {
     pub fn new(limits: PendingLimits) -> Self {
         Self {
@@ -99,7 +95,7 @@ impl PendingBuffer {
     pub fn hold(&mut self, held: Held) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let bytes = record_bytes(&held.record);
+        let bytes = held.record.retained_bytes();
         self.bytes += bytes;
         self.by_order
             .entry(held.keys.order)

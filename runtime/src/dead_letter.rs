@@ -32,10 +32,10 @@ pub const VALUE_OMITTED_BYTES: &str = "boomerang.dlq.value_omitted_bytes";
 pub const HEADERS_OMITTED: &str = "boomerang.dlq.headers_omitted";
 pub const KEY_OMITTED_BYTES: &str = "boomerang.dlq.key_omitted_bytes";
 
-use crate::error_kind::DeadLetterKind;
-use crate::record_size;
 use std::sync::Arc;
 
+use crate::error_kind::DeadLetterKind;
+use crate::record_size;
 use crate::stage_loop::{Headers, InputRecord, OutputRecord};
 
 /// Why a stage gives up on a record.

@@ -13,14 +13,10 @@ pub fn header<'a>(message: &'a impl Message, name: &str) -> Option<&'a [u8]> {
 }
 
 /// A consumed record's headers, owned: name and value (`None` for a null value), in order.
+/// Tools' form of [`crate::stage_loop::Headers::of`], the loop's own copy.
 pub fn owned_headers(message: &impl Message) -> Vec<(String, Option<Vec<u8>>)> {
-    message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|header| (header.key.to_string(), header.value.map(<[u8]>::to_vec)))
-                .collect()
-        })
-        .unwrap_or_default()
+    crate::stage_loop::Headers::of(message)
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.map(<[u8]>::to_vec)))
+        .collect()
 }

@@ -25,16 +25,6 @@ pub(super) enum Counted {
     DeadLettered(DeadLetterKind),
 }
 
-/// Adds one to `topic`'s count, allocating the key only for a topic's first record.
-pub(super) fn increment(counts: &mut BTreeMap<String, u64>, topic: &str) {
-    match counts.get_mut(topic) {
-        Some(count) => *count += 1,
-        None => {
-            counts.insert(topic.to_string(), 1);
-        }
-    }
-}
-
 pub(super) fn batch_counts<P: Processor>(
     batch: &[InputRecord],
     processed: &ProcessedBatch,
@@ -44,16 +34,20 @@ pub(super) fn batch_counts<P: Processor>(
         writes_to: P::WRITES_TO,
         ..BatchCounts::default()
     };
+    counts.received = per_topic(batch.iter().map(|record| &*record.topic));
+    counts.sent = per_topic(
+        processed
+            .outputs
+            .iter()
+            .filter(|(counted, _)| matches!(counted, Counted::Sent))
+            .map(|(_, output)| &*output.topic),
+    );
     if !processed.writes.is_empty() {
-        counts
-            .sent
-            .insert(P::WRITES_TO.to_string(), processed.writes.len() as u64);
+        *counts.sent.entry(P::WRITES_TO.to_string()).or_default() += processed.writes.len() as u64;
     }
-    counts.received = received_per_topic(batch);
     for (counted, output) in &processed.outputs {
         match counted {
             Counted::Sent => {
-                increment(&mut counts.sent, &output.topic);
                 counts.latest_event_ms = counts.latest_event_ms.max(output.event_time_ms);
             }
             Counted::DeadLettered(error_kind) => {
@@ -64,25 +58,25 @@ pub(super) fn batch_counts<P: Processor>(
     counts
 }
 
-/// How many records of the batch came from each topic. Records come in runs of one topic:
+/// How many records (consumed or produced) each topic has. Records come in runs of one topic:
 /// counted per run, not looked up per record.
-fn received_per_topic(batch: &[InputRecord]) -> BTreeMap<String, u64> {
-    let mut received: BTreeMap<String, u64> = BTreeMap::new();
+fn per_topic<'a>(topics: impl Iterator<Item = &'a str>) -> BTreeMap<String, u64> {
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut run: Option<(&str, u64)> = None;
-    for record in batch {
+    for topic in topics {
         match &mut run {
-            Some((topic, count)) if *topic == &*record.topic => *count += 1,
+            Some((current, count)) if *current == topic => *count += 1,
             _ => {
-                if let Some((topic, count)) = run.replace((&record.topic, 1)) {
-                    *received.entry(topic.to_string()).or_default() += count;
+                if let Some((done, count)) = run.replace((topic, 1)) {
+                    *counts.entry(done.to_string()).or_default() += count;
                 }
             }
         }
     }
-    if let Some((topic, count)) = run {
-        *received.entry(topic.to_string()).or_default() += count;
+    if let Some((done, count)) = run {
+        *counts.entry(done.to_string()).or_default() += count;
     }
-    received
+    counts
 }
 
 /// Where a record kept for the processor's write is.
@@ -286,7 +280,7 @@ mod tests {
             ("c", 3, 10),
             ("b", 0, 8),
         ]);
-        let received = received_per_topic(&batch);
+        let received = per_topic(batch.iter().map(|record| &*record.topic));
         assert_eq!(
             received.into_iter().collect::<Vec<_>>(),
             [
@@ -295,7 +289,7 @@ mod tests {
                 ("c".to_string(), 2)
             ]
         );
-        assert!(received_per_topic(&[]).is_empty());
+        assert!(per_topic(std::iter::empty()).is_empty());
     }
 
     #[test]
