@@ -13,6 +13,7 @@ fn topic_flags(prefix: &str) -> Vec<String> {
         ("--enriched-events-topic", "post-purchase.enriched"),
         ("--customers-topic", "crm.customers"),
         ("--orders-topic", "oms.orders"),
+        ("--erasure-requests-topic", "privacy.erasure-requests"),
         ("--dead-letter-topic", "dead-letter"),
     ]
     .iter()
@@ -47,7 +48,7 @@ async fn schemas_register_puts_every_topic_subject_in_the_registry_and_is_repeat
 
     let first = run(&arguments);
     // Raw and validated events carry the event schema with its history: 2 versions each.
-    assert_eq!(first.lines().count(), 7, "5 subjects, 7 versions:\n{first}");
+    assert_eq!(first.lines().count(), 8, "6 subjects, 8 versions:\n{first}");
     let second = run(&arguments);
     assert_eq!(first, second, "registering again changes nothing");
 
@@ -63,6 +64,7 @@ async fn schemas_register_puts_every_topic_subject_in_the_registry_and_is_repeat
         "post-purchase.enriched",
         "crm.customers",
         "oms.orders",
+        "privacy.erasure-requests",
     ] {
         let subject = format!("{prefix}.{suffix}-value");
         assert!(

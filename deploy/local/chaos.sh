@@ -93,6 +93,7 @@ export BOOMERANG_VALIDATED_EVENTS_TOPIC=$run_id.validated
 export BOOMERANG_ENRICHED_EVENTS_TOPIC=$run_id.enriched
 export BOOMERANG_CUSTOMERS_TOPIC=$run_id.customers
 export BOOMERANG_ORDERS_TOPIC=$run_id.orders
+export BOOMERANG_ERASURE_REQUESTS_TOPIC=$run_id.erasure-requests
 export BOOMERANG_DEAD_LETTER_TOPIC=$run_id.dead-letter
 export BOOMERANG_CLICKHOUSE_DATABASE=boomerang_${run_id//-/_}
 export BOOMERANG_PSEUDONYM_KEY=chaos-soak-pseudonym-key-not-a-secret

@@ -97,6 +97,7 @@ export BOOMERANG_VALIDATED_EVENTS_TOPIC=$run_id.post-purchase.validated
 export BOOMERANG_ENRICHED_EVENTS_TOPIC=$run_id.post-purchase.enriched
 export BOOMERANG_CUSTOMERS_TOPIC=$run_id.crm.customers
 export BOOMERANG_ORDERS_TOPIC=$run_id.oms.orders
+export BOOMERANG_ERASURE_REQUESTS_TOPIC=$run_id.privacy.erasure-requests
 export BOOMERANG_DEAD_LETTER_TOPIC=$run_id.dead-letter
 export BOOMERANG_CLICKHOUSE_DATABASE=boomerang_${run_id//-/_}
 export BOOMERANG_PSEUDONYM_KEY=${BOOMERANG_PSEUDONYM_KEY:-local-run-pseudonym-key-not-a-secret}

@@ -44,6 +44,16 @@ pub struct TopicsArgs {
     )]
     pub orders: String,
 
+    /// Customers' requests to be forgotten, keyed by customer id. Keep them at least as long
+    /// as the event topics keep events: enrich drops a replayed event of an erased customer
+    /// only while it still reads the request.
+    #[arg(
+        long = "erasure-requests-topic",
+        env = "BOOMERANG_ERASURE_REQUESTS_TOPIC",
+        default_value = "boomerang.privacy.erasure-requests"
+    )]
+    pub erasure_requests: String,
+
     /// Everything a stage could not process, with its original bytes and the reason.
     #[arg(
         long = "dead-letter-topic",
@@ -68,6 +78,7 @@ impl TopicsArgs {
             ),
             (self.customers.as_str(), SchemaKind::Customer),
             (self.orders.as_str(), SchemaKind::Order),
+            (self.erasure_requests.as_str(), SchemaKind::ErasureRequest),
         ]
     }
 
@@ -79,6 +90,7 @@ impl TopicsArgs {
             enriched_events: format!("{prefix}.post-purchase.enriched"),
             customers: format!("{prefix}.crm.customers"),
             orders: format!("{prefix}.oms.orders"),
+            erasure_requests: format!("{prefix}.privacy.erasure-requests"),
             dead_letter: format!("{prefix}.dead-letter"),
         }
     }

@@ -18,6 +18,8 @@ pub enum SchemaKind {
     Order,
     /// What enrich emits.
     EnrichedPostPurchaseEvent,
+    /// A customer's request to be forgotten.
+    ErasureRequest,
 }
 
 const POST_PURCHASE_EVENT: &str = include_str!("../avro/post_purchase_event.avsc");
@@ -26,6 +28,7 @@ const CUSTOMER: &str = include_str!("../avro/customer.avsc");
 const ORDER: &str = include_str!("../avro/order.avsc");
 const ENRICHED_POST_PURCHASE_EVENT: &str =
     include_str!("../avro/enriched_post_purchase_event.avsc");
+const ERASURE_REQUEST: &str = include_str!("../avro/erasure_request.avsc");
 
 fn parse(kind: SchemaKind) -> Schema {
     // Invariant: the .avsc files are compiled in, and `every_schema_parses` proves they parse.
@@ -39,13 +42,16 @@ static CUSTOMER_SCHEMA: LazyLock<Schema> = LazyLock::new(|| parse(SchemaKind::Cu
 static ORDER_SCHEMA: LazyLock<Schema> = LazyLock::new(|| parse(SchemaKind::Order));
 static ENRICHED_POST_PURCHASE_EVENT_SCHEMA: LazyLock<Schema> =
     LazyLock::new(|| parse(SchemaKind::EnrichedPostPurchaseEvent));
+static ERASURE_REQUEST_SCHEMA: LazyLock<Schema> =
+    LazyLock::new(|| parse(SchemaKind::ErasureRequest));
 
 impl SchemaKind {
-    pub const ALL: [SchemaKind; 4] = [
+    pub const ALL: [SchemaKind; 5] = [
         SchemaKind::PostPurchaseEvent,
         SchemaKind::Customer,
         SchemaKind::Order,
         SchemaKind::EnrichedPostPurchaseEvent,
+        SchemaKind::ErasureRequest,
     ];
 
     /// Position in [`SchemaKind::ALL`].
@@ -55,6 +61,7 @@ impl SchemaKind {
             SchemaKind::Customer => 1,
             SchemaKind::Order => 2,
             SchemaKind::EnrichedPostPurchaseEvent => 3,
+            SchemaKind::ErasureRequest => 4,
         }
     }
 
@@ -65,6 +72,7 @@ impl SchemaKind {
             SchemaKind::Customer => "boomerang.crm.Customer",
             SchemaKind::Order => "boomerang.oms.Order",
             SchemaKind::EnrichedPostPurchaseEvent => "boomerang.EnrichedPostPurchaseEvent",
+            SchemaKind::ErasureRequest => "boomerang.privacy.ErasureRequest",
         }
     }
 
@@ -74,6 +82,7 @@ impl SchemaKind {
             SchemaKind::Customer => "customer.avsc",
             SchemaKind::Order => "order.avsc",
             SchemaKind::EnrichedPostPurchaseEvent => "enriched_post_purchase_event.avsc",
+            SchemaKind::ErasureRequest => "erasure_request.avsc",
         }
     }
 
@@ -84,6 +93,7 @@ impl SchemaKind {
             SchemaKind::Customer => CUSTOMER,
             SchemaKind::Order => ORDER,
             SchemaKind::EnrichedPostPurchaseEvent => ENRICHED_POST_PURCHASE_EVENT,
+            SchemaKind::ErasureRequest => ERASURE_REQUEST,
         }
     }
 
@@ -92,7 +102,10 @@ impl SchemaKind {
     pub fn history(self) -> &'static [&'static str] {
         match self {
             SchemaKind::PostPurchaseEvent => &[POST_PURCHASE_EVENT_V1],
-            SchemaKind::Customer | SchemaKind::Order | SchemaKind::EnrichedPostPurchaseEvent => &[],
+            SchemaKind::Customer
+            | SchemaKind::Order
+            | SchemaKind::EnrichedPostPurchaseEvent
+            | SchemaKind::ErasureRequest => &[],
         }
     }
 
@@ -103,6 +116,7 @@ impl SchemaKind {
             SchemaKind::Customer => &CUSTOMER_SCHEMA,
             SchemaKind::Order => &ORDER_SCHEMA,
             SchemaKind::EnrichedPostPurchaseEvent => &ENRICHED_POST_PURCHASE_EVENT_SCHEMA,
+            SchemaKind::ErasureRequest => &ERASURE_REQUEST_SCHEMA,
         }
     }
 

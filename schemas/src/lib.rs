@@ -6,7 +6,8 @@
 //!   with an earlier schema version into the current model; [`wire`]: the Confluent frame
 //!   around a datum.
 //! - The model: [`PostPurchaseEvent`] (what platforms publish), [`Customer`] and [`Order`] (CRM
-//!   and order-system reference data) and [`EnrichedPostPurchaseEvent`] (what enrich emits).
+//!   and order-system reference data) and [`EnrichedPostPurchaseEvent`] (what enrich emits), and [`ErasureRequest`] (a customer's
+//!   request to be forgotten).
 //!
 //! Money is integer minor units with an ISO 4217 code ([`Money`]); times are UTC microseconds
 //! since the Unix epoch ([`TimestampMicros`]).
@@ -15,6 +16,7 @@ pub mod catalog;
 pub mod codec;
 mod customer;
 mod enriched;
+mod erasure;
 mod event;
 mod order;
 mod primitives;
@@ -25,6 +27,7 @@ pub use catalog::SchemaKind;
 pub use codec::{AvroRecord, CodecError, ResolvingReader};
 pub use customer::Customer;
 pub use enriched::EnrichedPostPurchaseEvent;
+pub use erasure::{ErasureRequest, MIN_SALT_HEX_DIGITS};
 pub use event::{
     CaseKind, Channel, Disposition, EventType, Outcome, PostPurchaseEvent, ReasonCode,
     ReturnMethod, WarrantyResolution,

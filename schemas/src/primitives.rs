@@ -80,9 +80,61 @@ impl TimestampMicros {
     }
 }
 
+/// RFC 3339 in UTC with microseconds, e.g. `2026-11-30T10:45:00.123456Z`.
+impl std::fmt::Display for TimestampMicros {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let seconds = self.0.div_euclid(1_000_000);
+        let micros = self.0.rem_euclid(1_000_000);
+        let days = seconds.div_euclid(86_400);
+        let of_day = seconds.rem_euclid(86_400);
+        // Days since the epoch to a civil date (Howard Hinnant's algorithm).
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let day_of_era = z.rem_euclid(146_097);
+        let year_of_era =
+            (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+        let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+        let shifted_month = (5 * day_of_year + 2) / 153;
+        let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+        let month = if shifted_month < 10 {
+            shifted_month + 3
+        } else {
+            shifted_month - 9
+        };
+        let year = year_of_era + era * 400 + i64::from(month <= 2);
+        write!(
+            formatter,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+            of_day / 3_600,
+            of_day % 3_600 / 60,
+            of_day % 60
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn displays_as_rfc3339_utc() {
+        assert_eq!(
+            TimestampMicros::from_unix_micros(0).to_string(),
+            "1970-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(
+            TimestampMicros::from_unix_micros(1_700_000_000_123_456).to_string(),
+            "2023-11-14T22:13:20.123456Z"
+        );
+        assert_eq!(
+            TimestampMicros::from_unix_micros(951_782_400_000_000).to_string(),
+            "2000-02-29T00:00:00.000000Z"
+        );
+        assert_eq!(
+            TimestampMicros::from_unix_micros(-1).to_string(),
+            "1969-12-31T23:59:59.999999Z"
+        );
+    }
 
     #[test]
     fn millis_round_down_also_before_the_epoch() {
