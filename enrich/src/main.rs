@@ -24,7 +24,7 @@ use boomerang_runtime::registry::{self, RegistryArgs, WriterSchemas};
 use boomerang_runtime::service::{self, ServiceArgs, StageContext};
 use boomerang_runtime::stage_loop::{self, LoopArgs, LoopSettings};
 use boomerang_runtime::topics::TopicsArgs;
-use boomerang_schemas::{Customer, Order, SchemaKind};
+use boomerang_schemas::{Customer, ErasureRequest, Order, SchemaKind};
 use tokio::sync::watch;
 
 #[global_allocator]
@@ -124,7 +124,7 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     let tables = SharedTables::default();
     let arrivals = Arrivals::default();
 
-    // Reference data first: every instance holds both tables whole.
+    // Reference data first: every instance holds every table whole.
     let snapshots = args.state.state_dir.clone().map(|dir| Snapshots {
         dir,
         interval: args.state.snapshot_interval(),
@@ -145,19 +145,26 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     else {
         return Ok(());
     };
+    let Some((erasures, erasures_progress)) =
+        start_loader::<ErasureRequest>(&args, &args.topics.erasure_requests, &shared, &context)
+            .await
+    else {
+        return Ok(());
+    };
     let orders = orders.with_limits(ReferenceLimits {
         max_order_lines: args.enrich.max_order_lines,
     });
     let loaders = [
         tokio::spawn(customers.run(context.shutdown.clone())),
         tokio::spawn(orders.run(context.shutdown.clone())),
+        tokio::spawn(erasures.run(context.shutdown.clone())),
     ];
     // The group is joined at once, so that a restarted instance is back under its static id
     // within its session timeout however long the catch-up takes; no event is joined before
     // the tables caught up (the processor's `assign` waits for them).
     let (caught_up, caught_up_receiver) = watch::channel(false);
     let catching_up = tokio::spawn(catch_up(
-        [customers_progress, orders_progress],
+        [customers_progress, orders_progress, erasures_progress],
         context.clone(),
         enrich_metrics.clone(),
         caught_up,
@@ -238,10 +245,10 @@ async fn start_loader<T: ReferenceRecord>(
     .await
 }
 
-/// Waits until both reference tables have caught up, `/readyz` saying how far they are, then
+/// Waits until every reference table has caught up, `/readyz` saying how far they are, then
 /// says so on `caught_up`. Returns early if shutdown comes first.
 async fn catch_up(
-    mut progress: [watch::Receiver<CatchUp>; 2],
+    mut progress: [watch::Receiver<CatchUp>; 3],
     context: StageContext,
     metrics: EnrichMetrics,
     caught_up: watch::Sender<bool>,
@@ -264,10 +271,11 @@ async fn catch_up(
             CATCHING_UP,
             format!("catching up reference data: {remaining} records to read"),
         );
-        let [customers, orders] = &mut progress;
+        let [customers, orders, erasures] = &mut progress;
         tokio::select! {
             changed = customers.changed() => if changed.is_err() { return },
             changed = orders.changed() => if changed.is_err() { return },
+            changed = erasures.changed() => if changed.is_err() { return },
             () = context.shutdown.cancelled() => return,
         }
     }

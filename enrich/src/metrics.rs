@@ -28,6 +28,8 @@ pub struct EnrichMetrics {
     join_outcome_counters: Vec<IntCounter>,
     /// Reference table loads at start-up, by table and where they started (snapshot, topic).
     pub reference_restores: IntCounterVec,
+    /// Events not emitted because their customer asked, after the event, to be forgotten.
+    pub events_erased: IntCounter,
     /// The process's `boomerang_errors_total`, for the loaders' retries.
     pub errors: Errors,
 }
@@ -106,8 +108,13 @@ impl EnrichMetrics {
                 ),
                 &["table", "source"],
             )?,
+            events_erased: IntCounter::new(
+                "boomerang_enrich_events_erased_total",
+                "Events not emitted (counted as sent, with no output) because their customer asked to be forgotten after the event happened: in flight or replayed when the erasure request came.",
+            )?,
             errors: process.errors().clone(),
         };
+        registry.register(Box::new(metrics.events_erased.clone()))?;
         registry.register(Box::new(metrics.reference_restores.clone()))?;
         registry.register(Box::new(metrics.reference_records.clone()))?;
         registry.register(Box::new(metrics.reference_changes.clone()))?;

@@ -21,7 +21,7 @@ use crate::metrics::EnrichMetrics;
 use crate::pending::{Held, PendingBuffer, PendingLimits};
 use crate::publish::enriched_record;
 use crate::reference::Arrivals;
-use crate::tables::SharedTables;
+use crate::tables::{ReferenceTables, SharedTables};
 
 /// How often held events are all checked again, besides the arrivals they wait for (which
 /// a reference record landing between an event's lookup and its hold can miss).
@@ -84,6 +84,18 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
         self
     }
 
+    /// Whether the event's customer asked to be forgotten after it happened: then it is not
+    /// emitted (and counted), so that no row of it can reach ClickHouse again.
+    fn erased(&self, tables: &ReferenceTables, event: &PostPurchaseEvent, keys: JoinKeys) -> bool {
+        let erased = tables
+            .erased_at(keys.customer)
+            .is_some_and(|requested_at| event.occurred_at <= requested_at);
+        if erased {
+            self.metrics.events_erased.inc();
+        }
+        erased
+    }
+
     /// Joins with what the tables hold now and builds the record to publish.
     fn emit(
         &self,
@@ -93,6 +105,9 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
         record: &InputRecord,
     ) -> Outcome {
         let tables = self.tables.read();
+        if self.erased(&tables, &event, keys) {
+            return Outcome::Emit(Default::default());
+        }
         self.emit_with(event, &Lookup::new(&tables, keys), waited, record)
     }
 
@@ -177,6 +192,9 @@ impl<Source: WriterSchemaSource> Processor for EnrichProcessor<Source> {
         let keys = JoinKeys::of(&event);
         if !self.pending.holds_order(keys.order) {
             let tables = self.tables.read();
+            if self.erased(&tables, &event, keys) {
+                return Ok(Outcome::Emit(Default::default()));
+            }
             let lookup = Lookup::new(&tables, keys);
             if lookup.complete() {
                 return Ok(self.emit_with(event, &lookup, false, record));

@@ -17,7 +17,7 @@ use anyhow::Context;
 use boomerang_runtime::decode::{DecodeFailure, RecordDecoder, WriterSchemaSource};
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::snapshot::SnapshotError;
-use boomerang_schemas::{AvroRecord, Customer, Order};
+use boomerang_schemas::{AvroRecord, Customer, ErasureRequest, Order};
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -102,6 +102,19 @@ impl ReferenceRecord for Order {
                 ),
             )
         })
+    }
+}
+
+/// An erasure request is reference data too: every instance reads the whole topic and keeps
+/// the customer's key and the time of the request (not the id), for as long as the topic
+/// keeps the request. Keyed by the customer id in the request, whatever the record's key.
+impl ReferenceRecord for ErasureRequest {
+    const TABLE: Table = Table::Erasures;
+    fn id(&self) -> &str {
+        &self.customer_id
+    }
+    fn upsert(&self, _key: RefKey, tables: &mut ReferenceTables) {
+        tables.erase(ref_key(self.customer_id.as_bytes()), self.requested_at);
     }
 }
 
@@ -533,7 +546,7 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> LoaderState<T, Source> {
         let table = T::TABLE;
         let (mut upserts, mut deletes, mut rejected) = (0u64, 0u64, 0u64);
         let mut arrived = Vec::new();
-        let size = {
+        let sizes = {
             let mut tables = self.tables.write();
             for change in changes {
                 match change {
@@ -549,7 +562,9 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> LoaderState<T, Source> {
                     Change::Rejected => rejected += 1,
                 }
             }
-            tables.len(table)
+            // An erasure changes the other tables too.
+            [Table::Customers, Table::Orders, Table::Erasures]
+                .map(|table| (table, tables.len(table)))
         };
         self.arrivals.record(&arrived);
         let changes = &self.metrics.reference_changes;
@@ -562,10 +577,12 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> LoaderState<T, Source> {
         changes
             .with_label_values(&[table.name(), "rejected"])
             .inc_by(rejected);
-        self.metrics
-            .reference_records
-            .with_label_values(&[table.name()])
-            .set(i64::try_from(size).unwrap_or(i64::MAX));
+        for (table, size) in sizes {
+            self.metrics
+                .reference_records
+                .with_label_values(&[table.name()])
+                .set(i64::try_from(size).unwrap_or(i64::MAX));
+        }
     }
 }
 

@@ -18,7 +18,9 @@ use boomerang_schemas::TimestampMicros;
 
 use crate::tables::{ReferenceTables, Table};
 
-const MAGIC: &[u8] = b"boomerang-reference-snapshot-v1\n";
+/// v2: orders carry their customer's key (to forget them with the customer); a v1 snapshot is
+/// not read, and the table is read from its topic instead.
+const MAGIC: &[u8] = b"boomerang-reference-snapshot-v2\n";
 /// The oldest snapshot used: well inside the default `delete.retention.ms` (24 h).
 pub const MAX_AGE: Duration = Duration::from_secs(12 * 3600);
 

@@ -2,7 +2,10 @@
 //! lines), as the latest record per key on their compacted topics says.
 //!
 //! Only what a join needs is kept: a customer's segment, region and consent (never the CRM's
-//! PII fields), an order's channel, times, currency and per line the category and unit price.
+//! PII fields), an order's customer (by key), channel, times, currency and per line the
+//! category and unit price. Customers who asked to be forgotten are kept as their key and the
+//! time of their request only (`erased`): their customer record and orders from before it are
+//! dropped and not taken in again, and their events from before it are not joined.
 //! Keys are 128-bit xxh3 hashes of the ids and repeated strings (segments, regions, categories,
 //! currencies) are shared, so a table of a million orders stays small (measured in
 //! `benches/benches/enrich_reference.rs`).
@@ -64,6 +67,8 @@ pub struct CustomerRef {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderRef {
+    /// Whose order it is: to forget it with its customer.
+    pub customer: RefKey,
     pub channel: Channel,
     pub placed_at: TimestampMicros,
     pub delivered_at: Option<TimestampMicros>,
@@ -105,6 +110,8 @@ impl Interner {
 pub enum Table {
     Customers,
     Orders,
+    /// Erasure requests: customers to forget.
+    Erasures,
 }
 
 impl Table {
@@ -112,6 +119,7 @@ impl Table {
         match self {
             Table::Customers => "customers",
             Table::Orders => "orders",
+            Table::Erasures => "erasures",
         }
     }
 }
@@ -120,6 +128,8 @@ impl Table {
 pub struct ReferenceTables {
     customers: RefMap<CustomerRef>,
     orders: RefMap<OrderRef>,
+    /// Customers who asked to be forgotten, with when they asked.
+    erased: RefMap<TimestampMicros>,
     strings: Interner,
 }
 
@@ -136,10 +146,41 @@ impl ReferenceTables {
         match table {
             Table::Customers => self.customers.len(),
             Table::Orders => self.orders.len(),
+            Table::Erasures => self.erased.len(),
         }
     }
 
+    /// When the customer asked to be forgotten, if they did.
+    pub fn erased_at(&self, customer: RefKey) -> Option<TimestampMicros> {
+        self.erased.get(&customer).copied()
+    }
+
+    /// Whether the customer asked to be forgotten after `time`: what they did then is erased.
+    fn erased_after(&self, customer: RefKey, time: TimestampMicros) -> bool {
+        self.erased_at(customer)
+            .is_some_and(|requested_at| time <= requested_at)
+    }
+
+    /// An erasure request: the customer's record and orders go, and their versions from
+    /// before `requested_at` are not taken in again (a replayed compacted topic).
+    pub fn erase(&mut self, customer: RefKey, requested_at: TimestampMicros) {
+        let latest = self
+            .erased
+            .get(&customer)
+            .map_or(requested_at, |earlier| (*earlier).max(requested_at));
+        self.erased.insert(customer, latest);
+        self.forget(customer);
+    }
+
+    fn forget(&mut self, customer: RefKey) {
+        self.customers.remove(&customer);
+        self.orders.retain(|_, order| order.customer != customer);
+    }
+
     pub fn upsert_customer(&mut self, key: RefKey, customer: &Customer) {
+        if self.erased_after(key, customer.updated_at) {
+            return;
+        }
         let value = CustomerRef {
             segment: self.strings.get(&customer.segment),
             region: self.strings.get(&customer.region),
@@ -149,6 +190,11 @@ impl ReferenceTables {
     }
 
     pub fn upsert_order(&mut self, key: RefKey, order: &Order) {
+        let customer = ref_key(order.customer_id.as_bytes());
+        if self.erased_after(customer, order.updated_at) {
+            self.orders.remove(&key);
+            return;
+        }
         let lines = order
             .lines
             .iter()
@@ -159,6 +205,7 @@ impl ReferenceTables {
             })
             .collect();
         let value = OrderRef {
+            customer,
             channel: order.channel,
             placed_at: order.placed_at,
             delivered_at: order.delivered_at,
@@ -180,6 +227,7 @@ impl ReferenceTables {
         match table {
             Table::Customers => self.customers.remove(&key).is_some(),
             Table::Orders => self.orders.remove(&key).is_some(),
+            Table::Erasures => self.erased.remove(&key).is_some(),
         }
     }
 }
@@ -204,6 +252,7 @@ impl ReferenceTables {
                 writer.u64(self.orders.len() as u64);
                 for (key, order) in &self.orders {
                     writer.u128(*key);
+                    writer.u128(order.customer);
                     writer.u8(channel_code(order.channel));
                     writer.i64(order.placed_at.as_unix_micros());
                     match order.delivered_at {
@@ -220,6 +269,13 @@ impl ReferenceTables {
                         writer.str(&line.category);
                         writer.i64(line.unit_price_minor);
                     }
+                }
+            }
+            Table::Erasures => {
+                writer.u64(self.erased.len() as u64);
+                for (key, requested_at) in &self.erased {
+                    writer.u128(*key);
+                    writer.i64(requested_at.as_unix_micros());
                 }
             }
         }
@@ -251,14 +307,16 @@ impl ReferenceTables {
                         },
                     );
                 }
+                customers.retain(|key, _| !self.erased.contains_key(key));
                 self.customers = customers;
             }
             Table::Orders => {
-                let count = reader.count(38)?;
+                let count = reader.count(54)?;
                 let mut orders = RefMap::default();
                 orders.reserve(count);
                 for _ in 0..count {
                     let key = reader.u128()?;
+                    let customer = reader.u128()?;
                     let channel = channel_from_code(reader.u8()?)?;
                     let placed_at = TimestampMicros::from_unix_micros(reader.i64()?);
                     let delivered_at = match reader.u8()? {
@@ -278,6 +336,7 @@ impl ReferenceTables {
                     orders.insert(
                         key,
                         OrderRef {
+                            customer,
                             channel,
                             placed_at,
                             delivered_at,
@@ -286,7 +345,24 @@ impl ReferenceTables {
                         },
                     );
                 }
+                orders.retain(|_, order| !self.erased.contains_key(&order.customer));
                 self.orders = orders;
+            }
+            Table::Erasures => {
+                let count = reader.count(24)?;
+                let mut erased = RefMap::default();
+                erased.reserve(count);
+                for _ in 0..count {
+                    let key = reader.u128()?;
+                    erased.insert(key, TimestampMicros::from_unix_micros(reader.i64()?));
+                }
+                self.erased = erased;
+                // The other tables may have been loaded first, from snapshots older than a
+                // request: forget the erased customers in them too.
+                let keys: Vec<RefKey> = self.erased.keys().copied().collect();
+                for key in keys {
+                    self.forget(key);
+                }
             }
         }
         Ok(())
@@ -377,6 +453,71 @@ mod tests {
         }
         assert_eq!(restored.customers, tables.customers);
         assert_eq!(restored.orders, tables.orders);
+    }
+
+    #[test]
+    fn an_erasure_forgets_the_customer_and_their_orders_and_keeps_them_out() {
+        let mut tables = ReferenceTables::default();
+        let (alice, bob) = (ref_key(b"cu-1"), ref_key(b"cu-2"));
+        tables.upsert_customer(alice, &customer("cu-1", "vip", true));
+        tables.upsert_customer(bob, &customer("cu-2", "vip", true));
+        tables.upsert_order(ref_key(b"o-1"), &order("o-1", "cu-1", None));
+        tables.upsert_order(ref_key(b"o-2"), &order("o-2", "cu-2", None));
+        let requested_at = customer("cu-1", "vip", true).updated_at;
+        tables.erase(alice, requested_at);
+        assert!(tables.customer(alice).is_none());
+        assert!(tables.order(ref_key(b"o-1")).is_none());
+        assert!(tables.customer(bob).is_some() && tables.order(ref_key(b"o-2")).is_some());
+        assert_eq!(tables.erased_at(alice), Some(requested_at));
+        // The compacted topic read again: versions from before the request stay out.
+        tables.upsert_customer(alice, &customer("cu-1", "vip", true));
+        tables.upsert_order(ref_key(b"o-1"), &order("o-1", "cu-1", None));
+        assert!(tables.customer(alice).is_none());
+        assert!(tables.order(ref_key(b"o-1")).is_none());
+        // A customer record from after the request is a new relationship.
+        let mut later = customer("cu-1", "new", true);
+        later.updated_at = TimestampMicros::from_unix_micros(requested_at.as_unix_micros() + 1);
+        tables.upsert_customer(alice, &later);
+        assert_eq!(&*tables.customer(alice).expect("back").segment, "new");
+    }
+
+    #[test]
+    fn erasures_read_back_forget_what_older_snapshots_of_other_tables_held() {
+        let mut erased = ReferenceTables::default();
+        let alice = ref_key(b"cu-1");
+        erased.erase(alice, TimestampMicros::from_unix_micros(i64::MAX));
+        let mut before = ReferenceTables::default();
+        before.upsert_customer(alice, &customer("cu-1", "vip", true));
+        before.upsert_order(ref_key(b"o-1"), &order("o-1", "cu-1", None));
+        before.upsert_order(ref_key(b"o-2"), &order("o-2", "cu-2", None));
+        let write_read = |from: &ReferenceTables, into: &mut ReferenceTables, table: Table| {
+            let mut writer = SnapshotWriter::new(b"t\n");
+            from.write_rows(table, &mut writer);
+            let path = std::env::temp_dir().join(format!(
+                "boomerang-erasures-{}-{}",
+                std::process::id(),
+                table.name()
+            ));
+            writer.write_to(&path).expect("write");
+            let mut reader = SnapshotReader::open(&path, b"t\n").expect("open");
+            into.read_rows(table, &mut reader).expect("read");
+            let _ = std::fs::remove_file(&path);
+        };
+        // Either order: the customer and their order stay out, the other order stays in.
+        let mut erasures_last = ReferenceTables::default();
+        write_read(&before, &mut erasures_last, Table::Customers);
+        write_read(&before, &mut erasures_last, Table::Orders);
+        write_read(&erased, &mut erasures_last, Table::Erasures);
+        let mut erasures_first = ReferenceTables::default();
+        write_read(&erased, &mut erasures_first, Table::Erasures);
+        write_read(&before, &mut erasures_first, Table::Customers);
+        write_read(&before, &mut erasures_first, Table::Orders);
+        for tables in [erasures_last, erasures_first] {
+            assert!(tables.customer(alice).is_none());
+            assert!(tables.order(ref_key(b"o-1")).is_none());
+            assert!(tables.order(ref_key(b"o-2")).is_some());
+            assert!(tables.erased_at(alice).is_some());
+        }
     }
 
     #[test]

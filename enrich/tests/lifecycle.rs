@@ -9,12 +9,13 @@ async fn starts_serves_its_endpoints_and_stops_on_sigterm() {
     let pipeline = Pipeline::new(2).await;
     let config = format!(
         "validated-events-topic = \"{}\"\nenriched-events-topic = \"{}\"\ncustomers-topic = \"{}\"\n\
-         orders-topic = \"{}\"\ndead-letter-topic = \"{}\"\nschema-registry-url = \"{}\"\n\
-         pseudonym-key = \"{PSEUDONYM_KEY}\"\n",
+         orders-topic = \"{}\"\nerasure-requests-topic = \"{}\"\ndead-letter-topic = \"{}\"\n\
+         schema-registry-url = \"{}\"\npseudonym-key = \"{PSEUDONYM_KEY}\"\n",
         pipeline.topics.validated_events,
         pipeline.topics.enriched_events,
         pipeline.topics.customers,
         pipeline.topics.orders,
+        pipeline.topics.erasure_requests,
         pipeline.topics.dead_letter,
         pipeline.stack.schema_registry_url
     );

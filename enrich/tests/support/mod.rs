@@ -33,6 +33,7 @@ impl Pipeline {
                 TopicSpec::new(&topics.enriched_events, event_partitions),
                 TopicSpec::new(&topics.customers, 2).compacted(),
                 TopicSpec::new(&topics.orders, 2).compacted(),
+                TopicSpec::new(&topics.erasure_requests, 1),
                 TopicSpec::new(&topics.dead_letter, 1),
             ]
         })
@@ -57,6 +58,10 @@ impl Pipeline {
             ),
             ("--customers-topic", self.topics.customers.as_str()),
             ("--orders-topic", self.topics.orders.as_str()),
+            (
+                "--erasure-requests-topic",
+                self.topics.erasure_requests.as_str(),
+            ),
             ("--pseudonym-key", PSEUDONYM_KEY),
             ("--max-reference-wait-ms", wait.as_str()),
             ("--batch-max-wait-ms", "50"),
