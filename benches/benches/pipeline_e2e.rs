@@ -102,6 +102,7 @@ async fn setup(stack: &Stack, kafka: &KafkaArgs, name: &str) -> Setup {
             TopicSpec::new(&topics.enriched_events, PARTITIONS),
             TopicSpec::new(&topics.customers, 2).compacted(),
             TopicSpec::new(&topics.orders, 2).compacted(),
+            TopicSpec::new(&topics.erasure_requests, 1),
             TopicSpec::new(&topics.dead_letter, 1),
         ],
     )
@@ -185,6 +186,7 @@ async fn start_stages(
         ("--enriched-events-topic", topics.enriched_events.as_str()),
         ("--customers-topic", topics.customers.as_str()),
         ("--orders-topic", topics.orders.as_str()),
+        ("--erasure-requests-topic", topics.erasure_requests.as_str()),
         ("--dead-letter-topic", topics.dead_letter.as_str()),
         ("--log-format", "text"),
         ("--log-filter", "warn"),

@@ -93,6 +93,7 @@ fn main() {
                 TopicSpec::new(&topics.enriched_events, PARTITIONS),
                 TopicSpec::new(&topics.orders, 1).compacted(),
                 TopicSpec::new(&topics.customers, 1).compacted(),
+                TopicSpec::new(&topics.erasure_requests, 1),
                 TopicSpec::new(&topics.dead_letter, 1),
             ],
         )
@@ -137,6 +138,8 @@ fn main() {
         &topics.orders,
         "--customers-topic",
         &topics.customers,
+        "--erasure-requests-topic",
+        &topics.erasure_requests,
         "--dead-letter-topic",
         &topics.dead_letter,
         "--clickhouse-url",

@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_plain_strings.sql",
         sql: include_str!("../../deploy/clickhouse/migrations/0003_plain_strings.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_erasure.sql",
+        sql: include_str!("../../deploy/clickhouse/migrations/0004_erasure.sql"),
+    },
 ];
 
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \

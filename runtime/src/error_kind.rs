@@ -99,6 +99,8 @@ kinds! {
             "a reference tombstone (null value) without a UTF-8 key";
         UnexpectedTopic => "unexpected_topic", ["sink"],
             "a record from a topic the sink does not write (a misconfigured subscription)";
+        InvalidErasureRequest => "invalid_erasure_request", ["sink"],
+            "an erasure request without a request id or customer id, or with a salt shorter than 32 hex digits";
     }
 }
 
@@ -120,7 +122,7 @@ kinds! {
             "an output or write was not acknowledged: nothing from its batch on is committed, and the stage stops";
         BrokersUnavailable => "brokers_unavailable", ["ingest", "enrich", "sink"],
             "the Kafka brokers did not answer a metadata request at start-up; asked again";
-        TopicUnavailable => "topic_unavailable", ["ingest", "enrich"],
+        TopicUnavailable => "topic_unavailable", ["ingest", "enrich", "sink"],
             "a topic's metadata or offsets could not be read at start-up (not created yet, a broker busy); asked again";
         ClickhouseUnavailable => "clickhouse_unavailable", ["sink"],
             "ClickHouse did not answer, timed out or refused a batch for a passing reason; the batch is inserted again";

@@ -6,7 +6,11 @@
 //! ([`write`]: retried, deduplicated by token, split to isolate refused rows). [`processor`]
 //! ties them into the shared stage loop, which commits a batch's offsets only after its insert
 //! has finished. The tables and analytics views are in `deploy/clickhouse/migrations/`.
+//!
+//! A customer's erasure request takes its own way ([`erase`]): read from the erasure-request
+//! topic by a consumer of its own, applied to every table in two passes, audited.
 
+pub mod erase;
 pub mod metrics;
 pub mod processor;
 pub mod recent_keys;

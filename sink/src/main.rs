@@ -13,6 +13,7 @@ use boomerang_runtime::registry::{RegistryArgs, WriterSchemas};
 use boomerang_runtime::service::{self, ServiceArgs, StageContext};
 use boomerang_runtime::stage_loop::{self, BatchWait, GroupArgs, LoopSettings};
 use boomerang_runtime::topics::TopicsArgs;
+use boomerang_sink::erase::{Applier, Eraser, ErasureArgs};
 use boomerang_sink::metrics::SinkMetrics;
 use boomerang_sink::processor::{SinkProcessor, SinkTopics};
 use boomerang_sink::stored::StoredOffsets;
@@ -40,6 +41,8 @@ struct Args {
     group: GroupArgs,
     #[command(flatten)]
     sink: SinkArgs,
+    #[command(flatten)]
+    erasure: ErasureArgs,
     #[command(flatten)]
     pseudonym: PseudonymArgs,
     #[command(flatten)]
@@ -121,6 +124,17 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         orders: args.topics.orders.clone(),
         customers: args.topics.customers.clone(),
     };
+    let eraser = Eraser::new(
+        &args.kafka,
+        &group_id,
+        &args.topics.erasure_requests,
+        &args.topics.dead_letter,
+        WriterSchemas::new(&args.registry)?,
+        Applier::new(client.clone(), pseudonymiser.clone()),
+        sink_metrics.clone(),
+        &args.erasure,
+    )?;
+    let erasing = tokio::spawn(eraser.run(context.clone()));
     let processor = SinkProcessor::new(
         WriterSchemas::new(&args.registry)?,
         topics.clone(),
@@ -138,7 +152,15 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         args.sink.insert_max_rows,
         BatchWait::from_millis(args.sink.insert_min_wait_ms, args.sink.insert_max_wait_ms),
     );
-    stage_loop::run(settings, &args.kafka, processor, stage_metrics, &context).await
+    let result = stage_loop::run(settings, &args.kafka, processor, stage_metrics, &context).await;
+    // The eraser stops with the stage: what it had not committed is applied again next time.
+    context.shutdown.cancel();
+    match erasing.await {
+        Ok(Err(error)) => tracing::error!(error = %error, "the erasure task failed"),
+        Err(error) => tracing::error!(error = %error, "the erasure task panicked"),
+        Ok(Ok(())) => {}
+    }
+    result
 }
 
 #[cfg(test)]

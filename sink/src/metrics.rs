@@ -18,6 +18,12 @@ pub struct SinkMetrics {
     pub duplicate_keys: IntCounter,
     /// 1 while an insert is being retried.
     pub inserts_failing: IntGauge,
+    /// Erasure passes applied, by pass (`first`, `settled`).
+    pub erasure_passes: IntCounterVec,
+    /// Rows an erasure anonymised, by table.
+    pub erasure_rows: IntCounterVec,
+    /// Erasure requests that could not be read or lacked a field (dead-lettered).
+    pub erasure_requests_rejected: IntCounter,
     /// The process's `boomerang_errors_total`, for the insert retries.
     pub errors: Errors,
 }
@@ -83,6 +89,24 @@ impl SinkMetrics {
                 "boomerang_sink_inserts_failing",
                 "1 while an insert is being retried: ClickHouse is down or refusing.",
             )?,
+            erasure_passes: IntCounterVec::new(
+                Opts::new(
+                    "boomerang_sink_erasure_passes_total",
+                    "Passes of erasure requests over ClickHouse, by pass (first: when read; settled: after --erasure-settle-secs).",
+                ),
+                &["pass"],
+            )?,
+            erasure_rows: IntCounterVec::new(
+                Opts::new(
+                    "boomerang_sink_erasure_rows_total",
+                    "Rows an erasure request anonymised, by table.",
+                ),
+                &["table"],
+            )?,
+            erasure_requests_rejected: IntCounter::new(
+                "boomerang_sink_erasure_requests_rejected_total",
+                "Erasure requests dead-lettered: unreadable, or without a request id, customer id or salt.",
+            )?,
         };
         registry.register(Box::new(metrics.rows_inserted.clone()))?;
         registry.register(Box::new(metrics.insert_duration.clone()))?;
@@ -92,6 +116,22 @@ impl SinkMetrics {
         registry.register(Box::new(metrics.rows_already_stored.clone()))?;
         registry.register(Box::new(metrics.duplicate_keys.clone()))?;
         registry.register(Box::new(metrics.inserts_failing.clone()))?;
+        registry.register(Box::new(metrics.erasure_passes.clone()))?;
+        registry.register(Box::new(metrics.erasure_rows.clone()))?;
+        registry.register(Box::new(metrics.erasure_requests_rejected.clone()))?;
         Ok(metrics)
+    }
+
+    pub fn count_erasure(&self, pass: crate::erase::Pass, erased: crate::erase::Erased) {
+        self.erasure_passes
+            .with_label_values(&[pass.as_str()])
+            .inc();
+        for (table, rows) in [
+            ("post_purchase_events", erased.events),
+            ("orders", erased.orders),
+            ("customers", erased.customers),
+        ] {
+            self.erasure_rows.with_label_values(&[table]).inc_by(rows);
+        }
     }
 }

@@ -12,11 +12,12 @@ async fn starts_serves_its_endpoints_and_stops_on_sigterm() {
     let pipeline = Pipeline::new().await;
     let config = format!(
         "enriched-events-topic = \"{}\"\ncustomers-topic = \"{}\"\norders-topic = \"{}\"\n\
-         dead-letter-topic = \"{}\"\nschema-registry-url = \"{}\"\nclickhouse-url = \"{}\"\n\
+         erasure-requests-topic = \"{}\"\ndead-letter-topic = \"{}\"\nschema-registry-url = \"{}\"\nclickhouse-url = \"{}\"\n\
          clickhouse-database = \"{}\"\npseudonym-key = \"{PSEUDONYM_KEY}\"\n",
         pipeline.topics.enriched_events,
         pipeline.topics.customers,
         pipeline.topics.orders,
+        pipeline.topics.erasure_requests,
         pipeline.topics.dead_letter,
         pipeline.stack.schema_registry_url,
         pipeline.clickhouse.url,

@@ -33,6 +33,7 @@ impl Pipeline {
                 TopicSpec::new(&topics.enriched_events, 2),
                 TopicSpec::new(&topics.customers, 2).compacted(),
                 TopicSpec::new(&topics.orders, 2).compacted(),
+                TopicSpec::new(&topics.erasure_requests, 1),
                 TopicSpec::new(&topics.dead_letter, 1),
             ]
         })
@@ -56,6 +57,10 @@ impl Pipeline {
             ),
             ("--customers-topic", self.topics.customers.as_str()),
             ("--orders-topic", self.topics.orders.as_str()),
+            (
+                "--erasure-requests-topic",
+                self.topics.erasure_requests.as_str(),
+            ),
             ("--clickhouse-url", self.clickhouse.url.as_str()),
             ("--clickhouse-database", self.clickhouse.database.as_str()),
             ("--clickhouse-timeout-secs", "5"),
