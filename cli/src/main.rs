@@ -8,8 +8,11 @@
 //! - `boomerang gen`: publishes a seeded world of traffic and writes its ground truth (`generate/`).
 //! - `boomerang report`: the analytics report, beside the ground truth if given (`report.rs`).
 //! - `boomerang dlq inspect | replay`: the dead-letter topic (`dlq.rs`).
+//! - `boomerang erase [--verify]`: a customer's erasure request, and what is left of them
+//!   (`erase.rs`).
 
 mod dlq;
+mod erase;
 mod generate;
 mod report;
 mod topic;
@@ -65,6 +68,10 @@ enum Command {
     /// Per idempotency key, at every seam. Exits with 1 on any loss, duplicate row or
     /// unexpected row.
     Verify(verify::VerifyArgs),
+    /// File a customer's erasure request (right to be forgotten), or with --verify say what
+    /// ClickHouse and the topics still hold of them. With --verify, exits with 1 if a row in
+    /// ClickHouse can still be linked to the customer.
+    Erase(erase::EraseArgs),
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -143,6 +150,7 @@ async fn run(command: Command) -> anyhow::Result<Option<usize>> {
             Ok(None)
         }
         Command::Report(args) => Ok(Some(report::run(args).await?)),
+        Command::Erase(args) => erase::run(&args).await,
         Command::Verify(args) => {
             let summary = args.summary.clone();
             let verdict = verify::run(args).await?;
@@ -215,6 +223,8 @@ async fn run(command: Command) -> anyhow::Result<Option<usize>> {
                 TopicSpec::new(&topics.dead_letter, event_partitions),
                 TopicSpec::new(&topics.customers, reference_partitions).compacted(),
                 TopicSpec::new(&topics.orders, reference_partitions).compacted(),
+                // Requests are rare; one partition keeps them in the order they were filed.
+                TopicSpec::new(&topics.erasure_requests, 1),
             ]
             .into_iter()
             .map(with_replication)
