@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use boomerang_clickhouse::ClickhouseArgs;
 use boomerang_runtime::kafka::KafkaArgs;
-use boomerang_runtime::pseudonym::{PseudonymArgs, Pseudonymiser};
+use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_runtime::registry::{RegistryArgs, WriterSchemas};
 use boomerang_runtime::topics::TopicsArgs;
 use boomerang_schemas::{ErasureRequest, SchemaKind, TimestampMicros, codec};
@@ -36,8 +36,13 @@ pub struct EraseArgs {
     topics: TopicsArgs,
     #[command(flatten)]
     clickhouse: ClickhouseArgs,
-    #[command(flatten)]
-    pseudonym: PseudonymArgs,
+    /// The pipeline's pseudonym key: needed by --verify only, to find the customer's rows.
+    #[arg(
+        long = "pseudonym-key",
+        env = "BOOMERANG_PSEUDONYM_KEY",
+        hide_env_values = true
+    )]
+    pseudonym_key: Option<String>,
 }
 
 /// `Some(problems)` with `--verify`.
@@ -100,7 +105,10 @@ struct RequestStatus {
 }
 
 async fn verify(args: &EraseArgs) -> anyhow::Result<usize> {
-    let pseudonymiser = Pseudonymiser::from_args(&args.pseudonym)?;
+    let Some(key) = &args.pseudonym_key else {
+        anyhow::bail!("--verify needs the pipeline's --pseudonym-key (BOOMERANG_PSEUDONYM_KEY)");
+    };
+    let pseudonymiser = Pseudonymiser::new(key.as_bytes())?;
     let pseudonym = pseudonymiser.pseudonym(&args.customer_id);
     let client = args.clickhouse.client();
     let mut linkable = 0;
@@ -190,6 +198,9 @@ async fn verify(args: &EraseArgs) -> anyhow::Result<usize> {
     Ok(linkable)
 }
 
+/// Kafka's default `log.retention.ms`: 7 days.
+const KAFKA_DEFAULT_RETENTION_MICROS: i64 = 7 * 86_400 * 1_000_000;
+
 /// Per topic, until when it may hold the customer's id: records are removed `retention.ms`
 /// after their timestamp; a compacted topic keeps a key's latest record until the source
 /// publishes a tombstone for it.
@@ -216,15 +227,18 @@ async fn topic_horizons(
     let since = requested_at.unwrap_or_else(TimestampMicros::now);
     let mut horizons = Vec::new();
     for (topic, result) in topics.iter().zip(described) {
-        let configs: HashMap<String, String> = result
-            .map(|resource| {
-                resource
-                    .entries
-                    .into_iter()
-                    .filter_map(|entry| entry.value.map(|value| (entry.name, value)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let Ok(resource) = result else {
+            horizons.push((
+                (*topic).clone(),
+                "unknown (the broker did not describe the topic)".to_string(),
+            ));
+            continue;
+        };
+        let configs: HashMap<String, String> = resource
+            .entries
+            .into_iter()
+            .filter_map(|entry| entry.value.map(|value| (entry.name, value)))
+            .collect();
         let compacted = configs
             .get("cleanup.policy")
             .is_some_and(|policy| policy.contains("compact"));
@@ -234,7 +248,7 @@ async fn topic_horizons(
         let until = if compacted
             && (*topic == &args.topics.customers || *topic == &args.topics.orders)
         {
-            "its latest record per key, until the CRM or order system publishes a tombstone for it (then compaction removes it)".to_string()
+            "its latest record per key, until the source publishes a tombstone for it (then compaction removes it)".to_string()
         } else {
             match retention_ms {
                 Some(ms) if ms >= 0 => format!(
@@ -246,7 +260,14 @@ async fn topic_horizons(
                     )
                 ),
                 Some(_) => "for ever (retention.ms=-1): set a retention".to_string(),
-                None => "unknown (the broker did not describe the topic)".to_string(),
+                None => format!(
+                    "the broker's default retention (log.retention.ms; 7 days on Kafka: {})",
+                    TimestampMicros::from_unix_micros(
+                        since
+                            .as_unix_micros()
+                            .saturating_add(KAFKA_DEFAULT_RETENTION_MICROS)
+                    )
+                ),
             }
         };
         horizons.push(((*topic).clone(), until));

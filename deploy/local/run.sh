@@ -98,6 +98,8 @@ export BOOMERANG_ENRICHED_EVENTS_TOPIC=$run_id.post-purchase.enriched
 export BOOMERANG_CUSTOMERS_TOPIC=$run_id.crm.customers
 export BOOMERANG_ORDERS_TOPIC=$run_id.oms.orders
 export BOOMERANG_ERASURE_REQUESTS_TOPIC=$run_id.privacy.erasure-requests
+# The sink's second pass over an erasure request: a local run's lag is short.
+export BOOMERANG_ERASURE_SETTLE_SECS=${BOOMERANG_ERASURE_SETTLE_SECS:-5}
 export BOOMERANG_DEAD_LETTER_TOPIC=$run_id.dead-letter
 export BOOMERANG_CLICKHOUSE_DATABASE=boomerang_${run_id//-/_}
 export BOOMERANG_PSEUDONYM_KEY=${BOOMERANG_PSEUDONYM_KEY:-local-run-pseudonym-key-not-a-secret}
