@@ -15,7 +15,9 @@
 #   ClickHouse down (60 s), the schema registry down (30 s);
 #   one instance paused (SIGSTOP) past its session timeout, then resumed (a zombie);
 #   a broker restart (the soak's own stack keeps its records in SQLite);
-#   a rolling SIGTERM restart of every instance.
+#   a rolling SIGTERM restart of every instance;
+#   after the verdict, erasure requests for five customers with a sink killed and ClickHouse
+#   down while they are applied.
 # The soak runs its own stack (target/chaos/stack, ports 19192, 18181, 18223, 19190), so the
 # stack of the README's first command is not touched. Exit status 0 when the verdict and the
 # analytics hold; 1 when not; 2 when something failed on the way.
@@ -97,6 +99,8 @@ export BOOMERANG_ERASURE_REQUESTS_TOPIC=$run_id.erasure-requests
 export BOOMERANG_DEAD_LETTER_TOPIC=$run_id.dead-letter
 export BOOMERANG_CLICKHOUSE_DATABASE=boomerang_${run_id//-/_}
 export BOOMERANG_PSEUDONYM_KEY=chaos-soak-pseudonym-key-not-a-secret
+# The sinks' second pass over an erasure request: the soak's lag at the erasure phase is short.
+export BOOMERANG_ERASURE_SETTLE_SECS=5
 export BOOMERANG_LOG_FORMAT=text
 # Default retention (7 days), which the SQLite broker applies at every start: the world's
 # events lie up to months back, and the validated and enriched records once carried that
@@ -418,6 +422,71 @@ for name in "${instances[@]}"; do note_rss "$name"; done
 "$bin/boomerang" report --truth "$run_dir/truth.json" --no-stages >"$run_dir/report.txt" 2>&1 \
   && analytics=0 || analytics=$?
 
+# Erasures under faults: once the verdict is in, a few customers ask to be forgotten while a
+# sink is killed mid-request and ClickHouse goes down; afterwards `boomerang erase --verify`
+# finds nothing linkable to any of them, every request is complete, no row is doubled or lost
+# (anonymised rows replace the originals one for one), and every analytics figure is still the
+# ground truth's (the report again).
+clickhouse_query() {
+  curl -sS --fail "$BOOMERANG_CLICKHOUSE_URL/?database=$BOOMERANG_CLICKHOUSE_DATABASE" --data-binary "$1"
+}
+erased=(cus-0000001 cus-0000002 cus-0000003 cus-0000004 cus-0000005)
+erasure=0
+erasure_log=$run_dir/erasure.txt
+: >"$erasure_log"
+rows_before=$(clickhouse_query "SELECT count() FROM post_purchase_events")
+linkable_before=0
+for customer in "${erased[@]}"; do
+  "$bin/boomerang" erase --verify --customer-id "$customer" >>"$erasure_log" 2>&1 \
+    || linkable_before=$((linkable_before + 1))
+done
+for customer in "${erased[@]}"; do
+  "$bin/boomerang" erase --customer-id "$customer" --requested-by chaos-soak >>"$erasure_log" 2>&1 \
+    || die "filing an erasure request failed; see $erasure_log"
+done
+fault "erasure requests for ${#erased[@]} customers ($linkable_before with rows)"
+sleep 1
+kill_instance "sink-$((RANDOM % 2))" "while the sinks apply erasure requests"
+fault "ClickHouse down for 5s during the erasures"
+stack stop clickhouse
+set_outage clickhouse
+sleep 5
+kill_instance "sink-$((RANDOM % 2))" "while its erasure waits for ClickHouse"
+stack up --sqlite >/dev/null 2>&1
+set_outage ""
+fault "ClickHouse up"
+deadline=$((SECONDS + 240))
+pending=("${erased[@]}")
+while ((${#pending[@]} > 0)); do
+  supervise
+  still=()
+  for customer in "${pending[@]}"; do
+    if ! "$bin/boomerang" erase --verify --customer-id "$customer" >"$run_dir/erase-verify.txt" 2>&1 \
+      || ! grep -q ': applied, anonymised' "$run_dir/erase-verify.txt"; then
+      still+=("$customer")
+    fi
+  done
+  pending=("${still[@]}")
+  if ((${#pending[@]} > 0)); then
+    if ((SECONDS > deadline)); then
+      echo "not erased in 240 s: ${pending[*]}" >>"$erasure_log"
+      cat "$run_dir/erase-verify.txt" >>"$erasure_log"
+      erasure=1
+      break
+    fi
+    sleep 1
+  fi
+done
+rows_after=$(clickhouse_query "SELECT count() FROM post_purchase_events")
+doubled=$(clickhouse_query "SELECT count() FROM (SELECT idempotency_key FROM post_purchase_events GROUP BY idempotency_key HAVING count() > 1)")
+anonymised=$(clickhouse_query "SELECT count() FROM post_purchase_events WHERE customer_key LIKE 'erased_%'")
+echo "event rows before $rows_before, after $rows_after; keys with more than one row: $doubled; anonymised rows: $anonymised" >>"$erasure_log"
+if ((rows_after != rows_before || doubled != 0 || linkable_before == 0)); then
+  erasure=1
+fi
+"$bin/boomerang" report --truth "$run_dir/truth.json" --no-stages >"$run_dir/report-after-erasure.txt" 2>&1 \
+  || erasure=1
+
 echo
 echo "Chaos soak $run_id: $events events requested at $rate/s, seed $seed, $((SECONDS)) s"
 echo "Faults ($kills kills):"
@@ -443,12 +512,20 @@ cat "$run_dir/verdict.txt"
 echo
 tail -n 40 "$run_dir/report.txt"
 echo
+echo "Erasures under faults (${#erased[@]} customers; a sink killed, ClickHouse down 5 s):"
+tail -n 1 "$erasure_log" | sed 's/^/  /'
+if ((erasure == 0)); then
+  echo "  every customer erased, every request complete, every figure still the ground truth's"
+else
+  echo "  FAILED: see $erasure_log and $run_dir/report-after-erasure.txt"
+fi
+echo
 echo "Logs, faults, verdict.json: $run_dir"
 if grep -q FINDING "$faults"; then
   echo "FINDINGS: see the faults above"
   verdict=1
 fi
-if ((verdict != 0 || analytics != 0)); then
+if ((verdict != 0 || analytics != 0 || erasure != 0)); then
   echo "CHAOS SOAK FAILED"
   exit 1
 fi

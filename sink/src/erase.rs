@@ -15,9 +15,11 @@
 //!   country) is kept.
 //!
 //! A table's pass copies the customer's rows (the latest version of each, `FINAL`) with tokens
-//! in place of identifiers, skipping copies already there, then deletes the originals
-//! (lightweight `DELETE`: gone from every query at once, from disk at the parts' next merge).
-//! Both steps are idempotent, so a pass cut short by a crash is simply made again.
+//! in place of identifiers, skipping copies already there (and with a deduplication token made
+//! of what it copies, so that two instances applying one request at once copy it once), then
+//! deletes the originals (lightweight `DELETE`: gone from every query at once, from disk at the
+//! parts' next merge). Both steps are idempotent, so a pass cut short by a crash is simply made
+//! again.
 //!
 //! Each request gets two passes: `first` when it is read, and `settled` after `--erasure-settle-secs`,
 //! for the customer's events that were already between enrich and ClickHouse when the request
@@ -110,12 +112,16 @@ fn token(column: &str) -> String {
     )
 }
 
-/// The statements of one table's pass, in order: count, copy, delete. Each takes the
-/// `customer` (pseudonym) and `salt` parameters.
+/// The statements of one table's pass, in order: count, what to copy, copy, delete. Each takes
+/// the `customer` (pseudonym) and `salt` parameters.
 struct TableErasure {
     table: &'static str,
     /// Rows of the customer (every version).
     count: String,
+    /// How many rows the copy would write, and a hash of their keys: the copy's deduplication
+    /// token, so that two instances applying one request at once (one of them revoked in a
+    /// rebalance it has not noticed yet) write the copies once.
+    to_copy: String,
     /// Copies of the latest version of each row, identifiers replaced, unless already there.
     copy: String,
     /// The customer's rows themselves.
@@ -130,17 +136,22 @@ impl TableErasure {
             .map(|(name, value)| value.clone().unwrap_or_else(|| (*name).to_string()))
             .collect();
         let where_customer = "customer_key = {customer:String}";
+        let not_copied = format!(
+            "{where_customer} AND {key_token} NOT IN \
+             (SELECT {key} FROM {table} WHERE customer_key = {customer_token})",
+            key_token = token(key),
+            customer_token = token("{customer:String}"),
+        );
         Self {
             table,
             count: format!("SELECT count() FROM {table} WHERE {where_customer}"),
+            to_copy: format!(
+                "SELECT count(), groupBitXor(cityHash64({key})) FROM {table} FINAL WHERE {not_copied}"
+            ),
             copy: format!(
-                "INSERT INTO {table} ({names}) SELECT {values} FROM {table} FINAL \
-                 WHERE {where_customer} AND {key_token} NOT IN \
-                 (SELECT {key} FROM {table} WHERE customer_key = {customer_token})",
+                "INSERT INTO {table} ({names}) SELECT {values} FROM {table} FINAL WHERE {not_copied}",
                 names = names.join(", "),
                 values = values.join(", "),
-                key_token = token(key),
-                customer_token = token("{customer:String}"),
             ),
             delete: format!("DELETE FROM {table} WHERE {where_customer}"),
         }
@@ -275,12 +286,28 @@ impl Applier {
                 .fetch_one()
                 .await?;
             if rows > 0 {
-                self.client
-                    .query(&table.copy)
+                let (copies, keys_hash): (u64, u64) = self
+                    .client
+                    .query(&table.to_copy)
                     .param("customer", &customer)
                     .param("salt", &salt)
-                    .execute()
+                    .fetch_one()
                     .await?;
+                if copies > 0 {
+                    self.client
+                        .query(&table.copy)
+                        .param("customer", &customer)
+                        .param("salt", &salt)
+                        .with_setting(
+                            "insert_deduplication_token",
+                            format!(
+                                "erasure-{}-{}-{copies}-{keys_hash:016x}",
+                                request.request_id, table.table
+                            ),
+                        )
+                        .execute()
+                        .await?;
+                }
                 if pass == Pass::First && std::env::var_os(CRASH_AFTER_COPY_ENV).is_some() {
                     tracing::error!(table = table.table, "test hook: aborting mid-erasure");
                     std::process::abort();
