@@ -562,6 +562,7 @@ impl<T: ReferenceRecord, Source: WriterSchemaSource> LoaderState<T, Source> {
                     Change::Rejected => rejected += 1,
                 }
             }
+            tables.drop_erased_orders();
             // An erasure changes the other tables too.
             [Table::Customers, Table::Orders, Table::Erasures]
                 .map(|table| (table, tables.len(table)))

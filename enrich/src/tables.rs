@@ -130,6 +130,9 @@ pub struct ReferenceTables {
     orders: RefMap<OrderRef>,
     /// Customers who asked to be forgotten, with when they asked.
     erased: RefMap<TimestampMicros>,
+    /// Customers erased whose orders are still to be dropped ([`Self::drop_erased_orders`]):
+    /// one pass over the orders for a batch of requests, not one per request.
+    erased_pending: std::collections::HashSet<RefKey, BuildHasherDefault<RefKeyHasher>>,
     strings: Interner,
 }
 
@@ -161,20 +164,27 @@ impl ReferenceTables {
             .is_some_and(|requested_at| time <= requested_at)
     }
 
-    /// An erasure request: the customer's record and orders go, and their versions from
-    /// before `requested_at` are not taken in again (a replayed compacted topic).
+    /// An erasure request: the customer's record goes at once and their orders with the next
+    /// [`Self::drop_erased_orders`]; their versions from before `requested_at` are not taken in
+    /// again (a replayed compacted topic).
     pub fn erase(&mut self, customer: RefKey, requested_at: TimestampMicros) {
         let latest = self
             .erased
             .get(&customer)
             .map_or(requested_at, |earlier| (*earlier).max(requested_at));
         self.erased.insert(customer, latest);
-        self.forget(customer);
+        self.customers.remove(&customer);
+        self.erased_pending.insert(customer);
     }
 
-    fn forget(&mut self, customer: RefKey) {
-        self.customers.remove(&customer);
-        self.orders.retain(|_, order| order.customer != customer);
+    /// Drops the orders of the customers erased since the last call: one pass over the orders.
+    pub fn drop_erased_orders(&mut self) {
+        if self.erased_pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.erased_pending);
+        self.orders
+            .retain(|_, order| !pending.contains(&order.customer));
     }
 
     pub fn upsert_customer(&mut self, key: RefKey, customer: &Customer) {
@@ -356,13 +366,12 @@ impl ReferenceTables {
                     let key = reader.u128()?;
                     erased.insert(key, TimestampMicros::from_unix_micros(reader.i64()?));
                 }
-                self.erased = erased;
                 // The other tables may have been loaded first, from snapshots older than a
                 // request: forget the erased customers in them too.
-                let keys: Vec<RefKey> = self.erased.keys().copied().collect();
-                for key in keys {
-                    self.forget(key);
-                }
+                self.customers.retain(|key, _| !erased.contains_key(key));
+                self.orders
+                    .retain(|_, order| !erased.contains_key(&order.customer));
+                self.erased = erased;
             }
         }
         Ok(())
@@ -465,6 +474,7 @@ mod tests {
         tables.upsert_order(ref_key(b"o-2"), &order("o-2", "cu-2", None));
         let requested_at = customer("cu-1", "vip", true).updated_at;
         tables.erase(alice, requested_at);
+        tables.drop_erased_orders();
         assert!(tables.customer(alice).is_none());
         assert!(tables.order(ref_key(b"o-1")).is_none());
         assert!(tables.customer(bob).is_some() && tables.order(ref_key(b"o-2")).is_some());
@@ -486,6 +496,7 @@ mod tests {
         let mut erased = ReferenceTables::default();
         let alice = ref_key(b"cu-1");
         erased.erase(alice, TimestampMicros::from_unix_micros(i64::MAX));
+        erased.drop_erased_orders();
         let mut before = ReferenceTables::default();
         before.upsert_customer(alice, &customer("cu-1", "vip", true));
         before.upsert_order(ref_key(b"o-1"), &order("o-1", "cu-1", None));
