@@ -2,7 +2,8 @@
 //! database on the local ClickHouse (`deploy/local/stack.sh up`) with N events (generated inside
 //! ClickHouse: 50 per customer, one order per 5 events), N/5 orders and N/50 customers, then
 //! times one request's `first` pass (find, copy with tokens, delete, per table, and the audit
-//! row) and its `settled` pass (nothing left to find), with the sink's own code.
+//! row) and its `settled` pass (nothing left to find), with the sink's own code; then twenty
+//! requests applied together, as the sink applies the requests it reads at once.
 //!
 //! cargo bench -p boomerang-benches --bench erasure                     # 10M events
 //! BOOMERANG_BENCH_EVENTS=1000000 cargo bench -p boomerang-benches --bench erasure
@@ -18,17 +19,20 @@ use boomerang_sink::erase::{Applier, Pass};
 use boomerang_testkit::{Stack, unique_name};
 
 const PSEUDONYM_KEY: &str = "benchmark-pseudonym-key";
-/// The customer erased: one of the many.
+/// The customer erased alone: one of the many; the next [`BATCH`] are erased together.
 const ERASED: u64 = 4_321;
+const BATCH: u64 = 20;
 
-async fn fill(client: &clickhouse::Client, events: u64, erased_key: &str) {
-    let customers = (events / 50).max(ERASED + 1);
+async fn fill(client: &clickhouse::Client, events: u64, erased_keys: &[String]) {
+    let customers = (events / 50).max(ERASED + BATCH + 1);
     let orders = (events / 5).max(1);
-    // Every customer key is a pseudonym's shape; the erased customer's is theirs.
+    // Every customer key is a pseudonym's shape; the erased customers' are theirs.
     let customer_key = |number: &str| {
         format!(
-            "if({number} % {customers} = {ERASED}, {{erased:String}}, \
-             concat('p_', lower(hex(substring(SHA256(toString({number} % {customers})), 1, 16)))))"
+            "if({number} % {customers} BETWEEN {ERASED} AND {last}, \
+             {{erased:Array(String)}}[{number} % {customers} - {ERASED} + 1], \
+             concat('p_', lower(hex(substring(SHA256(toString({number} % {customers})), 1, 16)))))",
+            last = ERASED + BATCH,
         )
     };
     let statements = [
@@ -76,7 +80,7 @@ async fn fill(client: &clickhouse::Client, events: u64, erased_key: &str) {
     for statement in statements {
         client
             .query(&statement)
-            .param("erased", erased_key)
+            .param("erased", erased_keys)
             .execute()
             .await
             .expect("fill");
@@ -93,23 +97,30 @@ fn main() {
         migrations::apply(&clickhouse, None).await.expect("migrate");
         let client = clickhouse.client();
         let pseudonymiser = Pseudonymiser::new(PSEUDONYM_KEY.as_bytes()).expect("key");
-        let customer_id = format!("cu-{ERASED}");
+        let customer_ids: Vec<String> = (ERASED..=ERASED + BATCH)
+            .map(|n| format!("cu-{n}"))
+            .collect();
+        let keys: Vec<String> = customer_ids
+            .iter()
+            .map(|id| pseudonymiser.pseudonym(id))
+            .collect();
         let started = Instant::now();
-        fill(&client, events, &pseudonymiser.pseudonym(&customer_id)).await;
+        fill(&client, events, &keys).await;
         eprintln!(
             "filled {events} events, {} orders, {} customers in {:.1} s",
             events / 5,
-            (events / 50).max(ERASED + 1),
+            (events / 50).max(ERASED + BATCH + 1),
             started.elapsed().as_secs_f64()
         );
         let applier = Applier::new(client.clone(), pseudonymiser);
-        let request = ErasureRequest {
-            request_id: "er-bench".into(),
-            customer_id,
+        let request_for = |customer_id: &String| ErasureRequest {
+            request_id: format!("er-bench-{customer_id}"),
+            customer_id: customer_id.clone(),
             requested_at: TimestampMicros::now(),
             requested_by: "bench".into(),
             anonymisation_salt: "0123456789abcdef0123456789abcdef".into(),
         };
+        let request = request_for(&customer_ids[0]);
         for pass in [Pass::First, Pass::Settled] {
             let started = Instant::now();
             let erased = applier.apply(&request, pass).await.expect("apply");
@@ -120,6 +131,21 @@ fn main() {
                 erased.events,
                 erased.orders,
                 erased.customers
+            );
+        }
+        let batch: Vec<ErasureRequest> = customer_ids[1..].iter().map(request_for).collect();
+        let batch: Vec<&ErasureRequest> = batch.iter().collect();
+        for pass in [Pass::First, Pass::Settled] {
+            let started = Instant::now();
+            let erased = applier.apply_all(&batch, pass).await.expect("apply");
+            println!(
+                "erasure {:<8} {:>7.2} s   {} requests together: events {}, orders {}, customers {} rows anonymised",
+                pass.as_str(),
+                started.elapsed().as_secs_f64(),
+                batch.len(),
+                erased.iter().map(|e| e.events).sum::<u64>(),
+                erased.iter().map(|e| e.orders).sum::<u64>(),
+                erased.iter().map(|e| e.customers).sum::<u64>(),
             );
         }
         let total: u64 = client

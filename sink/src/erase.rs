@@ -27,6 +27,7 @@
 //! Each pass appends a row to `erasure_audit` (no id, pseudonym or salt); the request's offset
 //! is committed after its `settled` pass, so a crash at any point applies it again.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,26 +106,47 @@ struct AuditRow<'a> {
     customers_rows: u64,
 }
 
-/// `column`'s value replaced by the request's token (SQL, with the `salt` parameter).
+/// The salt of the request erasing the row's customer (SQL, with the `customers` and `salts`
+/// parameters: the pseudonyms of a batch's customers and their requests' salts, in order).
+const ROW_SALT: &str =
+    "transform(customer_key, {customers:Array(String)}, {salts:Array(String)}, '')";
+
+/// `column`'s value replaced by its token (SQL): the same function as [`token_of`].
 fn token(column: &str) -> String {
-    format!(
-        "concat('erased_', lower(hex(substring(SHA256(concat({{salt:String}}, {column})), 1, 16))))"
-    )
+    format!("concat('erased_', lower(hex(substring(SHA256(concat({ROW_SALT}, {column})), 1, 16))))")
 }
 
-/// The statements of one table's pass, in order: count, what to copy, copy, delete. Each takes
-/// the `customer` (pseudonym) and `salt` parameters.
+/// The token of `value` under `salt`: `erased_` + the first 16 bytes of SHA-256(salt ‖ value)
+/// in hex, as ClickHouse computes it in [`token`].
+pub fn token_of(salt: &str, value: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(salt.as_bytes())
+        .chain_update(value.as_bytes())
+        .finalize();
+    let mut token = String::with_capacity(39);
+    token.push_str("erased_");
+    for byte in &digest[..16] {
+        token.push_str(&format!("{byte:02x}"));
+    }
+    token
+}
+
+/// The statements of one table's pass over a batch of requests, in order: count, what to
+/// copy, copy, delete. Each takes the `customers` (pseudonyms) and `salts` parameters, the
+/// copies also `tokens` (each customer's own token): one statement per table for the whole
+/// batch, since a `DELETE` reads the table whatever it finds.
 struct TableErasure {
     table: &'static str,
-    /// Rows of the customer (every version).
+    /// Rows per customer (every version).
     count: String,
     /// How many rows the copy would write, and a hash of their keys: the copy's deduplication
-    /// token, so that two instances applying one request at once (one of them revoked in a
-    /// rebalance it has not noticed yet) write the copies once.
+    /// token, so that two instances applying the same requests at once (one of them revoked in
+    /// a rebalance it has not noticed yet) write the copies once.
     to_copy: String,
     /// Copies of the latest version of each row, identifiers replaced, unless already there.
     copy: String,
-    /// The customer's rows themselves.
+    /// The customers' rows themselves.
     delete: String,
 }
 
@@ -135,16 +157,17 @@ impl TableErasure {
             .iter()
             .map(|(name, value)| value.clone().unwrap_or_else(|| (*name).to_string()))
             .collect();
-        let where_customer = "customer_key = {customer:String}";
+        let where_customer = "customer_key IN {customers:Array(String)}";
         let not_copied = format!(
             "{where_customer} AND {key_token} NOT IN \
-             (SELECT {key} FROM {table} WHERE customer_key = {customer_token})",
+             (SELECT {key} FROM {table} WHERE customer_key IN {{tokens:Array(String)}})",
             key_token = token(key),
-            customer_token = token("{customer:String}"),
         );
         Self {
             table,
-            count: format!("SELECT count() FROM {table} WHERE {where_customer}"),
+            count: format!(
+                "SELECT customer_key, count() FROM {table} WHERE {where_customer} GROUP BY customer_key"
+            ),
             to_copy: format!(
                 "SELECT count(), groupBitXor(cityHash64({key})) FROM {table} FINAL WHERE {not_copied}"
             ),
@@ -275,68 +298,100 @@ impl Applier {
         request: &ErasureRequest,
         pass: Pass,
     ) -> Result<Erased, clickhouse::error::Error> {
-        let customer = self.pseudonymiser.pseudonym(&request.customer_id);
-        let salt = request.anonymisation_salt.to_ascii_lowercase();
-        let mut erased = Erased::default();
+        let erased = self.apply_all(&[request], pass).await?;
+        Ok(erased.first().copied().unwrap_or_default())
+    }
+
+    /// One pass of each of `requests` over every table, together, then their audit rows; what
+    /// each anonymised, in order. Idempotent. A customer named by two requests is anonymised
+    /// with the first one's salt, and the second finds nothing left.
+    pub async fn apply_all(
+        &self,
+        requests: &[&ErasureRequest],
+        pass: Pass,
+    ) -> Result<Vec<Erased>, clickhouse::error::Error> {
+        let mut erased = vec![Erased::default(); requests.len()];
+        // The first request per customer: pseudonym, salt, the customer's own token.
+        let mut owner: HashMap<String, usize> = HashMap::new();
+        let (mut customers, mut salts, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
+        for (index, request) in requests.iter().enumerate() {
+            let customer = self.pseudonymiser.pseudonym(&request.customer_id);
+            if owner.contains_key(&customer) {
+                continue;
+            }
+            let salt = request.anonymisation_salt.to_ascii_lowercase();
+            tokens.push(token_of(&salt, &customer));
+            owner.insert(customer.clone(), index);
+            customers.push(customer);
+            salts.push(salt);
+        }
         for table in &self.tables {
-            let rows: u64 = self
+            let rows: Vec<(String, u64)> = self
                 .client
                 .query(&table.count)
-                .param("customer", &customer)
+                .param("customers", &customers)
+                .fetch_all()
+                .await?;
+            if rows.is_empty() {
+                continue;
+            }
+            for (customer, count) in &rows {
+                if let Some(index) = owner.get(customer) {
+                    let counts = &mut erased[*index];
+                    match table.table {
+                        "post_purchase_events" => counts.events = *count,
+                        "orders" => counts.orders = *count,
+                        _ => counts.customers = *count,
+                    }
+                }
+            }
+            let (copies, keys_hash): (u64, u64) = self
+                .client
+                .query(&table.to_copy)
+                .param("customers", &customers)
+                .param("salts", &salts)
+                .param("tokens", &tokens)
                 .fetch_one()
                 .await?;
-            if rows > 0 {
-                let (copies, keys_hash): (u64, u64) = self
-                    .client
-                    .query(&table.to_copy)
-                    .param("customer", &customer)
-                    .param("salt", &salt)
-                    .fetch_one()
-                    .await?;
-                if copies > 0 {
-                    self.client
-                        .query(&table.copy)
-                        .param("customer", &customer)
-                        .param("salt", &salt)
-                        .with_setting(
-                            "insert_deduplication_token",
-                            format!(
-                                "erasure-{}-{}-{copies}-{keys_hash:016x}",
-                                request.request_id, table.table
-                            ),
-                        )
-                        .execute()
-                        .await?;
-                }
-                if pass == Pass::First && std::env::var_os(CRASH_AFTER_COPY_ENV).is_some() {
-                    tracing::error!(table = table.table, "test hook: aborting mid-erasure");
-                    std::process::abort();
-                }
+            if copies > 0 {
                 self.client
-                    .query(&table.delete)
-                    .param("customer", &customer)
+                    .query(&table.copy)
+                    .param("customers", &customers)
+                    .param("salts", &salts)
+                    .param("tokens", &tokens)
+                    .with_setting(
+                        "insert_deduplication_token",
+                        format!("erasure-{}-{copies}-{keys_hash:016x}", table.table),
+                    )
                     .execute()
                     .await?;
             }
-            match table.table {
-                "post_purchase_events" => erased.events = rows,
-                "orders" => erased.orders = rows,
-                _ => erased.customers = rows,
+            if pass == Pass::First && std::env::var_os(CRASH_AFTER_COPY_ENV).is_some() {
+                tracing::error!(table = table.table, "test hook: aborting mid-erasure");
+                std::process::abort();
             }
+            self.client
+                .query(&table.delete)
+                .param("customers", &customers)
+                .execute()
+                .await?;
         }
+        let applied_at = TimestampMicros::now().as_unix_micros();
         let mut insert = self.client.insert::<AuditRow<'_>>("erasure_audit").await?;
-        insert
-            .write(&AuditRow {
-                request_id: &request.request_id,
-                requested_at: request.requested_at.as_unix_micros(),
-                requested_by: &request.requested_by,
-                pass: pass.as_str(),
-                applied_at: TimestampMicros::now().as_unix_micros(),
-                events_rows: erased.events,
-                orders_rows: erased.orders,
-                customers_rows: erased.customers,
-            })
-            .await?;
+        for (request, counts) in requests.iter().zip(&erased) {
+            insert
+                .write(&AuditRow {
+                    request_id: &request.request_id,
+                    requested_at: request.requested_at.as_unix_micros(),
+                    requested_by: &request.requested_by,
+                    pass: pass.as_str(),
+                    applied_at,
+                    events_rows: counts.events,
+                    orders_rows: counts.orders,
+                    customers_rows: counts.customers,
+                })
+                .await?;
+        }
         insert.end().await?;
         Ok(erased)
     }
@@ -439,21 +494,26 @@ impl Eraser {
                         () = context.shutdown.cancelled() => return Ok(()),
                     }
                 }
-                for read in &reads {
-                    let Some(request) = &read.request else {
-                        continue;
-                    };
-                    let applier = &self.applier;
-                    let Some(erased) = until_ok(
-                        &context,
-                        ErrorKind::ClickhouseUnavailable,
-                        "applying an erasure request",
-                        || applier.apply(request, pass),
-                    )
-                    .await
-                    else {
-                        return Ok(());
-                    };
+                let requests: Vec<&ErasureRequest> = reads
+                    .iter()
+                    .filter_map(|read| read.request.as_ref())
+                    .collect();
+                if requests.is_empty() {
+                    continue;
+                }
+                let applier = &self.applier;
+                let requests = &requests;
+                let Some(erased) = until_ok(
+                    &context,
+                    ErrorKind::ClickhouseUnavailable,
+                    "applying erasure requests",
+                    || applier.apply_all(requests, pass),
+                )
+                .await
+                else {
+                    return Ok(());
+                };
+                for (request, erased) in requests.iter().zip(erased) {
                     self.metrics.count_erasure(pass, erased);
                     tracing::info!(
                         request_id = %request.request_id,
@@ -594,6 +654,17 @@ impl Eraser {
 mod tests {
     use super::*;
 
+    /// The token the sink computes (for a customer's own key) is ClickHouse's: checked against
+    /// the value ClickHouse 26.9 gave for `concat('erased_', lower(hex(substring(SHA256(
+    /// concat('salt', 'a')), 1, 16))))`.
+    #[test]
+    fn tokens_are_computed_as_clickhouse_computes_them() {
+        assert_eq!(
+            token_of("salt", "a"),
+            "erased_c48e22d109fbdc9ea9d09115591b1613"
+        );
+    }
+
     #[test]
     fn every_identifier_is_tokened_and_every_table_is_covered() {
         let tables = TableErasure::all();
@@ -609,7 +680,7 @@ mod tests {
             "customer_key",
         ] {
             assert!(
-                events.contains(&format!("{{salt:String}}, {identifier})")),
+                events.contains(&format!("{ROW_SALT}, {identifier})")),
                 "{identifier} is not tokened: {events}"
             );
         }
@@ -618,7 +689,7 @@ mod tests {
             assert!(
                 table
                     .delete
-                    .ends_with("WHERE customer_key = {customer:String}")
+                    .ends_with("WHERE customer_key IN {customers:Array(String)}")
             );
         }
     }

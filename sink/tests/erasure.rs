@@ -313,11 +313,29 @@ async fn an_erased_customer_leaves_no_linkable_row_and_every_aggregate_unchanged
     let mut unsalted = request("er-unsalted", "cu-3");
     unsalted.anonymisation_salt = "short".into();
     produce_request(&pipeline, &unsalted).await;
+    // Two more requests at once: applied together, each customer with its own salt.
     let (last_id, last_ids) = &world.identifiers[3];
+    let (zero_id, zero_ids) = &world.identifiers[0];
     produce_request(&pipeline, &request("er-last", last_id)).await;
-    wait_complete(&pipeline, "er-last", 2).await;
+    let mut zero = request("er-zero", zero_id);
+    zero.anonymisation_salt = "ffeeddccbbaa99887766554433221100".into();
+    produce_request(&pipeline, &zero).await;
+    let last = wait_complete(&pipeline, "er-last", 2).await;
+    let zero = wait_complete(&pipeline, "er-zero", 2).await;
+    assert!(last.events_rows > 0 && zero.events_rows > 0);
     assert!(status_is_absent(&pipeline, "er-unsalted").await);
     assert_eq!(linkable_rows(&pipeline, last_id, last_ids).await, 0);
+    assert_eq!(linkable_rows(&pipeline, zero_id, zero_ids).await, 0);
+    assert_eq!(pipeline.count("post_purchase_events").await, events_before);
+    assert_eq!(
+        pipeline
+            .count(
+                "(SELECT DISTINCT customer_key FROM customers WHERE customer_key LIKE 'erased_%')"
+            )
+            .await,
+        3,
+        "three customers erased (cu-1 twice), each under its own token"
+    );
     let letters = pipeline.dead_letters();
     assert!(
         letters.iter().any(
