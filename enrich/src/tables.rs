@@ -424,6 +424,26 @@ mod tests {
 
     use super::*;
 
+    /// `from`'s rows of `table` through a snapshot file into `into`.
+    fn write_and_read_back(
+        from: &ReferenceTables,
+        into: &mut ReferenceTables,
+        table: Table,
+        test: &str,
+    ) {
+        let mut writer = SnapshotWriter::new(b"t\n");
+        from.write_rows(table, &mut writer);
+        let path = std::env::temp_dir().join(format!(
+            "boomerang-{test}-{}-{}",
+            std::process::id(),
+            table.name()
+        ));
+        writer.write_to(&path).expect("write");
+        let mut reader = SnapshotReader::open(&path, b"t\n").expect("open");
+        into.read_rows(table, &mut reader).expect("read");
+        let _ = std::fs::remove_file(&path);
+    }
+
     #[test]
     fn upsert_replace_and_delete() {
         let mut tables = ReferenceTables::default();
@@ -448,17 +468,7 @@ mod tests {
         tables.upsert_order(ref_key(b"o-2"), &delivered);
         let mut restored = ReferenceTables::default();
         for table in [Table::Customers, Table::Orders] {
-            let mut writer = SnapshotWriter::new(b"t\n");
-            tables.write_rows(table, &mut writer);
-            let path = std::env::temp_dir().join(format!(
-                "boomerang-tables-{}-{}",
-                std::process::id(),
-                table.name()
-            ));
-            writer.write_to(&path).expect("write");
-            let mut reader = SnapshotReader::open(&path, b"t\n").expect("open");
-            restored.read_rows(table, &mut reader).expect("read");
-            let _ = std::fs::remove_file(&path);
+            write_and_read_back(&tables, &mut restored, table, "tables");
         }
         assert_eq!(restored.customers, tables.customers);
         assert_eq!(restored.orders, tables.orders);
@@ -502,17 +512,7 @@ mod tests {
         before.upsert_order(ref_key(b"o-1"), &order("o-1", "cu-1", None));
         before.upsert_order(ref_key(b"o-2"), &order("o-2", "cu-2", None));
         let write_read = |from: &ReferenceTables, into: &mut ReferenceTables, table: Table| {
-            let mut writer = SnapshotWriter::new(b"t\n");
-            from.write_rows(table, &mut writer);
-            let path = std::env::temp_dir().join(format!(
-                "boomerang-erasures-{}-{}",
-                std::process::id(),
-                table.name()
-            ));
-            writer.write_to(&path).expect("write");
-            let mut reader = SnapshotReader::open(&path, b"t\n").expect("open");
-            into.read_rows(table, &mut reader).expect("read");
-            let _ = std::fs::remove_file(&path);
+            write_and_read_back(from, into, table, "erasures");
         };
         // Either order: the customer and their order stay out, the other order stays in.
         let mut erasures_last = ReferenceTables::default();
