@@ -7,6 +7,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use boomerang_clickhouse::ClickhouseArgs;
+use boomerang_runtime::decode::{DecodeFailure, RecordDecoder};
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_runtime::registry::{RegistryArgs, WriterSchemas};
@@ -128,26 +129,24 @@ async fn verify(args: &EraseArgs) -> anyhow::Result<usize> {
 
     // The requests filed for this customer, from the topic (the only place the id and the
     // request meet), and what the sink's audit says of each.
-    let mut requests = Vec::new();
-    let mut schemas = WriterSchemas::new(&args.registry)?;
-    let mut framed = Vec::new();
+    // Every request is read, whatever its record's key: enrich and the sink go by the id in it.
+    let mut values = Vec::new();
     crate::topic::read_to_end(&args.kafka, &args.topics.erasure_requests, |message| {
         use rdkafka::Message;
-        if message.key() == Some(args.customer_id.as_bytes())
-            && let Some(value) = message.payload()
-        {
-            framed.push(value.to_vec());
-        }
+        values.push(message.payload().map(<[u8]>::to_vec));
     })?;
-    for value in framed {
-        let Ok((schema_id, datum)) = boomerang_schemas::wire::parse(&value) else {
-            continue;
-        };
-        let writer = schemas.get(schema_id).await?;
-        if let Ok(request) = codec::decode_written_with::<ErasureRequest>(datum, writer)
-            && request.customer_id == args.customer_id
-        {
-            requests.push(request);
+    let mut decoder = RecordDecoder::<ErasureRequest, _>::new(WriterSchemas::new(&args.registry)?);
+    let mut requests = Vec::new();
+    for value in values {
+        match decoder.decode(value.as_deref()).await {
+            Ok(decoded) if decoded.value.customer_id == args.customer_id => {
+                requests.push(decoded.value);
+            }
+            // Another customer's, or one the sink dead-lettered too.
+            Ok(_) | Err(DecodeFailure::Rejected(_)) => {}
+            Err(DecodeFailure::Retry(error)) => {
+                anyhow::bail!("cannot read the erasure requests: {error}")
+            }
         }
     }
     println!(
