@@ -49,7 +49,12 @@ impl Processor for RefusingWriter {
                 )
             })
             .collect();
-        Box::pin(async move { FlushResult::Written { rejected } })
+        Box::pin(async move {
+            FlushResult::Written {
+                rejected,
+                already_stored: 0,
+            }
+        })
     }
 }
 

@@ -37,6 +37,8 @@ pub(super) enum BatchResult {
     /// the records the write rejected (dead-lettered and acknowledged too).
     Completed {
         rejected_writes: Vec<DeadLetterKind>,
+        /// Written records the destination already held: de-duplicated, not sent.
+        already_stored: u64,
     },
     /// Shutdown came while the write was still retrying: nothing from here on is committed.
     Abandoned,
@@ -182,8 +184,11 @@ pub(super) fn complete_batch<C: Consumer<LoopContext>>(
     if in_flight.failure.is_some() || in_flight.abandoned {
         return;
     }
-    let rejected_writes = match result {
-        BatchResult::Completed { rejected_writes } => rejected_writes,
+    let (rejected_writes, already_stored) = match result {
+        BatchResult::Completed {
+            rejected_writes,
+            already_stored,
+        } => (rejected_writes, already_stored),
         BatchResult::Abandoned => {
             // Store nothing from here on, and let the next start replay it.
             in_flight.abandoned = true;
@@ -214,6 +219,13 @@ pub(super) fn complete_batch<C: Consumer<LoopContext>>(
             *count = count.saturating_sub(1);
         }
         *batch.counts.dead_lettered.entry(error_kind).or_default() += 1;
+    }
+    if already_stored > 0 {
+        // Counted as written when the batch was built; the destination had them already.
+        if let Some(count) = batch.counts.sent.get_mut(batch.counts.writes_to) {
+            *count = count.saturating_sub(already_stored);
+        }
+        batch.counts.deduplicated += already_stored;
     }
     let counts = &batch.counts;
     for (topic, count) in &counts.received {

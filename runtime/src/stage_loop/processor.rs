@@ -14,6 +14,12 @@ use crate::error_kind::ErrorKind;
 /// since the epoch in decimal.
 pub const EVENT_TIME_HEADER: &str = "boomerang.event_time_ms";
 
+/// The header that marks a backfilled (historical) event, on the raw, validated and enriched
+/// topics: its value names the backfill run (`boomerang backfill`). Ingest waives the event-age
+/// limit for such an event and de-duplicates it in memory only inside the live window; the
+/// sink checks the rest against what ClickHouse holds.
+pub const HISTORY_HEADER: &str = "boomerang.history";
+
 /// A record's outputs: most records have one, kept inline (no allocation per record).
 pub type Outputs = SmallVec<[OutputRecord; 1]>;
 
@@ -85,9 +91,12 @@ pub struct Released {
 /// How a processor's batch write ended.
 #[derive(Debug)]
 pub enum FlushResult {
-    /// Written, but for these records, rejected for good: they are dead-lettered instead.
+    /// Written, but for the `rejected` records, rejected for good: they are dead-lettered
+    /// instead; and for `already_stored` of them, found already written (a backfilled event
+    /// whose key the destination holds): counted as de-duplicated, not sent.
     Written {
         rejected: Vec<(WriteIndex, Rejection)>,
+        already_stored: u64,
     },
     /// Given up at shutdown: neither this batch nor any later one is committed.
     Abandoned,

@@ -70,14 +70,18 @@ pub(super) fn completion(
         return Box::pin(delivered.map(|delivered| match delivered {
             Ok(()) => BatchResult::Completed {
                 rejected_writes: Vec::new(),
+                already_stored: 0,
             },
             Err(failure) => BatchResult::Failed(failure),
         }));
     };
     Box::pin(async move {
         let delivered = delivered.await;
-        let rejected = match flush.await {
-            FlushResult::Written { rejected } => rejected,
+        let (rejected, already_stored) = match flush.await {
+            FlushResult::Written {
+                rejected,
+                already_stored,
+            } => (rejected, already_stored),
             FlushResult::Abandoned => return BatchResult::Abandoned,
             FlushResult::Failed(failure) => return BatchResult::Failed(failure),
         };
@@ -124,7 +128,10 @@ pub(super) fn completion(
         }
         match dead_letter_deliveries.seal().await {
             Some(error) => BatchResult::Failed(format!("producing a dead letter failed: {error}")),
-            None => BatchResult::Completed { rejected_writes },
+            None => BatchResult::Completed {
+                rejected_writes,
+                already_stored,
+            },
         }
     })
 }
