@@ -10,7 +10,9 @@ use boomerang_runtime::dead_letter::Rejection;
 use boomerang_runtime::error_kind::{DeadLetterKind, ErrorKind};
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::metrics::Metrics;
-use boomerang_runtime::stage_loop::{InputRecord, Outcome, Partition, Processor, RetryableError};
+use boomerang_runtime::stage_loop::{
+    HISTORY_HEADER, InputRecord, Outcome, Partition, Processor, RetryableError,
+};
 use boomerang_schemas::TimestampMicros;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
@@ -47,6 +49,9 @@ pub struct IngestMetrics {
     pub restored_records: IntCounter,
     /// Snapshots `written` and `failed`.
     pub snapshots: IntCounterVec,
+    /// Backfilled events passed, by where they are de-duplicated: `ingest` (inside the live
+    /// window, against the keys in memory) or `sink` (older, against ClickHouse).
+    pub history_events: IntCounterVec,
 }
 
 impl IngestMetrics {
@@ -86,7 +91,15 @@ impl IngestMetrics {
                 ),
                 &["outcome"],
             )?,
+            history_events: IntCounterVec::new(
+                Opts::new(
+                    "boomerang_ingest_history_events_total",
+                    "Backfilled events passed, by where they are de-duplicated: ingest (inside the live window) or the sink (older, against ClickHouse).",
+                ),
+                &["deduplicated_by"],
+            )?,
         };
+        registry.register(Box::new(ingest.history_events.clone()))?;
         registry.register(Box::new(ingest.restores.clone()))?;
         registry.register(Box::new(ingest.restored_records.clone()))?;
         registry.register(Box::new(ingest.snapshots.clone()))?;
@@ -115,6 +128,8 @@ impl PartitionState {
 pub struct IngestProcessor<Source> {
     decoder: EventDecoder<Source>,
     settings: IngestSettings,
+    /// The rules for backfilled events: the live ones without the event-age limit.
+    history_rules: Rules,
     /// Where a newly assigned partition's state is read back from.
     history: Arc<dyn History>,
     dedup: HashMap<i32, PartitionState>,
@@ -133,8 +148,13 @@ impl<Source: WriterSchemaSource> IngestProcessor<Source> {
         history: impl History,
         metrics: IngestMetrics,
     ) -> Self {
+        let history_rules = Rules {
+            max_event_age: Duration::MAX,
+            ..settings.rules.clone()
+        };
         Self {
             decoder: EventDecoder::new(source),
+            history_rules,
             settings,
             history: Arc::new(history),
             dedup: HashMap::new(),
@@ -342,7 +362,14 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
             Err(DecodeFailure::Rejected(rejection)) => return Ok(Outcome::DeadLetter(rejection)),
             Err(DecodeFailure::Retry(error)) => return Err(error),
         };
-        if let Err(rejection) = validate(&decoded.value, now, &self.settings.rules) {
+        // A backfilled event: history is old by nature, and only what lies inside the live
+        // window is de-duplicated here (the rest, against ClickHouse, by the sink).
+        let history = record.headers.get(HISTORY_HEADER);
+        let rules = match history {
+            Some(_) => &self.history_rules,
+            None => &self.settings.rules,
+        };
+        if let Err(rejection) = validate(&decoded.value, now, rules) {
             return Ok(Outcome::DeadLetter(
                 rejection.with_schema_id(decoded.schema_id),
             ));
@@ -371,17 +398,25 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
                 dedup.remembered_so_far()
             });
         }
-        let evicted_before = state.dedup.evicted_for_capacity();
-        let verdict = state
-            .dedup
-            .check(&decoded.value.idempotency_key, decoded.value.occurred_at);
-        if verdict == Verdict::Duplicate {
-            return Ok(Outcome::Deduplicated);
+        let in_live_window =
+            decoded.value.occurred_at >= now.saturating_sub(self.settings.dedup_window);
+        if in_live_window {
+            let evicted_before = state.dedup.evicted_for_capacity();
+            let verdict = state
+                .dedup
+                .check(&decoded.value.idempotency_key, decoded.value.occurred_at);
+            if verdict == Verdict::Duplicate {
+                return Ok(Outcome::Deduplicated);
+            }
+            state.report();
+            self.metrics
+                .dedup_evictions
+                .inc_by(state.dedup.evicted_for_capacity() - evicted_before);
         }
-        state.report();
-        self.metrics
-            .dedup_evictions
-            .inc_by(state.dedup.evicted_for_capacity() - evicted_before);
+        if history.is_some() {
+            let by = if in_live_window { "ingest" } else { "sink" };
+            self.metrics.history_events.with_label_values(&[by]).inc();
+        }
         // An event that decoded and passed validation encodes; should one not, it is
         // dead-lettered like any record this stage cannot pass, not retried for ever.
         Ok(
@@ -391,6 +426,7 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
                 &self.settings.validated_topic,
                 record.partition,
                 record.offset,
+                history,
             ) {
                 Ok(output) => Outcome::emit(output),
                 Err(error) => Outcome::DeadLetter(

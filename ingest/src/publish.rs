@@ -8,7 +8,7 @@
 use std::io::Write as _;
 use std::sync::Arc;
 
-use boomerang_runtime::stage_loop::{EVENT_TIME_HEADER, Headers, OutputRecord};
+use boomerang_runtime::stage_loop::{EVENT_TIME_HEADER, HISTORY_HEADER, Headers, OutputRecord};
 use boomerang_runtime::wire;
 use boomerang_schemas::{CodecError, PostPurchaseEvent, codec};
 
@@ -23,13 +23,14 @@ pub fn validated_record(
     topic: &Arc<str>,
     partition: i32,
     source_offset: i64,
+    history: Option<&[u8]>,
 ) -> Result<OutputRecord, CodecError> {
     let mut value = Vec::with_capacity(256);
     wire::start_frame(schema_id, &mut value);
     codec::encode_into(event, &mut value)?;
     let event_time_ms = event.occurred_at.as_unix_millis();
     let mut headers = Headers::with_capacity(
-        3,
+        3 + usize::from(history.is_some()),
         IDEMPOTENCY_KEY_HEADER.len() + SOURCE_HEADER.len() + EVENT_TIME_HEADER.len(),
         event.idempotency_key.len() + 2 * 20,
     );
@@ -44,6 +45,10 @@ pub fn validated_record(
     headers.push_with(EVENT_TIME_HEADER, |bytes| {
         let _ = write!(bytes, "{event_time_ms}");
     });
+    // Carried on to enrich and the sink, which de-duplicates old history against ClickHouse.
+    if let Some(run) = history {
+        headers.push(HISTORY_HEADER, Some(run));
+    }
     Ok(OutputRecord {
         topic: topic.clone(),
         partition: Some(partition),

@@ -174,8 +174,8 @@ pub fn restore_partition(
         &consumer,
         validated_topic,
         partition,
-        start_offset,
-        high,
+        (start_offset, high),
+        now.saturating_sub(window).as_unix_millis(),
         &mut state,
     )?;
     state.expire(now);
@@ -210,13 +210,15 @@ pub(crate) fn first_offset_since(
     })
 }
 
-/// Reads validated `partition` from `start_offset` to `high`, remembering every key.
+/// Reads validated `partition` from `start_offset` to `high`, remembering every key whose event
+/// time is at or after `horizon_ms`: a backfilled event written lately but older than the
+/// window is not kept (the sink de-duplicates those), so a backfill does not fill the memory.
 fn read_keys(
     consumer: &BaseConsumer,
     validated_topic: &str,
     partition: i32,
-    start_offset: i64,
-    high: i64,
+    (start_offset, high): (i64, i64),
+    horizon_ms: i64,
     state: &mut DedupState,
 ) -> anyhow::Result<u64> {
     let mut records_read = 0u64;
@@ -257,6 +259,9 @@ fn read_keys(
                 );
                 continue;
             };
+            if timestamp_ms < horizon_ms {
+                continue;
+            }
             state.remember(
                 key_hash_bytes(key),
                 TimestampMicros::from_unix_millis(timestamp_ms),
