@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_erasure.sql",
         sql: include_str!("../../deploy/clickhouse/migrations/0004_erasure.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_backfill.sql",
+        sql: include_str!("../../deploy/clickhouse/migrations/0005_backfill.sql"),
+    },
 ];
 
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \

@@ -226,6 +226,7 @@ impl TableErasure {
                     kept("source_topic"),
                     kept("source_partition"),
                     kept("source_offset"),
+                    kept("backfill_run"),
                 ],
             ),
             TableErasure::new(

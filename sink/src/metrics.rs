@@ -16,6 +16,8 @@ pub struct SinkMetrics {
     /// Events not written because their partition had written their idempotency key already
     /// (an upstream stage emitted them twice).
     pub duplicate_keys: IntCounter,
+    /// Backfilled events not written because ClickHouse held their idempotency key already.
+    pub history_already_stored: IntCounter,
     /// 1 while an insert is being retried.
     pub inserts_failing: IntGauge,
     /// Erasure passes applied, by pass (`first`, `settled`).
@@ -85,6 +87,10 @@ impl SinkMetrics {
                 "boomerang_sink_duplicate_keys_total",
                 "Events not written because ClickHouse already had an event with their idempotency key from the same partition (an upstream stage emitted them twice).",
             )?,
+            history_already_stored: IntCounter::new(
+                "boomerang_sink_history_already_stored_total",
+                "Backfilled events not written because ClickHouse held their idempotency key already (counted as deduplicated).",
+            )?,
             inserts_failing: IntGauge::new(
                 "boomerang_sink_inserts_failing",
                 "1 while an insert is being retried: ClickHouse is down or refusing.",
@@ -115,6 +121,7 @@ impl SinkMetrics {
         registry.register(Box::new(metrics.rows_rejected.clone()))?;
         registry.register(Box::new(metrics.rows_already_stored.clone()))?;
         registry.register(Box::new(metrics.duplicate_keys.clone()))?;
+        registry.register(Box::new(metrics.history_already_stored.clone()))?;
         registry.register(Box::new(metrics.inserts_failing.clone()))?;
         registry.register(Box::new(metrics.erasure_passes.clone()))?;
         registry.register(Box::new(metrics.erasure_rows.clone()))?;

@@ -11,8 +11,8 @@ use boomerang_runtime::decode::{DecodeFailure, RecordDecoder, WriterSchemaSource
 use boomerang_runtime::error_kind::DeadLetterKind;
 use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_runtime::stage_loop::{
-    Fence, FlushFuture, FlushResult, InputRecord, Outcome, Partition, Processor, RetryableError,
-    WriteIndex, Writes,
+    Fence, FlushFuture, FlushResult, HISTORY_HEADER, InputRecord, Outcome, Partition, Processor,
+    RetryableError, WriteIndex, Writes,
 };
 use boomerang_schemas::{Customer, EnrichedPostPurchaseEvent, Order};
 
@@ -20,7 +20,7 @@ use crate::metrics::SinkMetrics;
 use crate::recent_keys::RecentKeys;
 use crate::rows::{CustomerRow, EventRow, OrderRow, Source};
 use crate::stored::StoredOffsets;
-use crate::write::{Keyed, Writer};
+use crate::write::{Keyed, NotWritten, Writer};
 
 pub const EVENTS_TABLE: &str = "post_purchase_events";
 pub const ORDERS_TABLE: &str = "orders";
@@ -212,12 +212,13 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
                 self.metrics.duplicate_keys.inc();
                 return Ok(Outcome::Deduplicated);
             }
+            let mut row = EventRow::new(enriched, &source, &self.pseudonymiser);
+            if let Some(run) = record.headers.get(HISTORY_HEADER) {
+                // Checked against what ClickHouse holds before the insert (`history.rs`).
+                row.backfill_run = String::from_utf8_lossy(run).into_owned();
+            }
             let (outcome, write) = self.writes.write();
-            self.event_rows.push(keyed(
-                EventRow::new(enriched, &source, &self.pseudonymiser),
-                record,
-                write,
-            ));
+            self.event_rows.push(keyed(row, record, write));
             Ok(outcome)
         } else if *record.topic == *self.topics.orders {
             let row = if record.value().is_none() {
@@ -265,7 +266,7 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
 
     fn flush(&mut self, fence: &Fence) -> FlushFuture {
         self.writes.seal();
-        let events = self.spare_event_rows.swap(&mut self.event_rows);
+        let mut events = self.spare_event_rows.swap(&mut self.event_rows);
         let orders = self.spare_order_rows.swap(&mut self.order_rows);
         let customers = self.spare_customer_rows.swap(&mut self.customer_rows);
         let (spare_events, spare_orders, spare_customers) = (
@@ -280,6 +281,14 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
         let task = tokio::spawn(async move {
             let mut rejected = Vec::new();
             let fence = Some(&fence);
+            let already_stored = match writer
+                .drop_stored_history(EVENTS_TABLE, &mut events, fence)
+                .await
+            {
+                Ok(dropped) => dropped,
+                Err(NotWritten::Shutdown) => return FlushResult::Abandoned,
+                Err(NotWritten::Fenced(fenced)) => return FlushResult::Failed(fenced),
+            };
             for written in [
                 writer.write_all(EVENTS_TABLE, &events, fence).await,
                 writer.write_all(ORDERS_TABLE, &orders, fence).await,
@@ -296,7 +305,10 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
             spare_events.give_back(events);
             spare_orders.give_back(orders);
             spare_customers.give_back(customers);
-            FlushResult::Written { rejected }
+            FlushResult::Written {
+                rejected,
+                already_stored,
+            }
         });
         Box::pin(async move {
             match task.await {

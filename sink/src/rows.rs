@@ -74,6 +74,9 @@ pub struct EventRow {
     pub source_topic: Arc<str>,
     pub source_partition: i32,
     pub source_offset: i64,
+    /// The backfill run that brought a historical event (`boomerang.history`); empty for live
+    /// traffic.
+    pub backfill_run: String,
 }
 
 fn micros(time: TimestampMicros) -> i64 {
@@ -140,6 +143,7 @@ impl EventRow {
             source_topic: source.topic.clone(),
             source_partition: source.partition,
             source_offset: source.offset,
+            backfill_run: String::new(),
         }
     }
 }

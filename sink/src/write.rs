@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::SinkMetrics;
 
 /// The dead-letter kind of a row ClickHouse refused.
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// A row and the record it came from.
 #[derive(Debug, Clone)]
@@ -50,7 +50,7 @@ pub struct Written {
 }
 
 /// Why an insert was not made.
-enum NotWritten {
+pub(crate) enum NotWritten {
     /// Shutdown came while it was still failing.
     Shutdown,
     /// The group has fenced this instance.
