@@ -2,6 +2,8 @@
 //! matches them.
 //!
 //! - [`catalog`]: every schema, parsed once, with its earlier versions and its PII fields.
+//! - [`avro_json`]: Avro's JSON encoding of the model, for files people and export scripts
+//!   write (`boomerang backfill`'s JSON lines).
 //! - [`codec`]: Avro datum encoding and decoding of the model, including decoding data written
 //!   with an earlier schema version into the current model; [`wire`]: the Confluent frame
 //!   around a datum.
@@ -12,6 +14,7 @@
 //! Money is integer minor units with an ISO 4217 code ([`Money`]); times are UTC microseconds
 //! since the Unix epoch ([`TimestampMicros`]).
 
+pub mod avro_json;
 pub mod catalog;
 pub mod codec;
 mod customer;
