@@ -5,12 +5,15 @@
 //! - `boomerang topics create`: creates the pipeline's topics with their partitions, reference
 //!   topics compacted.
 //! - `boomerang migrate`: applies the ClickHouse migrations (`deploy/clickhouse/migrations/`).
+//! - `boomerang backfill`: loads history from export files through the pipeline, exactly once,
+//!   with progress, a checkpoint to resume from and a reconciled summary (`backfill/`).
 //! - `boomerang gen`: publishes a seeded world of traffic and writes its ground truth (`generate/`).
 //! - `boomerang report`: the analytics report, beside the ground truth if given (`report.rs`).
 //! - `boomerang dlq inspect | replay`: the dead-letter topic (`dlq.rs`).
 //! - `boomerang erase [--verify]`: a customer's erasure request, and what is left of them
 //!   (`erase.rs`).
 
+mod backfill;
 mod dlq;
 mod erase;
 mod generate;
@@ -58,6 +61,10 @@ enum Command {
     /// Publish a seeded world of customers, orders and case events, with producer faults, and
     /// write its ground truth.
     Gen(generate::GenArgs),
+    /// Load history (customers, orders, events) from export files through the pipeline,
+    /// exactly once, and wait until ClickHouse has it. Exits with 1 unless every event read is
+    /// accounted for.
+    Backfill(backfill::BackfillArgs),
     /// Print the analytics report (and the stages' counts), beside a ground truth if given.
     /// Exits with 1 if anything differs from it.
     Report(report::ReportArgs),
@@ -150,6 +157,7 @@ async fn run(command: Command) -> anyhow::Result<Option<usize>> {
             Ok(None)
         }
         Command::Report(args) => Ok(Some(report::run(args).await?)),
+        Command::Backfill(args) => backfill::run(args).await,
         Command::Erase(args) => erase::run(&args).await,
         Command::Verify(args) => {
             let summary = args.summary.clone();

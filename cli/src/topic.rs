@@ -13,6 +13,17 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 pub fn read_to_end(
     kafka: &KafkaArgs,
     topic: &str,
+    visit: impl FnMut(&BorrowedMessage<'_>),
+) -> anyhow::Result<()> {
+    read_since(kafka, topic, None, visit)
+}
+
+/// [`read_to_end`] from the first record written at or after `since_ms` (UTC milliseconds) of
+/// each partition, or from the start (`None`).
+pub fn read_since(
+    kafka: &KafkaArgs,
+    topic: &str,
+    since_ms: Option<i64>,
     mut visit: impl FnMut(&BorrowedMessage<'_>),
 ) -> anyhow::Result<()> {
     let consumer: BaseConsumer = kafka.consumer_config("boomerang-topic-reader").create()?;
@@ -26,8 +37,23 @@ pub fn read_to_end(
         .flat_map(|topic| topic.partitions())
     {
         let (low, high) = consumer.fetch_watermarks(topic, partition.id(), timeout)?;
-        if high > low {
-            assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+        let from = match since_ms {
+            None => low,
+            Some(since_ms) => {
+                let mut by_time = TopicPartitionList::new();
+                by_time.add_partition_offset(topic, partition.id(), Offset::Offset(since_ms))?;
+                match consumer
+                    .offsets_for_times(by_time, timeout)?
+                    .find_partition(topic, partition.id())
+                    .map(|element| element.offset())
+                {
+                    Some(Offset::Offset(offset)) => offset.max(low),
+                    _ => high,
+                }
+            }
+        };
+        if high > from {
+            assignment.add_partition_offset(topic, partition.id(), Offset::Offset(from))?;
             ends.insert(partition.id(), high);
         }
     }

@@ -4,8 +4,11 @@
 //! late or never, producers still on the previous schema version. Writes the ground truth
 //! (`truth.rs`) to a JSON file.
 
+mod files;
 pub mod truth;
 pub mod world;
+
+use self::files::write_files;
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -70,6 +73,27 @@ pub struct GenArgs {
     /// verifier expects to find once in ClickHouse (`boomerang verify`).
     #[arg(long)]
     pub keys: Option<PathBuf>,
+    /// Write the world to export files in this folder instead of publishing it —
+    /// `customers`, `orders` and `events`, for `boomerang backfill --from DIR` — with the same
+    /// faults but for those only a live producer has (late orders, earlier schema versions).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// The export files' format: `avro` (object container files) or `jsonl` (JSON lines in
+    /// Avro's JSON encoding, malformed lines included).
+    #[arg(long, value_enum, default_value_t = OutFormat::Avro)]
+    pub out_format: OutFormat,
+    /// Ingest's de-duplication window (`--dedup-window-secs`), for the ground truth of `--out`:
+    /// a retried event inside it is dropped by ingest, an older one by the sink. No retry is
+    /// drawn within an hour of its edge, so the time between `gen` and the backfill does not
+    /// move one across.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub live_window_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutFormat {
+    Avro,
+    Jsonl,
 }
 
 /// Events published after the first event of a late order, before the order itself.
@@ -135,24 +159,6 @@ impl Publisher {
 }
 
 pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
-    let settings = args.registry.settings()?;
-    let registrations = registry::register_all(&settings, &args.topics).await?;
-    let id_of = |topic: &str, current: bool| {
-        registrations
-            .iter()
-            .find(|registration| {
-                registration.subject == value_subject(topic) && registration.current == current
-            })
-            .map(|registration| registration.schema_id)
-            .with_context(|| format!("no schema registered for {topic}"))
-    };
-    let event_id = id_of(&args.topics.raw_events, true)?;
-    let previous_event_id = id_of(&args.topics.raw_events, false)?;
-    let customer_id = id_of(&args.topics.customers, true)?;
-    let order_id = id_of(&args.topics.orders, true)?;
-    let previous_schema =
-        apache_avro::Schema::parse_str(SchemaKind::PostPurchaseEvent.history()[0])?;
-
     let shape = WorldShape {
         seed: args.seed,
         customers: args.customers.max(1),
@@ -163,7 +169,8 @@ pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
         warranty_approval_rate: 0.7,
     };
     let started = Instant::now();
-    let world = world::build(&shape, TimestampMicros::now());
+    let now = TimestampMicros::now();
+    let world = world::build(&shape, now);
     eprintln!(
         "gen: a world of {} customers, {} orders and {} events (seed {}) built in {:.1?}",
         world.customers.len(),
@@ -184,6 +191,95 @@ pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
             late.insert(order.order_id.clone());
         }
     }
+
+    let (mut counts, published_events, published_orders, history_duplicates) = match &args.out {
+        Some(dir) => write_files(&args, dir, now, &world, &missing, &mut dice)?,
+        None => publish(&args, &world, &late, &missing, &mut dice).await?,
+    };
+
+    anyhow::ensure!(
+        truth::distinct_keys(&published_events) == published_events.len(),
+        "the world repeats an idempotency key"
+    );
+    counts.sent = (published_events.len() + history_duplicates.len()) as u64;
+    if let Some(path) = &args.keys {
+        let mut keys = String::with_capacity(published_events.len() * 40);
+        for event in &published_events {
+            keys.push_str(&event.idempotency_key);
+            keys.push('\n');
+        }
+        std::fs::write(path, keys).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    // Enrich joins every event ingest passes: a history duplicate too.
+    let order_missing = published_events
+        .iter()
+        .chain(&history_duplicates)
+        .filter(|event| missing.contains(&event.order_id))
+        .count() as u64;
+    let reference_records = published_orders.len() as u64 + world.customers.len() as u64;
+    let mut truth = Truth {
+        seed: args.seed,
+        topics_prefix: args.label.clone(),
+        enrich: StageCounts {
+            received: counts.sent,
+            sent: counts.sent,
+            ..StageCounts::default()
+        },
+        enrich_order_missing: order_missing,
+        sink: StageCounts {
+            received: counts.sent + reference_records,
+            sent: counts.sent + reference_records - history_duplicates.len() as u64,
+            deduplicated: history_duplicates.len() as u64,
+            ..StageCounts::default()
+        },
+        ingest: counts,
+        ..Truth::default()
+    };
+    truth::analytics(&mut truth, &published_events, &published_orders);
+    if let Some(folder) = args.truth.parent() {
+        std::fs::create_dir_all(folder)?;
+    }
+    std::fs::write(&args.truth, serde_json::to_vec_pretty(&truth)?)
+        .with_context(|| format!("cannot write {}", args.truth.display()))?;
+    eprintln!("gen: ground truth in {}", args.truth.display());
+    Ok(truth)
+}
+
+/// What a world's publishing (or writing) amounted to: the stage counts ingest will see, the
+/// events and orders that reached the pipeline, and the retried events that pass ingest
+/// because they lie outside its live window (backfilled history: the sink drops them).
+type Sent<'w> = (
+    StageCounts,
+    Vec<&'w PostPurchaseEvent>,
+    Vec<&'w Order>,
+    Vec<&'w PostPurchaseEvent>,
+);
+
+/// Publishes the world to the topics as live producers would.
+async fn publish<'w>(
+    args: &GenArgs,
+    world: &'w world::World,
+    late: &HashSet<String>,
+    missing: &HashSet<String>,
+    dice: &mut Dice,
+) -> anyhow::Result<Sent<'w>> {
+    let settings = args.registry.settings()?;
+    let registrations = registry::register_all(&settings, &args.topics).await?;
+    let id_of = |topic: &str, current: bool| {
+        registrations
+            .iter()
+            .find(|registration| {
+                registration.subject == value_subject(topic) && registration.current == current
+            })
+            .map(|registration| registration.schema_id)
+            .with_context(|| format!("no schema registered for {topic}"))
+    };
+    let event_id = id_of(&args.topics.raw_events, true)?;
+    let previous_event_id = id_of(&args.topics.raw_events, false)?;
+    let customer_id = id_of(&args.topics.customers, true)?;
+    let order_id = id_of(&args.topics.orders, true)?;
+    let previous_schema =
+        apache_avro::Schema::parse_str(SchemaKind::PostPurchaseEvent.history()[0])?;
 
     let mut config = args.kafka.producer_config();
     config.set("queue.buffering.max.messages", "1000000");
@@ -279,7 +375,7 @@ pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
         published_orders.push(order);
     }
     // Late orders whose events all lie in the future are published too.
-    for id in &late {
+    for id in late {
         if !scheduled.contains(id.as_str()) {
             let order = orders_by_id[id.as_str()];
             publisher.send(&topics.orders, id, &codec::encode_framed(order_id, order)?);
@@ -295,47 +391,5 @@ pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
         publisher.published,
         publisher.started.elapsed()
     );
-
-    anyhow::ensure!(
-        truth::distinct_keys(&published_events) == published_events.len(),
-        "the world repeats an idempotency key"
-    );
-    counts.sent = published_events.len() as u64;
-    if let Some(path) = &args.keys {
-        let mut keys = String::with_capacity(published_events.len() * 40);
-        for event in &published_events {
-            keys.push_str(&event.idempotency_key);
-            keys.push('\n');
-        }
-        std::fs::write(path, keys).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    let order_missing = published_events
-        .iter()
-        .filter(|event| missing.contains(&event.order_id))
-        .count() as u64;
-    let mut truth = Truth {
-        seed: args.seed,
-        topics_prefix: args.label.clone(),
-        enrich: StageCounts {
-            received: counts.sent,
-            sent: counts.sent,
-            ..StageCounts::default()
-        },
-        enrich_order_missing: order_missing,
-        sink: StageCounts {
-            received: counts.sent + published_orders.len() as u64 + world.customers.len() as u64,
-            sent: counts.sent + published_orders.len() as u64 + world.customers.len() as u64,
-            ..StageCounts::default()
-        },
-        ingest: counts,
-        ..Truth::default()
-    };
-    truth::analytics(&mut truth, &published_events, &published_orders);
-    if let Some(folder) = args.truth.parent() {
-        std::fs::create_dir_all(folder)?;
-    }
-    std::fs::write(&args.truth, serde_json::to_vec_pretty(&truth)?)
-        .with_context(|| format!("cannot write {}", args.truth.display()))?;
-    eprintln!("gen: ground truth in {}", args.truth.display());
-    Ok(truth)
+    Ok((counts, published_events, published_orders, Vec::new()))
 }
