@@ -4,8 +4,9 @@
 #   deploy/local/run.sh [--orders N] [--customers N] [--seed S]
 #       brings the stack up if needed, builds the binaries, creates this run's topics, registers
 #       the schemas, migrates a fresh ClickHouse database, starts ingest, enrich and sink (scraped
-#       by the stack's Prometheus), publishes a generated world, waits until every stage has
-#       drained and prints the report beside the generator's ground truth. The stages keep
+#       by the stack's Prometheus), exports a generated world of 70 days to files, loads them
+#       with `boomerang backfill`, waits until every stage has drained and prints the report
+#       beside the generator's ground truth. The stages keep
 #       running afterwards, for Prometheus and for a look around.
 #   deploy/local/run.sh stop
 #       stops the stages a run started (and the stack, if a run started it).
@@ -119,9 +120,11 @@ start_stage() {
     >"$run_dir/logs/$stage.log" 2>&1 &
   echo $! >"$pid_dir/$stage.pid"
 }
-# The generated world spans months: ingest's plausibility and de-duplication windows must too.
-start_stage ingest "$ingest_port" --max-event-age-secs 31536000 --dedup-window-secs 31536000
-start_stage enrich "$enrich_port" --max-reference-wait-ms 15000
+# Ingest keeps its live limits (seven days of event age and of de-duplication): the world's
+# months of history come in through `boomerang backfill`, reference data first, so enrich's
+# wait for late reference data stays short too.
+start_stage ingest "$ingest_port"
+start_stage enrich "$enrich_port" --max-reference-wait-ms 5000
 start_stage sink "$sink_port"
 
 for stage_port in "ingest:$ingest_port" "enrich:$enrich_port" "sink:$sink_port"; do
@@ -137,9 +140,13 @@ for stage_port in "ingest:$ingest_port" "enrich:$enrich_port" "sink:$sink_port";
   say "$stage ready on http://127.0.0.1:$port (log: $run_dir/logs/$stage.log)"
 done
 
-say "publishing a world of $orders orders and $customers customers (seed $seed)"
+say "exporting a world of $orders orders and $customers customers (seed $seed) to $run_dir/world"
 "$bin/boomerang" gen --orders "$orders" --customers "$customers" --seed "$seed" \
-  --truth "$run_dir/truth.json" --label "$run_id"
+  --truth "$run_dir/truth.json" --label "$run_id" --out "$run_dir/world"
+say "backfilling it: customers and orders first, then 70 days of events"
+"$bin/boomerang" backfill --from "$run_dir/world" --run-id "$run_id-history" --progress-secs 10 \
+  --ingest-group "$run_id-ingest" --enrich-group "$run_id-enrich" --sink-group "$run_id-sink" ||
+  die "the backfill did not reconcile; see above"
 
 say "waiting for every stage to drain, then the report"
 echo
