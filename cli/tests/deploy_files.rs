@@ -213,3 +213,38 @@ fn the_grafana_dashboard_charts_only_metrics_the_binaries_export() {
     assert_defined(&names, &sources(), "the dashboard");
     assert_eq!(dashboard["uid"].as_str(), Some("boomerang-pipeline"));
 }
+
+#[test]
+fn the_backfill_example_is_read_as_the_readme_says() {
+    use boomerang_schemas::{Customer, Order, PostPurchaseEvent, avro_json};
+    let example = repo().join("deploy/backfill/example");
+    let lines = |name: &str| -> Vec<String> {
+        std::fs::read_to_string(example.join(name))
+            .unwrap_or_else(|error| panic!("{name}: {error}"))
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let customers: Vec<Customer> = lines("customers.jsonl")
+        .iter()
+        .map(|line| avro_json::decode(line).expect("a customer"))
+        .collect();
+    let orders: Vec<Order> = lines("orders.jsonl")
+        .iter()
+        .map(|line| avro_json::decode(line).expect("an order"))
+        .collect();
+    let events: Vec<PostPurchaseEvent> = lines("events.jsonl")
+        .iter()
+        .map(|line| avro_json::decode(line).expect("an event"))
+        .collect();
+    assert_eq!((customers.len(), orders.len(), events.len()), (1, 1, 5));
+    // One case, on a line of the order, of its customer.
+    assert!(events.iter().all(|event| event.order_id == orders[0].order_id
+        && event.customer_id == customers[0].customer_id
+        && orders[0]
+            .lines
+            .iter()
+            .any(|line| line.order_line_id == event.order_line_id)));
+    let refund = events.last().expect("a refund");
+    assert_eq!(refund.amount.as_ref().map(|money| money.amount_minor), Some(8999));
+}

@@ -142,7 +142,7 @@ done
 
 say "exporting a world of $orders orders and $customers customers (seed $seed) to $run_dir/world"
 "$bin/boomerang" gen --orders "$orders" --customers "$customers" --seed "$seed" \
-  --truth "$run_dir/truth.json" --label "$run_id" --out "$run_dir/world"
+  --truth "$run_dir/truth.json" --label "$run_id" --out "$run_dir/world" --out-format jsonl
 say "backfilling it: customers and orders first, then 70 days of events"
 "$bin/boomerang" backfill --from "$run_dir/world" --run-id "$run_id-history" --progress-secs 10 \
   --ingest-group "$run_id-ingest" --enrich-group "$run_id-enrich" --sink-group "$run_id-sink" ||

@@ -101,6 +101,8 @@ kinds! {
             "a record from a topic the sink does not write (a misconfigured subscription)";
         InvalidErasureRequest => "invalid_erasure_request", ["sink"],
             "an erasure request without a request id or customer id, or with a salt shorter than 32 hex digits";
+        UnreadableBackfillRecord => "unreadable_backfill_record", ["backfill"],
+            "a customer or order in a backfill file that does not parse as its schema (the file and line are in the message; an unreadable event goes through ingest instead)";
     }
 }
 

@@ -43,6 +43,10 @@ use self::checkpoint::{Checkpoint, Counts};
 use self::drain::{Groups, Hop};
 use self::input::Item;
 
+/// On an event line the backfill could not read, published as it is: why not (the dead letter
+/// ingest makes of it keeps the header).
+const UNREADABLE_HEADER: &str = "boomerang.backfill.unreadable";
+
 /// Records between checkpoints: each costs a producer flush.
 const CHUNK: u64 = 100_000;
 
@@ -85,6 +89,11 @@ pub struct BackfillArgs {
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 5)]
     pub progress_secs: u64,
+    /// Events per second at most (0: as fast as the brokers take them). History shares the raw
+    /// topic's partitions with live traffic, which waits behind it: cap the rate to keep live
+    /// latency low while a large backfill runs.
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
     /// How long to wait for the pipeline to take the run in before giving up (exit 1; run the
     /// same command again to go on waiting).
     #[arg(long, default_value_t = 3600)]
@@ -191,8 +200,35 @@ struct Progress {
     event_bytes_total: AtomicU64,
 }
 
+/// Paces events to a rate: each waits for its slot.
+struct Pace {
+    interval: Duration,
+    next: Instant,
+}
+
+impl Pace {
+    fn new(rate: u64) -> Option<Self> {
+        (rate > 0).then(|| Self {
+            interval: Duration::from_secs_f64(1.0 / rate as f64),
+            next: Instant::now(),
+        })
+    }
+
+    fn wait(&mut self) {
+        let now = Instant::now();
+        if self.next > now {
+            std::thread::sleep(self.next - now);
+        } else if now - self.next > Duration::from_secs(1) {
+            // Behind by more than a second (a slow disk, a flush): no burst to catch up.
+            self.next = now;
+        }
+        self.next += self.interval;
+    }
+}
+
 struct Publisher<'a> {
     producer: ThreadedProducer<Deliveries>,
+    pace: Option<Pace>,
     interrupted: &'a AtomicBool,
     checkpoint: Checkpoint,
     checkpoint_path: PathBuf,
@@ -258,13 +294,17 @@ impl Publisher<'_> {
         Ok(())
     }
 
-    /// Dead-letters a reference record that could not be read, as a stage would.
-    fn dead_letter(&mut self, file: &str, line: u64, bytes: Vec<u8>, why: &str) {
-        let rejection = Rejection::new(DeadLetterKind::Undecodable, why.to_string());
+    /// Dead-letters a reference record that could not be read, as a stage would: its bytes,
+    /// the topic it was bound for, and the file and record number in the message.
+    fn dead_letter(&mut self, topic: &str, file: &str, line: u64, bytes: Vec<u8>, why: &str) {
+        let rejection = Rejection::new(
+            DeadLetterKind::UnreadableBackfillRecord,
+            format!("{file}, record {line}: {why}"),
+        );
         let headers = dead_letter::headers(
             self.dead_letter_source,
             &rejection,
-            file,
+            topic,
             -1,
             line as i64,
             TimestampMicros::now().as_unix_millis(),
@@ -406,7 +446,7 @@ fn publish_reference<R: Reference>(
                     }
                 }
                 Item::Unreadable { bytes, why } => {
-                    publisher.dead_letter(&file, position, bytes, &why);
+                    publisher.dead_letter(topic, &file, position, bytes, &why);
                     counts(&mut publisher.checkpoint).unreadable += 1;
                 }
             }
@@ -443,6 +483,9 @@ fn publish_events(
             }
             publisher.checkpoint.events.read += 1;
             progress.events_read.fetch_add(1, Ordering::Relaxed);
+            if let Some(pace) = &mut publisher.pace {
+                pace.wait();
+            }
             let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
                 key: HISTORY_HEADER,
                 value: Some(run_id.as_bytes()),
@@ -459,9 +502,15 @@ fn publish_events(
                             .headers(headers),
                     );
                 }
-                Item::Unreadable { bytes, .. } => {
-                    // As it is: ingest dead-letters it with its bytes, like any bad input.
+                Item::Unreadable { bytes, why } => {
+                    // As it is: ingest dead-letters it with its bytes, like any bad input, and
+                    // the dead letter keeps why the backfill could not read it.
                     publisher.checkpoint.events.unreadable += 1;
+                    let why = format!("{file}, record {position}: {why}");
+                    let headers = headers.insert(Header {
+                        key: UNREADABLE_HEADER,
+                        value: Some(why.as_bytes()),
+                    });
                     publisher.send(
                         BaseRecord::to(&topic)
                             .payload(bytes.as_slice())
@@ -632,6 +681,7 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Option<usize>> {
         let producer: ThreadedProducer<Deliveries> =
             config.create_with_context(Deliveries::default())?;
         let topics = args.topics.clone();
+        let rate = args.rate;
         let publishing = {
             let interrupted = interrupted.clone();
             let progress = progress.clone();
@@ -639,6 +689,7 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Option<usize>> {
             tokio::task::spawn_blocking(move || -> anyhow::Result<(Published, Checkpoint)> {
                 let mut publisher = Publisher {
                     producer,
+                    pace: Pace::new(rate),
                     interrupted: &interrupted,
                     checkpoint,
                     checkpoint_path: path,
