@@ -28,18 +28,18 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use boomerang_benches::harness::{built_release_binary, cpu_seconds, env_number, peak_rss_kib};
+use boomerang_benches::harness::{built_release_binary, env_number, peak_rss_kib};
+use boomerang_benches::pipeline::{
+    PARTITIONS, Setup, cpu_now, print_cpu_used, producer, rows_inserted, send, setup, stack_pids,
+    start_stages,
+};
 use boomerang_benches::reference_world::{customer, event, order};
-use boomerang_clickhouse::ClickhouseArgs;
-use boomerang_clickhouse::migrations;
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
-use boomerang_runtime::registry::{RegistryArgs, register_all};
-use boomerang_runtime::topics::{TopicsArgs, value_subject};
 use boomerang_schemas::{TimestampMicros, codec};
 use boomerang_testkit::{Stack, StageProcess, metrics, poll_until, unique_name, value};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::Producer;
 /// The null stages are threads of this process: they get the allocator the stage binaries use
 /// (mimalloc, serving librdkafka's C allocations too), so the comparison is of the pipelines,
 /// not of allocators. (It made no difference to the null pipeline: 5.9-7.0 s for 1M events
@@ -47,89 +47,12 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const PARTITIONS: i32 = 4;
 const CUSTOMERS: usize = 20_000;
 /// How often both drains look whether the last hop has every event.
 const NULL_WATCH_INTERVAL: Duration = Duration::from_millis(20);
 
 fn now_micros() -> i64 {
     TimestampMicros::now().as_unix_micros()
-}
-
-fn producer(kafka: &KafkaArgs) -> ThreadedProducer<DefaultProducerContext> {
-    let mut config = kafka.producer_config();
-    config.set("queue.buffering.max.messages", "1000000");
-    // nisshi 0.8.1 rejected a paced idempotent producer's batch as out of sequence once,
-    // stalling the run; the harness's own producers do not need idempotence.
-    config.set("enable.idempotence", "false");
-    config.create().expect("producer")
-}
-
-fn send(
-    producer: &ThreadedProducer<DefaultProducerContext>,
-    topic: &str,
-    key: &[u8],
-    value: &[u8],
-) {
-    let mut record = BaseRecord::<[u8], [u8]>::to(topic).key(key).payload(value);
-    loop {
-        match producer.send(record) {
-            Ok(()) => return,
-            Err((_, back)) => {
-                record = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    }
-}
-
-/// One pipeline's topics, schemas and ClickHouse database.
-struct Setup {
-    topics: TopicsArgs,
-    clickhouse: ClickhouseArgs,
-    event_schema: u32,
-    customer_schema: u32,
-    order_schema: u32,
-}
-
-async fn setup(stack: &Stack, kafka: &KafkaArgs, name: &str) -> Setup {
-    let topics = TopicsArgs::with_prefix(name);
-    ensure_topics(
-        kafka,
-        &[
-            TopicSpec::new(&topics.raw_events, PARTITIONS),
-            TopicSpec::new(&topics.validated_events, PARTITIONS),
-            TopicSpec::new(&topics.enriched_events, PARTITIONS),
-            TopicSpec::new(&topics.customers, 2).compacted(),
-            TopicSpec::new(&topics.orders, 2).compacted(),
-            TopicSpec::new(&topics.erasure_requests, 1),
-            TopicSpec::new(&topics.dead_letter, 1),
-        ],
-    )
-    .await
-    .expect("topics");
-    let clickhouse = ClickhouseArgs::for_url(&stack.clickhouse_url, &name.replace('-', "_"));
-    migrations::apply(&clickhouse, None).await.expect("migrate");
-    let settings = RegistryArgs::for_url(&stack.schema_registry_url)
-        .settings()
-        .expect("registry");
-    let registrations = register_all(&settings, &topics).await.expect("register");
-    let id = |topic: &str| {
-        registrations
-            .iter()
-            .find(|registration| {
-                registration.current && registration.subject == value_subject(topic)
-            })
-            .map(|registration| registration.schema_id)
-            .expect("schema id")
-    };
-    Setup {
-        event_schema: id(&topics.raw_events),
-        customer_schema: id(&topics.customers),
-        order_schema: id(&topics.orders),
-        topics,
-        clickhouse,
-    }
 }
 
 /// Customers and the orders events 0..events refer to, so every event joins at once.
@@ -168,92 +91,12 @@ fn raw_event(schema_id: u32, n: usize) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
-/// Starts the stage binaries `which` (0 ingest, 1 enrich, 2 sink) on `setup`, waits until all
-/// are ready.
-async fn start_stages(
-    stack: &Stack,
-    setup: &Setup,
-    binaries: &[String; 3],
-    group: &str,
-    which: &[usize],
-) -> Vec<StageProcess> {
-    let topics = &setup.topics;
-    let common: Vec<String> = [
-        ("--kafka-brokers", stack.kafka_brokers.as_str()),
-        ("--schema-registry-url", stack.schema_registry_url.as_str()),
-        ("--raw-events-topic", topics.raw_events.as_str()),
-        ("--validated-events-topic", topics.validated_events.as_str()),
-        ("--enriched-events-topic", topics.enriched_events.as_str()),
-        ("--customers-topic", topics.customers.as_str()),
-        ("--orders-topic", topics.orders.as_str()),
-        ("--erasure-requests-topic", topics.erasure_requests.as_str()),
-        ("--dead-letter-topic", topics.dead_letter.as_str()),
-        ("--log-format", "text"),
-        ("--log-filter", "warn"),
-    ]
-    .iter()
-    .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
-    .collect();
-    let mut processes = Vec::new();
-    for (index, binary) in binaries.iter().enumerate() {
-        if !which.contains(&index) {
-            continue;
-        }
-        let mut arguments = common.clone();
-        arguments.extend(["--group-id".to_string(), format!("{group}-{index}")]);
-        if index > 0 {
-            arguments.extend([
-                "--pseudonym-key".to_string(),
-                "benchmark-pseudonym-key".to_string(),
-            ]);
-        }
-        if index == 2 {
-            arguments.extend([
-                "--clickhouse-url".to_string(),
-                setup.clickhouse.url.clone(),
-                "--clickhouse-database".to_string(),
-                setup.clickhouse.database.clone(),
-            ]);
-        }
-        let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
-        processes.push(StageProcess::start(binary, &arguments, &[]));
-    }
-    for process in &processes {
-        boomerang_testkit::wait_ready(process).await;
-    }
-    processes
-}
-
-async fn rows_inserted(sink: &StageProcess, table: &str) -> u64 {
-    value(
-        &metrics(sink).await,
-        "boomerang_sink_rows_inserted_total",
-        &[&format!("table=\"{table}\"")],
-    )
-}
-
 async fn received(stage: &StageProcess) -> u64 {
     value(
         &metrics(stage).await,
         "boomerang_received_events_total",
         &[],
     )
-}
-
-/// CPU seconds of each process now, for [`print_cpu_used`].
-fn cpu_now(measured: &[(&str, u32)]) -> Vec<f64> {
-    measured.iter().map(|(_, pid)| cpu_seconds(*pid)).collect()
-}
-
-/// Each process's CPU since `before`, in total and per event.
-fn print_cpu_used(measured: &[(&str, u32)], before: &[f64], events: u64) {
-    for ((name, pid), before) in measured.iter().zip(before) {
-        let used = cpu_seconds(*pid) - before;
-        eprintln!(
-            "cpu {name}: {used:.2} s ({:.1} µs per event)",
-            used * 1e6 / events as f64
-        );
-    }
 }
 
 async fn events_inserted(sink: &StageProcess) -> u64 {
@@ -302,18 +145,6 @@ fn null_stage(
         producer.flush(Duration::from_secs(60)).expect("flush");
         (forwarded, latencies)
     })
-}
-
-/// The local stack's broker and ClickHouse front end, by their pid files.
-fn stack_pids() -> Vec<(&'static str, u32)> {
-    let pids = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/stack/pids");
-    ["kafka", "clickhouse"]
-        .into_iter()
-        .filter_map(|name| {
-            let pid = std::fs::read_to_string(pids.join(format!("{name}.pid"))).ok()?;
-            Some((name, pid.trim().parse().ok()?))
-        })
-        .collect()
 }
 
 fn percentile(sorted: &[i64], level: f64) -> f64 {

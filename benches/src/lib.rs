@@ -3,4 +3,5 @@
 //! share.
 
 pub mod harness;
+pub mod pipeline;
 pub mod reference_world;

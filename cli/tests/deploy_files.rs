@@ -239,12 +239,17 @@ fn the_backfill_example_is_read_as_the_readme_says() {
         .collect();
     assert_eq!((customers.len(), orders.len(), events.len()), (1, 1, 5));
     // One case, on a line of the order, of its customer.
-    assert!(events.iter().all(|event| event.order_id == orders[0].order_id
-        && event.customer_id == customers[0].customer_id
-        && orders[0]
-            .lines
-            .iter()
-            .any(|line| line.order_line_id == event.order_line_id)));
+    assert!(events.iter().all(|event| {
+        event.order_id == orders[0].order_id
+            && event.customer_id == customers[0].customer_id
+            && orders[0]
+                .lines
+                .iter()
+                .any(|line| line.order_line_id == event.order_line_id)
+    }));
     let refund = events.last().expect("a refund");
-    assert_eq!(refund.amount.as_ref().map(|money| money.amount_minor), Some(8999));
+    assert_eq!(
+        refund.amount.as_ref().map(|money| money.amount_minor),
+        Some(8999)
+    );
 }

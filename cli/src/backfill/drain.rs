@@ -59,14 +59,8 @@ pub fn ends(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<i32, i64>>
     Ok(ends)
 }
 
-/// How many records of `topic` before `ends` `group` has not committed yet.
-pub fn behind(
-    kafka: &KafkaArgs,
-    group: &str,
-    topic: &str,
-    ends: &HashMap<i32, i64>,
-) -> anyhow::Result<i64> {
-    let consumer: BaseConsumer = kafka.consumer_config(group).create()?;
+/// How many records of `topic` before `ends` the group of `consumer` has not committed yet.
+fn behind(consumer: &BaseConsumer, topic: &str, ends: &HashMap<i32, i64>) -> anyhow::Result<i64> {
     let mut list = TopicPartitionList::new();
     for partition in ends.keys() {
         list.add_partition(topic, *partition);
@@ -92,16 +86,34 @@ pub struct Hop {
     pub group: String,
     pub topic: String,
     pub ends: Option<HashMap<i32, i64>>,
+    /// A client of the group (never subscribed: it only reads the group's commits).
+    pub consumer: Option<BaseConsumer>,
 }
 
 impl Hop {
+    pub fn new(stage: &'static str, group: &str, topic: &str) -> Self {
+        Self {
+            stage,
+            group: group.to_string(),
+            topic: topic.to_string(),
+            ends: None,
+            consumer: None,
+        }
+    }
+
     /// Records still ahead of the stage; the ends are read the first time.
     pub fn behind(&mut self, kafka: &KafkaArgs) -> anyhow::Result<i64> {
         let ends = match &self.ends {
             Some(ends) => ends,
             None => self.ends.insert(ends(kafka, &self.topic)?),
         };
-        behind(kafka, &self.group, &self.topic, ends)
+        let consumer = match &self.consumer {
+            Some(consumer) => consumer,
+            None => self
+                .consumer
+                .insert(kafka.consumer_config(&self.group).create()?),
+        };
+        behind(consumer, &self.topic, ends)
     }
 }
 

@@ -1,5 +1,5 @@
 //! Reading backfill files: Avro object container files (`.avro`, any writer schema that
-//! resolves to the current one) and JSON lines in Avro's JSON encoding (`.jsonl`, `.json`),
+//! resolves to the current one; `container.rs` reads those in the current schema fast) and JSON lines in Avro's JSON encoding (`.jsonl`, `.json`),
 //! one record per line, as a sequence of [`Item`]s.
 //!
 //! A record that cannot be read is not an error of the whole file: it is an
@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use boomerang_schemas::{AvroRecord, avro_json};
+
+use super::container;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -77,17 +79,31 @@ pub fn open<T: AvroRecord + Send + 'static>(
     path: &PathBuf,
     bytes_read: Arc<AtomicU64>,
 ) -> anyhow::Result<Records<T>> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let counting = BufReader::with_capacity(
-        1 << 20,
-        Counting {
-            inner: file,
-            read: bytes_read,
-        },
-    );
+    let counting = |file: File| {
+        BufReader::with_capacity(
+            1 << 20,
+            Counting {
+                inner: file,
+                read: bytes_read.clone(),
+            },
+        )
+    };
+    let open_file = || File::open(path).with_context(|| format!("cannot open {}", path.display()));
     let shown = path.display().to_string();
     match Format::of(path)? {
         Format::Avro => {
+            // The current schema, uncompressed: split the blocks with the model's own reader.
+            let mut reader = BufReader::new(open_file()?);
+            if let Ok(header) = container::read_header(&mut reader)
+                && container::fast_path_fits::<T>(&header)
+            {
+                let mut reader = counting(open_file()?);
+                container::read_header(&mut reader)?;
+                return Ok(Records {
+                    inner: Box::new(container::Blocks::<_, T>::new(reader, &header, shown)),
+                });
+            }
+            let counting = counting(open_file()?);
             let reader = apache_avro::Reader::builder(counting)
                 .reader_schema(T::KIND.schema())
                 .build()
@@ -113,7 +129,7 @@ pub fn open<T: AvroRecord + Send + 'static>(
             })
         }
         Format::JsonLines => {
-            let inner = counting.split(b'\n').filter_map(move |line| {
+            let inner = counting(open_file()?).split(b'\n').filter_map(move |line| {
                 let line = match line {
                     Ok(line) => line,
                     Err(error) => {

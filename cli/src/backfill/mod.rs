@@ -16,6 +16,7 @@
 //!   progress, then reconciles: read = written + de-duplicated + dead-lettered.
 
 mod checkpoint;
+mod container;
 mod drain;
 pub mod input;
 
@@ -761,24 +762,17 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Option<usize>> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.wait_timeout_secs);
     let mut hops = [
-        Hop {
-            stage: "ingest",
-            group: args.groups.ingest_group.clone(),
-            topic: args.topics.raw_events.clone(),
-            ends: None,
-        },
-        Hop {
-            stage: "enrich",
-            group: args.groups.enrich_group.clone(),
-            topic: args.topics.validated_events.clone(),
-            ends: None,
-        },
-        Hop {
-            stage: "sink",
-            group: args.groups.sink_group.clone(),
-            topic: args.topics.enriched_events.clone(),
-            ends: None,
-        },
+        Hop::new("ingest", &args.groups.ingest_group, &args.topics.raw_events),
+        Hop::new(
+            "enrich",
+            &args.groups.enrich_group,
+            &args.topics.validated_events,
+        ),
+        Hop::new(
+            "sink",
+            &args.groups.sink_group,
+            &args.topics.enriched_events,
+        ),
     ];
     let interval = Duration::from_secs(args.progress_secs.max(1));
     let mut last_line = Instant::now();
