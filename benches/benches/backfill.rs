@@ -16,7 +16,8 @@
 //!
 //! BOOMERANG_BENCH_EVENTS=10000000 cargo bench -p boomerang-benches --bench backfill
 //! (BOOMERANG_BENCH_LIVE_EVENTS sets the live drain's size apart, default the same; the
-//! in-memory broker keeps every record, so two 10M rounds need about ... GB.)
+//! in-memory broker keeps every record of both rounds: start from `deploy/local/stack.sh
+//! clean`.) Results in benches/README.md, "Backfill of 10M events".
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,16 +37,20 @@ const CUSTOMERS: usize = 20_000;
 const EVENTS_PER_ORDER: usize = 4;
 const DAY_MICROS: i64 = 86_400_000_000;
 
-/// Event `n`: a refund on one of order `n / 4`'s lines, `days_back` days (and a little) ago.
+/// Event `n` of `events`, in time order from `oldest_days` ago to `newest_days` ago, as an
+/// export ordered by time is (`ORDER BY occurred_at`): each of the sink's batches then falls in
+/// one or two of the events table's monthly partitions. (Shuffled in time, the same 10M
+/// events made 13 partitions' parts per insert and cost ClickHouse 30% more CPU.)
 fn history_event(
     n: usize,
+    events: usize,
     now: TimestampMicros,
-    oldest_days: i64,
-    newest_days: i64,
+    (oldest_days, newest_days): (i64, i64),
 ) -> PostPurchaseEvent {
     let order = n / EVENTS_PER_ORDER;
     let span = (oldest_days - newest_days).max(1) * DAY_MICROS;
-    let back = newest_days * DAY_MICROS + (n as i64 * 7_919_000) % span;
+    let back = newest_days * DAY_MICROS
+        + (span as i128 * (events - n) as i128 / events.max(1) as i128) as i64;
     let mut event = event(
         n,
         CUSTOMERS,
@@ -138,7 +143,7 @@ async fn live(stack: &Stack, binaries: &[String; 3], events: usize) -> Round {
         let mut value = Vec::with_capacity(512);
         for n in 0..events {
             // Inside the live window: the last five days.
-            let event = history_event(n, now, 5, 0);
+            let event = history_event(n, events, now, (5, 0));
             value.clear();
             boomerang_schemas::wire::start_frame(setup.event_schema, &mut value);
             codec::encode_into(&event, &mut value).expect("encode");
@@ -222,7 +227,7 @@ async fn backfill(stack: &Stack, binaries: &[String; 3], events: usize, dir: &Pa
     });
     // History: from 8 to 373 days ago, all of it before ingest's seven-day window.
     write_file::<PostPurchaseEvent>(&dir.join("events.avro"), events, |n| {
-        history_event(n, now, 373, 8)
+        history_event(n, events, now, (373, 8))
     });
     eprintln!(
         "backfill: export of {events} events written in {:.1} s ({} MiB)",

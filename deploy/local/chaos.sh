@@ -16,8 +16,11 @@
 #   one instance paused (SIGSTOP) past its session timeout, then resumed (a zombie);
 #   a broker restart (the soak's own stack keeps its records in SQLite);
 #   a rolling SIGTERM restart of every instance;
-#   after the verdict, erasure requests for five customers with a sink killed and ClickHouse
-#   down while they are applied.
+#   after the verdict, the same world loaded again as history with `boomerang backfill`, ingest
+#   back at its live seven-day limits, the backfill killed mid-publish and resumed while an
+#   ingest and a sink are killed: every key still once, every figure the ground truth's;
+#   then erasure requests for five customers with a sink killed and ClickHouse down while they
+#   are applied.
 # The soak runs its own stack (target/chaos/stack, ports 19192, 18181, 18223, 19190), so the
 # stack of the README's first command is not touched. Exit status 0 when the verdict and the
 # analytics hold; 1 when not; 2 when something failed on the way.
@@ -120,6 +123,9 @@ for name in "${instances[@]}"; do
   peak_rss[$name]=0
 done
 stage_of() { echo "${1%-*}"; }
+# The live world spans months: ingest's windows widened to a year until the backfill phase,
+# which restarts it at its live limits.
+ingest_windows="--max-event-age-secs 31536000 --dedup-window-secs 31536000"
 arguments_of() {
   local name=$1 stage
   stage=$(stage_of "$name")
@@ -127,7 +133,7 @@ arguments_of() {
   # Ingest and enrich keep local snapshots of their state, each instance in its own directory
   # (as on its own volume), so that a restart reads back only what was written since.
   case $stage in
-    ingest) echo "--max-event-age-secs 31536000 --dedup-window-secs 31536000 --state-dir $run_dir/state/$name" ;;
+    ingest) echo "${ingest_windows} --state-dir $run_dir/state/$name" ;;
     enrich) echo "--max-reference-wait-ms 15000 --state-dir $run_dir/state/$name" ;;
     sink) echo "" ;;
   esac
@@ -422,14 +428,77 @@ for name in "${instances[@]}"; do note_rss "$name"; done
 "$bin/boomerang" report --truth "$run_dir/truth.json" --no-stages >"$run_dir/report.txt" 2>&1 \
   && analytics=0 || analytics=$?
 
+clickhouse_query() {
+  curl -sS --fail "$BOOMERANG_CLICKHOUSE_URL/?database=$BOOMERANG_CLICKHOUSE_DATABASE" --data-binary "$1"
+}
+# History under faults: the same world, exported as files and loaded with `boomerang backfill`
+# — a second copy of every event, which must all be de-duplicated: inside ingest's live window
+# by ingest, older ones by the sink against ClickHouse. Ingest first restarts at its live limits
+# (seven days), as a pipeline that takes history in runs. The backfill is killed with -9 once
+# it has published a first chunk and run again, which resumes from its checkpoint; an ingest and
+# a sink are killed meanwhile. Then, per key: every valid key of the export in ClickHouse
+# exactly once (none lost, none doubled, none unexpected), and the report is the export's
+# ground truth's. (The export is the world rebuilt minutes later: the same events, its clock
+# later by as much, plus the few whose time has come since; every duration is the same.)
+backfill=0
+backfill_log=$run_dir/backfill.txt
+: >"$backfill_log"
+ingest_windows=""
+for name in ingest-0 ingest-1; do
+  stop_instance "$name"
+  start_instance "$name"
+done
+fault "ingest restarted at its live limits for the backfill"
+"$bin/boomerang" gen --orders "$orders" --customers "$customers" --seed "$seed" \
+  --out "$run_dir/world" --truth "$run_dir/world-truth.json" --keys "$run_dir/world-keys.txt" \
+  >>"$backfill_log" 2>&1 || die "exporting the world failed; see $backfill_log"
+backfill_once() {
+  "$bin/boomerang" backfill --from "$run_dir/world" --run-id "$run_id-history" \
+    --ingest-group "$run_id-ingest" --enrich-group "$run_id-enrich" --sink-group "$run_id-sink" \
+    --progress-secs 5 --rate 2000 --checkpoint-every 5000 >>"$backfill_log" 2>&1
+}
+backfill_once &
+backfill_pid=$!
+checkpoint=$run_dir/world/.boomerang-backfill.json
+deadline=$((SECONDS + 120))
+# The first checkpoint with events in it: the run is part-way through the events file.
+until tr -d ' \n' <"$checkpoint" 2>/dev/null | grep -q '"events":{"read":[1-9]'; do
+  ((SECONDS < deadline)) || die "the backfill published nothing in 120 s; see $backfill_log"
+  supervise
+  sleep 0.2
+done
+fault "kill -9 boomerang backfill (pid $backfill_pid) after its first checkpoint"
+kill -KILL "$backfill_pid" 2>/dev/null || true
+wait "$backfill_pid" 2>/dev/null || true
+kill_instance "ingest-$((RANDOM % 2))" "during the backfill"
+backfill_once &
+backfill_pid=$!
+sleep 2
+kill_instance "sink-$((RANDOM % 2))" "during the backfill"
+while [[ -d /proc/$backfill_pid ]]; do
+  supervise
+  sleep 0.5
+done
+wait "$backfill_pid" || { echo "the resumed backfill did not reconcile" >>"$backfill_log"; backfill=1; }
+grep -q "resuming run $run_id-history" "$backfill_log" || { echo "the second run did not resume" >>"$backfill_log"; backfill=1; }
+clickhouse_query "DROP TABLE IF EXISTS chaos_expected_keys" >/dev/null
+clickhouse_query "CREATE TABLE chaos_expected_keys (key String) ENGINE = Memory" >/dev/null
+curl -sS --fail "$BOOMERANG_CLICKHOUSE_URL/?database=$BOOMERANG_CLICKHOUSE_DATABASE&query=INSERT%20INTO%20chaos_expected_keys%20FORMAT%20TSV" \
+  --data-binary @"$run_dir/world-keys.txt" >/dev/null
+lost=$(clickhouse_query "SELECT count() FROM chaos_expected_keys WHERE key NOT IN (SELECT idempotency_key FROM post_purchase_events)")
+unexpected=$(clickhouse_query "SELECT count() FROM post_purchase_events WHERE idempotency_key NOT IN (SELECT key FROM chaos_expected_keys)")
+doubled=$(clickhouse_query "SELECT count() FROM (SELECT idempotency_key FROM post_purchase_events GROUP BY idempotency_key HAVING count() > 1)")
+history_rows=$(clickhouse_query "SELECT count() FROM post_purchase_events WHERE backfill_run != ''")
+echo "keys of the export: $(wc -l <"$run_dir/world-keys.txt"); lost $lost, doubled $doubled, unexpected $unexpected; rows the backfill wrote (events new since the live run): $history_rows" >>"$backfill_log"
+if ((lost != 0 || doubled != 0 || unexpected != 0)); then backfill=1; fi
+"$bin/boomerang" report --truth "$run_dir/world-truth.json" --no-stages >"$run_dir/report-after-backfill.txt" 2>&1 \
+  || backfill=1
+
 # Erasures under faults: once the verdict is in, a few customers ask to be forgotten while a
 # sink is killed mid-request and ClickHouse goes down; afterwards `boomerang erase --verify`
 # finds nothing linkable to any of them, every request is complete, no row is doubled or lost
 # (anonymised rows replace the originals one for one), and every analytics figure is still the
 # ground truth's (the report again).
-clickhouse_query() {
-  curl -sS --fail "$BOOMERANG_CLICKHOUSE_URL/?database=$BOOMERANG_CLICKHOUSE_DATABASE" --data-binary "$1"
-}
 erased=(cus-0000001 cus-0000002 cus-0000003 cus-0000004 cus-0000005)
 erasure=0
 erasure_log=$run_dir/erasure.txt
@@ -484,7 +553,7 @@ echo "event rows before $rows_before, after $rows_after; keys with more than one
 if ((rows_after != rows_before || doubled != 0 || linkable_before == 0)); then
   erasure=1
 fi
-"$bin/boomerang" report --truth "$run_dir/truth.json" --no-stages >"$run_dir/report-after-erasure.txt" 2>&1 \
+"$bin/boomerang" report --truth "$run_dir/world-truth.json" --no-stages >"$run_dir/report-after-erasure.txt" 2>&1 \
   || erasure=1
 
 echo
@@ -512,6 +581,14 @@ cat "$run_dir/verdict.txt"
 echo
 tail -n 40 "$run_dir/report.txt"
 echo
+echo "History under faults (the world again via boomerang backfill, killed and resumed; an ingest and a sink killed):"
+grep -E "^  (events|customers|orders|reconciled|NOT)|^keys of the export" "$backfill_log" | sed 's/^ */  /'
+if ((backfill == 0)); then
+  echo "  every key once, the backfill reconciled after its resume, every figure the export's ground truth's"
+else
+  echo "  FAILED: see $backfill_log and $run_dir/report-after-backfill.txt"
+fi
+echo
 echo "Erasures under faults (${#erased[@]} customers; a sink killed, ClickHouse down 5 s):"
 tail -n 1 "$erasure_log" | sed 's/^/  /'
 if ((erasure == 0)); then
@@ -525,7 +602,7 @@ if grep -q FINDING "$faults"; then
   echo "FINDINGS: see the faults above"
   verdict=1
 fi
-if ((verdict != 0 || analytics != 0 || erasure != 0)); then
+if ((verdict != 0 || analytics != 0 || backfill != 0 || erasure != 0)); then
   echo "CHAOS SOAK FAILED"
   exit 1
 fi

@@ -48,9 +48,6 @@ use self::input::Item;
 /// ingest makes of it keeps the header).
 const UNREADABLE_HEADER: &str = "boomerang.backfill.unreadable";
 
-/// Records between checkpoints: each costs a producer flush.
-const CHUNK: u64 = 100_000;
-
 #[derive(Debug, Clone, clap::Args)]
 pub struct BackfillArgs {
     #[command(flatten)]
@@ -84,6 +81,9 @@ pub struct BackfillArgs {
     /// `backfill-<UTC time>`. A resumed run keeps its own.
     #[arg(long)]
     pub run_id: Option<String>,
+    /// Records between checkpoints: each waits for the brokers to confirm what was sent.
+    #[arg(long, default_value_t = 100_000)]
+    pub checkpoint_every: u64,
     /// Publish, then exit without waiting for the pipeline (no summary).
     #[arg(long)]
     pub no_wait: bool,
@@ -234,6 +234,7 @@ struct Publisher<'a> {
     checkpoint: Checkpoint,
     checkpoint_path: PathBuf,
     since_checkpoint: u64,
+    checkpoint_every: u64,
     topics: &'a TopicsArgs,
     dead_letter_source: &'static str,
 }
@@ -282,10 +283,11 @@ impl Publisher<'_> {
         Ok(())
     }
 
-    /// Confirms what was sent and records it, every [`CHUNK`] records and at each file's end.
+    /// Confirms what was sent and records it, every `--checkpoint-every` records and at each
+    /// file's end.
     fn checkpoint(&mut self, file: &str, done: u64, force: bool) -> anyhow::Result<()> {
         self.since_checkpoint += 1;
-        if !force && self.since_checkpoint < CHUNK {
+        if !force && self.since_checkpoint < self.checkpoint_every {
             return Ok(());
         }
         self.confirm()?;
@@ -579,6 +581,7 @@ fn print_counts(what: &str, counts: &Counts) {
 }
 
 pub async fn run(args: BackfillArgs) -> anyhow::Result<Option<usize>> {
+    let command_started = Instant::now();
     let inputs = Inputs::of(&args)?;
     let checkpoint_path = args
         .checkpoint
@@ -683,6 +686,7 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Option<usize>> {
             config.create_with_context(Deliveries::default())?;
         let topics = args.topics.clone();
         let rate = args.rate;
+        let checkpoint_every = args.checkpoint_every;
         let publishing = {
             let interrupted = interrupted.clone();
             let progress = progress.clone();
@@ -695,6 +699,7 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Option<usize>> {
                     checkpoint,
                     checkpoint_path: path,
                     since_checkpoint: 0,
+                    checkpoint_every: checkpoint_every.max(1),
                     topics: &topics,
                     dead_letter_source: "backfill",
                 };
@@ -840,7 +845,8 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Option<usize>> {
         distinct_written: rows.keys,
     };
     println!(
-        "backfill {run_id}: in ClickHouse after {}",
+        "backfill {run_id}: in ClickHouse {} after this command started ({} after its last event was published)",
+        duration(command_started.elapsed().as_secs_f64()),
         duration(started.elapsed().as_secs_f64())
     );
     print_counts("customers", &checkpoint.customers);
