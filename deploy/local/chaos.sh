@@ -452,8 +452,9 @@ fault "ingest restarted at its live limits for the backfill"
 "$bin/boomerang" gen --orders "$orders" --customers "$customers" --seed "$seed" \
   --out "$run_dir/world" --truth "$run_dir/world-truth.json" --keys "$run_dir/world-keys.txt" \
   >>"$backfill_log" 2>&1 || die "exporting the world failed; see $backfill_log"
+# exec: `$!` is then the backfill itself, which the fault below kills.
 backfill_once() {
-  "$bin/boomerang" backfill --from "$run_dir/world" --run-id "$run_id-history" \
+  exec "$bin/boomerang" backfill --from "$run_dir/world" --run-id "$run_id-history" \
     --ingest-group "$run_id-ingest" --enrich-group "$run_id-enrich" --sink-group "$run_id-sink" \
     --progress-secs 5 --rate 2000 --checkpoint-every 5000 >>"$backfill_log" 2>&1
 }

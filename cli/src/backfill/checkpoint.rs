@@ -85,6 +85,39 @@ impl Checkpoint {
     }
 }
 
+/// An exclusive lock on a checkpoint (`<checkpoint>.lock`), held for a run's life; the system
+/// releases it when the process ends, however it ends.
+pub struct Lock(#[allow(dead_code)] std::fs::File);
+
+impl Lock {
+    pub fn take(checkpoint: &Path) -> anyhow::Result<Self> {
+        if let Some(folder) = checkpoint.parent()
+            && !folder.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(folder)
+                .with_context(|| format!("cannot create {}", folder.display()))?;
+        }
+        let path = checkpoint.with_extension("lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self(file)),
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another backfill runs with the checkpoint {} ({} is locked)",
+                checkpoint.display(),
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(error)) => {
+                Err(anyhow::Error::new(error).context(format!("cannot lock {}", path.display())))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +138,17 @@ mod tests {
         assert_eq!(loaded, checkpoint);
         assert_eq!(loaded.done("events.avro"), 1_000);
         assert_eq!(loaded.done("orders.avro"), 0);
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn one_run_at_a_time_holds_a_checkpoint() {
+        let dir = std::env::temp_dir().join(format!("backfill-lock-{}", std::process::id()));
+        let path = dir.join("run.json");
+        let first = Lock::take(&path).expect("the first run locks");
+        assert!(Lock::take(&path).is_err(), "a second run is refused");
+        drop(first);
+        assert!(Lock::take(&path).is_ok(), "free again once the first ends");
         std::fs::remove_dir_all(dir).ok();
     }
 }

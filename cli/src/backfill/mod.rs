@@ -405,20 +405,19 @@ async fn versions<R: Reference>(
     Ok(versions)
 }
 
-fn publish_reference<R: Reference>(
+/// Hands each record of `files` not yet done (by the checkpoint) to `publish` with its file and
+/// place (1-based), checkpointing as it goes; stops at an interruption, after a checkpoint.
+fn each_record<T: AvroRecord + Send + 'static>(
     publisher: &mut Publisher<'_>,
     files: &[PathBuf],
-    topic: &str,
-    schema_id: u32,
-    versions: &Versions,
-    counts: fn(&mut Checkpoint) -> &mut Counts,
+    bytes_read: &Arc<AtomicU64>,
+    mut publish: impl FnMut(&mut Publisher<'_>, &str, u64, Item<T>) -> anyhow::Result<()>,
 ) -> anyhow::Result<Published> {
     for path in files {
         let file = path.display().to_string();
         let done = publisher.checkpoint.done(&file);
-        let records = input::open::<R>(path, Arc::new(AtomicU64::new(0)))?;
         let mut position = 0u64;
-        for item in records {
+        for item in input::open::<T>(path, bytes_read.clone())? {
             let item = item?;
             position += 1;
             if position <= done {
@@ -428,6 +427,28 @@ fn publish_reference<R: Reference>(
                 publisher.checkpoint(&file, position - 1, true)?;
                 return Ok(Published::Interrupted);
             }
+            publish(publisher, &file, position, item)?;
+            publisher.checkpoint(&file, position, false)?;
+        }
+        publisher.checkpoint(&file, position.max(done), true)?;
+    }
+    Ok(Published::Done)
+}
+
+fn publish_reference<R: Reference>(
+    publisher: &mut Publisher<'_>,
+    files: &[PathBuf],
+    topic: &str,
+    schema_id: u32,
+    versions: &Versions,
+    counts: fn(&mut Checkpoint) -> &mut Counts,
+) -> anyhow::Result<Published> {
+    let bytes_read = Arc::new(AtomicU64::new(0));
+    each_record::<R>(
+        publisher,
+        files,
+        &bytes_read,
+        |publisher, file, position, item| {
             counts(&mut publisher.checkpoint).read += 1;
             match item {
                 Item::Record(record) => {
@@ -449,15 +470,13 @@ fn publish_reference<R: Reference>(
                     }
                 }
                 Item::Unreadable { bytes, why } => {
-                    publisher.dead_letter(topic, &file, position, bytes, &why);
+                    publisher.dead_letter(topic, file, position, bytes, &why);
                     counts(&mut publisher.checkpoint).unreadable += 1;
                 }
             }
-            publisher.checkpoint(&file, position, false)?;
-        }
-        publisher.checkpoint(&file, position.max(done), true)?;
-    }
-    Ok(Published::Done)
+            Ok(())
+        },
+    )
 }
 
 fn publish_events(
@@ -469,21 +488,12 @@ fn publish_events(
     let topic = publisher.topics.raw_events.clone();
     let run_id = publisher.checkpoint.run_id.clone();
     let mut value = Vec::with_capacity(512);
-    for path in files {
-        let file = path.display().to_string();
-        let done = publisher.checkpoint.done(&file);
-        let records = input::open::<PostPurchaseEvent>(path, progress.event_bytes_read.clone())?;
-        let mut position = 0u64;
-        for item in records {
-            let item = item?;
-            position += 1;
-            if position <= done {
-                continue;
-            }
-            if publisher.interrupted.load(Ordering::Relaxed) {
-                publisher.checkpoint(&file, position - 1, true)?;
-                return Ok(Published::Interrupted);
-            }
+    let bytes_read = progress.event_bytes_read.clone();
+    each_record::<PostPurchaseEvent>(
+        publisher,
+        files,
+        &bytes_read,
+        |publisher, file, position, item| {
             publisher.checkpoint.events.read += 1;
             progress.events_read.fetch_add(1, Ordering::Relaxed);
             if let Some(pace) = &mut publisher.pace {
@@ -522,11 +532,9 @@ fn publish_events(
                 }
             }
             publisher.checkpoint.events.published += 1;
-            publisher.checkpoint(&file, position, false)?;
-        }
-        publisher.checkpoint(&file, position.max(done), true)?;
-    }
-    Ok(Published::Done)
+            Ok(())
+        },
+    )
 }
 
 fn thousands(n: u64) -> String {
@@ -587,6 +595,9 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Option<usize>> {
         .checkpoint
         .clone()
         .unwrap_or_else(|| default_checkpoint(&args, &inputs));
+    // One run per checkpoint at a time: a second command on the same files would publish
+    // everything twice and count the run's dead letters twice.
+    let _lock = checkpoint::Lock::take(&checkpoint_path)?;
     let checkpoint = match Checkpoint::load(&checkpoint_path)? {
         Some(checkpoint) if !checkpoint.complete => {
             eprintln!(
@@ -889,10 +900,20 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Option<usize>> {
 }
 
 /// The run's dead letters, from the dead-letter topic since the run started: events (by the
-/// stages) and unreadable reference records (by the backfill itself), by error kind.
+/// stages) and unreadable reference records (by the backfill itself), by error kind. A record
+/// published again after a resume is dead-lettered again: dead letters of the same original
+/// key and value count once.
 struct DeadLettered {
     events: u64,
     by_kind: HashMap<String, u64>,
+}
+
+fn original_hash(message: &impl rdkafka::Message) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    message.key().hash(&mut hasher);
+    message.payload().hash(&mut hasher);
+    hasher.finish()
 }
 
 fn count_dead_letters(
@@ -905,10 +926,11 @@ fn count_dead_letters(
         events: 0,
         by_kind: HashMap::new(),
     };
+    let mut seen = std::collections::HashSet::new();
     // A minute early: the brokers' clocks and ours may differ a little.
     crate::topic::read_since(kafka, topic, Some(since_ms - 60_000), |message| {
         let run = boomerang_runtime::kafka::header(message, HISTORY_HEADER);
-        if run != Some(run_id.as_bytes()) {
+        if run != Some(run_id.as_bytes()) || !seen.insert(original_hash(message)) {
             return;
         }
         let stage = boomerang_runtime::kafka::header(message, dead_letter::STAGE);

@@ -21,7 +21,7 @@ use boomerang_schemas::{
 
 use super::truth::StageCounts;
 use super::world::{Dice, World};
-use super::{GenArgs, OutFormat, Sent};
+use super::{GenArgs, OutFormat, Sent, invalid_copy};
 
 /// One export file being written.
 enum Export {
@@ -142,11 +142,7 @@ pub(super) fn write_files<'w>(
             counts.dead_lettered += 1;
         }
         if dice.chance(args.invalid_rate) {
-            let mut invalid = event.clone();
-            invalid.quantity = 0;
-            invalid.idempotency_key = format!("{}:invalid", event.idempotency_key);
-            invalid.event_id = format!("{}-invalid", event.event_id);
-            events.write(&invalid)?;
+            events.write(&invalid_copy(event))?;
             counts.received += 1;
             counts.dead_lettered += 1;
         }

@@ -245,6 +245,16 @@ pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
     Ok(truth)
 }
 
+/// A copy of `event` that breaks a business rule (a quantity of 0), under a key of its own.
+fn invalid_copy(event: &PostPurchaseEvent) -> PostPurchaseEvent {
+    PostPurchaseEvent {
+        quantity: 0,
+        idempotency_key: format!("{}:invalid", event.idempotency_key),
+        event_id: format!("{}-invalid", event.event_id),
+        ..event.clone()
+    }
+}
+
 /// What a world's publishing (or writing) amounted to: the stage counts ingest will see, the
 /// events and orders that reached the pipeline, and the retried events that pass ingest
 /// because they lie outside its live window (backfilled history: the sink drops them).
@@ -347,10 +357,7 @@ async fn publish<'w>(
             counts.dead_lettered += 1;
         }
         if dice.chance(args.invalid_rate) {
-            let mut invalid = event.clone();
-            invalid.quantity = 0;
-            invalid.idempotency_key = format!("{}:invalid", event.idempotency_key);
-            invalid.event_id = format!("{}-invalid", event.event_id);
+            let invalid = invalid_copy(event);
             publisher.send(
                 &topics.raw_events,
                 &event.order_id,
