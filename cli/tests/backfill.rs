@@ -310,6 +310,17 @@ async fn history_overlapping_live_traffic_loaded_twice_and_resumed_is_written_on
     ]);
     assert!(whole.status.success(), "the whole run reconciles");
     assert!(stdout(&whole).contains("reconciled"));
+    // Each malformed line is its own dead letter, though they all have the same bytes.
+    let malformed = std::fs::read_to_string(&events_file)
+        .expect("read the export")
+        .lines()
+        .filter(|line| avro_json::decode::<PostPurchaseEvent>(line).is_err())
+        .count();
+    assert!(malformed > 1, "the export has malformed lines");
+    assert!(
+        stdout(&whole).contains(&format!("dead-lettered as bad_magic_byte: {malformed}")),
+        "{malformed} malformed lines"
+    );
 
     // Live traffic again after the history: the same keys, dropped by ingest.
     for event in &live {

@@ -312,10 +312,16 @@ impl Publisher<'_> {
             line as i64,
             TimestampMicros::now().as_unix_millis(),
         );
-        let mut owned = OwnedHeaders::new_with_capacity(headers.len() + 1).insert(Header {
-            key: HISTORY_HEADER,
-            value: Some(self.checkpoint.run_id.as_bytes()),
-        });
+        let place = format!("{file}, record {line}");
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len() + 2)
+            .insert(Header {
+                key: HISTORY_HEADER,
+                value: Some(self.checkpoint.run_id.as_bytes()),
+            })
+            .insert(Header {
+                key: UNREADABLE_HEADER,
+                value: Some(place.as_bytes()),
+            });
         for (name, value) in &headers {
             owned = owned.insert(Header {
                 key: name,
@@ -902,7 +908,8 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Option<usize>> {
 /// The run's dead letters, from the dead-letter topic since the run started: events (by the
 /// stages) and unreadable reference records (by the backfill itself), by error kind. A record
 /// published again after a resume is dead-lettered again: dead letters of the same original
-/// key and value count once.
+/// count once — the same file and record for a line the backfill could not read (many such
+/// lines have the same bytes), else the same key and value (an event carries its own key).
 struct DeadLettered {
     events: u64,
     by_kind: HashMap<String, u64>,
@@ -911,8 +918,13 @@ struct DeadLettered {
 fn original_hash(message: &impl rdkafka::Message) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    message.key().hash(&mut hasher);
-    message.payload().hash(&mut hasher);
+    match boomerang_runtime::kafka::header(message, UNREADABLE_HEADER) {
+        Some(place) => place.hash(&mut hasher),
+        None => {
+            message.key().hash(&mut hasher);
+            message.payload().hash(&mut hasher);
+        }
+    }
     hasher.finish()
 }
 
