@@ -19,11 +19,10 @@
 use std::collections::HashSet;
 
 use boomerang_runtime::error_kind::ErrorKind;
-use boomerang_runtime::retry::{Backoff, Retry};
 use boomerang_runtime::stage_loop::Fence;
 
 use crate::rows::EventRow;
-use crate::write::{FIRST_BACKOFF, Keyed, MAX_BACKOFF, NotWritten, Writer};
+use crate::write::{Keyed, NotWritten, Writer};
 
 /// Keys per query: a query's text is limited (`max_query_size`, raised for it below).
 const KEYS_PER_QUERY: usize = 50_000;
@@ -82,18 +81,9 @@ impl Writer {
         fence: Option<&Fence>,
     ) -> Result<Vec<String>, NotWritten> {
         let what = format!("checking backfilled keys against {table}");
-        let mut retry = Retry::new(&what, &self.metrics.errors, &self.shutdown)
-            .with_backoff(Backoff::new(FIRST_BACKOFF, MAX_BACKOFF))
-            .jittered();
+        let mut retry = self.retry(&what);
         loop {
-            if let Some(fence) = fence {
-                tokio::select! {
-                    confirmed = fence.confirm() => {
-                        confirmed.map_err(|fenced| NotWritten::Fenced(fenced.to_string()))?;
-                    }
-                    () = self.shutdown.cancelled() => return Err(NotWritten::Shutdown),
-                }
-            }
+            self.confirm_ownership(fence).await?;
             match self.lookup(table, keys).await {
                 Ok(found) => return Ok(found),
                 Err(error) => {

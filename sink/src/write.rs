@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::SinkMetrics;
 
 /// The dead-letter kind of a row ClickHouse refused.
-pub(crate) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// A row and the record it came from.
 #[derive(Debug, Clone)]
@@ -148,6 +148,29 @@ fn dedup_token<R>(table: &str, rows: &[Keyed<R>]) -> String {
 }
 
 impl Writer {
+    /// The retry of a ClickHouse request: capped exponential backoff with jitter, each failed
+    /// attempt counted.
+    pub(crate) fn retry<'a>(&'a self, what: &'a str) -> Retry<'a> {
+        Retry::new(what, &self.metrics.errors, &self.shutdown)
+            .with_backoff(Backoff::new(FIRST_BACKOFF, MAX_BACKOFF))
+            .jittered()
+    }
+
+    /// Before each attempt of a write: that this instance still owns the batch's partitions
+    /// (`None`: no fence to ask). A confirmation may wait for a rebalance to end: never past a
+    /// shutdown.
+    pub(crate) async fn confirm_ownership(&self, fence: Option<&Fence>) -> Result<(), NotWritten> {
+        let Some(fence) = fence else {
+            return Ok(());
+        };
+        tokio::select! {
+            confirmed = fence.confirm() => {
+                confirmed.map_err(|fenced| NotWritten::Fenced(fenced.to_string()))
+            }
+            () = self.shutdown.cancelled() => Err(NotWritten::Shutdown),
+        }
+    }
+
     async fn insert_once<R>(
         &self,
         table: &str,
@@ -182,21 +205,11 @@ impl Writer {
     {
         let token = dedup_token(table, rows);
         let what = format!("inserting into {table}");
-        let mut retry = Retry::new(&what, &self.metrics.errors, &self.shutdown)
-            .with_backoff(Backoff::new(FIRST_BACKOFF, MAX_BACKOFF))
-            .jittered();
+        let mut retry = self.retry(&what);
         loop {
             // Every attempt, a retry after a long outage too: a paused instance must not write
             // what the partition's new owner writes.
-            if let Some(fence) = fence {
-                // A confirmation may wait for a rebalance to end: never past a shutdown.
-                tokio::select! {
-                    confirmed = fence.confirm() => {
-                        confirmed.map_err(|fenced| NotWritten::Fenced(fenced.to_string()))?;
-                    }
-                    () = self.shutdown.cancelled() => return Err(NotWritten::Shutdown),
-                }
-            }
+            self.confirm_ownership(fence).await?;
             let started = Instant::now();
             let result = self.insert_once(table, rows, &token).await;
             let failure = match result {
