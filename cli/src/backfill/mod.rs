@@ -44,6 +44,9 @@ use self::checkpoint::{Checkpoint, Counts};
 use self::drain::{Groups, Hop};
 use self::input::Item;
 
+/// The stage the backfill's own dead letters name.
+const STAGE: &str = "backfill";
+
 /// On an event line the backfill could not read, published as it is: why not (the dead letter
 /// ingest makes of it keeps the header).
 const UNREADABLE_HEADER: &str = "boomerang.backfill.unreadable";
@@ -194,11 +197,10 @@ impl ProducerContext for Deliveries {
 }
 
 /// What the progress lines read while the files are published.
-#[derive(Default)]
 struct Progress {
     events_read: AtomicU64,
     event_bytes_read: Arc<AtomicU64>,
-    event_bytes_total: AtomicU64,
+    event_bytes_total: u64,
 }
 
 /// Paces events to a rate: each waits for its slot.
@@ -236,7 +238,6 @@ struct Publisher<'a> {
     since_checkpoint: u64,
     checkpoint_every: u64,
     topics: &'a TopicsArgs,
-    dead_letter_source: &'static str,
 }
 
 enum Published {
@@ -305,7 +306,7 @@ impl Publisher<'_> {
             format!("{file}, record {line}: {why}"),
         );
         let headers = dead_letter::headers(
-            self.dead_letter_source,
+            STAGE,
             &rejection,
             topic,
             -1,
@@ -604,159 +605,29 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Option<usize>> {
     // One run per checkpoint at a time: a second command on the same files would publish
     // everything twice and count the run's dead letters twice.
     let _lock = checkpoint::Lock::take(&checkpoint_path)?;
-    let checkpoint = match Checkpoint::load(&checkpoint_path)? {
-        Some(checkpoint) if !checkpoint.complete => {
-            eprintln!(
-                "backfill: resuming run {} from {} ({} events published before)",
-                checkpoint.run_id,
-                checkpoint_path.display(),
-                thousands(checkpoint.events.published)
-            );
-            checkpoint
-        }
-        _ => {
-            let now = TimestampMicros::now();
-            let run_id = args.run_id.clone().unwrap_or_else(|| {
-                let stamp = now.to_string();
-                format!(
-                    "backfill-{}",
-                    stamp
-                        .chars()
-                        .filter(char::is_ascii_digit)
-                        .take(14)
-                        .collect::<String>()
-                )
-            });
-            Checkpoint::new(run_id, now.as_unix_millis())
-        }
-    };
-    let run_id = checkpoint.run_id.clone();
+    let checkpoint = open_run(&args, &checkpoint_path)?;
     eprintln!(
-        "backfill: run {run_id}: {} customer, {} order and {} event files; checkpoint {}",
+        "backfill: run {}: {} customer, {} order and {} event files; checkpoint {}",
+        checkpoint.run_id,
         inputs.customers.len(),
         inputs.orders.len(),
         inputs.events.len(),
         checkpoint_path.display()
     );
-
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let interrupted = interrupted.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("backfill: interrupted; finishing the chunk in flight");
-                interrupted.store(true, Ordering::Relaxed);
-            }
-        });
-    }
-
+    let interrupted = interrupted_by_ctrl_c();
     let client = args.clickhouse.client();
-    let progress = Arc::new(Progress::default());
     let checkpoint = if checkpoint.published {
         checkpoint
     } else {
-        let registrations =
-            registry::register_all(&args.registry.settings()?, &args.topics).await?;
-        let id_of = |topic: &str| {
-            registrations
-                .iter()
-                .find(|registration| {
-                    registration.subject == value_subject(topic) && registration.current
-                })
-                .map(|registration| registration.schema_id)
-                .with_context(|| format!("no schema registered for {topic}"))
-        };
-        let ids = (
-            id_of(&args.topics.customers)?,
-            id_of(&args.topics.orders)?,
-            id_of(&args.topics.raw_events)?,
-        );
-        let customer_versions = if inputs.customers.is_empty() {
-            Versions::new()
-        } else {
-            versions::<Customer>(&args.kafka, &args.registry, &args.topics.customers, ids.0).await?
-        };
-        let order_versions = if inputs.orders.is_empty() {
-            Versions::new()
-        } else {
-            versions::<Order>(&args.kafka, &args.registry, &args.topics.orders, ids.1).await?
-        };
-        progress.event_bytes_total.store(
-            inputs
-                .events
-                .iter()
-                .filter_map(|path| std::fs::metadata(path).ok())
-                .map(|metadata| metadata.len())
-                .sum(),
-            Ordering::Relaxed,
-        );
-        let reporter = tokio::spawn(report_publishing(
-            progress.clone(),
-            client.clone(),
-            run_id.clone(),
-            Duration::from_secs(args.progress_secs.max(1)),
-        ));
-        let mut config = args.kafka.producer_config();
-        config.set("queue.buffering.max.messages", "500000");
-        config.set("linger.ms", "20");
-        let producer: ThreadedProducer<Deliveries> =
-            config.create_with_context(Deliveries::default())?;
-        let topics = args.topics.clone();
-        let rate = args.rate;
-        let checkpoint_every = args.checkpoint_every;
-        let publishing = {
-            let interrupted = interrupted.clone();
-            let progress = progress.clone();
-            let path = checkpoint_path.clone();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<(Published, Checkpoint)> {
-                let mut publisher = Publisher {
-                    producer,
-                    pace: Pace::new(rate),
-                    interrupted: &interrupted,
-                    checkpoint,
-                    checkpoint_path: path,
-                    since_checkpoint: 0,
-                    checkpoint_every: checkpoint_every.max(1),
-                    topics: &topics,
-                    dead_letter_source: "backfill",
-                };
-                let steps: [&PublishStep<'_>; 3] = [
-                    &|publisher| {
-                        publish_reference::<Customer>(
-                            publisher,
-                            &inputs.customers,
-                            &topics.customers,
-                            ids.0,
-                            &customer_versions,
-                            |checkpoint| &mut checkpoint.customers,
-                        )
-                    },
-                    &|publisher| {
-                        publish_reference::<Order>(
-                            publisher,
-                            &inputs.orders,
-                            &topics.orders,
-                            ids.1,
-                            &order_versions,
-                            |checkpoint| &mut checkpoint.orders,
-                        )
-                    },
-                    &|publisher| publish_events(publisher, &inputs.events, ids.2, &progress),
-                ];
-                for step in steps {
-                    if let Published::Interrupted = step(&mut publisher)? {
-                        return Ok((Published::Interrupted, publisher.checkpoint));
-                    }
-                }
-                publisher.confirm()?;
-                publisher.checkpoint.published = true;
-                publisher.checkpoint.save(&publisher.checkpoint_path)?;
-                Ok((Published::Done, publisher.checkpoint))
-            })
-        };
-        let outcome = publishing.await;
-        reporter.abort();
-        let (published, checkpoint) = outcome??;
+        let (published, checkpoint) = publish_all(
+            &args,
+            inputs,
+            checkpoint,
+            &checkpoint_path,
+            &interrupted,
+            &client,
+        )
+        .await?;
         if let Published::Interrupted = published {
             eprintln!(
                 "backfill: stopped after {} events; run the same command to resume (checkpoint {})",
@@ -779,10 +650,182 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Option<usize>> {
         );
         return Ok(None);
     }
+    let published = Instant::now();
+    if !wait_for_pipeline(&args, &client, &checkpoint, &interrupted).await? {
+        return Ok(Some(1));
+    }
+    println!(
+        "backfill {}: in ClickHouse {} after this command started ({} after its last event was published)",
+        checkpoint.run_id,
+        duration(command_started.elapsed().as_secs_f64()),
+        duration(published.elapsed().as_secs_f64())
+    );
+    let reconciled = summarise(&args, &client, &checkpoint).await?;
+    let mut done = checkpoint;
+    done.complete = true;
+    done.save(&checkpoint_path)?;
+    Ok(Some(usize::from(!reconciled)))
+}
 
-    // The pipeline's commits say when the run is in.
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(args.wait_timeout_secs);
+/// The run a checkpoint holds and did not finish, or a new one.
+fn open_run(args: &BackfillArgs, checkpoint_path: &Path) -> anyhow::Result<Checkpoint> {
+    Ok(match Checkpoint::load(checkpoint_path)? {
+        Some(checkpoint) if !checkpoint.complete => {
+            eprintln!(
+                "backfill: resuming run {} from {} ({} events published before)",
+                checkpoint.run_id,
+                checkpoint_path.display(),
+                thousands(checkpoint.events.published)
+            );
+            checkpoint
+        }
+        _ => {
+            let now = TimestampMicros::now();
+            let run_id = args.run_id.clone().unwrap_or_else(|| {
+                let digits: String = now
+                    .to_string()
+                    .chars()
+                    .filter(char::is_ascii_digit)
+                    .take(14)
+                    .collect();
+                format!("backfill-{digits}")
+            });
+            Checkpoint::new(run_id, now.as_unix_millis())
+        }
+    })
+}
+
+/// Set once Ctrl-C is pressed: publishing stops after its chunk in flight, waiting at once.
+fn interrupted_by_ctrl_c() -> Arc<AtomicBool> {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("backfill: interrupted; finishing the chunk in flight");
+            flag.store(true, Ordering::Relaxed);
+        }
+    });
+    interrupted
+}
+
+/// Publishes what the checkpoint has not: customers, orders, then events, with progress lines.
+async fn publish_all(
+    args: &BackfillArgs,
+    inputs: Inputs,
+    checkpoint: Checkpoint,
+    checkpoint_path: &Path,
+    interrupted: &Arc<AtomicBool>,
+    client: &clickhouse::Client,
+) -> anyhow::Result<(Published, Checkpoint)> {
+    let registrations = registry::register_all(&args.registry.settings()?, &args.topics).await?;
+    let id_of = |topic: &str| {
+        registrations
+            .iter()
+            .find(|registration| {
+                registration.subject == value_subject(topic) && registration.current
+            })
+            .map(|registration| registration.schema_id)
+            .with_context(|| format!("no schema registered for {topic}"))
+    };
+    let ids = (
+        id_of(&args.topics.customers)?,
+        id_of(&args.topics.orders)?,
+        id_of(&args.topics.raw_events)?,
+    );
+    let customer_versions = if inputs.customers.is_empty() {
+        Versions::new()
+    } else {
+        versions::<Customer>(&args.kafka, &args.registry, &args.topics.customers, ids.0).await?
+    };
+    let order_versions = if inputs.orders.is_empty() {
+        Versions::new()
+    } else {
+        versions::<Order>(&args.kafka, &args.registry, &args.topics.orders, ids.1).await?
+    };
+    let progress = Arc::new(Progress {
+        events_read: AtomicU64::new(0),
+        event_bytes_read: Arc::new(AtomicU64::new(0)),
+        event_bytes_total: inputs
+            .events
+            .iter()
+            .filter_map(|path| std::fs::metadata(path).ok())
+            .map(|metadata| metadata.len())
+            .sum(),
+    });
+    let reporter = tokio::spawn(report_publishing(
+        progress.clone(),
+        client.clone(),
+        checkpoint.run_id.clone(),
+        Duration::from_secs(args.progress_secs.max(1)),
+    ));
+    let mut config = args.kafka.producer_config();
+    config.set("queue.buffering.max.messages", "500000");
+    config.set("linger.ms", "20");
+    let producer: ThreadedProducer<Deliveries> =
+        config.create_with_context(Deliveries::default())?;
+    let topics = args.topics.clone();
+    let (rate, checkpoint_every) = (args.rate, args.checkpoint_every);
+    let interrupted = interrupted.clone();
+    let checkpoint_path = checkpoint_path.to_path_buf();
+    let publishing = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let mut publisher = Publisher {
+            producer,
+            pace: Pace::new(rate),
+            interrupted: &interrupted,
+            checkpoint,
+            checkpoint_path,
+            since_checkpoint: 0,
+            checkpoint_every: checkpoint_every.max(1),
+            topics: &topics,
+        };
+        let steps: [&PublishStep<'_>; 3] = [
+            &|publisher| {
+                publish_reference::<Customer>(
+                    publisher,
+                    &inputs.customers,
+                    &topics.customers,
+                    ids.0,
+                    &customer_versions,
+                    |checkpoint| &mut checkpoint.customers,
+                )
+            },
+            &|publisher| {
+                publish_reference::<Order>(
+                    publisher,
+                    &inputs.orders,
+                    &topics.orders,
+                    ids.1,
+                    &order_versions,
+                    |checkpoint| &mut checkpoint.orders,
+                )
+            },
+            &|publisher| publish_events(publisher, &inputs.events, ids.2, &progress),
+        ];
+        for step in steps {
+            if let Published::Interrupted = step(&mut publisher)? {
+                return Ok((Published::Interrupted, publisher.checkpoint));
+            }
+        }
+        publisher.confirm()?;
+        publisher.checkpoint.published = true;
+        publisher.checkpoint.save(&publisher.checkpoint_path)?;
+        Ok((Published::Done, publisher.checkpoint))
+    });
+    let outcome = publishing.await;
+    reporter.abort();
+    outcome?
+}
+
+/// Waits until every stage has committed past what the run published (the pipeline's commits
+/// say when the run is in), with progress lines; `false` if interrupted or out of time.
+async fn wait_for_pipeline(
+    args: &BackfillArgs,
+    client: &clickhouse::Client,
+    checkpoint: &Checkpoint,
+    interrupted: &AtomicBool,
+) -> anyhow::Result<bool> {
+    let run_id = &checkpoint.run_id;
+    let deadline = Instant::now() + Duration::from_secs(args.wait_timeout_secs);
     let mut hops = [
         Hop::new("ingest", &args.groups.ingest_group, &args.topics.raw_events),
         Hop::new(
@@ -800,7 +843,7 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Option<usize>> {
     let mut last_line = Instant::now();
     let mut last_written = (
         Instant::now(),
-        drain::written_so_far(&client, &run_id).await.unwrap_or(0),
+        drain::written_so_far(client, run_id).await.unwrap_or(0),
     );
     let mut hop = 0;
     while hop < hops.len() {
@@ -811,7 +854,7 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Option<usize>> {
         }
         if interrupted.load(Ordering::Relaxed) {
             eprintln!("backfill: interrupted while waiting; run the same command to wait again");
-            return Ok(Some(1));
+            return Ok(false);
         }
         if Instant::now() > deadline {
             eprintln!(
@@ -821,11 +864,12 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Option<usize>> {
                 hops[hop].stage,
                 thousands(behind as u64)
             );
-            return Ok(Some(1));
+            return Ok(false);
         }
         if last_line.elapsed() >= interval {
             last_line = Instant::now();
-            let written = drain::written_so_far(&client, &run_id).await.unwrap_or(0);
+            // Progress only: a failed count shows as none written, the wait goes on.
+            let written = drain::written_so_far(client, run_id).await.unwrap_or(0);
             let rate = (written.saturating_sub(last_written.1)) as f64
                 / last_written.0.elapsed().as_secs_f64().max(0.001);
             last_written = (Instant::now(), written);
@@ -846,13 +890,20 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Option<usize>> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    Ok(true)
+}
 
-    // Reconcile.
-    let rows = drain::written(&client, &run_id).await?;
+/// Prints the run's summary; whether it reconciles.
+async fn summarise(
+    args: &BackfillArgs,
+    client: &clickhouse::Client,
+    checkpoint: &Checkpoint,
+) -> anyhow::Result<bool> {
+    let rows = drain::written(client, &checkpoint.run_id).await?;
     let dead_lettered = count_dead_letters(
         &args.kafka,
         &args.topics.dead_letter,
-        &run_id,
+        &checkpoint.run_id,
         checkpoint.started_at_ms,
     )?;
     let reconciliation = Reconciliation {
@@ -861,11 +912,6 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Option<usize>> {
         dead_lettered: dead_lettered.events,
         distinct_written: rows.keys,
     };
-    println!(
-        "backfill {run_id}: in ClickHouse {} after this command started ({} after its last event was published)",
-        duration(command_started.elapsed().as_secs_f64()),
-        duration(started.elapsed().as_secs_f64())
-    );
     print_counts("customers", &checkpoint.customers);
     print_counts("orders", &checkpoint.orders);
     println!(
@@ -891,18 +937,14 @@ pub async fn run(args: BackfillArgs) -> anyhow::Result<Option<usize>> {
         thousands(rows.rows),
         thousands(rows.keys)
     );
-    let mut done = checkpoint;
-    done.complete = true;
-    done.save(&checkpoint_path)?;
     if reconciliation.holds() {
         println!("  reconciled: every event read is written once, de-duplicated or dead-lettered");
-        Ok(Some(0))
     } else {
         println!(
             "  NOT reconciled: more written or dead-lettered than read, or a key written twice"
         );
-        Ok(Some(1))
     }
+    Ok(reconciliation.holds())
 }
 
 /// The run's dead letters, from the dead-letter topic since the run started: events (by the
@@ -946,7 +988,7 @@ fn count_dead_letters(
             return;
         }
         let stage = boomerang_runtime::kafka::header(message, dead_letter::STAGE);
-        if stage != Some(b"backfill".as_slice()) {
+        if stage != Some(STAGE.as_bytes()) {
             counted.events += 1;
         }
         let kind = boomerang_runtime::kafka::header(message, dead_letter::ERROR_KIND)
@@ -974,7 +1016,7 @@ async fn report_publishing(
             continue;
         }
         let bytes = progress.event_bytes_read.load(Ordering::Relaxed);
-        let total = progress.event_bytes_total.load(Ordering::Relaxed).max(1);
+        let total = progress.event_bytes_total.max(1);
         let fraction = (bytes as f64 / total as f64).clamp(0.0, 1.0);
         let elapsed = started.elapsed().as_secs_f64();
         let rate = read as f64 / elapsed.max(0.001);
