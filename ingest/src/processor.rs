@@ -400,7 +400,9 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
         }
         let in_live_window =
             decoded.value.occurred_at >= now.saturating_sub(self.settings.dedup_window);
-        if in_live_window {
+        // Live traffic is checked as it always was; only history older than the window is
+        // left to the sink, so that it is never remembered here.
+        if history.is_none() || in_live_window {
             let evicted_before = state.dedup.evicted_for_capacity();
             let verdict = state
                 .dedup
