@@ -138,7 +138,7 @@ fn valid_events(path: &Path) -> Vec<PostPurchaseEvent> {
         .expect("read the export")
         .lines()
         .filter_map(|line| avro_json::decode::<PostPurchaseEvent>(line).ok())
-        .filter(|event| event.quantity > 0)
+        .filter(|event| event.quantity > 0 && event.idempotency_key != "huge-event")
         .collect()
 }
 
@@ -192,6 +192,20 @@ async fn history_overlapping_live_traffic_loaded_twice_and_resumed_is_written_on
     ]);
     assert!(generated.status.success(), "gen --out");
     let events_file = world.join("events.jsonl");
+    // One event larger than the producer takes (`--max-record-bytes`, 1,000,000): the backfill
+    // dead-letters it instead of stopping.
+    {
+        use std::io::Write as _;
+        let mut huge = valid_events(&events_file)[0].clone();
+        huge.idempotency_key = "huge-event".into();
+        huge.event_id = "huge-event".into();
+        huge.attributes = [("blob".to_string(), "x".repeat(1_100_000))].into();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&events_file)
+            .expect("open the export");
+        writeln!(file, "{}", avro_json::encode(&huge).expect("encode")).expect("append");
+    }
     let valid = valid_events(&events_file);
     let distinct: HashSet<&str> = valid
         .iter()
@@ -291,6 +305,10 @@ async fn history_overlapping_live_traffic_loaded_twice_and_resumed_is_written_on
     assert!(
         stdout(&resumed).contains("published            0   not newer"),
         "reference data the topics hold is not published again"
+    );
+    assert!(
+        stdout(&resumed).contains("dead-lettered as record_too_large: 1"),
+        "the oversized event is dead-lettered by the backfill"
     );
     assert!(
         String::from_utf8_lossy(&resumed.stderr).contains("resuming run history-resumed"),

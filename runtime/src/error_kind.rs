@@ -69,7 +69,7 @@ kinds! {
             "the writer schema cannot be resolved to the topic's current schema";
         Undecodable => "undecodable", ["ingest", "enrich", "sink"],
             "the Avro datum does not decode with its writer schema";
-        RecordTooLarge => "record_too_large", ["ingest", "enrich"],
+        RecordTooLarge => "record_too_large", ["ingest", "enrich", "backfill"],
             "the record's output would exceed --max-record-bytes";
         EmptyIdentifier => "empty_identifier", ["ingest"],
             "an identifier (event, key, case, order, line, customer, SKU) is empty";

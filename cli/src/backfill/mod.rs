@@ -31,12 +31,14 @@ use boomerang_clickhouse::ClickhouseArgs;
 use boomerang_runtime::dead_letter::{self, Rejection};
 use boomerang_runtime::error_kind::DeadLetterKind;
 use boomerang_runtime::kafka::KafkaArgs;
+use boomerang_runtime::record_size;
 use boomerang_runtime::registry::{self, RegistryArgs};
-use boomerang_runtime::stage_loop::HISTORY_HEADER;
+use boomerang_runtime::stage_loop::{HISTORY_HEADER, InputRecord};
 use boomerang_runtime::topics::{TopicsArgs, value_subject};
 use boomerang_runtime::wire;
 use boomerang_schemas::{AvroRecord, Customer, Order, PostPurchaseEvent, TimestampMicros, codec};
 use rdkafka::ClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
@@ -46,6 +48,10 @@ use self::input::Item;
 
 /// The stage the backfill's own dead letters name.
 const STAGE: &str = "backfill";
+
+/// On a dead letter the backfill makes itself: the file and record it came from, which tells
+/// one such record from another when their bytes are the same or were left out.
+const PLACE_HEADER: &str = "boomerang.backfill.record";
 
 /// On an event line the backfill could not read, published as it is: why not (the dead letter
 /// ingest makes of it keeps the header).
@@ -237,6 +243,8 @@ struct Publisher<'a> {
     checkpoint_path: PathBuf,
     since_checkpoint: u64,
     checkpoint_every: u64,
+    /// What the producer takes (`--max-record-bytes`): a larger record is dead-lettered.
+    max_record_bytes: usize,
     topics: &'a TopicsArgs,
 }
 
@@ -249,17 +257,107 @@ enum Published {
 type PublishStep<'a> = dyn Fn(&mut Publisher<'_>) -> anyhow::Result<Published> + 'a;
 
 impl Publisher<'_> {
-    fn send(&mut self, record: BaseRecord<'_, [u8], [u8]>) {
+    /// Hands a record to the producer, waiting while its queue is full. Any other refusal
+    /// (an unknown topic, a broker-side limit) stops the run: the checkpoint keeps what was
+    /// confirmed. A record's size is checked before, by [`Self::publish`].
+    fn send(&mut self, record: BaseRecord<'_, [u8], [u8]>) -> anyhow::Result<()> {
         let mut record = record;
         loop {
             match self.producer.send(record) {
-                Ok(()) => return,
-                Err((_, back)) => {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     std::thread::sleep(Duration::from_millis(5));
                 }
+                Err((error, _)) => anyhow::bail!("the producer refused a record: {error}"),
             }
         }
+    }
+
+    /// Publishes a record of `file` (its `record`th) to `topic` with `headers`, or, when it is
+    /// larger than the producer takes, dead-letters it (`record_too_large`, as ingest and enrich
+    /// do) instead of refusing it for ever; `false` then.
+    fn publish(
+        &mut self,
+        topic: &str,
+        (file, record): (&str, u64),
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(&str, &[u8])],
+    ) -> anyhow::Result<bool> {
+        let size = record_size::wire_size(
+            key,
+            Some(value),
+            headers.iter().map(|(name, value)| (*name, Some(*value))),
+        );
+        if size > self.max_record_bytes {
+            let why = format!(
+                "{size} bytes, more than the {} the producer takes",
+                self.max_record_bytes
+            );
+            self.dead_letter(
+                topic,
+                (file, record),
+                (key, value),
+                Rejection::new(DeadLetterKind::RecordTooLarge, why),
+            )?;
+            return Ok(false);
+        }
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        for (name, value) in headers {
+            owned = owned.insert(Header {
+                key: name,
+                value: Some(*value),
+            });
+        }
+        let mut base = BaseRecord::to(topic).payload(value).headers(owned);
+        if let Some(key) = key {
+            base = base.key(key);
+        }
+        self.send(base)?;
+        Ok(true)
+    }
+
+    /// Dead-letters a record of `file` bound for `topic`, as a stage would
+    /// (`dead_letter::record`: within the producer's limit, what does not fit left out and
+    /// marked), naming the run and the record's place in headers of its own.
+    fn dead_letter(
+        &mut self,
+        topic: &str,
+        (file, record): (&str, u64),
+        (key, value): (Option<&[u8]>, &[u8]),
+        rejection: Rejection,
+    ) -> anyhow::Result<()> {
+        let place = format!("{file}, record {record}");
+        let mut headers = boomerang_runtime::stage_loop::Headers::with_capacity(2, 64, 64);
+        headers.push(HISTORY_HEADER, Some(self.checkpoint.run_id.as_bytes()));
+        headers.push(PLACE_HEADER, Some(place.as_bytes()));
+        let original = InputRecord::new(Arc::from(topic), -1, record as i64, key, Some(value))
+            .with_headers(headers);
+        let rejection = Rejection {
+            message: format!("{place}: {}", rejection.message),
+            ..rejection
+        };
+        let dead_letter = dead_letter::record(
+            STAGE,
+            &self.topics.dead_letter,
+            &original,
+            &rejection,
+            TimestampMicros::now().as_unix_millis(),
+            self.max_record_bytes,
+        );
+        let mut owned = OwnedHeaders::new_with_capacity(dead_letter.headers.len());
+        for (name, value) in dead_letter.headers.iter() {
+            owned = owned.insert(Header { key: name, value });
+        }
+        let mut base = BaseRecord::to(&dead_letter.topic).headers(owned);
+        if let Some(key) = &dead_letter.key {
+            base = base.key(key.as_slice());
+        }
+        if let Some(value) = &dead_letter.value {
+            base = base.payload(value.as_slice());
+        }
+        self.send(base)
     }
 
     /// Waits for every record handed over; fails if the brokers refused any.
@@ -296,45 +394,6 @@ impl Publisher<'_> {
         self.checkpoint.save(&self.checkpoint_path)?;
         self.since_checkpoint = 0;
         Ok(())
-    }
-
-    /// Dead-letters a reference record that could not be read, as a stage would: its bytes,
-    /// the topic it was bound for, and the file and record number in the message.
-    fn dead_letter(&mut self, topic: &str, file: &str, line: u64, bytes: Vec<u8>, why: &str) {
-        let rejection = Rejection::new(
-            DeadLetterKind::UnreadableBackfillRecord,
-            format!("{file}, record {line}: {why}"),
-        );
-        let headers = dead_letter::headers(
-            STAGE,
-            &rejection,
-            topic,
-            -1,
-            line as i64,
-            TimestampMicros::now().as_unix_millis(),
-        );
-        let place = format!("{file}, record {line}");
-        let mut owned = OwnedHeaders::new_with_capacity(headers.len() + 2)
-            .insert(Header {
-                key: HISTORY_HEADER,
-                value: Some(self.checkpoint.run_id.as_bytes()),
-            })
-            .insert(Header {
-                key: UNREADABLE_HEADER,
-                value: Some(place.as_bytes()),
-            });
-        for (name, value) in &headers {
-            owned = owned.insert(Header {
-                key: name,
-                value: Some(value.as_bytes()),
-            });
-        }
-        let topic = self.topics.dead_letter.clone();
-        self.send(
-            BaseRecord::to(&topic)
-                .payload(bytes.as_slice())
-                .headers(owned),
-        );
     }
 }
 
@@ -464,20 +523,19 @@ fn publish_reference<R: Reference>(
                         Some(None) => false,
                         Some(Some(held)) => record.updated_at().as_unix_micros() > *held,
                     };
-                    if newer {
-                        let value = codec::encode_framed(schema_id, &record)?;
-                        publisher.send(
-                            BaseRecord::to(topic)
-                                .key(record.id().as_bytes())
-                                .payload(value.as_slice()),
-                        );
-                        counts(&mut publisher.checkpoint).published += 1;
-                    } else {
+                    if !newer {
                         counts(&mut publisher.checkpoint).not_newer += 1;
+                    } else {
+                        let value = codec::encode_framed(schema_id, &record)?;
+                        let key = Some(record.id().as_bytes());
+                        if publisher.publish(topic, (file, position), key, &value, &[])? {
+                            counts(&mut publisher.checkpoint).published += 1;
+                        }
                     }
                 }
                 Item::Unreadable { bytes, why } => {
-                    publisher.dead_letter(topic, file, position, bytes, &why);
+                    let rejection = Rejection::new(DeadLetterKind::UnreadableBackfillRecord, why);
+                    publisher.dead_letter(topic, (file, position), (None, &bytes), rejection)?;
                     counts(&mut publisher.checkpoint).unreadable += 1;
                 }
             }
@@ -506,39 +564,27 @@ fn publish_events(
             if let Some(pace) = &mut publisher.pace {
                 pace.wait();
             }
-            let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
-                key: HISTORY_HEADER,
-                value: Some(run_id.as_bytes()),
-            });
-            match item {
+            let run = (HISTORY_HEADER, run_id.as_bytes());
+            let published = match item {
                 Item::Record(event) => {
                     value.clear();
                     wire::start_frame(schema_id, &mut value);
                     codec::encode_into(&event, &mut value)?;
-                    publisher.send(
-                        BaseRecord::to(&topic)
-                            .key(event.order_id.as_bytes())
-                            .payload(value.as_slice())
-                            .headers(headers),
-                    );
+                    let key = Some(event.order_id.as_bytes());
+                    publisher.publish(&topic, (file, position), key, &value, &[run])?
                 }
                 Item::Unreadable { bytes, why } => {
                     // As it is: ingest dead-letters it with its bytes, like any bad input, and
                     // the dead letter keeps why the backfill could not read it.
                     publisher.checkpoint.events.unreadable += 1;
                     let why = format!("{file}, record {position}: {why}");
-                    let headers = headers.insert(Header {
-                        key: UNREADABLE_HEADER,
-                        value: Some(why.as_bytes()),
-                    });
-                    publisher.send(
-                        BaseRecord::to(&topic)
-                            .payload(bytes.as_slice())
-                            .headers(headers),
-                    );
+                    let headers = [run, (UNREADABLE_HEADER, why.as_bytes())];
+                    publisher.publish(&topic, (file, position), None, &bytes, &headers)?
                 }
+            };
+            if published {
+                publisher.checkpoint.events.published += 1;
             }
-            publisher.checkpoint.events.published += 1;
             Ok(())
         },
     )
@@ -765,6 +811,7 @@ async fn publish_all(
         config.create_with_context(Deliveries::default())?;
     let topics = args.topics.clone();
     let (rate, checkpoint_every) = (args.rate, args.checkpoint_every);
+    let max_record_bytes = args.kafka.max_record_bytes;
     let interrupted = interrupted.clone();
     let checkpoint_path = checkpoint_path.to_path_buf();
     let publishing = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -776,6 +823,7 @@ async fn publish_all(
             checkpoint_path,
             since_checkpoint: 0,
             checkpoint_every: checkpoint_every.max(1),
+            max_record_bytes,
             topics: &topics,
         };
         let steps: [&PublishStep<'_>; 3] = [
@@ -902,7 +950,7 @@ async fn summarise(
     let rows = drain::written(client, &checkpoint.run_id).await?;
     let dead_lettered = count_dead_letters(
         &args.kafka,
-        &args.topics.dead_letter,
+        &args.topics,
         &checkpoint.run_id,
         checkpoint.started_at_ms,
     )?;
@@ -960,7 +1008,9 @@ struct DeadLettered {
 fn original_hash(message: &impl rdkafka::Message) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    match boomerang_runtime::kafka::header(message, UNREADABLE_HEADER) {
+    let place = boomerang_runtime::kafka::header(message, PLACE_HEADER)
+        .or_else(|| boomerang_runtime::kafka::header(message, UNREADABLE_HEADER));
+    match place {
         Some(place) => place.hash(&mut hasher),
         None => {
             message.key().hash(&mut hasher);
@@ -972,10 +1022,11 @@ fn original_hash(message: &impl rdkafka::Message) -> u64 {
 
 fn count_dead_letters(
     kafka: &KafkaArgs,
-    topic: &str,
+    topics: &TopicsArgs,
     run_id: &str,
     since_ms: i64,
 ) -> anyhow::Result<DeadLettered> {
+    let topic = &topics.dead_letter;
     let mut counted = DeadLettered {
         events: 0,
         by_kind: HashMap::new(),
@@ -987,8 +1038,10 @@ fn count_dead_letters(
         if run != Some(run_id.as_bytes()) || !seen.insert(original_hash(message)) {
             return;
         }
+        // The backfill's own dead letters of customers and orders are not events'.
         let stage = boomerang_runtime::kafka::header(message, dead_letter::STAGE);
-        if stage != Some(STAGE.as_bytes()) {
+        let source = boomerang_runtime::kafka::header(message, dead_letter::SOURCE_TOPIC);
+        if stage != Some(STAGE.as_bytes()) || source == Some(topics.raw_events.as_bytes()) {
             counted.events += 1;
         }
         let kind = boomerang_runtime::kafka::header(message, dead_letter::ERROR_KIND)
