@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::io::{BufRead, ErrorKind, Read};
 
-use anyhow::Context;
 use boomerang_schemas::AvroRecord;
 
 use super::input::Item;
@@ -38,9 +37,26 @@ fn read_long(reader: &mut impl Read) -> std::io::Result<i64> {
     Ok((value >> 1) as i64 ^ -((value & 1) as i64))
 }
 
+/// The most bytes one block (or one header entry) may declare: a corrupt length must not make
+/// the reader allocate what the machine does not have. Writers cut blocks at tens of KiB to a
+/// few MiB.
+const MAX_BLOCK_BYTES: usize = 256 << 20;
+
+/// A declared length, checked against [`MAX_BLOCK_BYTES`].
+fn length(declared: i64) -> std::io::Result<usize> {
+    usize::try_from(declared)
+        .ok()
+        .filter(|length| *length <= MAX_BLOCK_BYTES)
+        .ok_or_else(|| {
+            std::io::Error::new(
+                ErrorKind::InvalidData,
+                format!("a length of {declared} bytes: the file is corrupt"),
+            )
+        })
+}
+
 fn read_bytes(reader: &mut impl Read) -> std::io::Result<Vec<u8>> {
-    let length = usize::try_from(read_long(reader)?)
-        .map_err(|_| std::io::Error::new(ErrorKind::InvalidData, "a negative length"))?;
+    let length = length(read_long(reader)?)?;
     let mut bytes = vec![0u8; length];
     reader.read_exact(&mut bytes)?;
     Ok(bytes)
@@ -128,8 +144,7 @@ impl<R: BufRead, T: AvroRecord> Blocks<R, T> {
             return Ok(false);
         }
         let count = read_long(&mut self.reader)?;
-        let size =
-            usize::try_from(read_long(&mut self.reader)?).context("a negative block size")?;
+        let size = length(read_long(&mut self.reader)?)?;
         self.block.resize(size, 0);
         self.reader.read_exact(&mut self.block)?;
         let mut sync = [0u8; 16];
@@ -206,6 +221,18 @@ mod tests {
             .collect();
         assert_eq!(records.len(), 2_500);
         assert_eq!(records[1_234], sample(1_234));
+    }
+
+    #[test]
+    fn a_corrupt_length_is_refused_not_allocated() {
+        assert!(length(-1).is_err());
+        assert!(length(i64::MAX).is_err());
+        assert_eq!(length(1024).ok(), Some(1024));
+        // A header whose first metadata entry claims 2^62 bytes.
+        let mut file = b"Obj\x01".to_vec();
+        file.push(2); // one entry
+        file.extend([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+        assert!(read_header(&mut file.as_slice()).is_err());
     }
 
     #[test]
