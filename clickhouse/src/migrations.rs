@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_backfill.sql",
         sql: include_str!("../../deploy/clickhouse/migrations/0005_backfill.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_intelligence.sql",
+        sql: include_str!("../../deploy/clickhouse/migrations/0006_intelligence.sql"),
+    },
 ];
 
 const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \
