@@ -88,6 +88,12 @@ pub struct GenArgs {
     /// move one across.
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     pub live_window_secs: u64,
+    /// Enrich's return window (`--return-window-days`), for the truth's risk flags.
+    #[arg(long, env = "BOOMERANG_RETURN_WINDOW_DAYS", default_value_t = 30)]
+    pub return_window_days: i64,
+    /// The sink's refund SLA (`--refund-sla-hours`), for the truth's breaches.
+    #[arg(long, env = "BOOMERANG_REFUND_SLA_HOURS", default_value_t = 72)]
+    pub refund_sla_hours: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -167,6 +173,7 @@ pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
         exchange_rate: 0.15,
         exchange_cancel_rate: 0.1,
         warranty_approval_rate: 0.7,
+        anomalies: world::Anomalies::default(),
     };
     let started = Instant::now();
     let now = TimestampMicros::now();
@@ -236,6 +243,15 @@ pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
         ..Truth::default()
     };
     truth::analytics(&mut truth, &published_events, &published_orders);
+    truth.intelligence = truth::cases::intelligence(
+        &published_events,
+        &published_orders,
+        truth::cases::Thresholds {
+            return_window_days: args.return_window_days,
+            refund_sla_hours: args.refund_sla_hours,
+            ..truth::cases::Thresholds::default()
+        },
+    );
     if let Some(folder) = args.truth.parent() {
         std::fs::create_dir_all(folder)?;
     }
@@ -335,7 +351,9 @@ async fn publish<'w>(
     let mut due: Vec<(usize, &str)> = Vec::new();
     let mut scheduled: HashSet<&str> = HashSet::new();
     for (index, event) in world.events.iter().enumerate() {
-        let value = if dice.chance(args.previous_version_rate) {
+        // Version 1 has no disposition: the warehouse, which sends one, is on version 2.
+        let previous_version = dice.chance(args.previous_version_rate);
+        let value = if previous_version && event.disposition.is_none() {
             let mut value = Vec::with_capacity(256);
             wire::start_frame(previous_event_id, &mut value);
             value.extend(codec::encode_for_writer_schema(event, &previous_schema)?);

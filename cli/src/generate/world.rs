@@ -159,6 +159,45 @@ pub struct WorldShape {
     pub exchange_cancel_rate: f64,
     /// Share of warranty claims approved.
     pub warranty_approval_rate: f64,
+    /// What real data gets wrong or worth a look, each with its own frequency (see
+    /// [`Anomalies`]).
+    pub anomalies: Anomalies,
+}
+
+/// The situations the intelligence objects exist for, each drawn with a known frequency: a
+/// risk flag to raise or a data-quality problem to surface, never to hide.
+#[derive(Debug, Clone)]
+pub struct Anomalies {
+    /// Share of customers who return far more than others (three times the category's rate).
+    pub serial_returner_rate: f64,
+    /// Share of refunds above what the units cost (a shipping fee refunded on top).
+    pub refund_above_cost_rate: f64,
+    /// Share of return requests made after the 30-day return window.
+    pub late_request_rate: f64,
+    /// Share of returned lines returned a second time in a case of their own, for all the
+    /// units again: more units returned than sold.
+    pub second_return_rate: f64,
+    /// Share of return cases whose request is published twice under two keys, the second
+    /// naming another return method.
+    pub duplicate_request_rate: f64,
+    /// Share of refunds whose producer's clock put them before the request.
+    pub refund_clock_skew_rate: f64,
+    /// Share of rejected cases refunded all the same.
+    pub refund_after_rejection_rate: f64,
+}
+
+impl Default for Anomalies {
+    fn default() -> Self {
+        Self {
+            serial_returner_rate: 0.02,
+            refund_above_cost_rate: 0.01,
+            late_request_rate: 0.03,
+            second_return_rate: 0.01,
+            duplicate_request_rate: 0.01,
+            refund_clock_skew_rate: 0.005,
+            refund_after_rejection_rate: 0.05,
+        }
+    }
 }
 
 pub struct World {
@@ -180,6 +219,7 @@ fn line_category(line: &OrderLine) -> &'static Category {
 pub fn build(shape: &WorldShape, now: TimestampMicros) -> World {
     let mut dice = Dice::new(shape.seed);
     let now_micros = now.as_unix_micros();
+    let anomalies = &shape.anomalies;
     let customers: Vec<Customer> = (0..shape.customers)
         .map(|n| Customer {
             customer_id: format!("cus-{n:07}"),
@@ -191,6 +231,10 @@ pub fn build(shape: &WorldShape, now: TimestampMicros) -> World {
             analytics_consent: dice.chance(0.9),
             updated_at: TimestampMicros::from_unix_micros(now_micros - 90 * DAY),
         })
+        .collect();
+    // Serial returners, drawn apart so the customers themselves stay the same.
+    let serial: Vec<bool> = (0..customers.len())
+        .map(|_| dice.chance(anomalies.serial_returner_rate))
         .collect();
     let category_weights: Vec<(usize, u32)> = CATEGORIES
         .iter()
@@ -217,11 +261,10 @@ pub fn build(shape: &WorldShape, now: TimestampMicros) -> World {
                 }
             })
             .collect();
+        let customer = dice.below(customers.len() as u64) as usize;
         let order = Order {
             order_id: order_id.clone(),
-            customer_id: customers[dice.below(customers.len() as u64) as usize]
-                .customer_id
-                .clone(),
+            customer_id: customers[customer].customer_id.clone(),
             channel,
             currency: "EUR".into(),
             placed_at: TimestampMicros::from_unix_micros(placed),
@@ -231,7 +274,12 @@ pub fn build(shape: &WorldShape, now: TimestampMicros) -> World {
         };
         for line in &order.lines {
             let category = line_category(line);
-            if dice.chance(category.return_rate) {
+            let return_rate = if serial[customer] {
+                (category.return_rate * 3.0).min(0.9)
+            } else {
+                category.return_rate
+            };
+            if dice.chance(return_rate) {
                 case_number += 1;
                 return_case(
                     shape,
@@ -242,6 +290,18 @@ pub fn build(shape: &WorldShape, now: TimestampMicros) -> World {
                     case_number,
                     &mut events,
                 );
+                if dice.chance(anomalies.second_return_rate) {
+                    case_number += 1;
+                    return_case(
+                        shape,
+                        &mut dice,
+                        &order,
+                        line,
+                        delivered,
+                        case_number,
+                        &mut events,
+                    );
+                }
             }
             if category.warranty_rate > 0.0 && dice.chance(category.warranty_rate) {
                 case_number += 1;
@@ -336,19 +396,49 @@ fn return_case(
         case_id: format!("rma-{case_number:08}"),
         events,
     };
-    let requested = delivered + dice.between(DAY, 20 * DAY);
+    let anomalies = &shape.anomalies;
+    let requested = if dice.chance(anomalies.late_request_rate) {
+        delivered + dice.between(31 * DAY, 45 * DAY)
+    } else {
+        delivered + dice.between(DAY, 20 * DAY)
+    };
     let method = *dice.pick(METHODS);
     let reason = *dice.pick(category.reasons);
     let request = case.emit(EventType::ReturnRequested, requested, Outcome::Pending);
     request.reason = Some(reason);
     request.reason_text = Some("Free text from the customer, which may name people.".into());
     request.method = Some(method);
-    if dice.chance(shape.rejection_rate) {
-        case.emit(
-            EventType::ReturnRejected,
-            requested + dice.between(6 * HOUR, 2 * DAY),
-            Outcome::Denied,
+    if dice.chance(anomalies.duplicate_request_rate) {
+        // The portal publishes the request again under a key of its own, with another method.
+        let again = case.emit(
+            EventType::ReturnRequested,
+            requested + dice.between(HOUR, 6 * HOUR),
+            Outcome::Pending,
         );
+        again.event_id.push_str("-again");
+        again.idempotency_key.push_str(":again");
+        again.reason = Some(reason);
+        again.method = Some(if method == ReturnMethod::Mail {
+            ReturnMethod::DropOff
+        } else {
+            ReturnMethod::Mail
+        });
+    }
+    let amount = Money::new(
+        line.unit_price_minor * i64::from(line.quantity),
+        order.currency.clone(),
+    );
+    if dice.chance(shape.rejection_rate) {
+        let rejected = requested + dice.between(6 * HOUR, 2 * DAY);
+        case.emit(EventType::ReturnRejected, rejected, Outcome::Denied);
+        if dice.chance(anomalies.refund_after_rejection_rate) {
+            case.emit(
+                EventType::RefundIssued,
+                rejected + dice.between(HOUR, DAY),
+                Outcome::Completed,
+            )
+            .amount = Some(amount);
+        }
         return;
     }
     let approved = requested + dice.between(HOUR, 12 * HOUR);
@@ -400,17 +490,25 @@ fn return_case(
     case.emit(EventType::ReturnReceived, received, Outcome::Completed);
     let inspected = received + dice.between(2 * HOUR, 2 * DAY);
     let disposition = if reason == ReasonCode::Defective {
-        Disposition::Refurbish
+        *dice.pick(&[(Disposition::Refurbish, 70), (Disposition::Recycle, 30)])
     } else {
-        Disposition::Restock
+        *dice.pick(&[
+            (Disposition::Restock, 80),
+            (Disposition::Resell, 15),
+            (Disposition::Dispose, 5),
+        ])
     };
     case.emit(EventType::ReturnInspected, inspected, Outcome::Completed)
         .disposition = Some(disposition);
-    let refunded_at = inspected + dice.between(2 * HOUR, 3 * DAY);
-    let amount = Money::new(
-        line.unit_price_minor * i64::from(line.quantity),
-        order.currency.clone(),
-    );
+    let refunded_at = if dice.chance(anomalies.refund_clock_skew_rate) {
+        requested - dice.between(HOUR, 3 * HOUR)
+    } else {
+        inspected + dice.between(2 * HOUR, 3 * DAY)
+    };
+    let mut amount = amount;
+    if dice.chance(anomalies.refund_above_cost_rate) {
+        amount.amount_minor += 495; // shipping refunded on top
+    }
     let refund_type = if dice.chance(0.8) {
         EventType::RefundIssued
     } else {

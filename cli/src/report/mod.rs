@@ -4,6 +4,8 @@
 //! With a ground truth (`boomerang gen --truth`), each figure stands beside the expected one and
 //! any difference is marked; `--wait` first waits until every stage has drained.
 
+mod intelligence;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -450,6 +452,12 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<usize> {
         ))
     );
     println!();
+    intelligence::print(
+        &mut report,
+        &args.clickhouse.client(),
+        truth.as_ref().map(|truth| &truth.intelligence),
+    )
+    .await?;
     println!("Where to look next");
     println!(
         "  ClickHouse  {} (database {})",

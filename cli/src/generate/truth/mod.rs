@@ -1,6 +1,9 @@
 //! The ground truth of a generated world: what every stage should count and what every
 //! analytics object should answer, computed here from what was published, by the same
-//! definitions the ClickHouse views use (`deploy/clickhouse/migrations/0002_analytics.sql`).
+//! definitions the ClickHouse views use (`deploy/clickhouse/migrations/0002_analytics.sql`,
+//! and `0006_intelligence.sql`, whose rules for data that disagrees with itself apply to both).
+
+pub mod cases;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -58,6 +61,10 @@ pub struct Truth {
     /// Warranty claims decided, and approved.
     pub warranty_decided: u64,
     pub warranty_approved: u64,
+    /// Repeat purchase, money, operations, dispositions, risk flags, the refund SLA and data
+    /// quality (`cases.rs`).
+    #[serde(default)]
+    pub intelligence: cases::Intelligence,
 }
 
 /// quantileExact: the value at position floor(level * n) of the sorted values.
@@ -130,13 +137,17 @@ pub fn analytics(truth: &mut Truth, events: &[&PostPurchaseEvent], orders: &[&Or
                 }
             }
         }
+        // Refund time: not for a rejected case, nor when the refund came out before the
+        // request (both in data quality instead).
         if let (Some(requested), Some(refunded)) = (
             first_at(case, &[EventType::ReturnRequested]),
             first_at(
                 case,
                 &[EventType::RefundIssued, EventType::StoreCreditIssued],
             ),
-        ) {
+        ) && !has(case, &[EventType::ReturnRejected])
+            && refunded >= requested
+        {
             refund_micros.push(refunded - requested);
         }
         if has(
