@@ -1,7 +1,9 @@
 //! The join itself: an event, the reference tables, and what enrich adds to the event.
 
 use boomerang_runtime::pseudonym::Pseudonymiser;
-use boomerang_schemas::{EnrichedPostPurchaseEvent, Money, PostPurchaseEvent, TimestampMicros};
+use boomerang_schemas::{
+    EnrichedPostPurchaseEvent, EventType, Money, PostPurchaseEvent, TimestampMicros,
+};
 
 use crate::tables::{CustomerRef, OrderRef, RefKey, ReferenceTables, ref_key};
 
@@ -83,6 +85,48 @@ impl JoinOutcome {
             JoinOutcome::OrderAndCustomerMissing => "order_and_customer_missing",
             JoinOutcome::OrderLineMissing => "order_line_missing",
         }
+    }
+}
+
+/// A risk one event is enough to see, counted in `boomerang_enrich_risk_flags_total`. The
+/// ClickHouse object `flagged_cases` applies the same rules per case, beside those that need
+/// history (quantity above sold, return velocity, serial returners).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RiskFlag {
+    /// A refund or store credit above the units' price on the order line (same currency).
+    RefundAboveLineCost,
+    /// A return requested after the return window (`--return-window-days` after delivery).
+    RequestedAfterWindow,
+}
+
+impl RiskFlag {
+    pub const ALL: [RiskFlag; 2] = [
+        RiskFlag::RefundAboveLineCost,
+        RiskFlag::RequestedAfterWindow,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RiskFlag::RefundAboveLineCost => "refund_above_line_cost",
+            RiskFlag::RequestedAfterWindow => "requested_after_window",
+        }
+    }
+}
+
+/// The one-event risk of an enriched event, if it shows one.
+pub fn risk_flag(enriched: &EnrichedPostPurchaseEvent) -> Option<RiskFlag> {
+    let event = &enriched.event;
+    match event.event_type {
+        EventType::RefundIssued | EventType::StoreCreditIssued => {
+            let (amount, price) = (event.amount.as_ref()?, enriched.line_unit_price.as_ref()?);
+            let cost = price.amount_minor.checked_mul(i64::from(event.quantity))?;
+            (amount.currency == price.currency && amount.amount_minor > cost)
+                .then_some(RiskFlag::RefundAboveLineCost)
+        }
+        EventType::ReturnRequested => {
+            (enriched.within_return_window == Some(false)).then_some(RiskFlag::RequestedAfterWindow)
+        }
+        _ => None,
     }
 }
 
@@ -206,6 +250,45 @@ mod tests {
             !enriched.order_missing && !enriched.customer_missing && !enriched.order_line_missing
         );
         assert_eq!(enriched.enriched_at, TimestampMicros::from_unix_micros(7));
+    }
+
+    #[test]
+    fn one_event_risks_follow_their_rules() {
+        let day = MICROS_PER_DAY;
+        let tables = tables_with(true, Some(10 * day));
+        let mut request = event();
+        request.order_line_id = "o-1/2".into();
+        request.event_type = EventType::ReturnRequested;
+        request.occurred_at = TimestampMicros::from_unix_micros(45 * day);
+        let (late, _) = joined(&tables, request.clone());
+        assert_eq!(risk_flag(&late), Some(RiskFlag::RequestedAfterWindow));
+        request.occurred_at = TimestampMicros::from_unix_micros(40 * day);
+        let (in_time, _) = joined(&tables, request.clone());
+        assert_eq!(risk_flag(&in_time), None, "day 30 after delivery is inside");
+
+        // The line costs 19,900 a unit.
+        let mut refund = request;
+        refund.event_type = EventType::RefundIssued;
+        refund.quantity = 2;
+        let flag_for = |amount: Money| {
+            let mut refund = refund.clone();
+            refund.amount = Some(amount);
+            risk_flag(&joined(&tables, refund).0)
+        };
+        assert_eq!(flag_for(Money::new(39_800, "EUR")), None);
+        assert_eq!(
+            flag_for(Money::new(39_801, "EUR")),
+            Some(RiskFlag::RefundAboveLineCost)
+        );
+        assert_eq!(
+            flag_for(Money::new(39_801, "USD")),
+            None,
+            "another currency"
+        );
+        let mut unknown_line = refund.clone();
+        unknown_line.order_line_id = "o-1/9".into();
+        unknown_line.amount = Some(Money::new(1_000_000, "EUR"));
+        assert_eq!(risk_flag(&joined(&tables, unknown_line).0), None);
     }
 
     #[test]

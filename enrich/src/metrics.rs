@@ -6,7 +6,7 @@ use prometheus::{
 
 use boomerang_runtime::metrics::{Errors, Metrics};
 
-use crate::join::JoinOutcome;
+use crate::join::{JoinOutcome, RiskFlag};
 
 #[derive(Clone)]
 pub struct EnrichMetrics {
@@ -28,6 +28,8 @@ pub struct EnrichMetrics {
     join_outcome_counters: Vec<IntCounter>,
     /// Reference table loads at start-up, by table and where they started (snapshot, topic).
     pub reference_restores: IntCounterVec,
+    /// Events showing a one-event risk, by flag ([`RiskFlag`]).
+    pub risk_flags: IntCounterVec,
     /// Events not emitted because their customer asked, after the event, to be forgotten.
     pub events_erased: IntCounter,
     /// The process's `boomerang_errors_total`, for the loaders' retries.
@@ -49,6 +51,11 @@ impl EnrichMetrics {
                 .with_label_values(&[outcome.as_str()])
                 .inc(),
         }
+    }
+
+    /// Counts one event that shows `flag`.
+    pub fn count_risk(&self, flag: RiskFlag) {
+        self.risk_flags.with_label_values(&[flag.as_str()]).inc();
     }
 
     pub fn register(process: &Metrics) -> prometheus::Result<Self> {
@@ -108,6 +115,13 @@ impl EnrichMetrics {
                 ),
                 &["table", "source"],
             )?,
+            risk_flags: IntCounterVec::new(
+                Opts::new(
+                    "boomerang_enrich_risk_flags_total",
+                    "Events showing a risk one event is enough to see, by flag: refund_above_line_cost (a refund or store credit above the units' price on the order line), requested_after_window (a return requested after the return window). ClickHouse's flagged_cases lists the cases.",
+                ),
+                &["flag"],
+            )?,
             events_erased: IntCounter::new(
                 "boomerang_enrich_events_erased_total",
                 "Events not emitted (counted as sent, with no output) because their customer asked to be forgotten after the event happened: in flight or replayed when the erasure request came.",
@@ -124,6 +138,10 @@ impl EnrichMetrics {
         registry.register(Box::new(metrics.pending_bytes.clone()))?;
         registry.register(Box::new(metrics.pending_wait.clone()))?;
         registry.register(Box::new(metrics.join_outcomes.clone()))?;
+        registry.register(Box::new(metrics.risk_flags.clone()))?;
+        for flag in RiskFlag::ALL {
+            metrics.risk_flags.with_label_values(&[flag.as_str()]);
+        }
         // Every outcome is exported from the start, so rates work before the first of a kind.
         metrics.join_outcome_counters = JoinOutcome::ALL
             .iter()

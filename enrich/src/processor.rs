@@ -16,7 +16,7 @@ use boomerang_runtime::stage_loop::{
 };
 use boomerang_schemas::{PostPurchaseEvent, TimestampMicros};
 
-use crate::join::{JoinKeys, JoinSettings, Lookup, enrich};
+use crate::join::{JoinKeys, JoinSettings, Lookup, enrich, risk_flag};
 use crate::metrics::EnrichMetrics;
 use crate::pending::{Held, PendingBuffer, PendingLimits};
 use crate::publish::enriched_record;
@@ -127,6 +127,9 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
             TimestampMicros::now(),
         );
         self.metrics.count_join(outcome);
+        if let Some(flag) = risk_flag(&enriched) {
+            self.metrics.count_risk(flag);
+        }
         match enriched_record(
             &enriched,
             self.settings.enriched_schema_id,
