@@ -16,6 +16,7 @@ pub mod history;
 pub mod metrics;
 pub mod processor;
 pub mod recent_keys;
+pub mod refund_sla;
 pub mod rows;
 pub mod stored;
 pub mod write;

@@ -3,6 +3,10 @@
 //! the way of a record.
 
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
 
 use boomerang_clickhouse::ClickhouseArgs;
 use boomerang_clickhouse::migrations;
@@ -13,9 +17,11 @@ use boomerang_runtime::registry::{RegistryArgs, WriterSchemas};
 use boomerang_runtime::service::{self, ServiceArgs, StageContext};
 use boomerang_runtime::stage_loop::{self, BatchWait, GroupArgs, LoopSettings};
 use boomerang_runtime::topics::TopicsArgs;
+use boomerang_schemas::TimestampMicros;
 use boomerang_sink::erase::{Applier, Eraser, ErasureArgs};
 use boomerang_sink::metrics::SinkMetrics;
-use boomerang_sink::processor::{SinkProcessor, SinkTopics};
+use boomerang_sink::processor::{SinkProcessor, SinkTopics, lock};
+use boomerang_sink::refund_sla::RefundSla;
 use boomerang_sink::stored::StoredOffsets;
 use boomerang_sink::write::Writer;
 
@@ -90,6 +96,25 @@ struct SinkArgs {
         default_value_t = 200_000
     )]
     dedup_window_events: usize,
+
+    /// The refund SLA's target: hours from a return's receipt to its refund or store credit.
+    /// The sink shows open cases past it (`boomerang_sink_refund_sla_breached_open_cases`)
+    /// and records it in ClickHouse's `analytics_settings`, so `refund_sla` uses the same.
+    #[arg(
+        long = "refund-sla-hours",
+        env = "BOOMERANG_REFUND_SLA_HOURS",
+        default_value_t = 72
+    )]
+    refund_sla_hours: u32,
+
+    /// Cases received longer ago than this many days are no longer followed for the refund
+    /// SLA's gauges (bounds the memory a case never refunded holds).
+    #[arg(
+        long = "refund-sla-horizon-days",
+        env = "BOOMERANG_REFUND_SLA_HORIZON_DAYS",
+        default_value_t = 90
+    )]
+    refund_sla_horizon_days: u32,
 }
 
 fn main() -> ExitCode {
@@ -135,6 +160,19 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         &args.erasure,
     )?;
     let erasing = tokio::spawn(eraser.run(context.clone()));
+    let refund_sla = Arc::new(Mutex::new(RefundSla::new(
+        i64::from(args.sink.refund_sla_hours) * MICROS_PER_HOUR,
+        i64::from(args.sink.refund_sla_horizon_days) * 24 * MICROS_PER_HOUR,
+    )));
+    record_refund_sla_target(&client, args.sink.refund_sla_hours).await?;
+    sink_metrics
+        .refund_sla_target_seconds
+        .set(i64::from(args.sink.refund_sla_hours) * 3_600);
+    tokio::spawn(show_refund_sla(
+        refund_sla.clone(),
+        sink_metrics.clone(),
+        context.shutdown.clone(),
+    ));
     let processor = SinkProcessor::new(
         WriterSchemas::new(&args.registry)?,
         topics.clone(),
@@ -143,7 +181,8 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         StoredOffsets::new(&args.kafka, &group_id, client)?,
         args.sink.dedup_window_events,
         sink_metrics,
-    );
+    )
+    .with_refund_sla(refund_sla);
     let settings = LoopSettings::for_group(
         STAGE,
         &args.group,
@@ -161,6 +200,47 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         Ok(Ok(())) => {}
     }
     result
+}
+
+const MICROS_PER_HOUR: i64 = 3_600_000_000;
+
+/// Records the refund SLA's target in `analytics_settings`, unless it is there already, so the
+/// ClickHouse view and the gauges count breaches against the same target.
+async fn record_refund_sla_target(client: &clickhouse::Client, hours: u32) -> anyhow::Result<()> {
+    let current: Option<i64> = client
+        .query("SELECT argMax(value, updated_at) FROM analytics_settings WHERE name = 'refund_sla_hours'")
+        .fetch_optional()
+        .await
+        .context("reading the refund SLA's target from analytics_settings")?;
+    if current != Some(i64::from(hours)) {
+        client
+            .query("INSERT INTO analytics_settings (name, value) VALUES ('refund_sla_hours', ?)")
+            .bind(i64::from(hours))
+            .execute()
+            .await
+            .context("recording the refund SLA's target in analytics_settings")?;
+        tracing::info!(hours, "refund SLA target recorded in analytics_settings");
+    }
+    Ok(())
+}
+
+/// Sets the refund SLA's gauges every few seconds: a case goes past the target with time,
+/// whether or not records flow.
+async fn show_refund_sla(
+    refund_sla: Arc<Mutex<RefundSla>>,
+    metrics: SinkMetrics,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {
+                let counts = lock(&refund_sla).counts(TimestampMicros::now().as_unix_micros());
+                metrics.show_refund_sla(counts);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaug
 
 use boomerang_runtime::metrics::{Errors, Metrics};
 
+use crate::refund_sla::{Refunded, SlaCounts};
+
 #[derive(Clone)]
 pub struct SinkMetrics {
     pub rows_inserted: IntCounterVec,
@@ -18,6 +20,13 @@ pub struct SinkMetrics {
     pub duplicate_keys: IntCounter,
     /// Backfilled events not written because ClickHouse held their idempotency key already.
     pub history_already_stored: IntCounter,
+    /// Return cases received and not refunded, credited or rejected yet (`refund_sla.rs`).
+    pub refund_sla_open: IntGauge,
+    /// Of those, the ones received longer ago than the target.
+    pub refund_sla_past_target: IntGauge,
+    pub refund_sla_target_seconds: IntGauge,
+    /// Refunds of followed cases, by whether they met the target.
+    pub refunds: IntCounterVec,
     /// 1 while an insert is being retried.
     pub inserts_failing: IntGauge,
     /// Erasure passes applied, by pass (`first`, `settled`).
@@ -31,6 +40,17 @@ pub struct SinkMetrics {
 }
 
 impl SinkMetrics {
+    pub fn count_refund(&self, refunded: Refunded) {
+        self.refunds.with_label_values(&[refunded.as_str()]).inc();
+    }
+
+    pub fn show_refund_sla(&self, counts: SlaCounts) {
+        self.refund_sla_open
+            .set(i64::try_from(counts.open).unwrap_or(i64::MAX));
+        self.refund_sla_past_target
+            .set(i64::try_from(counts.past_target).unwrap_or(i64::MAX));
+    }
+
     pub fn register(process: &Metrics) -> prometheus::Result<Self> {
         let registry = process.registry();
         let metrics = Self {
@@ -83,6 +103,25 @@ impl SinkMetrics {
                 ),
                 &["table"],
             )?,
+            refund_sla_open: IntGauge::new(
+                "boomerang_sink_refund_sla_open_cases",
+                "Return cases whose goods were received and that are not refunded, credited or rejected yet, on this instance's enriched partitions (received within --refund-sla-horizon-days).",
+            )?,
+            refund_sla_past_target: IntGauge::new(
+                "boomerang_sink_refund_sla_breached_open_cases",
+                "Open return cases received longer ago than the refund SLA's target (--refund-sla-hours): late already, still waiting for their refund.",
+            )?,
+            refund_sla_target_seconds: IntGauge::new(
+                "boomerang_sink_refund_sla_target_seconds",
+                "The refund SLA's target: from receipt to refund or store credit.",
+            )?,
+            refunds: IntCounterVec::new(
+                Opts::new(
+                    "boomerang_sink_refunds_total",
+                    "Refunds and store credits of received return cases, by whether they came within the refund SLA's target from receipt (sla: met, missed).",
+                ),
+                &["sla"],
+            )?,
             duplicate_keys: IntCounter::new(
                 "boomerang_sink_duplicate_keys_total",
                 "Events not written because ClickHouse already had an event with their idempotency key from the same partition (an upstream stage emitted them twice).",
@@ -121,6 +160,13 @@ impl SinkMetrics {
         registry.register(Box::new(metrics.rows_rejected.clone()))?;
         registry.register(Box::new(metrics.rows_already_stored.clone()))?;
         registry.register(Box::new(metrics.duplicate_keys.clone()))?;
+        registry.register(Box::new(metrics.refund_sla_open.clone()))?;
+        registry.register(Box::new(metrics.refund_sla_past_target.clone()))?;
+        registry.register(Box::new(metrics.refund_sla_target_seconds.clone()))?;
+        registry.register(Box::new(metrics.refunds.clone()))?;
+        for refunded in [Refunded::WithinTarget, Refunded::Late] {
+            metrics.refunds.with_label_values(&[refunded.as_str()]);
+        }
         registry.register(Box::new(metrics.history_already_stored.clone()))?;
         registry.register(Box::new(metrics.inserts_failing.clone()))?;
         registry.register(Box::new(metrics.erasure_passes.clone()))?;

@@ -14,10 +14,11 @@ use boomerang_runtime::stage_loop::{
     Fence, FlushFuture, FlushResult, HISTORY_HEADER, InputRecord, Outcome, Partition, Processor,
     RetryableError, WriteIndex, Writes,
 };
-use boomerang_schemas::{Customer, EnrichedPostPurchaseEvent, Order};
+use boomerang_schemas::{Customer, EnrichedPostPurchaseEvent, Order, TimestampMicros};
 
 use crate::metrics::SinkMetrics;
 use crate::recent_keys::RecentKeys;
+use crate::refund_sla::RefundSla;
 use crate::rows::{CustomerRow, EventRow, OrderRow, Source};
 use crate::stored::StoredOffsets;
 use crate::write::{Keyed, NotWritten, Writer};
@@ -25,6 +26,8 @@ use crate::write::{Keyed, NotWritten, Writer};
 pub const EVENTS_TABLE: &str = "post_purchase_events";
 pub const ORDERS_TABLE: &str = "orders";
 pub const CUSTOMERS_TABLE: &str = "customers";
+
+const MICROS_PER_HOUR: i64 = 3_600_000_000;
 
 #[derive(Debug, Clone)]
 pub struct SinkTopics {
@@ -69,6 +72,8 @@ pub struct SinkProcessor<Source> {
     spare_event_rows: SpareRows<Keyed<EventRow>>,
     spare_order_rows: SpareRows<Keyed<OrderRow>>,
     spare_customer_rows: SpareRows<Keyed<CustomerRow>>,
+    /// Open return cases per enriched partition, for the refund SLA's gauges.
+    refund_sla: Arc<Mutex<RefundSla>>,
     metrics: SinkMetrics,
 }
 
@@ -99,8 +104,18 @@ impl<S: WriterSchemaSource + Clone> SinkProcessor<S> {
             spare_event_rows: SpareRows::default(),
             spare_order_rows: SpareRows::default(),
             spare_customer_rows: SpareRows::default(),
+            refund_sla: Arc::new(Mutex::new(RefundSla::new(
+                72 * MICROS_PER_HOUR,
+                90 * 24 * MICROS_PER_HOUR,
+            ))),
             metrics,
         }
+    }
+
+    /// Follows the refund SLA's open cases in `refund_sla` (shared with what shows them).
+    pub fn with_refund_sla(mut self, refund_sla: Arc<Mutex<RefundSla>>) -> Self {
+        self.refund_sla = refund_sla;
+        self
     }
 }
 
@@ -125,6 +140,14 @@ impl<S> SinkProcessor<S> {
         }
         true
     }
+}
+
+/// The refund SLA's cases, shared with the task that sets its gauges. A poisoned lock (a
+/// panic while it was held) still holds whole counts: each change is one map operation.
+pub fn lock(refund_sla: &Mutex<RefundSla>) -> std::sync::MutexGuard<'_, RefundSla> {
+    refund_sla
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn rejected_or_retry(failure: DecodeFailure) -> Result<Outcome, RetryableError> {
@@ -177,6 +200,26 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
             self.recent_keys
                 .restore(*partition, keys.iter().map(String::as_str));
         }
+        let enriched: Vec<i32> = partitions
+            .iter()
+            .filter(|(topic, _)| **topic == *self.topics.enriched_events)
+            .map(|(_, partition)| *partition)
+            .collect();
+        if !enriched.is_empty() {
+            let since =
+                TimestampMicros::now().as_unix_micros() - lock(&self.refund_sla).horizon_micros();
+            let open = stored_offsets
+                .open_refund_cases(EVENTS_TABLE, &self.topics.enriched_events, &enriched, since)
+                .await?;
+            tracing::info!(
+                open = open.len(),
+                "open return cases restored for the refund SLA"
+            );
+            let mut refund_sla = lock(&self.refund_sla);
+            for (partition, case, received) in open {
+                refund_sla.restore(partition, [(case, received)]);
+            }
+        }
         Ok(())
     }
 
@@ -185,6 +228,7 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
             self.skip.remove(partition);
             if *partition.0 == *self.topics.enriched_events {
                 self.recent_keys.forget(partition.1);
+                lock(&self.refund_sla).forget(partition.1);
             }
         }
     }
@@ -211,6 +255,14 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
             {
                 self.metrics.duplicate_keys.inc();
                 return Ok(Outcome::Deduplicated);
+            }
+            let refunded = lock(&self.refund_sla).observe(
+                record.partition,
+                &enriched.event,
+                TimestampMicros::now().as_unix_micros(),
+            );
+            if let Some(refunded) = refunded {
+                self.metrics.count_refund(refunded);
             }
             let mut row = EventRow::new(enriched, &source, &self.pseudonymiser);
             if let Some(run) = record.headers.get(HISTORY_HEADER) {

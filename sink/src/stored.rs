@@ -132,4 +132,44 @@ impl StoredOffsets {
             .await?;
         Ok(rows.into_iter().map(|row| row.idempotency_key).collect())
     }
+
+    /// The return cases of `topic`'s `partitions` that ClickHouse holds as received since
+    /// `since` (microseconds) and not refunded, credited or rejected: (partition, case id,
+    /// received at). A case's events share one partition (the order id is the key).
+    pub async fn open_refund_cases(
+        &self,
+        table: &str,
+        topic: &str,
+        partitions: &[i32],
+        since: i64,
+    ) -> anyhow::Result<Vec<(i32, String, i64)>> {
+        let rows = self
+            .client
+            .query(&format!(
+                "SELECT source_partition, case_id, \
+                 toUnixTimestamp64Micro(minIf(occurred_at, event_type = 'RETURN_RECEIVED')) AS received \
+                 FROM {table} \
+                 WHERE source_topic = ? AND source_partition IN ? AND event_type IN \
+                 ('RETURN_RECEIVED', 'REFUND_ISSUED', 'STORE_CREDIT_ISSUED', 'RETURN_REJECTED') \
+                 GROUP BY source_partition, case_id \
+                 HAVING countIf(event_type = 'RETURN_RECEIVED') > 0 \
+                 AND countIf(event_type != 'RETURN_RECEIVED') = 0 AND received >= ?"
+            ))
+            .bind(topic)
+            .bind(partitions)
+            .bind(since)
+            .fetch_all::<OpenCaseRow>()
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.source_partition, row.case_id, row.received))
+            .collect())
+    }
+}
+
+#[derive(Debug, serde::Deserialize, clickhouse::Row)]
+struct OpenCaseRow {
+    source_partition: i32,
+    case_id: String,
+    received: i64,
 }
