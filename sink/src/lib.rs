@@ -11,6 +11,7 @@
 //! A customer's erasure request takes its own way ([`erase`]): read from the erasure-request
 //! topic by a consumer of its own, applied to every table in two passes, audited.
 
+pub mod analytics_gauges;
 pub mod erase;
 pub mod history;
 pub mod metrics;

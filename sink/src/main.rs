@@ -18,6 +18,7 @@ use boomerang_runtime::service::{self, ServiceArgs, StageContext};
 use boomerang_runtime::stage_loop::{self, BatchWait, GroupArgs, LoopSettings};
 use boomerang_runtime::topics::TopicsArgs;
 use boomerang_schemas::TimestampMicros;
+use boomerang_sink::analytics_gauges;
 use boomerang_sink::erase::{Applier, Eraser, ErasureArgs};
 use boomerang_sink::metrics::SinkMetrics;
 use boomerang_sink::processor::{SinkProcessor, SinkTopics, lock};
@@ -115,6 +116,16 @@ struct SinkArgs {
         default_value_t = 90
     )]
     refund_sla_horizon_days: u32,
+
+    /// How often the sink reads ClickHouse's data_quality and risk_flags objects into the
+    /// boomerang_data_quality_cases and boomerang_risk_flagged_cases gauges, in seconds (0:
+    /// never). Each read runs both objects' queries over the whole history.
+    #[arg(
+        long = "analytics-gauges-secs",
+        env = "BOOMERANG_ANALYTICS_GAUGES_SECS",
+        default_value_t = 300
+    )]
+    analytics_gauges_secs: u64,
 }
 
 fn main() -> ExitCode {
@@ -168,6 +179,15 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     sink_metrics
         .refund_sla_target_seconds
         .set(i64::from(args.sink.refund_sla_hours) * 3_600);
+    if args.sink.analytics_gauges_secs > 0 {
+        tokio::spawn(analytics_gauges::run(
+            client.clone(),
+            sink_metrics.data_quality_cases.clone(),
+            sink_metrics.risk_flagged_cases.clone(),
+            Duration::from_secs(args.sink.analytics_gauges_secs),
+            context.shutdown.clone(),
+        ));
+    }
     tokio::spawn(show_refund_sla(
         refund_sla.clone(),
         sink_metrics.clone(),

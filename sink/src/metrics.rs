@@ -1,6 +1,8 @@
 //! The sink's own metrics, beside the shared stage counters.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
 
 use boomerang_runtime::metrics::{Errors, Metrics};
 
@@ -27,6 +29,9 @@ pub struct SinkMetrics {
     pub refund_sla_target_seconds: IntGauge,
     /// Refunds of followed cases, by whether they met the target.
     pub refunds: IntCounterVec,
+    /// ClickHouse's `data_quality` and `risk_flags`, read every --analytics-gauges-secs.
+    pub data_quality_cases: IntGaugeVec,
+    pub risk_flagged_cases: IntGaugeVec,
     /// 1 while an insert is being retried.
     pub inserts_failing: IntGauge,
     /// Erasure passes applied, by pass (`first`, `settled`).
@@ -122,6 +127,20 @@ impl SinkMetrics {
                 ),
                 &["sla"],
             )?,
+            data_quality_cases: IntGaugeVec::new(
+                Opts::new(
+                    "boomerang_data_quality_cases",
+                    "Cases ClickHouse's data_quality object lists, by kind: left out of a figure or in conflict (see the README's analytics rules). Read from ClickHouse every --analytics-gauges-secs; every sink instance shows the same.",
+                ),
+                &["kind"],
+            )?,
+            risk_flagged_cases: IntGaugeVec::new(
+                Opts::new(
+                    "boomerang_risk_flagged_cases",
+                    "Return cases ClickHouse's flagged_cases lists for review, by flag, over all days. Read from ClickHouse every --analytics-gauges-secs; every sink instance shows the same.",
+                ),
+                &["flag"],
+            )?,
             duplicate_keys: IntCounter::new(
                 "boomerang_sink_duplicate_keys_total",
                 "Events not written because ClickHouse already had an event with their idempotency key from the same partition (an upstream stage emitted them twice).",
@@ -164,6 +183,8 @@ impl SinkMetrics {
         registry.register(Box::new(metrics.refund_sla_past_target.clone()))?;
         registry.register(Box::new(metrics.refund_sla_target_seconds.clone()))?;
         registry.register(Box::new(metrics.refunds.clone()))?;
+        registry.register(Box::new(metrics.data_quality_cases.clone()))?;
+        registry.register(Box::new(metrics.risk_flagged_cases.clone()))?;
         for refunded in [Refunded::WithinTarget, Refunded::Late] {
             metrics.refunds.with_label_values(&[refunded.as_str()]);
         }
