@@ -214,6 +214,50 @@ fn the_grafana_dashboard_charts_only_metrics_the_binaries_export() {
     assert_eq!(dashboard["uid"].as_str(), Some("boomerang-pipeline"));
 }
 
+/// The analytics dashboard reads ClickHouse through the provisioned data source, and only
+/// objects the migrations create. (Its SQL runs against a demo run's ClickHouse in
+/// `end_to_end.rs`.)
+#[test]
+fn the_analytics_dashboard_queries_objects_the_migrations_create() {
+    let dashboard: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo().join("deploy/monitoring/grafana/analytics.json")).expect("dashboard"),
+    )
+    .expect("dashboard is JSON");
+    let provisioning = std::fs::read_to_string(
+        repo().join("deploy/monitoring/grafana/provisioning-datasources.yml"),
+    )
+    .expect("provisioning");
+    assert!(provisioning.contains("uid: boomerang-clickhouse"));
+    let migrations: String = boomerang_clickhouse::migrations::MIGRATIONS
+        .iter()
+        .map(|migration| migration.sql)
+        .collect();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10);
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            assert_eq!(
+                target["datasource"]["uid"].as_str(),
+                Some("boomerang-clickhouse"),
+                "{panel}"
+            );
+            let sql = target["rawSql"].as_str().expect("rawSql");
+            let object = sql
+                .split("FROM ")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .expect("FROM an object");
+            assert!(
+                migrations.contains(&format!("VIEW IF NOT EXISTS {object} "))
+                    || migrations.contains(&format!("VIEW {object} "))
+                    || migrations.contains(&format!("TABLE IF NOT EXISTS {object}\n")),
+                "{object} is not created by a migration"
+            );
+        }
+    }
+    assert_eq!(dashboard["uid"].as_str(), Some("boomerang-analytics"));
+}
+
 #[test]
 fn the_backfill_example_is_read_as_the_readme_says() {
     use boomerang_schemas::{Customer, Order, PostPurchaseEvent, avro_json};

@@ -2,7 +2,8 @@
 //! exported and loaded with `boomerang backfill`, through the real binaries on the local stack; every stage's counts and every analytics
 //! figure must equal the generator's ground truth (the report exits non-zero otherwise). Then a
 //! customer erased through `boomerang erase` (no linkable row left, every figure unchanged), and
-//! the run's dead letters: every one listed, and the malformed ones replayed come back.
+//! the run's dead letters: every one listed, and the malformed ones replayed come back. And
+//! every panel of the analytics dashboard answers with rows from the run's ClickHouse.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -145,6 +146,69 @@ fn erase(prefix: &str, arguments: &[&str]) -> (bool, String) {
     )
 }
 
+/// The SQL of a dashboard panel with the ClickHouse data source's macros expanded as the
+/// plugin expands them, over a range wide enough for any generated world.
+fn expand_macros(sql: &str) -> String {
+    let mut expanded = String::with_capacity(sql.len());
+    let mut rest = sql;
+    while let Some(start) = rest.find("$__dateFilter(") {
+        expanded.push_str(&rest[..start]);
+        let after = &rest[start + "$__dateFilter(".len()..];
+        let end = after.find(')').expect("a closed $__dateFilter(");
+        let column = &after[..end];
+        expanded.push_str(&format!(
+            "{column} >= toDate('2000-01-01') AND {column} <= toDate('2100-01-01')"
+        ));
+        rest = &after[end + 1..];
+    }
+    expanded.push_str(rest);
+    assert!(!expanded.contains("$__"), "a macro left: {expanded}");
+    expanded
+}
+
+/// Every panel of the analytics dashboard, run against the run's ClickHouse, returns rows.
+fn check_analytics_dashboard(truth: &serde_json::Value) {
+    let prefix = truth["topics_prefix"].as_str().expect("run id");
+    let database = format!("boomerang_{}", prefix.replace('-', "_"));
+    let url = std::env::var("BOOMERANG_CLICKHOUSE_URL")
+        .unwrap_or_else(|_| "http://127.0.0.1:18123".to_string());
+    let dashboard: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../deploy/monitoring/grafana/analytics.json"),
+        )
+        .expect("the analytics dashboard"),
+    )
+    .expect("JSON");
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let client = reqwest::Client::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().unwrap_or_default();
+        for target in panel["targets"].as_array().expect("targets") {
+            let sql = expand_macros(target["rawSql"].as_str().expect("rawSql"));
+            let (status, body) = runtime.block_on(async {
+                let response = client
+                    .post(&url)
+                    .query(&[("database", database.as_str())])
+                    .body(format!("{sql}\nFORMAT TSV"))
+                    .send()
+                    .await
+                    .expect("ClickHouse answers");
+                let status = response.status();
+                (status, response.text().await.expect("a body"))
+            });
+            assert!(
+                status.is_success(),
+                "panel {title:?}: {status} {body}\n{sql}"
+            );
+            assert!(
+                body.lines().count() > 0,
+                "panel {title:?} returned no rows:\n{sql}"
+            );
+        }
+    }
+}
+
 /// While the stages still run: a customer erased through the CLI leaves no linkable row, and
 /// every figure of the report still matches the ground truth (anonymised, not deleted).
 fn check_erasure(truth: &serde_json::Value, truth_path: &std::path::Path, ports: &str) {
@@ -217,6 +281,7 @@ fn a_small_world_matches_its_ground_truth_at_every_stage() {
     let dead_letters = match (&truth, output.status.success()) {
         (Some(truth), true) => Some(std::panic::catch_unwind(|| {
             // First: the dead letters' check replays some, which changes ingest's counts.
+            check_analytics_dashboard(truth);
             check_erasure(truth, truth_path.as_deref().expect("read from it"), &ports);
             check_dead_letters(truth);
         })),
@@ -268,4 +333,24 @@ fn a_small_world_matches_its_ground_truth_at_every_stage() {
     assert!(truth["enrich_order_missing"].as_u64() > Some(0), "{truth}");
     assert!(truth["refund_time"]["cases"].as_u64() > Some(0), "{truth}");
     assert!(truth["warranty_decided"].as_u64() > Some(0), "{truth}");
+    let intelligence = &truth["intelligence"];
+    for figure in [
+        "repeat_purchase",
+        "return_value",
+        "operations",
+        "dispositions",
+        "risk_flags",
+        "data_quality",
+    ] {
+        assert!(
+            intelligence[figure]
+                .as_object()
+                .is_some_and(|figure| !figure.is_empty()),
+            "{figure}: {intelligence}"
+        );
+    }
+    assert!(
+        intelligence["refund_sla"]["received"].as_u64() > Some(0),
+        "{intelligence}"
+    );
 }
