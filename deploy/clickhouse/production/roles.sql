@@ -14,6 +14,15 @@ GRANT INSERT, SELECT ON boomerang.post_purchase_events TO boomerang_sink_writer;
 GRANT INSERT, SELECT ON boomerang.orders TO boomerang_sink_writer;
 GRANT INSERT, SELECT ON boomerang.customers TO boomerang_sink_writer;
 GRANT SELECT ON boomerang.schema_migrations TO boomerang_sink_writer;
+-- Backfilled events are looked up by key hash; an erasure request copies a customer's rows
+-- anonymised, deletes the originals and writes an audit row.
+GRANT SELECT ON boomerang.event_key_hashes TO boomerang_sink_writer;
+GRANT ALTER DELETE ON boomerang.post_purchase_events TO boomerang_sink_writer;
+GRANT ALTER DELETE ON boomerang.orders TO boomerang_sink_writer;
+GRANT ALTER DELETE ON boomerang.customers TO boomerang_sink_writer;
+GRANT INSERT, SELECT ON boomerang.erasure_audit TO boomerang_sink_writer;
+-- It records its refund SLA target (--refund-sla-hours) for the refund_sla view.
+GRANT INSERT, SELECT ON boomerang.analytics_settings TO boomerang_sink_writer;
 
 -- `boomerang migrate` runs as an owner of the database's schema.
 CREATE ROLE IF NOT EXISTS boomerang_migrator;
