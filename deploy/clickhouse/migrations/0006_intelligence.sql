@@ -430,7 +430,7 @@ WITH
     ifNull((SELECT argMax(value, updated_at) FROM analytics_settings WHERE name = 'refund_sla_hours'), 72) * 3600000000 AS target_micros,
     toUnixTimestamp64Micro(now64(6)) AS now_micros
 SELECT
-    toDate(received_at) AS day,
+    toDate(fromUnixTimestamp64Micro(received_micros, 'UTC')) AS day,
     count() AS received_cases,
     countIf(refunded_at IS NOT NULL AND refund_micros <= target_micros) AS refunded_within_target,
     countIf(refunded_at IS NOT NULL AND refund_micros > target_micros) AS refunded_late,
