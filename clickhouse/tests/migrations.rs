@@ -62,6 +62,17 @@ async fn applying_twice_is_harmless_and_the_check_follows() {
         "warranty_claims",
         "warranty_outcomes",
         "return_reasons",
+        "case_facts",
+        "data_quality_cases",
+        "data_quality",
+        "repeat_purchase",
+        "return_value",
+        "return_steps",
+        "return_operations",
+        "dispositions",
+        "flagged_cases",
+        "risk_flags",
+        "refund_sla",
     ] {
         let rows: u64 = client
             .query(&format!("SELECT count() FROM {object}"))
