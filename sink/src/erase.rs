@@ -21,6 +21,9 @@
 //! parts' next merge). Both steps are idempotent, so a pass cut short by a crash is simply made
 //! again.
 //!
+//! The analytics stores (`cases_store`, `customers_store`) lose the customer's rows, and the
+//! tokens' rows are recomputed from the copies (`boomerang_clickhouse::analytics_refresh`).
+//!
 //! Each request gets two passes: `first` when it is read, and `settled` after `--erasure-settle-secs`,
 //! for the customer's events that were already between enrich and ClickHouse when the request
 //! came (enrich drops the customer's earlier events from the moment it reads the request).
@@ -377,6 +380,26 @@ impl Applier {
                 .execute()
                 .await?;
         }
+        // The analytics stores: the customer's rows go with the originals; the tokens' rows
+        // are recomputed from the copies, now that the originals are gone (a refresh between
+        // the copy and the delete would have counted both).
+        for statement in [
+            "DELETE FROM cases_store WHERE customer_key IN {customers:Array(String)}",
+            "DELETE FROM customers_store WHERE customer_key IN {customers:Array(String)}",
+            "DELETE FROM analytics_dirty WHERE customer_key IN {customers:Array(String)}",
+            "DELETE FROM analytics_refresh_batch WHERE customer_key IN {customers:Array(String)}",
+        ] {
+            self.client
+                .query(statement)
+                .param("customers", &customers)
+                .execute()
+                .await?;
+        }
+        self.client
+            .query("INSERT INTO analytics_dirty (customer_key) SELECT arrayJoin({tokens:Array(String)})")
+            .param("tokens", &tokens)
+            .execute()
+            .await?;
         let applied_at = TimestampMicros::now().as_unix_micros();
         let mut insert = self.client.insert::<AuditRow<'_>>("erasure_audit").await?;
         for (request, counts) in requests.iter().zip(&erased) {

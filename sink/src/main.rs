@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use boomerang_clickhouse::ClickhouseArgs;
+use boomerang_clickhouse::analytics_refresh::Refresher;
 use boomerang_clickhouse::migrations;
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_runtime::metrics::StageMetrics;
@@ -126,6 +127,16 @@ struct SinkArgs {
         default_value_t = 300
     )]
     analytics_gauges_secs: u64,
+
+    /// How often the sink refreshes the analytics stores the analytics views read, in
+    /// milliseconds (0: never; then another sink instance must). Each refresh recomputes the
+    /// store rows of the customers whose data changed since the last.
+    #[arg(
+        long = "analytics-refresh-ms",
+        env = "BOOMERANG_ANALYTICS_REFRESH_MS",
+        default_value_t = 2_000
+    )]
+    analytics_refresh_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -179,6 +190,14 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     sink_metrics
         .refund_sla_target_seconds
         .set(i64::from(args.sink.refund_sla_hours) * 3_600);
+    if args.sink.analytics_refresh_ms > 0 {
+        let refresher = Refresher::new(
+            client.clone(),
+            Duration::from_millis(args.sink.analytics_refresh_ms),
+            sink_metrics.refresh.clone(),
+        );
+        tokio::spawn(refresher.run(context.shutdown.clone()));
+    }
     if args.sink.analytics_gauges_secs > 0 {
         tokio::spawn(analytics_gauges::run(
             client.clone(),

@@ -7,6 +7,7 @@ use prometheus::{
 use boomerang_runtime::metrics::{Errors, Metrics};
 
 use crate::refund_sla::{Refunded, SlaCounts};
+use boomerang_clickhouse::analytics_refresh::RefreshMetrics;
 
 #[derive(Clone)]
 pub struct SinkMetrics {
@@ -29,6 +30,8 @@ pub struct SinkMetrics {
     pub refund_sla_target_seconds: IntGauge,
     /// Refunds of followed cases, by whether they met the target.
     pub refunds: IntCounterVec,
+    /// The analytics stores' refresh (`analytics_refresh.rs`).
+    pub refresh: RefreshMetrics,
     /// ClickHouse's `data_quality` and `risk_flags`, read every --analytics-gauges-secs.
     pub data_quality_cases: IntGaugeVec,
     pub risk_flagged_cases: IntGaugeVec,
@@ -127,6 +130,7 @@ impl SinkMetrics {
                 ),
                 &["sla"],
             )?,
+            refresh: RefreshMetrics::new()?,
             data_quality_cases: IntGaugeVec::new(
                 Opts::new(
                     "boomerang_data_quality_cases",
@@ -183,6 +187,7 @@ impl SinkMetrics {
         registry.register(Box::new(metrics.refund_sla_past_target.clone()))?;
         registry.register(Box::new(metrics.refund_sla_target_seconds.clone()))?;
         registry.register(Box::new(metrics.refunds.clone()))?;
+        metrics.refresh.register(registry)?;
         registry.register(Box::new(metrics.data_quality_cases.clone()))?;
         registry.register(Box::new(metrics.risk_flagged_cases.clone()))?;
         for refunded in [Refunded::WithinTarget, Refunded::Late] {

@@ -14,7 +14,10 @@ use boomerang_schemas::{
 };
 use boomerang_testkit::poll_until;
 use boomerang_testkit::samples::customer;
-use support::{Pipeline, enriched, metrics, value, wait_all_committed, wait_committed};
+use support::{
+    Pipeline, enriched, metrics, value, wait_all_committed, wait_analytics_refreshed,
+    wait_committed,
+};
 
 const DAY: i64 = 86_400_000_000;
 const HOUR: i64 = 3_600_000_000;
@@ -405,6 +408,7 @@ async fn each_analytics_object_matches_an_independent_computation() {
         world.events.len() as u64,
         "one per idempotency key"
     );
+    wait_analytics_refreshed(&pipeline).await;
     let client = pipeline.clickhouse.client();
 
     // Return rates, at their finest grain.

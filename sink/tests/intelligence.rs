@@ -18,7 +18,7 @@ use boomerang_schemas::{
 };
 use boomerang_testkit::poll_until;
 use boomerang_testkit::samples::customer;
-use support::{Pipeline, enriched, metrics, value, wait_all_committed};
+use support::{Pipeline, enriched, metrics, value, wait_all_committed, wait_analytics_refreshed};
 
 const DAY: i64 = 86_400_000_000;
 const HOUR: i64 = 3_600_000_000;
@@ -417,6 +417,7 @@ async fn each_intelligence_object_matches_what_the_world_says() {
         pipeline.count("post_purchase_events").await,
         events.len() as u64
     );
+    wait_analytics_refreshed(&pipeline).await;
     let client = pipeline.clickhouse.client();
     // Thresholds small enough for a small world: the views read them.
     client

@@ -66,6 +66,7 @@ impl Pipeline {
             ("--clickhouse-timeout-secs", "5"),
             ("--pseudonym-key", PSEUDONYM_KEY),
             ("--insert-max-wait-ms", "100"),
+            ("--analytics-refresh-ms", "200"),
         ] {
             arguments.extend([flag.to_string(), value.to_string()]);
         }
@@ -154,6 +155,33 @@ pub async fn wait_all_committed(pipeline: &Pipeline) {
     ] {
         wait_committed(pipeline, topic).await;
     }
+}
+
+/// Polls until a refresh of the analytics stores that started after this call completed:
+/// the analytics views then show every row ClickHouse held when it was called.
+pub async fn wait_analytics_refreshed(pipeline: &Pipeline) {
+    let client = pipeline.clickhouse.client();
+    let now: i64 = client
+        .query("SELECT toUnixTimestamp64Micro(now64(6))")
+        .fetch_one()
+        .await
+        .expect("ClickHouse's clock");
+    poll_until(
+        "a refresh of the analytics stores",
+        Duration::from_secs(60),
+        || async {
+            let refreshed: i64 = client
+                .query(
+                    "SELECT toUnixTimestamp64Micro(max(value)) FROM analytics_refresh_state \
+                     WHERE name = 'refreshed_at'",
+                )
+                .fetch_one()
+                .await
+                .ok()?;
+            (refreshed >= now).then_some(())
+        },
+    )
+    .await;
 }
 
 /// Runs `deploy/local/stack.sh` with `arguments` (to stop and start a part for an outage).
