@@ -114,7 +114,15 @@ async fn verify(args: &EraseArgs) -> anyhow::Result<usize> {
     let client = args.clickhouse.client();
     let mut linkable = 0;
     println!("ClickHouse rows that can be linked to the customer (their pseudonym or id):");
-    for table in ["post_purchase_events", "orders", "customers"] {
+    for table in [
+        "post_purchase_events",
+        "orders",
+        "customers",
+        "cases_store",
+        "customers_store",
+        "analytics_dirty",
+        "analytics_refresh_batch",
+    ] {
         let rows: u64 = client
             .query(&format!(
                 "SELECT count() FROM {table} WHERE customer_key IN ({{pseudonym:String}}, {{id:String}})"

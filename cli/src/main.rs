@@ -58,6 +58,12 @@ enum Command {
         #[arg(long = "retention-days", env = "BOOMERANG_RETENTION_DAYS")]
         retention_days: Option<u32>,
     },
+    /// Refresh the analytics stores the analytics views read, once, until no customer marked
+    /// by an insert is left (the sink does it every --analytics-refresh-ms while it runs).
+    RefreshAnalytics {
+        #[command(flatten)]
+        clickhouse: ClickhouseArgs,
+    },
     /// Publish a seeded world of customers, orders and case events, with producer faults, and
     /// write its ground truth.
     Gen(generate::GenArgs),
@@ -170,6 +176,27 @@ async fn run(command: Command) -> anyhow::Result<Option<usize>> {
         }
         Command::Dlq(DlqCommand::Replay { args, dry_run }) => {
             dlq::replay(&args, dry_run).await?;
+            Ok(None)
+        }
+        Command::RefreshAnalytics { clickhouse } => {
+            let started = std::time::Instant::now();
+            let mut refresher = boomerang_clickhouse::analytics_refresh::Refresher::new(
+                clickhouse.client(),
+                std::time::Duration::ZERO,
+                boomerang_clickhouse::analytics_refresh::RefreshMetrics::new()?,
+            );
+            let mut customers = 0;
+            loop {
+                let refreshed = refresher.refresh_once().await?;
+                customers += refreshed;
+                if refreshed == 0 {
+                    break;
+                }
+            }
+            println!(
+                "analytics stores refreshed: {customers} customers in {:.1?}",
+                started.elapsed()
+            );
             Ok(None)
         }
         Command::Migrate {

@@ -37,6 +37,10 @@ pub struct ReportArgs {
     pub wait: bool,
     #[arg(long, default_value_t = 900)]
     pub wait_timeout_secs: u64,
+    /// How long to wait for the analytics stores to hold everything ClickHouse held when the
+    /// report started (the sink refreshes them every --analytics-refresh-ms).
+    #[arg(long, default_value_t = 120)]
+    pub stores_timeout_secs: u64,
     /// Where the Prometheus of the run is, for "where to look next".
     #[arg(long, env = "BOOMERANG_PROMETHEUS_URL")]
     pub prometheus_url: Option<String>,
@@ -141,6 +145,39 @@ async fn wait_drained(args: &ReportArgs, truth: &Truth) -> anyhow::Result<()> {
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until a refresh of the analytics stores (which the analytics views read) started
+/// after this call: then they hold every row ClickHouse held when it was called. Without a
+/// refresher running, says so after `timeout_secs` and goes on with what the stores hold.
+async fn wait_for_the_stores(client: &clickhouse::Client, timeout_secs: u64) -> anyhow::Result<()> {
+    let now: i64 = client
+        .query("SELECT toUnixTimestamp64Micro(now64(6))")
+        .fetch_one()
+        .await
+        .context("reading ClickHouse's clock")?;
+    let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+    loop {
+        let refreshed: i64 = client
+            .query(
+                "SELECT toUnixTimestamp64Micro(max(value)) FROM analytics_refresh_state \
+                 WHERE name = 'refreshed_at'",
+            )
+            .fetch_one()
+            .await
+            .context("reading when the analytics stores were refreshed")?;
+        if refreshed >= now {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "warning: the analytics stores were not refreshed within {timeout_secs} s; the figures below may miss the latest rows. \
+                 A running sink refreshes them (--analytics-refresh-ms); `boomerang refresh-analytics` does it once."
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -335,6 +372,7 @@ pub async fn run(args: ReportArgs) -> anyhow::Result<usize> {
         println!();
     }
 
+    wait_for_the_stores(&args.clickhouse.client(), args.stores_timeout_secs).await?;
     let measured = measure(&args.clickhouse.client()).await?;
     let mut units_table = |title: &str,
                            measured: &BTreeMap<String, Units>,
