@@ -4,7 +4,9 @@
 //!
 //! Every insert into the events, orders or customers table marks its customers in
 //! `analytics_dirty` (materialized views in ClickHouse, so an insert from anywhere counts).
-//! Every `--analytics-refresh-ms` this task reads the marks it has not handled yet and, for
+//! Every `--analytics-refresh-ms` (or three times as long as the last refresh took, if that is
+//! longer, so that refreshing takes ClickHouse's CPU from the inserts at most a quarter of the
+//! time) this task reads the marks it has not handled yet and, for
 //! those customers, recomputes every store row from the tables as they are at that moment —
 //! their cases from their events (one per idempotency key, the latest enrichment, as `FINAL`
 //! keeps it), their orders' latest versions, the sales of every day their orders fall on or
@@ -128,14 +130,13 @@ impl Refresher {
     /// Refreshes until `shutdown`. A failed refresh is logged, counted and tried again at the
     /// next tick; nothing is marked handled until its refresh completed.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // While refreshes keep failing (ClickHouse down), a warning every 30 s, not per tick.
         let mut last_warning: Option<Instant> = None;
+        let mut pause = Duration::ZERO;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
+                () = tokio::time::sleep(pause) => {}
             }
             let started = Instant::now();
             match self.refresh_once().await {
@@ -162,6 +163,9 @@ impl Refresher {
                     }
                 }
             }
+            // A refresh takes ClickHouse's CPU from the inserts: under a heavy load (a
+            // backfill, a catch-up) at most a quarter of the time, whatever the interval.
+            pause = self.every.max(started.elapsed() * 3);
             if self.last_prune.elapsed() >= PRUNE_EVERY {
                 self.last_prune = Instant::now();
                 if let Err(error) = self.prune().await {
