@@ -144,7 +144,8 @@ pub struct Applied {
 }
 
 /// Creates the database if needed and applies every migration not applied yet, in order.
-/// With `retention_days`, also sets the events table's TTL.
+/// With `retention_days`, also sets the TTL of the events table and of what is derived from
+/// its events (`event_key_hashes`, `cases_store`).
 pub async fn apply(
     args: &ClickhouseArgs,
     retention_days: Option<u32>,
@@ -209,14 +210,19 @@ pub async fn apply(
         report.applied.push(migration.name);
     }
     if let Some(days) = retention_days {
-        execute(
-            client,
-            format!(
-                "ALTER TABLE post_purchase_events MODIFY TTL toDateTime(occurred_at) + INTERVAL {days} DAY"
-            ),
-            "setting the retention of post_purchase_events".into(),
-        )
-        .await?;
+        // The events, and what is derived from them per event or per case.
+        for (table, time) in [
+            ("post_purchase_events", "occurred_at"),
+            ("event_key_hashes", "occurred_at"),
+            ("cases_store", "opened_at"),
+        ] {
+            execute(
+                client.clone(),
+                format!("ALTER TABLE {table} MODIFY TTL toDateTime({time}) + INTERVAL {days} DAY"),
+                format!("setting the retention of {table}"),
+            )
+            .await?;
+        }
     }
     Ok(report)
 }

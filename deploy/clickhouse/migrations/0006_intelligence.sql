@@ -190,7 +190,9 @@ CREATE TABLE IF NOT EXISTS cases_store
     customer_returned Int64
 )
 ENGINE = ReplacingMergeTree(refreshed_at, is_deleted)
-ORDER BY case_id;
+ORDER BY case_id
+-- As the events' retention (`boomerang migrate --retention-days` changes both).
+TTL toDateTime(opened_at) + INTERVAL 1095 DAY;
 
 -- One row per customer with orders or cases.
 CREATE TABLE IF NOT EXISTS customers_store
