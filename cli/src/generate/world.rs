@@ -280,17 +280,9 @@ pub fn build(shape: &WorldShape, now: TimestampMicros) -> World {
                 category.return_rate
             };
             if dice.chance(return_rate) {
-                case_number += 1;
-                return_case(
-                    shape,
-                    &mut dice,
-                    &order,
-                    line,
-                    delivered,
-                    case_number,
-                    &mut events,
-                );
-                if dice.chance(anomalies.second_return_rate) {
+                // Now and then the line comes back in a second case of its own.
+                let mut returns = 1;
+                loop {
                     case_number += 1;
                     return_case(
                         shape,
@@ -301,6 +293,10 @@ pub fn build(shape: &WorldShape, now: TimestampMicros) -> World {
                         case_number,
                         &mut events,
                     );
+                    if returns == 2 || !dice.chance(anomalies.second_return_rate) {
+                        break;
+                    }
+                    returns += 1;
                 }
             }
             if category.warranty_rate > 0.0 && dice.chance(category.warranty_rate) {

@@ -70,14 +70,17 @@ async fn counts(
     Ok(rows.into_iter().map(|row| (row.key, row.count)).collect())
 }
 
-/// A table of counts by key, each beside its expected count.
-fn count_table(
+/// A table by key: each measured line, marked against the expected figure when there is a
+/// truth, and the expected line under it when they differ. Keys of either side are shown.
+fn keyed_table<T: Clone + Default>(
     report: &mut Report,
-    title: &str,
-    measured: &BTreeMap<String, u64>,
-    expected: Option<&BTreeMap<String, u64>>,
+    header: &str,
+    measured: &BTreeMap<String, T>,
+    expected: Option<&BTreeMap<String, T>>,
+    same: impl Fn(&T, &T) -> bool,
+    line: impl Fn(&T) -> String,
 ) {
-    println!("{title:<40} {:>8}   expected", "cases");
+    println!("{header}");
     let keys: BTreeSet<&String> = measured
         .keys()
         .chain(expected.into_iter().flat_map(BTreeMap::keys))
@@ -86,15 +89,34 @@ fn count_table(
         println!("  (none)");
     }
     for key in keys {
-        let count = measured.get(key).copied().unwrap_or_default();
-        let wanted = expected.map(|expected| expected.get(key).copied().unwrap_or_default());
-        let mark = report.mark(wanted.map(|wanted| wanted == count));
-        println!(
-            "  {key:<38} {count:>8} {:>10}{mark}",
-            wanted.map_or(String::new(), |wanted| wanted.to_string())
-        );
+        let value = measured.get(key).cloned().unwrap_or_default();
+        let wanted = expected.map(|expected| expected.get(key).cloned().unwrap_or_default());
+        let mark = report.mark(wanted.as_ref().map(|wanted| same(wanted, &value)));
+        println!("  {key:<28} {}{mark}", line(&value));
+        if let Some(wanted) = wanted
+            && !same(&wanted, &value)
+        {
+            println!("  {:<28} {}  (expected)", "", line(&wanted));
+        }
     }
     println!();
+}
+
+/// A table of case counts by key.
+fn count_table(
+    report: &mut Report,
+    title: &str,
+    measured: &BTreeMap<String, u64>,
+    expected: Option<&BTreeMap<String, u64>>,
+) {
+    keyed_table(
+        report,
+        &format!("{title:<30} {:>8}", "cases"),
+        measured,
+        expected,
+        |a, b| a == b,
+        |count| format!("{count:>8}"),
+    );
 }
 
 fn ratio(part: u64, total: u64) -> f64 {
@@ -139,53 +161,35 @@ pub async fn print(
             )
         })
         .collect();
-    let expected = truth.map(|truth| &truth.repeat_purchase);
-    println!(
-        "Repeat purchase after a case's resolution (customers bought again / covered for the window)"
-    );
-    println!(
-        "  {:<20} {:>9} {:>18} {:>18} {:>18}",
-        "outcome", "customers", "30 days", "90 days", "365 days"
-    );
-    let keys: BTreeSet<&String> = measured
-        .keys()
-        .chain(expected.into_iter().flat_map(BTreeMap::keys))
-        .collect();
-    for key in keys {
-        let repeat = measured.get(key).cloned().unwrap_or_default();
-        let wanted = expected.map(|expected| expected.get(key).cloned().unwrap_or_default());
-        let mark = report.mark(wanted.as_ref().map(|wanted| *wanted == repeat));
-        let window = |(eligible, repeated): (u64, u64)| {
+    let window = |(eligible, repeated): (u64, u64)| {
+        format!(
+            "{} ({repeated}/{eligible})",
+            percent(ratio(repeated, eligible))
+        )
+    };
+    keyed_table(
+        report,
+        &format!(
+            "Repeat purchase after a case's resolution (bought again / covered for the window)\n  {:<28} {:>9} {:>18} {:>18} {:>18}",
+            "outcome", "customers", "30 days", "90 days", "365 days"
+        ),
+        &measured,
+        truth.map(|truth| &truth.repeat_purchase),
+        |a, b| a == b,
+        |repeat| {
             format!(
-                "{} ({repeated}/{eligible})",
-                percent(ratio(repeated, eligible))
+                "{:>9} {:>18} {:>18} {:>18}",
+                repeat.customers,
+                window(repeat.windows[0]),
+                window(repeat.windows[1]),
+                window(repeat.windows[2])
             )
-        };
-        println!(
-            "  {key:<20} {:>9} {:>18} {:>18} {:>18}{mark}",
-            repeat.customers,
-            window(repeat.windows[0]),
-            window(repeat.windows[1]),
-            window(repeat.windows[2])
-        );
-        if let Some(wanted) = wanted
-            && wanted != repeat
-        {
-            println!(
-                "  {:<20} {:>9} {:>18} {:>18} {:>18}  (expected)",
-                "",
-                wanted.customers,
-                window(wanted.windows[0]),
-                window(wanted.windows[1]),
-                window(wanted.windows[2])
-            );
-        }
-    }
+        },
+    );
     println!(
-        "  (windows: {:?} days; a customer counts once the data covers the whole window)",
+        "  (windows: {:?} days; a customer counts once the data covers the whole window)\n",
         REPEAT_DAYS
     );
-    println!();
 
     // The money of returns.
     let rows: Vec<ValueRow> = client
@@ -211,39 +215,31 @@ pub async fn print(
             )
         })
         .collect();
-    let expected = truth.map(|truth| &truth.return_value);
-    println!("Money of returns (minor units)   refunded  store credit  exchanged  retained");
-    let keys: BTreeSet<&String> = measured
-        .keys()
-        .chain(expected.into_iter().flat_map(BTreeMap::keys))
-        .collect();
-    for key in keys {
-        let value = measured.get(key).cloned().unwrap_or_default();
-        let wanted = expected.map(|expected| expected.get(key).cloned().unwrap_or_default());
-        let mark = report.mark(wanted.as_ref().map(|wanted| *wanted == value));
-        let retained = value.store_credit_minor + value.exchange_value_minor;
-        let total = retained + value.refunded_minor;
-        println!(
-            "  {key:<28} {:>11} {:>13} {:>10} {:>9}{mark}",
-            value.refunded_minor,
-            value.store_credit_minor,
-            value.exchange_value_minor,
-            percent(if total == 0 {
-                0.0
-            } else {
-                retained as f64 / total as f64
-            })
-        );
-        if let Some(wanted) = wanted
-            && wanted != value
-        {
-            println!(
-                "  {:<28} {:>11} {:>13} {:>10}  (expected)",
-                "", wanted.refunded_minor, wanted.store_credit_minor, wanted.exchange_value_minor
-            );
-        }
-    }
-    println!();
+    keyed_table(
+        report,
+        &format!(
+            "{:<30} {:>11} {:>13} {:>10} {:>9}",
+            "Money of returns (minor units)", "refunded", "store credit", "exchanged", "retained"
+        ),
+        &measured,
+        truth.map(|truth| &truth.return_value),
+        |a, b| a == b,
+        |value| {
+            let retained = value.store_credit_minor + value.exchange_value_minor;
+            let total = retained + value.refunded_minor;
+            format!(
+                "{:>11} {:>13} {:>10} {:>9}",
+                value.refunded_minor,
+                value.store_credit_minor,
+                value.exchange_value_minor,
+                percent(if total == 0 {
+                    0.0
+                } else {
+                    retained as f64 / total as f64
+                })
+            )
+        },
+    );
 
     // Operations.
     let rows: Vec<StepsRow> = client
@@ -274,27 +270,27 @@ pub async fn print(
             )
         })
         .collect();
-    let expected = truth.map(|truth| &truth.operations);
     let close = |a: f64, b: f64| (a - b).abs() < 1e-6;
-    let same = |a: &Steps, b: &Steps| {
-        (a.cases, a.received, a.inspected, a.refunded)
-            == (b.cases, b.received, b.inspected, b.refunded)
-            && close(a.receipt_p50_seconds, b.receipt_p50_seconds)
-            && close(a.inspection_p50_seconds, b.inspection_p50_seconds)
-            && close(a.refund_p50_seconds, b.refund_p50_seconds)
-    };
-    println!(
-        "Return steps (median)     cases  request→receipt  receipt→inspection  receipt→refund"
-    );
-    let keys: BTreeSet<&String> = measured
-        .keys()
-        .chain(expected.into_iter().flat_map(BTreeMap::keys))
-        .collect();
-    for key in keys {
-        let steps = measured.get(key).cloned().unwrap_or_default();
-        let wanted = expected.map(|expected| expected.get(key).cloned().unwrap_or_default());
-        let mark = report.mark(wanted.as_ref().map(|wanted| same(wanted, &steps)));
-        let line = |steps: &Steps| {
+    keyed_table(
+        report,
+        &format!(
+            "{:<30} {:>7} {:>16} {:>19} {:>15}",
+            "Return steps (median)",
+            "cases",
+            "request→receipt",
+            "receipt→inspection",
+            "receipt→refund"
+        ),
+        &measured,
+        truth.map(|truth| &truth.operations),
+        |a: &Steps, b: &Steps| {
+            (a.cases, a.received, a.inspected, a.refunded)
+                == (b.cases, b.received, b.inspected, b.refunded)
+                && close(a.receipt_p50_seconds, b.receipt_p50_seconds)
+                && close(a.inspection_p50_seconds, b.inspection_p50_seconds)
+                && close(a.refund_p50_seconds, b.refund_p50_seconds)
+        },
+        |steps| {
             format!(
                 "{:>7} {:>16} {:>19} {:>15}",
                 steps.cases,
@@ -306,15 +302,8 @@ pub async fn print(
                 ),
                 format!("{} ({})", hours(steps.refund_p50_seconds), steps.refunded),
             )
-        };
-        println!("  {key:<22} {}{mark}", line(&steps));
-        if let Some(wanted) = wanted
-            && !same(&wanted, &steps)
-        {
-            println!("  {:<22} {}  (expected)", "", line(&wanted));
-        }
-    }
-    println!();
+        },
+    );
 
     let measured = counts(
         client,
