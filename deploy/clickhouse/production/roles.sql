@@ -21,6 +21,26 @@ GRANT ALTER DELETE ON boomerang.post_purchase_events TO boomerang_sink_writer;
 GRANT ALTER DELETE ON boomerang.orders TO boomerang_sink_writer;
 GRANT ALTER DELETE ON boomerang.customers TO boomerang_sink_writer;
 GRANT INSERT, SELECT ON boomerang.erasure_audit TO boomerang_sink_writer;
+-- It keeps the analytics stores fresh (`--analytics-refresh-ms`): reads the marks its inserts
+-- leave (and an erasure's), rewrites the stores, prunes old sales snapshots.
+GRANT INSERT, SELECT ON boomerang.analytics_dirty TO boomerang_sink_writer;
+GRANT ALTER DELETE ON boomerang.analytics_dirty TO boomerang_sink_writer;
+GRANT INSERT, SELECT ON boomerang.analytics_refresh_batch TO boomerang_sink_writer;
+GRANT ALTER DELETE ON boomerang.analytics_refresh_batch TO boomerang_sink_writer;
+GRANT INSERT, SELECT ON boomerang.analytics_refresh_days TO boomerang_sink_writer;
+GRANT INSERT, SELECT ON boomerang.analytics_refresh_state TO boomerang_sink_writer;
+GRANT INSERT, SELECT ON boomerang.cases_store TO boomerang_sink_writer;
+GRANT ALTER DELETE ON boomerang.cases_store TO boomerang_sink_writer;
+GRANT INSERT, SELECT ON boomerang.customers_store TO boomerang_sink_writer;
+GRANT ALTER DELETE ON boomerang.customers_store TO boomerang_sink_writer;
+GRANT INSERT, SELECT ON boomerang.sales_store TO boomerang_sink_writer;
+GRANT ALTER DELETE ON boomerang.sales_store TO boomerang_sink_writer;
+GRANT INSERT, SELECT ON boomerang.sales_days TO boomerang_sink_writer;
+GRANT SELECT ON boomerang.refresh_cases TO boomerang_sink_writer;
+GRANT SELECT ON boomerang.refresh_customers TO boomerang_sink_writer;
+GRANT SELECT ON boomerang.refresh_sales TO boomerang_sink_writer;
+GRANT SELECT ON boomerang.data_quality TO boomerang_sink_writer;
+GRANT SELECT ON boomerang.risk_flags TO boomerang_sink_writer;
 -- It records its refund SLA target (--refund-sla-hours) for the refund_sla view.
 GRANT INSERT, SELECT ON boomerang.analytics_settings TO boomerang_sink_writer;
 
