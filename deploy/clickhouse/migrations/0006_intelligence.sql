@@ -6,8 +6,8 @@
 -- How they stay fast: computed over the whole history at query time, one case's facts cost
 -- ClickHouse a GROUP BY over every event (8 s at 10M events on two cores). So the views read
 -- stores instead — `cases_store` (one row per case), `customers_store` (one per customer) and
--- `sales_store` (units sold per day and dimensions) — which the sink keeps fresh
--- (`sink/src/analytics_refresh.rs`): every insert into the events, orders or customers table
+-- `sales_store` (units sold and returned per day and dimensions) — which the sink keeps fresh
+-- (`clickhouse/src/analytics_refresh.rs`): every insert into the events, orders or customers table
 -- marks its customers in `analytics_dirty` (materialized views below); the sink recomputes
 -- every store row of those customers from the tables as they are then — the cases from their
 -- events, de-duplicated by idempotency key as FINAL would, the lines from the orders' latest
