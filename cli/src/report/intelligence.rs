@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::Context;
 
 use super::{Report, hours, percent};
-use crate::generate::truth::cases::{Intelligence, REPEAT_DAYS, Repeat, ReturnValue, Steps};
+use crate::generate::truth::cases::{Intelligence, Repeat, ReturnValue, Steps};
 
 #[derive(Debug, serde::Deserialize, clickhouse::Row)]
 struct CountRow {
@@ -111,7 +111,7 @@ fn count_table(
 ) {
     keyed_table(
         report,
-        &format!("{title:<30} {:>8}", "cases"),
+        &format!("{title}\n  {:<28} {:>8}", "", "cases"),
         measured,
         expected,
         |a, b| a == b,
@@ -170,7 +170,7 @@ pub async fn print(
     keyed_table(
         report,
         &format!(
-            "Repeat purchase after a case's resolution (bought again / covered for the window)\n  {:<28} {:>9} {:>18} {:>18} {:>18}",
+            "Repeat purchase after a case's resolution: bought again / customers the data covers for the whole window\n  {:<28} {:>9} {:>18} {:>18} {:>18}",
             "outcome", "customers", "30 days", "90 days", "365 days"
         ),
         &measured,
@@ -185,10 +185,6 @@ pub async fn print(
                 window(repeat.windows[2])
             )
         },
-    );
-    println!(
-        "  (windows: {:?} days; a customer counts once the data covers the whole window)\n",
-        REPEAT_DAYS
     );
 
     // The money of returns.
