@@ -88,6 +88,11 @@ pub struct GenArgs {
     /// move one across.
     #[arg(long, default_value_t = 7 * 24 * 3600)]
     pub live_window_secs: u64,
+    /// Build the world as of this moment (microseconds since the epoch, UTC) instead of now:
+    /// the same seed, sizes and moment give the same events, times included — to export the
+    /// world a live run published (its truth's `as_of_micros`).
+    #[arg(long)]
+    pub as_of_micros: Option<i64>,
     /// Enrich's return window (`--return-window-days`), for the truth's risk flags.
     #[arg(long, env = "BOOMERANG_RETURN_WINDOW_DAYS", default_value_t = 30)]
     pub return_window_days: i64,
@@ -176,7 +181,9 @@ pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
         anomalies: world::Anomalies::default(),
     };
     let started = Instant::now();
-    let now = TimestampMicros::now();
+    let now = args
+        .as_of_micros
+        .map_or_else(TimestampMicros::now, TimestampMicros::from_unix_micros);
     let world = world::build(&shape, now);
     eprintln!(
         "gen: a world of {} customers, {} orders and {} events (seed {}) built in {:.1?}",
@@ -226,6 +233,7 @@ pub async fn run(args: GenArgs) -> anyhow::Result<Truth> {
     let reference_records = published_orders.len() as u64 + world.customers.len() as u64;
     let mut truth = Truth {
         seed: args.seed,
+        as_of_micros: now.as_unix_micros(),
         topics_prefix: args.label.clone(),
         enrich: StageCounts {
             received: counts.sent,

@@ -45,6 +45,10 @@ pub struct Quantiles {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Truth {
     pub seed: u64,
+    /// The moment the world was built as of (microseconds since the epoch): `gen
+    /// --as-of-micros` builds the same world again.
+    #[serde(default)]
+    pub as_of_micros: i64,
     /// Topic names and the ClickHouse database the run used.
     pub topics_prefix: String,
     pub ingest: StageCounts,
