@@ -186,7 +186,10 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         i64::from(args.sink.refund_sla_hours) * MICROS_PER_HOUR,
         i64::from(args.sink.refund_sla_horizon_days) * 24 * MICROS_PER_HOUR,
     )));
-    record_refund_sla_target(&client, args.sink.refund_sla_hours).await?;
+    // A ClickHouse hiccup here must not stop the sink: the view then keeps the target it had.
+    if let Err(error) = record_refund_sla_target(&client, args.sink.refund_sla_hours).await {
+        tracing::warn!(error = %error, "recording the refund SLA's target failed; the refund_sla view keeps the one it had");
+    }
     sink_metrics
         .refund_sla_target_seconds
         .set(i64::from(args.sink.refund_sla_hours) * 3_600);

@@ -61,6 +61,17 @@ impl RefundSla {
         }
     }
 
+    /// Whether an event of this type can open or close a followed case.
+    pub fn follows(event_type: EventType) -> bool {
+        matches!(
+            event_type,
+            EventType::ReturnReceived
+                | EventType::RefundIssued
+                | EventType::StoreCreditIssued
+                | EventType::ReturnRejected
+        )
+    }
+
     pub fn target_micros(&self) -> i64 {
         self.target_micros
     }
