@@ -18,10 +18,17 @@
 //! can become visible after a later insert's. A mark is handled once per process; a restart
 //! handles the overlap's marks again, which is harmless.
 //!
+//! While the sink is catching up (its inserts full: a backlog, a backfill), a refresh is due
+//! only every `--analytics-refresh-under-load-ms` ([`InsertLoad`]): each refresh reads every
+//! event of the customers marked since the last, which under a full load is most of the table,
+//! and refreshing every few seconds then took ClickHouse's CPU from the inserts it was
+//! waiting on (`pipeline_e2e`: the drain of 1M events from 10 s to 13–21 s).
+//!
 //! Every sink instance refreshes what it sees, so several do the same work; their rows agree.
 //! `boomerang analytics refresh` runs it once, until nothing is left to refresh.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
@@ -33,6 +40,10 @@ const OVERLAP_MICROS: i64 = 60_000_000;
 /// Most customers per refresh batch: a batch's statements read every event of its customers.
 const BATCH_CUSTOMERS: usize = 20_000;
 
+/// How long after its last full batch the writer still counts as catching up, at least: a
+/// catch-up's batches follow each other within the insert's own wait.
+const MIN_BUSY_MEMORY: Duration = Duration::from_secs(2);
+
 /// How often old sales snapshots (replaced by a newer refresh of their day) are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -42,6 +53,8 @@ pub struct RefreshMetrics {
     pub refreshes: IntCounter,
     pub customers: IntCounter,
     pub failures: IntCounter,
+    /// Refreshes put off because the writer was catching up.
+    pub deferred: IntCounter,
     pub duration: Histogram,
     /// ClickHouse's clock when the last completed refresh read the tables (Unix seconds):
     /// every row committed before it is in the stores.
@@ -64,6 +77,10 @@ impl RefreshMetrics {
                 "boomerang_sink_analytics_refresh_failures_total",
                 "Refreshes of the analytics stores that failed (tried again at the next tick).",
             )?,
+            deferred: IntCounter::new(
+                "boomerang_sink_analytics_refreshes_deferred_total",
+                "Refreshes of the analytics stores put off because the sink was catching up (inserting full batches); one is still made every --analytics-refresh-under-load-ms.",
+            )?,
             duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "boomerang_sink_analytics_refresh_duration_seconds",
@@ -84,8 +101,32 @@ impl RefreshMetrics {
         registry.register(Box::new(self.refreshes.clone()))?;
         registry.register(Box::new(self.customers.clone()))?;
         registry.register(Box::new(self.failures.clone()))?;
+        registry.register(Box::new(self.deferred.clone()))?;
         registry.register(Box::new(self.duration.clone()))?;
         registry.register(Box::new(self.refreshed_at.clone()))
+    }
+}
+
+/// When the writer last inserted a full batch, shared between the writer, which says so, and
+/// the [`Refresher`], which refreshes less often while it does.
+#[derive(Clone, Debug, Default)]
+pub struct InsertLoad(Arc<Mutex<Option<Instant>>>);
+
+impl InsertLoad {
+    /// The writer has just inserted a batch that was full (or nearly): it is catching up.
+    pub fn full_batch(&self) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Instant::now());
+    }
+
+    /// Whether a full batch was inserted within `recent`.
+    pub fn busy_within(&self, recent: Duration) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .is_some_and(|at| at.elapsed() <= recent)
     }
 }
 
@@ -105,6 +146,8 @@ struct BatchRow<'a> {
 pub struct Refresher {
     client: clickhouse::Client,
     every: Duration,
+    /// How often while the writer inserts full batches, and what says it does.
+    under_load: Option<(Duration, InsertLoad)>,
     metrics: RefreshMetrics,
     /// The newest mark handled (ClickHouse time, microseconds); read from ClickHouse first.
     through: Option<i64>,
@@ -119,6 +162,7 @@ impl Refresher {
         Self {
             client,
             every,
+            under_load: None,
             metrics,
             through: None,
             handled: HashMap::new(),
@@ -127,18 +171,44 @@ impl Refresher {
         }
     }
 
+    /// While `load` says the writer inserts full batches, refreshes only every `every` (if it
+    /// is longer than the usual interval).
+    pub fn under_load(mut self, every: Duration, load: InsertLoad) -> Self {
+        self.under_load = Some((every, load));
+        self
+    }
+
+    /// Whether the refresh due now waits: the writer is catching up and the last refresh is
+    /// younger than the interval under load.
+    fn deferred(&self, last_refresh: Option<Instant>) -> bool {
+        let Some((every, load)) = &self.under_load else {
+            return false;
+        };
+        let Some(last_refresh) = last_refresh else {
+            return false;
+        };
+        last_refresh.elapsed() < *every && load.busy_within(self.every.max(MIN_BUSY_MEMORY))
+    }
+
     /// Refreshes until `shutdown`. A failed refresh is logged, counted and tried again at the
     /// next tick; nothing is marked handled until its refresh completed.
     pub async fn run(mut self, shutdown: CancellationToken) {
         // While refreshes keep failing (ClickHouse down), a warning every 30 s, not per tick.
         let mut last_warning: Option<Instant> = None;
         let mut pause = Duration::ZERO;
+        let mut last_refresh: Option<Instant> = None;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(pause) => {}
             }
+            if self.deferred(last_refresh) {
+                self.metrics.deferred.inc();
+                pause = self.every;
+                continue;
+            }
             let started = Instant::now();
+            last_refresh = Some(started);
             match self.refresh_once().await {
                 Ok(customers) => {
                     if last_warning.take().is_some() {
@@ -349,5 +419,51 @@ impl Refresher {
             .execute()
             .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refresher() -> Refresher {
+        let metrics = RefreshMetrics::new().expect("metrics");
+        Refresher::new(
+            clickhouse::Client::default(),
+            Duration::from_secs(2),
+            metrics,
+        )
+    }
+
+    #[test]
+    fn a_full_batch_counts_as_busy_for_a_while() {
+        let load = InsertLoad::default();
+        assert!(!load.busy_within(Duration::from_secs(60)), "never busy yet");
+        load.full_batch();
+        assert!(load.busy_within(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_refresh_waits_only_while_busy_and_only_up_to_the_interval_under_load() {
+        let load = InsertLoad::default();
+        let plain = refresher();
+        load.full_batch();
+        let just_now = Some(Instant::now());
+        assert!(!plain.deferred(just_now), "without a load signal, never");
+        let under_load = refresher().under_load(Duration::from_secs(300), load.clone());
+        assert!(
+            !under_load.deferred(None),
+            "the first refresh is never put off"
+        );
+        assert!(under_load.deferred(just_now), "busy, refreshed just now");
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(301));
+        if long_ago.is_some() {
+            assert!(
+                !under_load.deferred(long_ago),
+                "the interval under load has passed"
+            );
+        }
+        let idle = refresher().under_load(Duration::from_secs(300), InsertLoad::default());
+        assert!(!idle.deferred(just_now), "not busy: the usual interval");
     }
 }
