@@ -315,6 +315,28 @@ fn null_drain(kafka: &KafkaArgs, setup: &Setup, events: u64) -> Drain {
     drain
 }
 
+/// Waits until the sink's analytics stores hold everything ClickHouse holds now: the refresh
+/// of the reference data just loaded (20k customers' orders) is start-up, as the load is.
+async fn analytics_caught_up(sink: &StageProcess) {
+    let now_seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    poll_until(
+        "the analytics stores to catch up with the reference data",
+        Duration::from_secs(900),
+        || async {
+            let refreshed_at = value(
+                &metrics(sink).await,
+                "boomerang_sink_analytics_refreshed_at_seconds",
+                &[],
+            );
+            (refreshed_at > now_seconds).then_some(())
+        },
+    )
+    .await;
+}
+
 /// The three stage binaries draining `setup`'s pre-filled raw topic into ClickHouse, with
 /// their CPU.
 fn boomerang_drain(
@@ -339,6 +361,7 @@ fn boomerang_drain(
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        analytics_caught_up(&downstream[1]).await;
         let ingest = start_stages(stack, setup, binaries, &group, &[0]).await;
         let mut measured: Vec<(&'static str, u32)> = vec![
             ("ingest", ingest[0].id()),
@@ -516,6 +539,7 @@ fn main() {
             (loaded && written).then_some(())
         })
         .await;
+        analytics_caught_up(&processes[2]).await;
         let kafka = kafka.clone();
         let topic = latency.topics.raw_events.clone();
         let schema = latency.event_schema;
