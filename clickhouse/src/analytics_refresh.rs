@@ -384,20 +384,36 @@ impl Refresher {
             ),
             format!("INSERT INTO customers_store SELECT * FROM refresh_customers({arguments})"),
         ];
-        for statement in &statements {
+        for (step, statement) in ["days", "cases", "deleted_cases", "customers"]
+            .into_iter()
+            .zip(&statements)
+        {
+            let started = Instant::now();
             self.client.query(statement).execute().await?;
+            tracing::debug!(
+                step,
+                customers = customers.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "analytics refresh statement"
+            );
         }
         Ok(())
     }
 
     /// The sales of every day a refresh's batches noted, recomputed once, as a new snapshot.
     async fn refresh_sales(&self, refresh: u64, snapshot_text: &str) -> anyhow::Result<()> {
+        let started = Instant::now();
         self.client
             .query(&format!(
                 "INSERT INTO sales_store SELECT * FROM refresh_sales(batch = {refresh}, snapshot = '{snapshot_text}')"
             ))
             .execute()
             .await?;
+        tracing::debug!(
+            step = "sales",
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "analytics refresh statement"
+        );
         self.client
             .query(&format!(
                 "INSERT INTO sales_days (day, snapshot) \
