@@ -130,6 +130,36 @@ impl InsertLoad {
     }
 }
 
+/// ClickHouse's clock (microseconds since the epoch): a refresh whose `refreshed_at` is at
+/// or after it has seen every row ClickHouse held then.
+pub async fn clickhouse_now_micros(client: &clickhouse::Client) -> clickhouse::error::Result<i64> {
+    client
+        .query("SELECT toUnixTimestamp64Micro(now64(6))")
+        .fetch_one()
+        .await
+}
+
+/// When the last completed refresh read the tables (microseconds; 0 before the first): what
+/// whoever waits for the stores compares with [`clickhouse_now_micros`].
+pub async fn refreshed_at_micros(client: &clickhouse::Client) -> clickhouse::error::Result<i64> {
+    refresh_state_micros(client, "refreshed_at").await
+}
+
+/// One of the refresher's moments in `analytics_refresh_state`, as it last wrote it.
+async fn refresh_state_micros(
+    client: &clickhouse::Client,
+    name: &str,
+) -> clickhouse::error::Result<i64> {
+    client
+        .query(
+            "SELECT toUnixTimestamp64Micro(max(value)) FROM analytics_refresh_state \
+             WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_one()
+        .await
+}
+
 /// A customer marked since a moment, and their newest mark.
 #[derive(Debug, serde::Deserialize, clickhouse::Row)]
 struct Mark {
@@ -245,17 +275,6 @@ impl Refresher {
         }
     }
 
-    async fn read_through(&self) -> anyhow::Result<i64> {
-        Ok(self
-            .client
-            .query(
-                "SELECT toUnixTimestamp64Micro(max(value)) FROM analytics_refresh_state \
-                 WHERE name = 'refreshed_through'",
-            )
-            .fetch_one::<i64>()
-            .await?)
-    }
-
     /// One refresh of every customer marked since the last; how many it recomputed.
     pub async fn refresh_once(&mut self) -> anyhow::Result<usize> {
         // The moment the tables are read: every row committed before it is seen below.
@@ -268,7 +287,7 @@ impl Refresher {
             .await?;
         let through = match self.through {
             Some(through) => through,
-            None => self.read_through().await?,
+            None => refresh_state_micros(&self.client, "refreshed_through").await?,
         };
         let from = through.saturating_sub(OVERLAP_MICROS).max(0);
         let marks: Vec<Mark> = self

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use boomerang_clickhouse::ClickhouseArgs;
+use boomerang_clickhouse::analytics_refresh;
 
 use crate::generate::truth::{Quantiles, StageCounts, Truth, Units};
 
@@ -152,19 +153,12 @@ async fn wait_drained(args: &ReportArgs, truth: &Truth) -> anyhow::Result<()> {
 /// after this call: then they hold every row ClickHouse held when it was called. Without a
 /// refresher running, says so after `timeout_secs` and goes on with what the stores hold.
 async fn wait_for_the_stores(client: &clickhouse::Client, timeout_secs: u64) -> anyhow::Result<()> {
-    let now: i64 = client
-        .query("SELECT toUnixTimestamp64Micro(now64(6))")
-        .fetch_one()
+    let now = analytics_refresh::clickhouse_now_micros(client)
         .await
         .context("reading ClickHouse's clock")?;
     let deadline = Instant::now() + Duration::from_secs(timeout_secs);
     loop {
-        let refreshed: i64 = client
-            .query(
-                "SELECT toUnixTimestamp64Micro(max(value)) FROM analytics_refresh_state \
-                 WHERE name = 'refreshed_at'",
-            )
-            .fetch_one()
+        let refreshed = analytics_refresh::refreshed_at_micros(client)
             .await
             .context("reading when the analytics stores were refreshed")?;
         if refreshed >= now {

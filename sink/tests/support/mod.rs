@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use boomerang_clickhouse::ClickhouseArgs;
+use boomerang_clickhouse::analytics_refresh;
 use boomerang_clickhouse::migrations;
 use boomerang_runtime::kafka::TopicSpec;
 use boomerang_runtime::wire;
@@ -161,23 +162,14 @@ pub async fn wait_all_committed(pipeline: &Pipeline) {
 /// the analytics views then show every row ClickHouse held when it was called.
 pub async fn wait_analytics_refreshed(pipeline: &Pipeline) {
     let client = pipeline.clickhouse.client();
-    let now: i64 = client
-        .query("SELECT toUnixTimestamp64Micro(now64(6))")
-        .fetch_one()
+    let now = analytics_refresh::clickhouse_now_micros(&client)
         .await
         .expect("ClickHouse's clock");
     poll_until(
         "a refresh of the analytics stores",
         Duration::from_secs(60),
         || async {
-            let refreshed: i64 = client
-                .query(
-                    "SELECT toUnixTimestamp64Micro(max(value)) FROM analytics_refresh_state \
-                     WHERE name = 'refreshed_at'",
-                )
-                .fetch_one()
-                .await
-                .ok()?;
+            let refreshed = analytics_refresh::refreshed_at_micros(&client).await.ok()?;
             (refreshed >= now).then_some(())
         },
     )
