@@ -3,8 +3,12 @@
 
 A local stand-in for a ClickHouse server, not a server: chDB (the real ClickHouse 26.9 engine,
 in-process) has no server program of its own, so this speaks just enough of the HTTP interface
-for Boomerang's tests and local runs. It is NOT for production: one query runs at a time, there
-is no native protocol, no users, roles or quotas, and no TLS.
+for Boomerang's tests and local runs. It is NOT for production: there is no native protocol, no
+users, roles or quotas, and no TLS.
+
+Like a ClickHouse server, it runs several queries at once (`--connections`, each request on a
+chDB connection of its own while it runs): a long SELECT (the sink's analytics refresh) does not
+hold up an insert. Queries beyond that many wait for a connection.
 
 What it speaks:
 - `GET /ping` -> `Ok.`
@@ -28,6 +32,7 @@ import email.policy
 import http.server
 import json
 import os
+import queue
 import re
 import signal
 import struct
@@ -92,6 +97,9 @@ CODE_CHECKSUM_DOESNT_MATCH = 40
 CODE_CANNOT_DECOMPRESS = 271
 CODE_UNKNOWN_EXCEPTION = 1002
 
+# Queries run at once by default: the sink's inserts, its analytics refresh, a report, a test.
+DEFAULT_CONNECTIONS = 4
+
 
 class QueryError(Exception):
     """An error to answer as ClickHouse would: its code and message."""
@@ -107,51 +115,80 @@ def exception_code(message):
 
 
 class Engine:
-    """One chDB connection, used by one request at a time."""
+    """chDB connections to one data directory, each used by one request at a time.
 
-    def __init__(self, data_dir):
+    chDB runs one embedded server per process; every connection to its path is a client of it,
+    with its own current database and settings, and their queries run side by side.
+    """
+
+    def __init__(self, data_dir, connections=DEFAULT_CONNECTIONS):
         chdb._chdb.set_signal_handlers_enabled(0)
-        self.connection = chdb.connect(data_dir)
-        # Where INSERT bodies wait to be inserted (see `_insert`).
-        if data_dir.startswith(":memory:") or not data_dir:
-            self.spool_dir = tempfile.gettempdir()
+        in_memory = data_dir.startswith(":memory:") or not data_dir
+        # Where INSERT bodies wait to be inserted (see `Session._insert`).
+        if in_memory:
+            spool_dir = tempfile.gettempdir()
         else:
-            self.spool_dir = os.path.join(data_dir, "insert-spool")
-            os.makedirs(self.spool_dir, exist_ok=True)
-        self.lock = threading.Lock()
-        self.version = (
-            self.connection.query("SELECT version()", "TSV").bytes().decode().strip()
-        )
+            spool_dir = os.path.join(data_dir, "insert-spool")
+            os.makedirs(spool_dir, exist_ok=True)
+        # An in-memory engine is not a path other connections could share: one connection.
+        count = 1 if in_memory else max(1, connections)
+        self.sessions = [
+            Session(chdb.connect(data_dir), spool_dir) for _ in range(count)
+        ]
+        # Last in, first out: a light load keeps to the connections already warm.
+        self.idle = queue.LifoQueue()
+        for session in self.sessions:
+            self.idle.put(session)
+        self.version = self.run("SELECT version()", "TSV", {}, {}, None, None)[0]
+        self.version = self.version.decode().strip()
 
     def close(self):
-        with self.lock:
-            self.connection.close()
+        # Waits for every connection to come back from its request.
+        for _ in self.sessions:
+            self.idle.get().connection.close()
+
+    def run(self, sql, output_format, params, settings, database, insert_body):
+        """Runs one statement on an idle connection (waiting for one if none is)."""
+        session = self.idle.get()
+        try:
+            return session.run(
+                sql, output_format, params, settings, database, insert_body
+            )
+        finally:
+            self.idle.put(session)
+
+
+class Session:
+    """One chDB connection; `USE` and `SET` apply to it, so it serves one request at a time."""
+
+    def __init__(self, connection, spool_dir):
+        self.connection = connection
+        self.spool_dir = spool_dir
 
     def run(self, sql, output_format, params, settings, database, insert_body):
         """Runs one statement; `insert_body` is an iterator of data chunks for an INSERT."""
-        with self.lock:
-            applied = []
-            try:
-                if database:
-                    self._query(f"USE {quote_identifier(database)}", "TSV", {})
-                for name, value in settings.items():
-                    self._query(f"SET {name} = {quote_string(value)}", "TSV", {})
-                    applied.append(name)
-                if insert_body is not None:
-                    return self._insert(sql, insert_body)
-                return self._query(sql, output_format, params)
-            finally:
-                # Settings are for this query only: the connection outlives it.
-                for name in applied:
-                    try:
-                        self._query(f"SET {name} = DEFAULT", "TSV", {})
-                    except QueryError:
-                        pass
-                if database:
-                    try:
-                        self._query("USE default", "TSV", {})
-                    except QueryError:
-                        pass
+        applied = []
+        try:
+            if database:
+                self._query(f"USE {quote_identifier(database)}", "TSV", {})
+            for name, value in settings.items():
+                self._query(f"SET {name} = {quote_string(value)}", "TSV", {})
+                applied.append(name)
+            if insert_body is not None:
+                return self._insert(sql, insert_body)
+            return self._query(sql, output_format, params)
+        finally:
+            # Settings are for this query only: the connection outlives it.
+            for name in applied:
+                try:
+                    self._query(f"SET {name} = DEFAULT", "TSV", {})
+                except QueryError:
+                    pass
+            if database:
+                try:
+                    self._query("USE default", "TSV", {})
+                except QueryError:
+                    pass
 
     def _query(self, sql, output_format, params):
         try:
@@ -526,9 +563,9 @@ class Server(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
 
 
-def serve(listen, data_dir, verbose=False, ready=None):
+def serve(listen, data_dir, verbose=False, ready=None, connections=DEFAULT_CONNECTIONS):
     host, port = listen.rsplit(":", 1)
-    engine = Engine(data_dir)
+    engine = Engine(data_dir, connections)
     handler = type("BoundHandler", (Handler,), {"engine": engine, "verbose": verbose})
     server = Server((host, int(port)), handler)
     if ready is not None:
@@ -550,6 +587,12 @@ def main():
     parser.add_argument(
         "--data", required=True, help="chDB data directory (kept across restarts)"
     )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=DEFAULT_CONNECTIONS,
+        help="queries run at once, each on a chDB connection of its own (others wait)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request")
     options = parser.parse_args()
 
@@ -565,7 +608,7 @@ def main():
             flush=True,
         )
 
-    serve(options.listen, options.data, options.verbose, on_ready)
+    serve(options.listen, options.data, options.verbose, on_ready, options.connections)
 
 
 if __name__ == "__main__":

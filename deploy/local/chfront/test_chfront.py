@@ -8,6 +8,7 @@ import os
 import struct
 import tempfile
 import threading
+import time
 import unittest
 import urllib.parse
 
@@ -256,6 +257,31 @@ class FrontEndTest(unittest.TestCase):
             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
         )
         self.assertEqual((response.status, payload), (200, b"hi!\n"))
+
+    def test_a_long_query_does_not_hold_up_an_insert(self):
+        # Like a ClickHouse server: the sink's inserts go on while its analytics refresh (a
+        # long SELECT) runs.
+        self.fresh_table("beside_long_query")
+        long_query = threading.Thread(
+            target=self.query, args=("SELECT sleep(3) AS chfront_long_query",)
+        )
+        long_query.start()
+        deadline = time.monotonic() + 30
+        running = "SELECT count() FROM system.processes WHERE query LIKE '%AS chfront_long_query%' AND query NOT LIKE '%system.processes%'"
+        while self.query(running) != "1\n":
+            self.assertLess(time.monotonic(), deadline, "the long query never started")
+            time.sleep(0.01)
+        response, payload = self.request(
+            "POST",
+            {"query": "INSERT INTO beside_long_query FORMAT RowBinary"},
+            rows_binary([(1, "a")]),
+        )
+        self.assertEqual(response.status, 200, payload)
+        self.assertEqual(self.query("SELECT count() FROM beside_long_query"), "1\n")
+        self.assertEqual(
+            self.query(running), "1\n", "the insert waited for the long query"
+        )
+        long_query.join(timeout=30)
 
     def test_database_parameter(self):
         self.query("CREATE DATABASE IF NOT EXISTS other")
