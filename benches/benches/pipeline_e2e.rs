@@ -294,6 +294,10 @@ struct LatencyRow {
     rows: u64,
     p50_ms: f64,
     p99_ms: f64,
+    /// The p99 split at `enriched_at`, when enrich joined the event: ingest, enrich and two
+    /// broker hops before; the sink and ClickHouse after.
+    p99_to_enriched_ms: f64,
+    p99_enriched_to_queryable_ms: f64,
 }
 
 /// The null pipeline draining `setup`'s pre-filled raw topic, with its CPU.
@@ -540,6 +544,15 @@ fn main() {
         })
         .await;
         analytics_caught_up(&processes[2]).await;
+        // CPU over the paced run, per process: at a low rate the broker's share is the one that
+        // moves (the local broker's reads cost more the more batches a partition holds).
+        let mut measured: Vec<(&'static str, u32)> = vec![
+            ("ingest", processes[0].id()),
+            ("enrich", processes[1].id()),
+            ("sink", processes[2].id()),
+        ];
+        measured.extend(stack_pids());
+        let cpu_before = cpu_now(&measured);
         let kafka = kafka.clone();
         let topic = latency.topics.raw_events.clone();
         let schema = latency.event_schema;
@@ -567,6 +580,7 @@ fn main() {
         }
         producing.join().expect("producer");
         eprintln!("latency run: all {total} events queryable; querying the latencies");
+        print_cpu_used(&measured, &cpu_before, total as u64);
         for process in &processes {
             process.terminate();
         }
@@ -576,7 +590,9 @@ fn main() {
             .query(
                 "SELECT count() AS rows, \
                  quantileExact(0.5)(toUnixTimestamp64Micro(inserted_at) - toInt64(splitByChar('-', event_id)[2])) / 1000 AS p50_ms, \
-                 quantileExact(0.99)(toUnixTimestamp64Micro(inserted_at) - toInt64(splitByChar('-', event_id)[2])) / 1000 AS p99_ms \
+                 quantileExact(0.99)(toUnixTimestamp64Micro(inserted_at) - toInt64(splitByChar('-', event_id)[2])) / 1000 AS p99_ms, \
+                 quantileExact(0.99)(toUnixTimestamp64Micro(enriched_at) - toInt64(splitByChar('-', event_id)[2])) / 1000 AS p99_to_enriched_ms, \
+                 quantileExact(0.99)(toUnixTimestamp64Micro(inserted_at) - toUnixTimestamp64Micro(enriched_at)) / 1000 AS p99_enriched_to_queryable_ms \
                  FROM post_purchase_events",
             )
             .fetch_one()
@@ -584,8 +600,12 @@ fn main() {
             .expect("latency")
     });
     eprintln!(
-        "boomerang at {rate}/s: {} events, p50 {:.0} ms, p99 {:.0} ms",
-        boomerang_latency.rows, boomerang_latency.p50_ms, boomerang_latency.p99_ms
+        "boomerang at {rate}/s: {} events, p50 {:.0} ms, p99 {:.0} ms (p99 produce → enriched {:.0} ms, enriched → queryable {:.0} ms)",
+        boomerang_latency.rows,
+        boomerang_latency.p50_ms,
+        boomerang_latency.p99_ms,
+        boomerang_latency.p99_to_enriched_ms,
+        boomerang_latency.p99_enriched_to_queryable_ms
     );
     let (_, null_latencies) = null_pipeline(&kafka, "", 0, Some((rate, seconds)));
 
