@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use boomerang_benches::harness::{built_release_binary, cpu_seconds, env_number, peak_rss_kib};
 use boomerang_benches::pipeline::{
-    Setup, cpu_now, print_cpu_used, producer, rows_inserted, send, setup, stack_pids, start_stages,
+    Setup, cpu_now, pipeline_pids, print_cpu_used, producer, rows_inserted, send, setup,
+    start_stages,
 };
 use boomerang_benches::reference_world::{customer, customer_id, event, order, order_id};
 use boomerang_schemas::{AvroRecord, Customer, Order, PostPurchaseEvent, TimestampMicros, codec};
@@ -168,12 +169,7 @@ async fn live(stack: &Stack, binaries: &[String; 3], events: usize) -> Round {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let ingest = start_stages(stack, &setup, binaries, &group, &[0]).await;
-    let mut measured: Vec<(&'static str, u32)> = vec![
-        ("ingest", ingest[0].id()),
-        ("enrich", downstream[0].id()),
-        ("sink", downstream[1].id()),
-    ];
-    measured.extend(stack_pids());
+    let measured = pipeline_pids(&ingest[0], &downstream[0], &downstream[1]);
     let cpu_before = cpu_now(&measured);
     let mut first = None;
     let started = Instant::now();
@@ -236,12 +232,7 @@ async fn backfill(stack: &Stack, binaries: &[String; 3], events: usize, dir: &Pa
     );
     let group = unique_name("bench-backfill");
     let stages = start_stages(stack, &setup, binaries, &group, &[0, 1, 2]).await;
-    let mut measured: Vec<(&'static str, u32)> = vec![
-        ("ingest", stages[0].id()),
-        ("enrich", stages[1].id()),
-        ("sink", stages[2].id()),
-    ];
-    measured.extend(stack_pids());
+    let measured = pipeline_pids(&stages[0], &stages[1], &stages[2]);
     let cpu_before = cpu_now(&measured);
     let cli = built_release_binary("boomerang-cli", "boomerang");
     let topics = &setup.topics;

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use boomerang_benches::harness::{built_release_binary, env_number, peak_rss_kib};
 use boomerang_benches::pipeline::{
-    PARTITIONS, Setup, cpu_now, print_cpu_used, producer, rows_inserted, send, setup, stack_pids,
-    start_stages,
+    PARTITIONS, Setup, cpu_now, pipeline_pids, print_cpu_used, producer, rows_inserted, send,
+    setup, stack_pids, start_stages,
 };
 use boomerang_benches::reference_world::{customer, event, order};
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
@@ -367,12 +367,7 @@ fn boomerang_drain(
         }
         analytics_caught_up(&downstream[1]).await;
         let ingest = start_stages(stack, setup, binaries, &group, &[0]).await;
-        let mut measured: Vec<(&'static str, u32)> = vec![
-            ("ingest", ingest[0].id()),
-            ("enrich", downstream[0].id()),
-            ("sink", downstream[1].id()),
-        ];
-        measured.extend(stack_pids());
+        let measured = pipeline_pids(&ingest[0], &downstream[0], &downstream[1]);
         let cpu_before = cpu_now(&measured);
         let profiler = start_profiler();
         let started = Instant::now();
@@ -546,12 +541,7 @@ fn main() {
         analytics_caught_up(&processes[2]).await;
         // CPU over the paced run, per process: at a low rate the broker's share is the one that
         // moves (the local broker's reads cost more the more batches a partition holds).
-        let mut measured: Vec<(&'static str, u32)> = vec![
-            ("ingest", processes[0].id()),
-            ("enrich", processes[1].id()),
-            ("sink", processes[2].id()),
-        ];
-        measured.extend(stack_pids());
+        let measured = pipeline_pids(&processes[0], &processes[1], &processes[2]);
         let cpu_before = cpu_now(&measured);
         let kafka = kafka.clone();
         let topic = latency.topics.raw_events.clone();

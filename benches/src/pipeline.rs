@@ -172,6 +172,22 @@ pub fn print_cpu_used(measured: &[(&str, u32)], before: &[f64], events: u64) {
     }
 }
 
+/// The three stages (ingest, enrich, sink) and the stack's broker and ClickHouse front end:
+/// the processes whose CPU a run reports.
+pub fn pipeline_pids(
+    ingest: &StageProcess,
+    enrich: &StageProcess,
+    sink: &StageProcess,
+) -> Vec<(&'static str, u32)> {
+    let mut pids = vec![
+        ("ingest", ingest.id()),
+        ("enrich", enrich.id()),
+        ("sink", sink.id()),
+    ];
+    pids.extend(stack_pids());
+    pids
+}
+
 /// The local stack's broker and ClickHouse front end, by their pid files.
 pub fn stack_pids() -> Vec<(&'static str, u32)> {
     let pids = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/stack/pids");
