@@ -139,8 +139,8 @@ class Engine:
         self.idle = queue.LifoQueue()
         for session in self.sessions:
             self.idle.put(session)
-        self.version = self.run("SELECT version()", "TSV", {}, {}, None, None)[0]
-        self.version = self.version.decode().strip()
+        version, _ = self.run("SELECT version()", "TSV", {}, {}, None, None)
+        self.version = version.decode().strip()
 
     def close(self):
         # Waits for every connection to come back from its request.
