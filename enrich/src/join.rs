@@ -2,7 +2,7 @@
 
 use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_schemas::{
-    EnrichedPostPurchaseEvent, EventType, Money, PostPurchaseEvent, TimestampMicros,
+    EnrichedPostPurchaseEvent, Enrichment, EventType, MoneyRef, PostPurchaseEvent, TimestampMicros,
 };
 
 use crate::tables::{CustomerRef, OrderRef, RefKey, ReferenceTables, ref_key};
@@ -24,9 +24,47 @@ pub struct JoinKeys {
 
 impl JoinKeys {
     pub fn of(event: &PostPurchaseEvent) -> Self {
+        Self::of_ids(&event.order_id, &event.customer_id)
+    }
+
+    pub fn of_ids(order_id: &str, customer_id: &str) -> Self {
         Self {
-            order: ref_key(event.order_id.as_bytes()),
-            customer: ref_key(event.customer_id.as_bytes()),
+            order: ref_key(order_id.as_bytes()),
+            customer: ref_key(customer_id.as_bytes()),
+        }
+    }
+}
+
+/// What a join reads of an event besides its keys.
+#[derive(Debug, Clone, Copy)]
+pub struct EventFacts<'event> {
+    pub order_line_id: &'event str,
+    pub occurred_at: TimestampMicros,
+}
+
+impl<'event> EventFacts<'event> {
+    pub fn of(event: &'event PostPurchaseEvent) -> Self {
+        Self {
+            order_line_id: &event.order_line_id,
+            occurred_at: event.occurred_at,
+        }
+    }
+}
+
+/// What a risk flag reads of an event.
+#[derive(Debug, Clone, Copy)]
+pub struct RiskFacts<'event> {
+    pub event_type: EventType,
+    pub quantity: i32,
+    pub amount: Option<MoneyRef<'event>>,
+}
+
+impl<'event> RiskFacts<'event> {
+    pub fn of(event: &'event PostPurchaseEvent) -> Self {
+        Self {
+            event_type: event.event_type,
+            quantity: event.quantity,
+            amount: event.amount.as_ref().map(MoneyRef::from),
         }
     }
 }
@@ -115,17 +153,20 @@ impl RiskFlag {
 
 /// The one-event risk of an enriched event, if it shows one.
 pub fn risk_flag(enriched: &EnrichedPostPurchaseEvent) -> Option<RiskFlag> {
-    let event = &enriched.event;
+    risk_flag_of(RiskFacts::of(&enriched.event), &Enrichment::of(enriched))
+}
+
+/// The one-event risk of an event and what a join added to it, if they show one.
+pub fn risk_flag_of(event: RiskFacts<'_>, enrichment: &Enrichment<'_>) -> Option<RiskFlag> {
     match event.event_type {
         EventType::RefundIssued | EventType::StoreCreditIssued => {
-            let (amount, price) = (event.amount.as_ref()?, enriched.line_unit_price.as_ref()?);
+            let (amount, price) = (event.amount?, enrichment.line_unit_price?);
             let cost = price.amount_minor.checked_mul(i64::from(event.quantity))?;
             (amount.currency == price.currency && amount.amount_minor > cost)
                 .then_some(RiskFlag::RefundAboveLineCost)
         }
-        EventType::ReturnRequested => {
-            (enriched.within_return_window == Some(false)).then_some(RiskFlag::RequestedAfterWindow)
-        }
+        EventType::ReturnRequested => (enrichment.within_return_window == Some(false))
+            .then_some(RiskFlag::RequestedAfterWindow),
         _ => None,
     }
 }
@@ -141,14 +182,28 @@ pub fn enrich(
     pseudonymiser: &Pseudonymiser,
     now: TimestampMicros,
 ) -> (EnrichedPostPurchaseEvent, JoinOutcome) {
+    let (enrichment, outcome) = join(EventFacts::of(&event), lookup, waited, settings, now);
     event.reason_text = None;
-    let customer = lookup.customer;
-    let consented = customer.is_some_and(|customer| customer.analytics_consent);
-    if !consented {
+    if enrichment.customer_pseudonymised {
         event.customer_id = pseudonymiser.pseudonym(&event.customer_id);
     }
+    (enrichment.apply(event), outcome)
+}
+
+/// What joining an event with what `lookup` found adds to it, borrowed from the tables, and
+/// how the join ended. `customer_pseudonymised` says whether the event's customer id must be
+/// replaced by its pseudonym ([`enrich`] does; enrich's in-place path writes it so).
+pub fn join<'tables>(
+    event: EventFacts<'_>,
+    lookup: &Lookup<'tables>,
+    waited: bool,
+    settings: &JoinSettings,
+    now: TimestampMicros,
+) -> (Enrichment<'tables>, JoinOutcome) {
+    let customer = lookup.customer;
+    let consented = customer.is_some_and(|customer| customer.analytics_consent);
     let order = lookup.order;
-    let line = order.and_then(|order| order.line(&event.order_line_id));
+    let line = order.and_then(|order| order.line(event.order_line_id));
     let delivered_at = order.and_then(|order| order.delivered_at);
     let days_since_delivery = delivered_at.map(|delivered_at| {
         let days = (event.occurred_at.as_unix_micros() - delivered_at.as_unix_micros())
@@ -163,30 +218,31 @@ pub fn enrich(
         (true, true, true) if waited => JoinOutcome::JoinedAfterWait,
         (true, true, true) => JoinOutcome::Joined,
     };
-    let enriched = EnrichedPostPurchaseEvent {
+    let enrichment = Enrichment {
         customer_missing: customer.is_none(),
         order_missing: order.is_none(),
         order_line_missing: order.is_some() && line.is_none(),
         customer_pseudonymised: !consented,
-        customer_segment: customer.map(|customer| customer.segment.to_string()),
-        customer_region: customer.map(|customer| customer.region.to_string()),
+        customer_segment: customer.map(|customer| &*customer.segment),
+        customer_region: customer.map(|customer| &*customer.region),
         order_channel: order.map(|order| order.channel),
         order_placed_at: order.map(|order| order.placed_at),
         order_delivered_at: delivered_at,
-        line_category: line.map(|line| line.category.to_string()),
-        line_unit_price: line
-            .zip(order)
-            .map(|(line, order)| Money::new(line.unit_price_minor, order.currency.as_ref())),
+        line_category: line.map(|line| &*line.category),
+        line_unit_price: line.zip(order).map(|(line, order)| MoneyRef {
+            amount_minor: line.unit_price_minor,
+            currency: &order.currency,
+        }),
         days_since_delivery,
         within_return_window: days_since_delivery.map(|days| days <= settings.return_window_days),
         enriched_at: now,
-        event,
     };
-    (enriched, outcome)
+    (enrichment, outcome)
 }
 
 #[cfg(test)]
 mod tests {
+    use boomerang_schemas::Money;
     use boomerang_testkit::samples::{customer, event, order};
 
     use super::*;

@@ -3,6 +3,10 @@
 //! (`tables.rs`, filled by `reference.rs`) → join (`join.rs`) and publish (`publish.rs`), or,
 //! when reference data is missing, hold the event (`pending.rs`) until it arrives or the
 //! deadline passes.
+//!
+//! The common case — an event of the current schema whose order and customer are both there —
+//! is read in place and its enriched record written from its bytes (`boomerang_schemas::splice`),
+//! not decoded into an owned event and encoded again. Anything else takes the decoder.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,12 +18,14 @@ use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_runtime::stage_loop::{
     InputRecord, Outcome, Partition, Processor, Released, RetryableError,
 };
-use boomerang_schemas::{PostPurchaseEvent, TimestampMicros};
+use boomerang_schemas::{EventView, PostPurchaseEvent, TimestampMicros};
 
-use crate::join::{JoinKeys, JoinSettings, Lookup, enrich, risk_flag};
+use crate::join::{
+    EventFacts, JoinKeys, JoinSettings, Lookup, RiskFacts, enrich, join, risk_flag, risk_flag_of,
+};
 use crate::metrics::EnrichMetrics;
 use crate::pending::{Held, PendingBuffer, PendingLimits};
-use crate::publish::enriched_record;
+use crate::publish::{enriched_record, spliced_record};
 use crate::reference::Arrivals;
 use crate::tables::{ReferenceTables, SharedTables};
 
@@ -86,10 +92,15 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
 
     /// Whether the event's customer asked to be forgotten after it happened: then it is not
     /// emitted (and counted), so that no row of it can reach ClickHouse again.
-    fn erased(&self, tables: &ReferenceTables, event: &PostPurchaseEvent, keys: JoinKeys) -> bool {
+    fn erased(
+        &self,
+        tables: &ReferenceTables,
+        occurred_at: TimestampMicros,
+        keys: JoinKeys,
+    ) -> bool {
         let erased = tables
             .erased_at(keys.customer)
-            .is_some_and(|requested_at| event.occurred_at <= requested_at);
+            .is_some_and(|requested_at| occurred_at <= requested_at);
         if erased {
             self.metrics.events_erased.inc();
         }
@@ -105,10 +116,66 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
         record: &InputRecord,
     ) -> Outcome {
         let tables = self.tables.read();
-        if self.erased(&tables, &event, keys) {
+        if self.erased(&tables, event.occurred_at, keys) {
             return Outcome::Emit(Default::default());
         }
         self.emit_with(event, &Lookup::new(&tables, keys), waited, record)
+    }
+
+    /// The common case, in place: an event written with the current schema (the decoder has
+    /// met its schema id before), not behind a held event of its order, whose order and
+    /// customer are both in the tables. `None` leaves the record to [`Self::process`]'s
+    /// decoder: to be held, resolved from an earlier version, or refused with its reason.
+    fn process_in_place(&self, record: &InputRecord) -> Option<Outcome> {
+        let (_schema_id, datum) = self.decoder.current_datum(record.value())?;
+        let event = EventView::read(datum).ok()?;
+        let keys = JoinKeys::of_ids(event.order_id, event.customer_id);
+        if self.pending.holds_order(keys.order) {
+            return None;
+        }
+        let tables = self.tables.read();
+        if self.erased(&tables, event.occurred_at, keys) {
+            return Some(Outcome::Emit(Default::default()));
+        }
+        let lookup = Lookup::new(&tables, keys);
+        if !lookup.complete() {
+            return None;
+        }
+        let facts = EventFacts {
+            order_line_id: event.order_line_id,
+            occurred_at: event.occurred_at,
+        };
+        let (enrichment, outcome) = join(
+            facts,
+            &lookup,
+            false,
+            &self.settings.join,
+            TimestampMicros::now(),
+        );
+        self.metrics.count_join(outcome);
+        let risk = RiskFacts {
+            event_type: event.event_type,
+            quantity: event.quantity,
+            amount: event.amount,
+        };
+        if let Some(flag) = risk_flag_of(risk, &enrichment) {
+            self.metrics.count_risk(flag);
+        }
+        let pseudonym;
+        let customer_id = if enrichment.customer_pseudonymised {
+            pseudonym = self.pseudonymiser.pseudonym(event.customer_id);
+            &pseudonym
+        } else {
+            event.customer_id
+        };
+        Some(Outcome::emit(spliced_record(
+            &event,
+            customer_id,
+            &enrichment,
+            self.settings.enriched_schema_id,
+            &self.settings.enriched_topic,
+            record,
+        )))
     }
 
     fn emit_with(
@@ -186,6 +253,9 @@ impl<Source: WriterSchemaSource> Processor for EnrichProcessor<Source> {
     }
 
     async fn process(&mut self, record: &InputRecord) -> Result<Outcome, RetryableError> {
+        if let Some(outcome) = self.process_in_place(record) {
+            return Ok(outcome);
+        }
         let decoded = match self.decoder.decode(record.value()).await {
             Ok(decoded) => decoded,
             Err(DecodeFailure::Rejected(rejection)) => return Ok(Outcome::DeadLetter(rejection)),
@@ -195,7 +265,7 @@ impl<Source: WriterSchemaSource> Processor for EnrichProcessor<Source> {
         let keys = JoinKeys::of(&event);
         if !self.pending.holds_order(keys.order) {
             let tables = self.tables.read();
-            if self.erased(&tables, &event, keys) {
+            if self.erased(&tables, event.occurred_at, keys) {
                 return Ok(Outcome::Emit(Default::default()));
             }
             let lookup = Lookup::new(&tables, keys);
@@ -255,5 +325,144 @@ impl<Source: WriterSchemaSource> Processor for EnrichProcessor<Source> {
 
     fn room(&self) -> usize {
         self.pending.room()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use apache_avro::Schema;
+    use boomerang_runtime::metrics::Metrics;
+    use boomerang_runtime::registry::LookupError;
+    use boomerang_runtime::stage_loop::Headers;
+    use boomerang_runtime::wire;
+    use boomerang_schemas::{EnrichedPostPurchaseEvent, EventType, Money, SchemaKind, codec};
+    use boomerang_testkit::samples::{customer, event, order};
+
+    use super::*;
+    use crate::tables::ref_key;
+
+    /// Schema id 2 is the current event schema; nothing else is registered.
+    struct CurrentOnly;
+
+    impl WriterSchemaSource for CurrentOnly {
+        async fn writer_schema(&mut self, id: u32) -> Result<&'static Schema, LookupError> {
+            match id {
+                2 => Ok(SchemaKind::PostPurchaseEvent.schema()),
+                _ => Err(LookupError::UnknownId(id)),
+            }
+        }
+    }
+
+    fn processor() -> EnrichProcessor<CurrentOnly> {
+        let tables = SharedTables::default();
+        {
+            let mut tables = tables.write();
+            tables.upsert_customer(ref_key(b"cu-1"), &customer("cu-1", "vip", true));
+            tables.upsert_customer(ref_key(b"cu-2"), &customer("cu-2", "new", false));
+            tables.upsert_order(ref_key(b"o-1"), &order("o-1", "cu-1", Some(0)));
+            tables.upsert_order(ref_key(b"o-2"), &order("o-2", "cu-2", None));
+        }
+        let settings = EnrichSettings {
+            enriched_topic: Arc::from("enriched"),
+            enriched_schema_id: 7,
+            join: JoinSettings {
+                return_window_days: 30,
+            },
+            pending: PendingLimits {
+                max_events: 10,
+                max_bytes: 1 << 20,
+                max_wait: Duration::from_secs(60),
+            },
+        };
+        EnrichProcessor::new(
+            CurrentOnly,
+            tables,
+            Arrivals::default(),
+            settings,
+            Pseudonymiser::new(b"0123456789abcdef-test").expect("key"),
+            EnrichMetrics::register(&Metrics::for_tests()).expect("metrics"),
+        )
+    }
+
+    /// The enriched event of an `Emit` outcome, with its record's key and headers.
+    fn emitted(outcome: Outcome) -> (EnrichedPostPurchaseEvent, Option<Vec<u8>>, Headers) {
+        let Outcome::Emit(outputs) = outcome else {
+            panic!("not emitted: {outcome:?}");
+        };
+        let [output] = outputs.as_slice() else {
+            panic!("{} outputs", outputs.len());
+        };
+        let value = output.value.as_deref().expect("a value");
+        let (schema_id, datum) = wire::parse(value).expect("framed");
+        assert_eq!(schema_id, 7);
+        let enriched = codec::decode::<EnrichedPostPurchaseEvent>(datum).expect("decodes");
+        (enriched, output.key.clone(), output.headers.clone())
+    }
+
+    /// The first record of a schema id goes through the decoder, which learns that the id is
+    /// the current schema; the same record again is read in place. Both must come out alike
+    /// (but for `enriched_at`), for a consenting and a pseudonymised customer, a line that is
+    /// there and one that is not, with PII and a refund above the line's price.
+    #[tokio::test]
+    async fn an_event_read_in_place_is_enriched_as_a_decoded_one() {
+        for (customer_id, order_id, line) in [("cu-1", "o-1", "o-1/2"), ("cu-2", "o-2", "o-2/9")] {
+            let mut processor = processor();
+            let mut event = event();
+            event.customer_id = customer_id.into();
+            event.order_id = order_id.into();
+            event.order_line_id = line.into();
+            event.event_type = EventType::RefundIssued;
+            event.reason_text = Some("my neighbour Ada said".into());
+            event.amount = Some(Money::new(1_000_000, "EUR"));
+            let value = wire::frame(2, &codec::encode(&event).expect("encode"));
+            let mut headers = Headers::new();
+            headers.push("boomerang.idempotency_key", Some(b"k-1"));
+            let record = InputRecord::new(Arc::from("validated"), 0, 5, None, Some(&value))
+                .with_headers(headers);
+
+            assert!(
+                processor.process_in_place(&record).is_none(),
+                "id not known yet"
+            );
+            let decoded = processor.process(&record).await.expect("processed");
+            assert!(
+                processor.process_in_place(&record).is_some(),
+                "id known now"
+            );
+            let in_place = processor.process(&record).await.expect("processed");
+
+            let (decoded, decoded_key, decoded_headers) = emitted(decoded);
+            let (mut in_place, in_place_key, in_place_headers) = emitted(in_place);
+            assert!(in_place.enriched_at >= decoded.enriched_at);
+            in_place.enriched_at = decoded.enriched_at;
+            assert_eq!(in_place, decoded);
+            assert_eq!(in_place_key, decoded_key);
+            assert_eq!(in_place_key.as_deref(), Some(order_id.as_bytes()));
+            assert_eq!(in_place_headers, decoded_headers);
+            assert_eq!(in_place.event.reason_text, None);
+            assert_eq!(in_place.customer_pseudonymised, customer_id == "cu-2");
+            assert_eq!(
+                in_place.event.customer_id == customer_id,
+                customer_id == "cu-1"
+            );
+            assert_eq!(in_place.order_line_missing, customer_id == "cu-2");
+        }
+    }
+
+    /// What the in-place path cannot read is left to the decoder, which says why.
+    #[tokio::test]
+    async fn a_malformed_event_is_refused_by_the_decoder() {
+        let mut processor = processor();
+        let good = wire::frame(2, &codec::encode(&event()).expect("encode"));
+        let record = InputRecord::new(Arc::from("validated"), 0, 5, None, Some(&good));
+        processor.process(&record).await.expect("processed");
+        let bad = wire::frame(2, &[0x80; 12]);
+        let record = InputRecord::new(Arc::from("validated"), 0, 6, None, Some(&bad));
+        assert!(processor.process_in_place(&record).is_none());
+        let outcome = processor.process(&record).await.expect("processed");
+        assert!(
+            matches!(&outcome, Outcome::DeadLetter(rejection) if rejection.error_kind == DeadLetterKind::Undecodable),
+            "{outcome:?}"
+        );
     }
 }

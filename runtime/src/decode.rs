@@ -98,6 +98,18 @@ impl<T: AvroRecord, Source: WriterSchemaSource> RecordDecoder<T, Source> {
         }
     }
 
+    /// The schema id and datum of a framed value whose writer schema is already known to be
+    /// the current one, for a caller that reads the datum in place. `None` for anything else
+    /// (no frame, a schema id not seen yet, an earlier version): [`Self::decode`] it instead,
+    /// which also says why a record is refused.
+    pub fn current_datum<'value>(
+        &self,
+        value: Option<&'value [u8]>,
+    ) -> Option<(u32, &'value [u8])> {
+        let (schema_id, datum) = wire::parse(value?).ok()?;
+        matches!(self.readers.get(&schema_id), Some(Reader::Current)).then_some((schema_id, datum))
+    }
+
     pub async fn decode(&mut self, value: Option<&[u8]>) -> Result<Decoded<T>, DecodeFailure> {
         let rejected =
             |kind, message: String| DecodeFailure::Rejected(Rejection::new(kind, message));
@@ -221,12 +233,21 @@ pub(crate) mod tests {
     async fn current_and_version_1_data_decode() {
         let mut decoder = RecordDecoder::<PostPurchaseEvent, _>::new(MapSource::standard());
         let event = event();
-        let current = wire::frame(2, &codec::encode(&event).expect("encode"));
+        let datum = codec::encode(&event).expect("encode");
+        let current = wire::frame(2, &datum);
+        assert_eq!(
+            decoder.current_datum(Some(&current)),
+            None,
+            "a schema id is read in place only once known to be the current one"
+        );
         let decoded = decoder
             .decode(Some(&current))
             .await
             .expect("current decodes");
         assert_eq!((decoded.schema_id, decoded.value), (2, event.clone()));
+        assert_eq!(decoder.current_datum(Some(&current)), Some((2, &datum[..])));
+        assert_eq!(decoder.current_datum(Some(&current[..3])), None);
+        assert_eq!(decoder.current_datum(None), None);
 
         let v1 = MapSource::standard().0[&1];
         let datum = codec::encode_for_writer_schema(&event, v1).expect("v1 datum");
@@ -235,6 +256,11 @@ pub(crate) mod tests {
             .await
             .expect("v1 decodes");
         assert_eq!((decoded.schema_id, decoded.value), (1, event));
+        assert_eq!(
+            decoder.current_datum(Some(&wire::frame(1, &datum))),
+            None,
+            "an earlier version is resolved, never read in place"
+        );
     }
 
     /// A registry that does not answer is nobody's fault: retry, never a dead letter.

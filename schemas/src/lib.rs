@@ -4,6 +4,8 @@
 //! - [`catalog`]: every schema, parsed once, with its earlier versions and its PII fields.
 //! - [`avro_json`]: Avro's JSON encoding of the model, for files people and export scripts
 //!   write (`boomerang backfill`'s JSON lines).
+//! - [`splice`]: an enriched event written from a validated event's bytes, without decoding
+//!   it (enrich's common case).
 //! - [`codec`]: Avro datum encoding and decoding of the model, including decoding data written
 //!   with an earlier schema version into the current model; [`wire`]: the Confluent frame
 //!   around a datum.
@@ -24,6 +26,7 @@ mod event;
 mod order;
 mod primitives;
 mod specific;
+pub mod splice;
 pub mod wire;
 
 pub use catalog::SchemaKind;
@@ -38,3 +41,4 @@ pub use event::{
 pub use order::{Order, OrderLine};
 pub use primitives::{Money, TimestampMicros};
 pub use specific::Malformed;
+pub use splice::{Enrichment, EventView, MoneyRef};

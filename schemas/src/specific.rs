@@ -46,7 +46,7 @@ pub enum Malformed {
 pub(crate) struct Writer<'out>(pub(crate) &'out mut Vec<u8>);
 
 impl Writer<'_> {
-    fn long(&mut self, value: i64) {
+    pub(crate) fn long(&mut self, value: i64) {
         let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
         while zigzag >= 0x80 {
             self.0.push((zigzag as u8) | 0x80);
@@ -55,29 +55,29 @@ impl Writer<'_> {
         self.0.push(zigzag as u8);
     }
 
-    fn int(&mut self, value: i32) {
+    pub(crate) fn int(&mut self, value: i32) {
         self.long(i64::from(value));
     }
 
-    fn boolean(&mut self, value: bool) {
+    pub(crate) fn boolean(&mut self, value: bool) {
         self.0.push(u8::from(value));
     }
 
-    fn string(&mut self, value: &str) {
+    pub(crate) fn string(&mut self, value: &str) {
         self.long(value.len() as i64);
         self.0.extend_from_slice(value.as_bytes());
     }
 
-    fn timestamp(&mut self, value: TimestampMicros) {
+    pub(crate) fn timestamp(&mut self, value: TimestampMicros) {
         self.long(value.as_unix_micros());
     }
 
-    fn symbol<E: Symbols>(&mut self, value: E) {
+    pub(crate) fn symbol<E: Symbols>(&mut self, value: E) {
         self.long(value.index() as i64);
     }
 
     /// A `["null", T]` union: branch 0 for null, branch 1 and the value otherwise.
-    fn optional<T>(&mut self, value: Option<T>, write: impl FnOnce(&mut Self, T)) {
+    pub(crate) fn optional<T>(&mut self, value: Option<T>, write: impl FnOnce(&mut Self, T)) {
         match value {
             None => self.long(0),
             Some(value) => {
@@ -117,7 +117,7 @@ impl<'datum> Reader<'datum> {
         Ok(first)
     }
 
-    fn long(&mut self) -> Result<i64, Malformed> {
+    pub(crate) fn long(&mut self) -> Result<i64, Malformed> {
         let mut zigzag = 0u64;
         for shift in (0..70).step_by(7) {
             let byte = self.byte()?;
@@ -129,7 +129,7 @@ impl<'datum> Reader<'datum> {
         Err(Malformed::VarintTooLong)
     }
 
-    fn int(&mut self) -> Result<i32, Malformed> {
+    pub(crate) fn int(&mut self) -> Result<i32, Malformed> {
         let value = self.long()?;
         i32::try_from(value).map_err(|_| Malformed::IntOutOfRange(value))
     }
@@ -151,7 +151,7 @@ impl<'datum> Reader<'datum> {
         Ok(length)
     }
 
-    fn str(&mut self) -> Result<&'datum str, Malformed> {
+    pub(crate) fn str(&mut self) -> Result<&'datum str, Malformed> {
         let length = self.length()?;
         let (bytes, rest) = self.rest.split_at(length);
         self.rest = rest;
@@ -162,11 +162,11 @@ impl<'datum> Reader<'datum> {
         self.str().map(str::to_owned)
     }
 
-    fn timestamp(&mut self) -> Result<TimestampMicros, Malformed> {
+    pub(crate) fn timestamp(&mut self) -> Result<TimestampMicros, Malformed> {
         self.long().map(TimestampMicros::from_unix_micros)
     }
 
-    fn symbol<E: Symbols>(&mut self) -> Result<E, Malformed> {
+    pub(crate) fn symbol<E: Symbols>(&mut self) -> Result<E, Malformed> {
         let index = self.long()?;
         usize::try_from(index)
             .ok()
@@ -177,7 +177,7 @@ impl<'datum> Reader<'datum> {
             })
     }
 
-    fn optional<T>(
+    pub(crate) fn optional<T>(
         &mut self,
         read: impl FnOnce(&mut Self) -> Result<T, Malformed>,
     ) -> Result<Option<T>, Malformed> {
@@ -193,6 +193,23 @@ impl<'datum> Reader<'datum> {
             amount_minor: self.long()?,
             currency: self.string()?,
         })
+    }
+
+    /// [`Self::string_map`], its entries checked and passed over.
+    pub(crate) fn skip_string_map(&mut self) -> Result<(), Malformed> {
+        loop {
+            let count = self.long()?;
+            if count == 0 {
+                return Ok(());
+            }
+            if count < 0 {
+                self.long()?; // the block's size in bytes: every entry is checked instead
+            }
+            for _ in 0..count.unsigned_abs() {
+                self.str()?;
+                self.str()?;
+            }
+        }
     }
 
     /// A map of strings in any number of blocks; a negative block count is followed by the
@@ -298,20 +315,7 @@ pub(crate) fn read_event(datum: &mut Reader<'_>) -> Result<PostPurchaseEvent, Ma
 
 pub(crate) fn write_enriched(enriched: &EnrichedPostPurchaseEvent, out: &mut Writer<'_>) {
     write_event(&enriched.event, out);
-    out.boolean(enriched.customer_missing);
-    out.boolean(enriched.order_missing);
-    out.boolean(enriched.order_line_missing);
-    out.boolean(enriched.customer_pseudonymised);
-    out.optional(enriched.customer_segment.as_deref(), Writer::string);
-    out.optional(enriched.customer_region.as_deref(), Writer::string);
-    out.optional(enriched.order_channel, Writer::symbol);
-    out.optional(enriched.order_placed_at, Writer::timestamp);
-    out.optional(enriched.order_delivered_at, Writer::timestamp);
-    out.optional(enriched.line_category.as_deref(), Writer::string);
-    out.optional(enriched.line_unit_price.as_ref(), Writer::money);
-    out.optional(enriched.days_since_delivery, Writer::int);
-    out.optional(enriched.within_return_window, Writer::boolean);
-    out.timestamp(enriched.enriched_at);
+    crate::splice::write_enrichment(&crate::splice::Enrichment::of(enriched), out);
 }
 
 pub(crate) fn read_enriched(

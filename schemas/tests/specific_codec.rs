@@ -1,13 +1,15 @@
 //! The hand-written codecs of the hot records (`src/specific.rs`) against apache-avro's serde
 //! path on the same schema: the same bytes out for any record, the same record (or a refusal)
-//! back for any bytes — valid datums, datums with a byte changed, cut short, or random.
+//! back for any bytes — valid datums, datums with a byte changed, cut short, or random. And
+//! enrich's in-place path (`src/splice.rs`) against decode, join and encode.
 
 use std::collections::BTreeMap;
 
 use boomerang_schemas::codec::{decode, decode_generic, encode, encode_generic_into};
 use boomerang_schemas::{
-    AvroRecord, Channel, Disposition, EnrichedPostPurchaseEvent, EventType, Money, Outcome,
-    PostPurchaseEvent, ReasonCode, ReturnMethod, TimestampMicros, WarrantyResolution,
+    AvroRecord, Channel, Disposition, EnrichedPostPurchaseEvent, Enrichment, EventType, EventView,
+    Money, MoneyRef, Outcome, PostPurchaseEvent, ReasonCode, ReturnMethod, TimestampMicros,
+    WarrantyResolution,
 };
 use proptest::prelude::*;
 
@@ -159,6 +161,34 @@ fn enriched() -> impl Strategy<Value = EnrichedPostPurchaseEvent> {
         )
 }
 
+/// Enrich's in-place view accepts `bytes` exactly when decoding does, refuses them with the
+/// same error, and reads what decoding reads.
+fn assert_view_agrees(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let view = EventView::read(bytes);
+    let decoded = decode::<PostPurchaseEvent>(bytes);
+    match (&view, &decoded) {
+        (Ok(view), Ok(event)) => {
+            prop_assert_eq!(view.event_type, event.event_type);
+            prop_assert_eq!(view.order_id, &event.order_id);
+            prop_assert_eq!(view.order_line_id, &event.order_line_id);
+            prop_assert_eq!(view.customer_id, &event.customer_id);
+            prop_assert_eq!(view.quantity, event.quantity);
+            prop_assert_eq!(view.amount, event.amount.as_ref().map(MoneyRef::from));
+            prop_assert_eq!(view.occurred_at, event.occurred_at);
+            prop_assert_eq!(&view.to_event().expect("the whole event"), event);
+        }
+        (Err(view), Err(decoded)) => prop_assert_eq!(view.to_string(), decoded.to_string()),
+        _ => prop_assert!(
+            false,
+            "view {:?} but decode {:?} for {:?}",
+            view.as_ref().map(|_| "accepted"),
+            decoded.as_ref().map(|_| "accepted"),
+            bytes
+        ),
+    }
+    Ok(())
+}
+
 /// Both decoders accept `bytes` or both refuse them, and agree on what they accept.
 fn assert_decoders_agree<T: AvroRecord + PartialEq + std::fmt::Debug>(
     bytes: &[u8],
@@ -225,6 +255,42 @@ proptest! {
     fn random_bytes_are_read_alike(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         assert_decoders_agree::<PostPurchaseEvent>(&bytes)?;
         assert_decoders_agree::<EnrichedPostPurchaseEvent>(&bytes)?;
+        assert_view_agrees(&bytes)?;
+    }
+
+    #[test]
+    fn an_enriched_event_spliced_from_bytes_is_the_one_encoded(
+        enriched in enriched(),
+        customer_id in text(),
+    ) {
+        let bytes = encode(&enriched.event).expect("encode");
+        assert_view_agrees(&bytes)?;
+        let view = EventView::read(&bytes).expect("view");
+        let mut spliced = Vec::new();
+        view.write_enriched(&customer_id, &Enrichment::of(&enriched), &mut spliced);
+        let mut expected = enriched.clone();
+        expected.event.reason_text = None;
+        expected.event.customer_id = customer_id;
+        prop_assert_eq!(&spliced, &encode(&expected).expect("encode"));
+        prop_assert_eq!(Enrichment::of(&enriched).apply(enriched.event.clone()), enriched);
+    }
+
+    #[test]
+    fn a_changed_cut_or_padded_event_is_viewed_as_decoded(
+        event in event(),
+        position in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+        padding in 1usize..4,
+    ) {
+        let bytes = generic(&event);
+        let mut changed = bytes.clone();
+        let at = position.index(bytes.len());
+        changed[at] = byte;
+        assert_view_agrees(&changed)?;
+        assert_view_agrees(&bytes[..at])?;
+        let mut padded = bytes.clone();
+        padded.extend(std::iter::repeat_n(0u8, padding));
+        assert_view_agrees(&padded)?;
     }
 }
 
@@ -248,6 +314,8 @@ fn maps_in_several_blocks_decode() {
         decode_generic::<PostPurchaseEvent>(&bytes).expect("blocks"),
         event
     );
+    let view = EventView::read(&bytes).expect("blocks");
+    assert_eq!(view.to_event().expect("blocks"), event);
 }
 
 /// Any event: one drawn from the strategy.
