@@ -421,9 +421,15 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
         }
         // An event that decoded and passed validation encodes; should one not, it is
         // dead-lettered like any record this stage cannot pass, not retried for ever.
+        // Known to be of the current schema once decoded: its datum is passed on as it is.
+        let datum = self
+            .decoder
+            .current_datum(record.value())
+            .map(|(_schema_id, datum)| datum);
         Ok(
             match validated_record(
                 &decoded.value,
+                datum,
                 self.settings.validated_schema_id,
                 &self.settings.validated_topic,
                 record.partition,
@@ -440,5 +446,94 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
                 ),
             },
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use apache_avro::Schema;
+    use boomerang_runtime::metrics::Metrics;
+    use boomerang_runtime::registry::LookupError;
+    use boomerang_runtime::wire;
+    use boomerang_schemas::{PostPurchaseEvent, SchemaKind, codec};
+    use boomerang_testkit::samples::event;
+
+    use super::*;
+    use crate::restore::NoHistory;
+
+    /// Id 1: the event schema's first version; id 2: the current one.
+    struct TwoVersions;
+
+    impl WriterSchemaSource for TwoVersions {
+        async fn writer_schema(&mut self, id: u32) -> Result<&'static Schema, LookupError> {
+            match id {
+                1 => Ok(Box::leak(Box::new(
+                    Schema::parse_str(SchemaKind::PostPurchaseEvent.history()[0]).expect("v1"),
+                ))),
+                2 => Ok(SchemaKind::PostPurchaseEvent.schema()),
+                _ => Err(LookupError::UnknownId(id)),
+            }
+        }
+    }
+
+    /// The validated datum of a raw record of `value`.
+    async fn validated(processor: &mut IngestProcessor<TwoVersions>, value: &[u8]) -> Vec<u8> {
+        let record = InputRecord::new(Arc::from("raw"), 0, 1, None, Some(value));
+        let Outcome::Emit(outputs) = processor.process(&record).await.expect("processed") else {
+            panic!("not passed");
+        };
+        let value = outputs[0].value.clone().expect("a value");
+        let (schema_id, datum) = wire::parse(&value).expect("framed");
+        assert_eq!(schema_id, 9, "framed with the validated subject's id");
+        datum.to_vec()
+    }
+
+    /// An event of the current schema keeps its producer's bytes, even where they are not the
+    /// ones this codec would write (a map in two blocks); one of an earlier version is encoded
+    /// in the current one.
+    #[tokio::test]
+    async fn a_current_event_keeps_its_bytes_and_an_earlier_one_is_encoded() {
+        let mut processor = IngestProcessor::new(
+            TwoVersions,
+            IngestSettings {
+                validated_topic: Arc::from("validated"),
+                validated_schema_id: 9,
+                rules: Rules::default(),
+                dedup_window: Duration::from_secs(3600),
+                dedup_max_keys: 1000,
+            },
+            NoHistory,
+            IngestMetrics::register(&Metrics::for_tests()).expect("metrics"),
+        );
+        processor
+            .assign(&[(Arc::from("raw"), 0)])
+            .await
+            .expect("assign");
+
+        let mut current = event();
+        current.idempotency_key = "k-current".into();
+        current.attributes = BTreeMap::new();
+        let mut datum = codec::encode(&current).expect("encode");
+        assert_eq!(datum.pop(), Some(0), "an empty map is its end marker");
+        datum.extend([2, 2, b'a', 2, b'1', 2, 2, b'b', 2, b'2', 0]); // two blocks of one
+        current.attributes = BTreeMap::from([("a".into(), "1".into()), ("b".into(), "2".into())]);
+        assert_ne!(datum, codec::encode(&current).expect("encode"));
+        let passed = validated(&mut processor, &wire::frame(2, &datum)).await;
+        assert_eq!(passed, datum);
+        assert_eq!(
+            codec::decode::<PostPurchaseEvent>(&passed).expect("decodes"),
+            current
+        );
+
+        let mut earlier = event();
+        earlier.idempotency_key = "k-earlier".into();
+        earlier.disposition = None;
+        earlier.attributes = BTreeMap::new();
+        let v1 = TwoVersions.writer_schema(1).await.expect("v1");
+        let datum = codec::encode_for_writer_schema(&earlier, v1).expect("v1 datum");
+        let passed = validated(&mut processor, &wire::frame(1, &datum)).await;
+        assert_eq!(passed, codec::encode(&earlier).expect("encode"));
     }
 }

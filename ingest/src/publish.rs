@@ -4,6 +4,10 @@
 //! headers: the validated topic is the de-duplication log (`restore.rs`). Its Kafka timestamp
 //! is when it was validated, so that retention counts from then: a backfilled event months old
 //! is not deleted before enrich reads it.
+//!
+//! An event its producer wrote with the current schema keeps its producer's datum: it decodes
+//! to the event that passed validation (the decoder refuses trailing bytes), so encoding that
+//! event again would only cost CPU. An event of an earlier version is encoded in the current one.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -17,17 +21,22 @@ pub const IDEMPOTENCY_KEY_HEADER: &str = "boomerang.idempotency_key";
 /// The raw record a validated event came from, `partition/offset`, for lineage.
 pub const SOURCE_HEADER: &str = "boomerang.source";
 
+/// `datum`: the event's own datum, when it was written with the current schema.
 pub fn validated_record(
     event: &PostPurchaseEvent,
+    datum: Option<&[u8]>,
     schema_id: u32,
     topic: &Arc<str>,
     partition: i32,
     source_offset: i64,
     history: Option<&[u8]>,
 ) -> Result<OutputRecord, CodecError> {
-    let mut value = Vec::with_capacity(256);
+    let mut value = Vec::with_capacity(datum.map_or(256, |datum| datum.len() + 5));
     wire::start_frame(schema_id, &mut value);
-    codec::encode_into(event, &mut value)?;
+    match datum {
+        Some(datum) => value.extend_from_slice(datum),
+        None => codec::encode_into(event, &mut value)?,
+    }
     let event_time_ms = event.occurred_at.as_unix_millis();
     let mut headers = Headers::with_capacity(
         3 + usize::from(history.is_some()),
