@@ -52,6 +52,34 @@ pub struct ClickhouseArgs {
         default_value_t = 60
     )]
     pub timeout_secs: u64,
+
+    /// How inserts and query answers travel: `lz4`, ClickHouse's own block compression (less
+    /// network, some CPU on both ends), or `none` (a ClickHouse on the same host or a fast
+    /// link, where the CPU matters more than the bytes).
+    #[arg(
+        id = "clickhouse-compression",
+        long = "clickhouse-compression",
+        env = "BOOMERANG_CLICKHOUSE_COMPRESSION",
+        value_enum,
+        default_value_t = Compression::Lz4
+    )]
+    pub compression: Compression,
+}
+
+/// [`ClickhouseArgs::compression`]'s choices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    Lz4,
+    None,
+}
+
+impl Compression {
+    fn of_client(self) -> clickhouse::Compression {
+        match self {
+            Compression::Lz4 => clickhouse::Compression::Lz4,
+            Compression::None => clickhouse::Compression::None,
+        }
+    }
 }
 
 impl ClickhouseArgs {
@@ -63,12 +91,15 @@ impl ClickhouseArgs {
             password: None,
             settings: Vec::new(),
             timeout_secs: 60,
+            compression: Compression::Lz4,
         }
     }
 
     /// A client of the server, without a database (to create it).
     pub fn server_client(&self) -> clickhouse::Client {
-        let mut client = clickhouse::Client::default().with_url(&self.url);
+        let mut client = clickhouse::Client::default()
+            .with_url(&self.url)
+            .with_compression(self.compression.of_client());
         if let Some(user) = &self.user {
             client = client.with_user(user);
         }

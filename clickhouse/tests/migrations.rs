@@ -82,3 +82,33 @@ async fn applying_twice_is_harmless_and_the_check_follows() {
         assert_eq!(rows, 0, "{object} on empty tables");
     }
 }
+
+/// `--clickhouse-compression none`: inserts and answers travel uncompressed, and both work.
+#[tokio::test]
+async fn an_uncompressed_client_inserts_and_reads() {
+    let mut args = fresh_database();
+    args.compression = boomerang_clickhouse::args::Compression::None;
+    migrations::apply(&args, None).await.expect("apply");
+    let client = args.client();
+    client
+        .query("CREATE TABLE plain (n UInt64) ENGINE = MergeTree ORDER BY n")
+        .execute()
+        .await
+        .expect("create");
+    let mut insert = client.insert::<Plain>("plain").await.expect("insert");
+    for n in 0..1000u64 {
+        insert.write(&Plain { n }).await.expect("write");
+    }
+    insert.end().await.expect("end");
+    let sum: u64 = client
+        .query("SELECT sum(n) FROM plain")
+        .fetch_one()
+        .await
+        .expect("sum");
+    assert_eq!(sum, 999 * 1000 / 2);
+}
+
+#[derive(clickhouse::Row, serde::Serialize)]
+struct Plain {
+    n: u64,
+}
