@@ -151,13 +151,8 @@ impl RiskFlag {
     }
 }
 
-/// The one-event risk of an enriched event, if it shows one.
-pub fn risk_flag(enriched: &EnrichedPostPurchaseEvent) -> Option<RiskFlag> {
-    risk_flag_of(RiskFacts::of(&enriched.event), &Enrichment::of(enriched))
-}
-
 /// The one-event risk of an event and what a join added to it, if they show one.
-pub fn risk_flag_of(event: RiskFacts<'_>, enrichment: &Enrichment<'_>) -> Option<RiskFlag> {
+pub fn risk_flag(event: RiskFacts<'_>, enrichment: &Enrichment<'_>) -> Option<RiskFlag> {
     match event.event_type {
         EventType::RefundIssued | EventType::StoreCreditIssued => {
             let (amount, price) = (event.amount?, enrichment.line_unit_price?);
@@ -171,28 +166,25 @@ pub fn risk_flag_of(event: RiskFacts<'_>, enrichment: &Enrichment<'_>) -> Option
     }
 }
 
-/// Joins `event` with what `lookup` found. Whatever is missing is flagged, never silently
-/// null. The event's PII (`reason_text`) is dropped; the customer id becomes a keyed pseudonym
-/// when the customer withheld consent, or when no CRM record says they gave it.
-pub fn enrich(
+/// `event` with what a join added: its PII (`reason_text`) dropped, and its customer id a
+/// keyed pseudonym when [`join`] says so. (Enrich's in-place path writes the same bytes
+/// without building the event.)
+pub fn enriched_event(
     mut event: PostPurchaseEvent,
-    lookup: &Lookup<'_>,
-    waited: bool,
-    settings: &JoinSettings,
+    enrichment: &Enrichment<'_>,
     pseudonymiser: &Pseudonymiser,
-    now: TimestampMicros,
-) -> (EnrichedPostPurchaseEvent, JoinOutcome) {
-    let (enrichment, outcome) = join(EventFacts::of(&event), lookup, waited, settings, now);
+) -> EnrichedPostPurchaseEvent {
     event.reason_text = None;
     if enrichment.customer_pseudonymised {
         event.customer_id = pseudonymiser.pseudonym(&event.customer_id);
     }
-    (enrichment.apply(event), outcome)
+    enrichment.apply(event)
 }
 
-/// What joining an event with what `lookup` found adds to it, borrowed from the tables, and
-/// how the join ended. `customer_pseudonymised` says whether the event's customer id must be
-/// replaced by its pseudonym ([`enrich`] does; enrich's in-place path writes it so).
+/// Joins an event with what `lookup` found: what it adds, borrowed from the tables, and how
+/// the join ended. Whatever is missing is flagged, never silently null. The customer is
+/// pseudonymised (`customer_pseudonymised`) when they withheld consent, or when no CRM record
+/// says they gave it.
 pub fn join<'tables>(
     event: EventFacts<'_>,
     lookup: &Lookup<'tables>,
@@ -269,14 +261,20 @@ mod tests {
         event: PostPurchaseEvent,
     ) -> (EnrichedPostPurchaseEvent, JoinOutcome) {
         let lookup = Lookup::new(tables, JoinKeys::of(&event));
-        enrich(
-            event,
+        let (enrichment, outcome) = join(
+            EventFacts::of(&event),
             &lookup,
             false,
             &settings(),
-            &pseudonymiser(),
             TimestampMicros::from_unix_micros(7),
-        )
+        );
+        let enriched = enriched_event(event, &enrichment, &pseudonymiser());
+        (enriched, outcome)
+    }
+
+    /// The one-event risk of an enriched event.
+    fn risk_of(enriched: &EnrichedPostPurchaseEvent) -> Option<RiskFlag> {
+        risk_flag(RiskFacts::of(&enriched.event), &Enrichment::of(enriched))
     }
 
     #[test]
@@ -317,10 +315,10 @@ mod tests {
         request.event_type = EventType::ReturnRequested;
         request.occurred_at = TimestampMicros::from_unix_micros(45 * day);
         let (late, _) = joined(&tables, request.clone());
-        assert_eq!(risk_flag(&late), Some(RiskFlag::RequestedAfterWindow));
+        assert_eq!(risk_of(&late), Some(RiskFlag::RequestedAfterWindow));
         request.occurred_at = TimestampMicros::from_unix_micros(40 * day);
         let (in_time, _) = joined(&tables, request.clone());
-        assert_eq!(risk_flag(&in_time), None, "day 30 after delivery is inside");
+        assert_eq!(risk_of(&in_time), None, "day 30 after delivery is inside");
 
         // The line costs 19,900 a unit.
         let mut refund = request;
@@ -329,7 +327,7 @@ mod tests {
         let flag_for = |amount: Money| {
             let mut refund = refund.clone();
             refund.amount = Some(amount);
-            risk_flag(&joined(&tables, refund).0)
+            risk_of(&joined(&tables, refund).0)
         };
         assert_eq!(flag_for(Money::new(39_800, "EUR")), None);
         assert_eq!(
@@ -344,7 +342,7 @@ mod tests {
         let mut unknown_line = refund.clone();
         unknown_line.order_line_id = "o-1/9".into();
         unknown_line.amount = Some(Money::new(1_000_000, "EUR"));
-        assert_eq!(risk_flag(&joined(&tables, unknown_line).0), None);
+        assert_eq!(risk_of(&joined(&tables, unknown_line).0), None);
     }
 
     #[test]

@@ -18,10 +18,10 @@ use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_runtime::stage_loop::{
     InputRecord, Outcome, Partition, Processor, Released, RetryableError,
 };
-use boomerang_schemas::{EventView, PostPurchaseEvent, TimestampMicros};
+use boomerang_schemas::{Enrichment, EventView, PostPurchaseEvent, TimestampMicros};
 
 use crate::join::{
-    EventFacts, JoinKeys, JoinSettings, Lookup, RiskFacts, enrich, join, risk_flag, risk_flag_of,
+    EventFacts, JoinKeys, JoinSettings, Lookup, RiskFacts, enriched_event, join, risk_flag,
 };
 use crate::metrics::EnrichMetrics;
 use crate::pending::{Held, PendingBuffer, PendingLimits};
@@ -145,22 +145,12 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
             order_line_id: event.order_line_id,
             occurred_at: event.occurred_at,
         };
-        let (enrichment, outcome) = join(
-            facts,
-            &lookup,
-            false,
-            &self.settings.join,
-            TimestampMicros::now(),
-        );
-        self.metrics.count_join(outcome);
         let risk = RiskFacts {
             event_type: event.event_type,
             quantity: event.quantity,
             amount: event.amount,
         };
-        if let Some(flag) = risk_flag_of(risk, &enrichment) {
-            self.metrics.count_risk(flag);
-        }
+        let enrichment = self.join_counted(facts, risk, &lookup, false);
         let pseudonym;
         let customer_id = if enrichment.customer_pseudonymised {
             pseudonym = self.pseudonymiser.pseudonym(event.customer_id);
@@ -178,6 +168,28 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
         )))
     }
 
+    /// Joins, and counts how the join ended and the risk it shows: both paths' one join.
+    fn join_counted<'tables>(
+        &self,
+        event: EventFacts<'_>,
+        risk: RiskFacts<'_>,
+        lookup: &Lookup<'tables>,
+        waited: bool,
+    ) -> Enrichment<'tables> {
+        let (enrichment, outcome) = join(
+            event,
+            lookup,
+            waited,
+            &self.settings.join,
+            TimestampMicros::now(),
+        );
+        self.metrics.count_join(outcome);
+        if let Some(flag) = risk_flag(risk, &enrichment) {
+            self.metrics.count_risk(flag);
+        }
+        enrichment
+    }
+
     fn emit_with(
         &self,
         event: PostPurchaseEvent,
@@ -185,18 +197,13 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
         waited: bool,
         record: &InputRecord,
     ) -> Outcome {
-        let (enriched, outcome) = enrich(
-            event,
+        let enrichment = self.join_counted(
+            EventFacts::of(&event),
+            RiskFacts::of(&event),
             lookup,
             waited,
-            &self.settings.join,
-            &self.pseudonymiser,
-            TimestampMicros::now(),
         );
-        self.metrics.count_join(outcome);
-        if let Some(flag) = risk_flag(&enriched) {
-            self.metrics.count_risk(flag);
-        }
+        let enriched = enriched_event(event, &enrichment, &self.pseudonymiser);
         match enriched_record(
             &enriched,
             self.settings.enriched_schema_id,
