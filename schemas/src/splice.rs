@@ -53,7 +53,6 @@ pub struct EventView<'a> {
     before_reason_text: &'a [u8],
     /// From after `reason_text` to the end.
     after_reason_text: &'a [u8],
-    datum: &'a [u8],
 }
 
 impl<'a> EventView<'a> {
@@ -73,11 +72,6 @@ impl<'a> EventView<'a> {
             });
         }
         Ok(view)
-    }
-
-    /// The whole event, decoded: for an event that must be kept past its record.
-    pub fn to_event(&self) -> Result<PostPurchaseEvent, CodecError> {
-        crate::codec::decode(self.datum)
     }
 
     /// Appends the enriched datum: this event's bytes with `reason_text` null and `customer_id`
@@ -144,7 +138,6 @@ fn read_view<'a>(datum: &'a [u8], reader: &mut Reader<'a>) -> Result<EventView<'
         before_customer_id: &datum[..customer_id_start],
         before_reason_text: &datum[customer_id_end..reason_text_start],
         after_reason_text: &datum[reason_text_end..end],
-        datum: &datum[..end],
     })
 }
 
