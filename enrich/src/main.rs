@@ -6,6 +6,7 @@ use boomerang_enrich::snapshot::Snapshots;
 use boomerang_runtime::retry;
 use boomerang_runtime::snapshot::StateArgs;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use boomerang_enrich::join::JoinSettings;
@@ -135,13 +136,18 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         metrics: enrich_metrics.clone(),
         snapshots,
     };
-    let Some((customers, customers_progress)) =
-        start_loader::<Customer>(&args, &args.topics.customers, &shared, &context).await
-    else {
-        return Ok(());
-    };
-    let Some((orders, orders_progress)) =
-        start_loader::<Order>(&args, &args.topics.orders, &shared, &context).await
+    // The customers' and the orders' loaders start side by side: each reads its snapshot and
+    // its topic's offsets, which block, and a restarted instance must be back in its group
+    // within its session timeout (one after the other, the three took 7 s of a 10 s timeout in
+    // the chaos soak). The erasures' loader starts after both, as before: reading erasures
+    // back forgets what the other tables' older snapshots still held.
+    let args = Arc::new(args);
+    let (customers, orders) = tokio::join!(
+        spawn_loader::<Customer>(&args, &args.topics.customers, &shared, &context),
+        spawn_loader::<Order>(&args, &args.topics.orders, &shared, &context),
+    );
+    let (Some((customers, customers_progress)), Some((orders, orders_progress))) =
+        (customers, orders)
     else {
         return Ok(());
     };
@@ -214,12 +220,37 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     result
 }
 
-/// What both reference loaders share.
+/// What the reference loaders share.
+#[derive(Clone)]
 struct LoaderShared {
     tables: SharedTables,
     arrivals: Arrivals,
     metrics: EnrichMetrics,
     snapshots: Option<Snapshots>,
+}
+
+/// [`start_loader`] on a task of its own, so that loaders start in parallel.
+async fn spawn_loader<T: ReferenceRecord>(
+    args: &Arc<Args>,
+    topic: &str,
+    shared: &LoaderShared,
+    context: &StageContext,
+) -> Option<(Loader<T, WriterSchemas>, watch::Receiver<CatchUp>)> {
+    let (args, topic, shared, context) = (
+        args.clone(),
+        topic.to_string(),
+        shared.clone(),
+        context.clone(),
+    );
+    let task =
+        tokio::spawn(async move { start_loader::<T>(&args, &topic, &shared, &context).await });
+    match task.await {
+        Ok(started) => started,
+        Err(error) => {
+            tracing::error!(error = %error, "a reference loader's start failed");
+            None
+        }
+    }
 }
 
 /// Starts the loader of `topic`. A broker too busy to answer at start-up is waited for, not a
@@ -232,15 +263,19 @@ async fn start_loader<T: ReferenceRecord>(
 ) -> Option<(Loader<T, WriterSchemas>, watch::Receiver<CatchUp>)> {
     let what = format!("starting the {} loader", T::TABLE.name());
     retry::until_ok(context, ErrorKind::TopicUnavailable, &what, || async {
-        Loader::<T, _>::start_with_snapshots(
-            &args.kafka,
-            topic,
-            WriterSchemas::new(&args.registry)?,
-            shared.tables.clone(),
-            shared.arrivals.clone(),
-            shared.metrics.clone(),
-            shared.snapshots.clone(),
-        )
+        let source = WriterSchemas::new(&args.registry)?;
+        // Reading a snapshot and the topic's offsets blocks: off the runtime's workers.
+        tokio::task::block_in_place(|| {
+            Loader::<T, _>::start_with_snapshots(
+                &args.kafka,
+                topic,
+                source,
+                shared.tables.clone(),
+                shared.arrivals.clone(),
+                shared.metrics.clone(),
+                shared.snapshots.clone(),
+            )
+        })
     })
     .await
 }
