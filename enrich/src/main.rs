@@ -110,17 +110,68 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     if !service::wait_for_brokers(&args.kafka, &context).await {
         return Ok(());
     }
+    // The group first: a restarted instance is back under its static id within its session
+    // timeout, however long the registry and the reference tables' snapshots below take. No
+    // event is joined before the tables caught up (the processor's `assign` waits for them).
+    let loop_settings = LoopSettings::new(
+        STAGE,
+        &args.stage_loop,
+        vec![args.topics.validated_events.clone()],
+        args.topics.dead_letter.clone(),
+    )
+    .producing_to(vec![args.topics.enriched_events.clone()]);
+    let member = stage_loop::join(
+        loop_settings,
+        &args.kafka,
+        StageMetrics::register(&context.metrics)?,
+    )?;
+    let kafka = args.kafka.clone();
+    let (prepared, background) = match prepare(Arc::new(args), pseudonymiser, &context).await {
+        Ok(Some((processor, background))) => (Ok(Some(processor)), Some(background)),
+        Ok(None) => (Ok(None), None),
+        Err(error) => (Err(error), None),
+    };
+    let result = member.run_prepared(&kafka, prepared, &context).await;
+    context.shutdown.cancel();
+    if let Some(background) = background {
+        background.stopped().await;
+    }
+    result
+}
+
+/// The reference loaders and their catch-up, which run beside the stage loop.
+struct Background {
+    catching_up: tokio::task::JoinHandle<()>,
+    loaders: [tokio::task::JoinHandle<()>; 3],
+}
+
+impl Background {
+    async fn stopped(self) {
+        let _ = self.catching_up.await;
+        for loader in self.loaders {
+            let _ = loader.await;
+        }
+    }
+}
+
+/// Everything enrich needs before it consumes: its output schema registered, the reference
+/// loaders started from their snapshots, its processor. `None` when the stage was shut down
+/// meanwhile.
+async fn prepare(
+    args: Arc<Args>,
+    pseudonymiser: Pseudonymiser,
+    context: &StageContext,
+) -> anyhow::Result<Option<(EnrichProcessor<WriterSchemas>, Background)>> {
     let Some(enriched_schema_id) = registry::register_output_schema(
         &args.registry,
         &args.topics.enriched_events,
         SchemaKind::EnrichedPostPurchaseEvent,
-        &context,
+        context,
     )
     .await?
     else {
-        return Ok(());
+        return Ok(None);
     };
-    let stage_metrics = StageMetrics::register(&context.metrics)?;
     let enrich_metrics = EnrichMetrics::register(&context.metrics)?;
     let tables = SharedTables::default();
     let arrivals = Arrivals::default();
@@ -137,25 +188,22 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         snapshots,
     };
     // The customers' and the orders' loaders start side by side: each reads its snapshot and
-    // its topic's offsets, which block, and a restarted instance must be back in its group
-    // within its session timeout (one after the other, the three took 7 s of a 10 s timeout in
-    // the chaos soak). The erasures' loader starts after both, as before: reading erasures
-    // back forgets what the other tables' older snapshots still held.
-    let args = Arc::new(args);
+    // its topic's offsets, which block. The erasures' loader starts after both: reading
+    // erasures back forgets what the other tables' older snapshots still held.
     let (customers, orders) = tokio::join!(
-        spawn_loader::<Customer>(&args, &args.topics.customers, &shared, &context),
-        spawn_loader::<Order>(&args, &args.topics.orders, &shared, &context),
+        spawn_loader::<Customer>(&args, &args.topics.customers, &shared, context),
+        spawn_loader::<Order>(&args, &args.topics.orders, &shared, context),
     );
     let (Some((customers, customers_progress)), Some((orders, orders_progress))) =
         (customers, orders)
     else {
-        return Ok(());
+        return Ok(None);
     };
     let Some((erasures, erasures_progress)) =
-        start_loader::<ErasureRequest>(&args, &args.topics.erasure_requests, &shared, &context)
+        start_loader::<ErasureRequest>(&args, &args.topics.erasure_requests, &shared, context)
             .await
     else {
-        return Ok(());
+        return Ok(None);
     };
     let orders = orders.with_limits(ReferenceLimits {
         max_order_lines: args.enrich.max_order_lines,
@@ -165,9 +213,6 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         tokio::spawn(orders.run(context.shutdown.clone())),
         tokio::spawn(erasures.run(context.shutdown.clone())),
     ];
-    // The group is joined at once, so that a restarted instance is back under its static id
-    // within its session timeout however long the catch-up takes; no event is joined before
-    // the tables caught up (the processor's `assign` waits for them).
     let (caught_up, caught_up_receiver) = watch::channel(false);
     let catching_up = tokio::spawn(catch_up(
         [customers_progress, orders_progress, erasures_progress],
@@ -197,27 +242,13 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         enrich_metrics,
     )
     .after_catch_up(caught_up_receiver, context.shutdown.clone());
-    let loop_settings = LoopSettings::new(
-        STAGE,
-        &args.stage_loop,
-        vec![args.topics.validated_events.clone()],
-        args.topics.dead_letter.clone(),
-    )
-    .producing_to(vec![args.topics.enriched_events.clone()]);
-    let result = stage_loop::run(
-        loop_settings,
-        &args.kafka,
+    Ok(Some((
         processor,
-        stage_metrics,
-        &context,
-    )
-    .await;
-    context.shutdown.cancel();
-    let _ = catching_up.await;
-    for loader in loaders {
-        let _ = loader.await;
-    }
-    result
+        Background {
+            catching_up,
+            loaders,
+        },
+    )))
 }
 
 /// What the reference loaders share.

@@ -113,8 +113,32 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     if !service::wait_for_brokers(&args.kafka, &context).await {
         return Ok(());
     }
+    // The group first: a restarted instance is back under its static id within its session
+    // timeout, however long the registry and the snapshots below take.
+    let loop_settings = LoopSettings::new(
+        STAGE,
+        &args.stage_loop,
+        vec![args.topics.raw_events.clone()],
+        args.topics.dead_letter.clone(),
+    )
+    .producing_to(vec![args.topics.validated_events.clone()]);
+    let member = stage_loop::join(
+        loop_settings,
+        &args.kafka,
+        StageMetrics::register(&context.metrics)?,
+    )?;
+    let prepared = prepare(&args, &context).await;
+    member.run_prepared(&args.kafka, prepared, &context).await
+}
+
+/// Everything ingest needs before it consumes: its topics checked, its output schema
+/// registered, its processor. `None` when the stage was shut down meanwhile.
+async fn prepare(
+    args: &Args,
+    context: &StageContext,
+) -> anyhow::Result<Option<IngestProcessor<WriterSchemas>>> {
     let checked = retry::until_ok(
-        &context,
+        context,
         ErrorKind::TopicUnavailable,
         "checking the topics' partitions",
         || {
@@ -131,7 +155,7 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     )
     .await;
     match checked {
-        None => return Ok(()), // shut down while the brokers did not answer
+        None => return Ok(None), // shut down while the brokers did not answer
         Some(Err(mismatch)) => anyhow::bail!(mismatch),
         Some(Ok(())) => {}
     }
@@ -139,14 +163,13 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         &args.registry,
         &args.topics.validated_events,
         SchemaKind::PostPurchaseEvent,
-        &context,
+        context,
     )
     .await?
     else {
-        return Ok(()); // shut down while the registry was not answering
+        return Ok(None); // shut down while the registry was not answering
     };
 
-    let stage_metrics = StageMetrics::register(&context.metrics)?;
     let ingest_metrics = IngestMetrics::register(&context.metrics)?;
     let settings = IngestSettings {
         validated_topic: args.topics.validated_events.as_str().into(),
@@ -177,21 +200,7 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
             )
             .with_context(|| format!("cannot start writing snapshots to {}", dir.display()))?;
     }
-    let loop_settings = LoopSettings::new(
-        STAGE,
-        &args.stage_loop,
-        vec![args.topics.raw_events.clone()],
-        args.topics.dead_letter.clone(),
-    )
-    .producing_to(vec![args.topics.validated_events.clone()]);
-    stage_loop::run(
-        loop_settings,
-        &args.kafka,
-        processor,
-        stage_metrics,
-        &context,
-    )
-    .await
+    Ok(Some(processor))
 }
 
 /// Validated partition P is raw partition P's de-duplication log: the counts must match.

@@ -1,6 +1,7 @@
 //! The consumer group settings every stage uses keep every partition owned when a static
 //! member stops in the middle of a rebalance and comes straight back (a rolling restart, a
-//! supervisor's restart).
+//! supervisor's restart); and a static member that takes longer than its session timeout to
+//! prepare after a restart still moves no partition, because it joins before it prepares.
 //!
 //! Regression test for the chaos soak's stall. Under incremental (cooperative) rebalancing, a
 //! member first gives partitions up and only then rejoins so that they are handed over; a
@@ -14,10 +15,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use boomerang_runtime::http::Readiness;
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
+use boomerang_runtime::metrics::{Metrics, StageMetrics};
+use boomerang_runtime::service::StageContext;
+use boomerang_runtime::stage_loop::{
+    self, BatchWait, InputRecord, LoopSettings, OnRetentionGap, Outcome, Partition, Processor,
+    RetryableError,
+};
 use boomerang_testkit::{Stack, unique_name};
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 4;
 
@@ -123,4 +132,146 @@ async fn a_static_member_stopped_inside_a_rebalance_and_restarted_leaves_no_part
     })
     .await
     .expect("test thread");
+}
+
+/// Passes every record on, producing nothing.
+struct PassesEverything;
+
+impl Processor for PassesEverything {
+    async fn assign(&mut self, _partitions: &[Partition]) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn revoke(&mut self, _partitions: &[Partition]) {}
+
+    async fn process(&mut self, _record: &InputRecord) -> Result<Outcome, RetryableError> {
+        Ok(Outcome::Emit(Default::default()))
+    }
+}
+
+/// One stage instance: its stage metrics and the context that stops it.
+struct Instance {
+    metrics: StageMetrics,
+    context: StageContext,
+}
+
+impl Instance {
+    fn new() -> Self {
+        let metrics = Metrics::for_stage("membership-test").expect("metrics");
+        Self {
+            metrics: StageMetrics::register(&metrics).expect("stage metrics"),
+            context: StageContext {
+                stage: "membership-test",
+                metrics,
+                readiness: Readiness::new("starting"),
+                shutdown: CancellationToken::new(),
+            },
+        }
+    }
+
+    fn owned(&self) -> i64 {
+        self.metrics.owned_partitions.get()
+    }
+
+    fn revoked(&self) -> u64 {
+        self.metrics
+            .partition_changes
+            .with_label_values(&["revoked"])
+            .get()
+    }
+}
+
+/// A restarted stage joins its group before it prepares (registry, snapshots, reference
+/// tables), not when its loop starts: a static member that takes longer than its session
+/// timeout to prepare still comes back under its id in time, and its partner gives nothing up
+/// (the chaos soak's rolling restart found partners rebalanced when a restart took 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_preparing_longer_than_its_session_timeout_moves_no_partition() {
+    const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+    let stack = Stack::from_env();
+    let mut kafka = KafkaArgs::for_brokers(&stack.kafka_brokers);
+    kafka.properties.push((
+        "session.timeout.ms".into(),
+        SESSION_TIMEOUT.as_millis().to_string(),
+    ));
+    let topic = unique_name("it-prepare");
+    let dead_letters = unique_name("it-prepare-dlq");
+    let group = unique_name("it-prepare-group");
+    ensure_topics(
+        &kafka,
+        &[
+            TopicSpec::new(&topic, PARTITIONS),
+            TopicSpec::new(&dead_letters, 1),
+        ],
+    )
+    .await
+    .expect("topics");
+    let settings = LoopSettings {
+        stage: "membership-test",
+        group_id: group.clone(),
+        input_topics: vec![topic.clone()],
+        output_topics: Vec::new(),
+        dead_letter_topic: dead_letters,
+        batch_max_records: 100,
+        batch_wait: BatchWait::from_millis(20, 50),
+        on_retention_gap: OnRetentionGap::Resume,
+    };
+    let start = |name: &str, instance: &Instance| {
+        let mut kafka = kafka.clone();
+        kafka.instance_id = Some(name.to_string());
+        let member =
+            stage_loop::join(settings.clone(), &kafka, instance.metrics.clone()).expect("join");
+        (member, kafka)
+    };
+    let spawn = |member: stage_loop::Member, kafka: KafkaArgs, instance: &Instance| {
+        let context = instance.context.clone();
+        tokio::spawn(async move { member.run(&kafka, PassesEverything, &context).await })
+    };
+
+    let (first, second) = (Instance::new(), Instance::new());
+    let (member, first_kafka) = start("member-a", &first);
+    let first_running = spawn(member, first_kafka, &first);
+    let (member, second_kafka) = start("member-b", &second);
+    let second_running = spawn(member, second_kafka, &second);
+    poll_until("both members own partitions", || {
+        first.owned() > 0 && second.owned() > 0 && first.owned() + second.owned() == 4
+    })
+    .await;
+    let revoked_before = second.revoked();
+
+    // The first stops as a stage does on SIGTERM (a static member does not leave) and comes
+    // straight back: it joins, then prepares for longer than its session timeout.
+    first.context.shutdown.cancel();
+    first_running
+        .await
+        .expect("first")
+        .expect("first stops cleanly");
+    let restarted = Instance::new();
+    let (member, restarted_kafka) = start("member-a", &restarted);
+    // The preparation this test is about, not a synchronisation: its length is the point.
+    tokio::time::sleep(SESSION_TIMEOUT + Duration::from_secs(3)).await;
+    let restarted_running = spawn(member, restarted_kafka, &restarted);
+    poll_until("the restarted member owns partitions", || {
+        restarted.owned() > 0
+    })
+    .await;
+    assert_eq!(
+        second.revoked(),
+        revoked_before,
+        "the partner gave partitions up while the restarted member prepared"
+    );
+    assert_eq!(restarted.owned() + second.owned(), 4);
+
+    restarted.context.shutdown.cancel();
+    second.context.shutdown.cancel();
+    restarted_running.await.expect("restarted").expect("stops");
+    second_running.await.expect("second").expect("stops");
+}
+
+async fn poll_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await; // polling, with the deadline above
+    }
 }

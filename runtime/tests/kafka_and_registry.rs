@@ -189,13 +189,14 @@ async fn a_topic_that_takes_smaller_records_than_the_stage_produces_is_refused_a
     ensure_topics(&kafka, &[spec]).await.expect("topic");
 
     kafka.max_record_bytes = 50_000;
-    boomerang_runtime::kafka::check_record_limit(&kafka, &[&small])
+    boomerang_runtime::kafka::check_record_limit(&kafka, &[&small], Duration::from_secs(10))
         .await
         .expect("records up to the topic's own limit are fine");
     kafka.max_record_bytes = 100_000;
-    let error = boomerang_runtime::kafka::check_record_limit(&kafka, &[&small])
-        .await
-        .expect_err("records larger than the topic takes");
+    let error =
+        boomerang_runtime::kafka::check_record_limit(&kafka, &[&small], Duration::from_secs(10))
+            .await
+            .expect_err("records larger than the topic takes");
     let message = error.to_string();
     assert!(
         message.contains(&small)

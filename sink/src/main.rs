@@ -180,12 +180,66 @@ fn main() -> ExitCode {
 
 async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     let pseudonymiser = Pseudonymiser::from_args(&args.pseudonym)?;
-    if !service::wait_for_brokers(&args.kafka, &context).await
-        || !migrations::wait_until_applied(&args.clickhouse, &context).await?
-    {
+    if !service::wait_for_brokers(&args.kafka, &context).await {
         return Ok(());
     }
-    let stage_metrics = StageMetrics::register(&context.metrics)?;
+    // The group first: a restarted instance is back under its static id within its session
+    // timeout, however long ClickHouse takes to answer below.
+    let topics = SinkTopics {
+        enriched_events: args.topics.enriched_events.clone(),
+        orders: args.topics.orders.clone(),
+        customers: args.topics.customers.clone(),
+    };
+    let settings = LoopSettings::for_group(
+        STAGE,
+        &args.group,
+        vec![
+            topics.enriched_events.clone(),
+            topics.orders.clone(),
+            topics.customers.clone(),
+        ],
+        args.topics.dead_letter.clone(),
+        args.sink.insert_max_rows,
+        BatchWait::from_millis(args.sink.insert_min_wait_ms, args.sink.insert_max_wait_ms),
+    );
+    let member = stage_loop::join(
+        settings,
+        &args.kafka,
+        StageMetrics::register(&context.metrics)?,
+    )?;
+    let (prepared, erasing) = match prepare(&args, topics, pseudonymiser, &context).await {
+        Ok(Some((processor, erasing))) => (Ok(Some(processor)), Some(erasing)),
+        Ok(None) => (Ok(None), None),
+        Err(error) => (Err(error), None),
+    };
+    let result = member.run_prepared(&args.kafka, prepared, &context).await;
+    // The eraser stops with the stage: what it had not committed is applied again next time.
+    context.shutdown.cancel();
+    if let Some(erasing) = erasing {
+        match erasing.await {
+            Ok(Err(error)) => tracing::error!(error = %error, "the erasure task failed"),
+            Err(error) => tracing::error!(error = %error, "the erasure task panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    result
+}
+
+/// The eraser's task, which runs beside the stage loop.
+type Erasing = tokio::task::JoinHandle<anyhow::Result<()>>;
+
+/// Everything the sink needs before it consumes: ClickHouse migrated, the eraser and the
+/// analytics' refreshers started, its processor. `None` when the stage was shut down
+/// meanwhile.
+async fn prepare(
+    args: &Args,
+    topics: SinkTopics,
+    pseudonymiser: Pseudonymiser,
+    context: &StageContext,
+) -> anyhow::Result<Option<(SinkProcessor<WriterSchemas>, Erasing)>> {
+    if !migrations::wait_until_applied(&args.clickhouse, context).await? {
+        return Ok(None);
+    }
     let sink_metrics = SinkMetrics::register(&context.metrics)?;
     let group_id = args.group.group_id(STAGE);
     let client = args.clickhouse.client();
@@ -200,11 +254,6 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         readiness: context.readiness.clone(),
         shutdown: context.shutdown.clone(),
         timeout: args.clickhouse.timeout(),
-    };
-    let topics = SinkTopics {
-        enriched_events: args.topics.enriched_events.clone(),
-        orders: args.topics.orders.clone(),
-        customers: args.topics.customers.clone(),
     };
     let eraser = Eraser::new(
         &args.kafka,
@@ -279,23 +328,7 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     )
     .with_refund_sla(refund_sla)
     .with_insert_load(insert_load, args.sink.insert_max_rows / 2);
-    let settings = LoopSettings::for_group(
-        STAGE,
-        &args.group,
-        vec![topics.enriched_events, topics.orders, topics.customers],
-        args.topics.dead_letter.clone(),
-        args.sink.insert_max_rows,
-        BatchWait::from_millis(args.sink.insert_min_wait_ms, args.sink.insert_max_wait_ms),
-    );
-    let result = stage_loop::run(settings, &args.kafka, processor, stage_metrics, &context).await;
-    // The eraser stops with the stage: what it had not committed is applied again next time.
-    context.shutdown.cancel();
-    match erasing.await {
-        Ok(Err(error)) => tracing::error!(error = %error, "the erasure task failed"),
-        Err(error) => tracing::error!(error = %error, "the erasure task panicked"),
-        Ok(Ok(())) => {}
-    }
-    result
+    Ok(Some((processor, erasing)))
 }
 
 const MICROS_PER_HOUR: i64 = 3_600_000_000;

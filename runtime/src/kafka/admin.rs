@@ -40,15 +40,19 @@ impl TopicSpec {
 /// Checks at start-up that every topic a stage produces to takes the stage's largest record
 /// ([`KafkaArgs::effective_max_record_bytes`]): a topic whose `max.message.bytes` is smaller
 /// would refuse a record the stage let through, and the stage would stop on it. A broker that
-/// does not describe topic configs is trusted, with a warning.
-pub async fn check_record_limit(args: &KafkaArgs, topics: &[&str]) -> anyhow::Result<()> {
+/// does not describe topic configs, or not within `timeout`, is trusted, with a warning.
+pub async fn check_record_limit(
+    args: &KafkaArgs,
+    topics: &[&str],
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let max_record_bytes = args.effective_max_record_bytes()?;
     let admin: AdminClient<DefaultClientContext> = args.client_config().create()?;
     let resources: Vec<ResourceSpecifier<'_>> = topics
         .iter()
         .map(|topic| ResourceSpecifier::Topic(topic))
         .collect();
-    let options = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let options = AdminOptions::new().request_timeout(Some(timeout));
     let described = match admin.describe_configs(&resources, &options).await {
         Ok(described) => described,
         Err(error) => {

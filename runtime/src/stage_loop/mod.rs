@@ -58,6 +58,7 @@ use crate::metrics::StageMetrics;
 use crate::service::StageContext;
 
 pub use self::fence::{Fence, Fenced};
+
 pub use self::in_flight::MAX_BATCHES_IN_FLIGHT;
 pub use self::processor::{
     EVENT_TIME_HEADER, FlushFuture, FlushResult, HISTORY_HEADER, Outcome, Outputs, Processor,
@@ -72,14 +73,49 @@ pub use self::settings::{
 /// How often the processor hears which offsets are acknowledged.
 const ACKNOWLEDGED_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Runs the loop until shutdown; returns after a final commit.
+/// Runs the loop until shutdown; returns after a final commit. [`join`] and [`Member::run`] in
+/// one step, for a stage with nothing to prepare between them.
 pub async fn run<P: Processor>(
     settings: LoopSettings,
     kafka: &KafkaArgs,
-    mut processor: P,
+    processor: P,
     metrics: StageMetrics,
     context: &StageContext,
 ) -> anyhow::Result<()> {
+    join(settings, kafka, metrics)?
+        .run(kafka, processor, context)
+        .await
+}
+
+/// How long the start-up check of the output topics' record limit may take. It runs beside the
+/// stage's preparation; a broker that does not answer in time is trusted, with a warning.
+const RECORD_LIMIT_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A stage's membership of its consumer group, taken before the stage prepares its state
+/// (registry schemas, snapshots, reference tables), so that a restarted static member
+/// (`--instance-id`) is back under its id within its session timeout however long that
+/// preparation takes, and its partner gives nothing up. librdkafka joins the group from its
+/// own thread; the assignment waits, unserved, for the loop's first poll.
+pub struct Member {
+    settings: LoopSettings,
+    metrics: StageMetrics,
+    consumer: Arc<StreamConsumer<LoopContext>>,
+    ownership: Arc<Mutex<Ownership>>,
+    in_flight: Arc<Mutex<InFlight>>,
+    crash_after_batches: Option<u64>,
+    static_member: bool,
+    max_record_bytes: usize,
+    record_limit_checked: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Joins the stage's consumer group (subscribes its input topics) and starts checking that its
+/// output topics take its largest record. Nothing is consumed before [`Member::run`].
+pub fn join(
+    settings: LoopSettings,
+    kafka: &KafkaArgs,
+    metrics: StageMetrics,
+) -> anyhow::Result<Member> {
+    let max_record_bytes = kafka.effective_max_record_bytes()?;
     let ownership = Arc::new(Mutex::new(Ownership::default()));
     let in_flight = Arc::new(Mutex::new(InFlight::default()));
     let crash_after_batches: Option<u64> = std::env::var(CRASH_AFTER_PRODUCE_ENV)
@@ -99,193 +135,272 @@ pub async fn run<P: Processor>(
             commit_failed: std::sync::atomic::AtomicBool::new(false),
             retention_gaps: Mutex::new(Vec::new()),
         })?);
-    let fence = Fence::new(consumer.clone(), in_flight.clone());
     let topics: Vec<&str> = settings.input_topics.iter().map(String::as_str).collect();
-    let topic_names = TopicNames::new(&settings.input_topics);
     consumer.subscribe(&topics)?;
-    let max_record_bytes = kafka.effective_max_record_bytes()?;
-    let produced_to: Vec<&str> = std::iter::once(&settings.dead_letter_topic)
-        .chain(&settings.output_topics)
-        .map(String::as_str)
-        .collect();
-    kafka::check_record_limit(kafka, &produced_to).await?;
-    let producer: BatchProducer = kafka
-        .producer_config()
-        .create_with_context(CountingContext)?;
-    let mut paused = false;
-    let mut last_batch_len = 0;
-    context.readiness.set_ready();
-    tracing::info!(stage = settings.stage, group = %settings.group_id, topics = ?settings.input_topics, "consuming");
+    tracing::info!(stage = settings.stage, group = %settings.group_id, static_member, "joining the group");
+    let record_limit_checked = {
+        let kafka = kafka.clone();
+        let produced_to: Vec<String> = std::iter::once(&settings.dead_letter_topic)
+            .chain(&settings.output_topics)
+            .cloned()
+            .collect();
+        tokio::spawn(async move {
+            let topics: Vec<&str> = produced_to.iter().map(String::as_str).collect();
+            kafka::check_record_limit(&kafka, &topics, RECORD_LIMIT_CHECK_TIMEOUT).await
+        })
+    };
+    Ok(Member {
+        settings,
+        metrics,
+        consumer,
+        ownership,
+        in_flight,
+        crash_after_batches,
+        static_member,
+        max_record_bytes,
+        record_limit_checked,
+    })
+}
 
-    let mut last_acknowledged = Instant::now();
-    let result = loop {
-        if let Err(error) =
-            complete_acknowledged(&consumer, &in_flight, &metrics, crash_after_batches, false).await
-        {
-            break Err(error);
-        }
-        if last_acknowledged.elapsed() >= ACKNOWLEDGED_INTERVAL {
-            last_acknowledged = Instant::now();
-            processor.acknowledged(&lock(&in_flight).ledger.stored_positions());
-        }
-        let room = processor.room();
-        set_paused(&consumer, &mut paused, room == 0);
-        let limits = CollectLimits {
-            max_records: settings.batch_max_records.min(room.max(1)),
-            expected_records: last_batch_len,
-            return_when_idle: processor.holding() > 0 || paused,
-        };
-        let collected = tokio::select! {
-            collected = collect_batch(&consumer, &ownership, &in_flight, &settings, &topic_names, limits, &metrics) => collected,
-            () = context.shutdown.cancelled() => break Ok(()),
-        };
-        if !collected.is_empty() {
-            last_batch_len = collected.len();
-        }
-        // A fatal consumer error (another instance took this one's static membership id, say)
-        // leaves a consumer that never consumes again: stop, so that a supervisor restarts the
-        // stage as a fresh member. Nothing collected since is processed.
-        if let Some((code, reason)) = consumer.client().fatal_error() {
-            metrics.errors.count(ErrorKind::ConsumerFatal);
-            break Err(anyhow::anyhow!(
-                "the consumer failed for good ({code:?}): {reason}; restart the stage"
-            ));
-        }
-        // Before anything read past a gap is processed: a `stop` stage processes none of it.
-        let gaps = std::mem::take(&mut *lock(&consumer.context().retention_gaps));
-        if !gaps.is_empty()
-            && let Err(error) =
-                retention::account(&consumer, gaps, settings.on_retention_gap, &metrics).await
-        {
-            break Err(error);
-        }
-        let (assigned, revoked) = {
-            let mut guard = lock(&ownership);
-            (
-                std::mem::take(&mut guard.newly_assigned),
-                std::mem::take(&mut guard.newly_revoked),
-            )
-        };
-        if !revoked.is_empty() {
-            processor.revoke(&revoked);
-        }
-        if !assigned.is_empty() {
-            if paused {
-                // Newly assigned partitions start unpaused: pause them too.
-                paused = false;
-                set_paused(&consumer, &mut paused, true);
+impl Member {
+    /// Gives the membership up without consuming (the stage stopped while it prepared): a
+    /// dynamic member leaves, a static one stays for its session timeout.
+    pub async fn leave(self) {
+        self.record_limit_checked.abort();
+        close::close(self.consumer, self.static_member).await;
+    }
+
+    /// Runs the loop with the processor the stage prepared after joining. When preparing
+    /// failed, or stopped for a shutdown (`Ok(None)`), gives the membership up instead.
+    pub async fn run_prepared<P: Processor>(
+        self,
+        kafka: &KafkaArgs,
+        prepared: anyhow::Result<Option<P>>,
+        context: &StageContext,
+    ) -> anyhow::Result<()> {
+        match prepared {
+            Ok(Some(processor)) => self.run(kafka, processor, context).await,
+            Ok(None) => {
+                self.leave().await;
+                Ok(())
             }
-            if let Err(error) = processor.assign(&assigned).await {
+            Err(error) => {
+                self.leave().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Runs the loop until shutdown; returns after a final commit.
+    pub async fn run<P: Processor>(
+        self,
+        kafka: &KafkaArgs,
+        mut processor: P,
+        context: &StageContext,
+    ) -> anyhow::Result<()> {
+        let Member {
+            settings,
+            metrics,
+            consumer,
+            ownership,
+            in_flight,
+            crash_after_batches,
+            static_member,
+            max_record_bytes,
+            record_limit_checked,
+        } = self;
+        let checked = match record_limit_checked.await {
+            Ok(checked) => checked,
+            Err(error) => Err(anyhow::anyhow!("the record limit check failed: {error}")),
+        };
+        if let Err(error) = checked {
+            close::close(consumer, static_member).await;
+            return Err(error);
+        }
+        let fence = Fence::new(consumer.clone(), in_flight.clone());
+        let topic_names = TopicNames::new(&settings.input_topics);
+        let producer: BatchProducer = kafka
+            .producer_config()
+            .create_with_context(CountingContext)?;
+        let mut paused = false;
+        let mut last_batch_len = 0;
+        context.readiness.set_ready();
+        tracing::info!(stage = settings.stage, group = %settings.group_id, topics = ?settings.input_topics, "consuming");
+
+        let mut last_acknowledged = Instant::now();
+        let result = loop {
+            if let Err(error) =
+                complete_acknowledged(&consumer, &in_flight, &metrics, crash_after_batches, false)
+                    .await
+            {
                 break Err(error);
             }
-            // Asked to stop while the processor restored (or waited): nothing more is
-            // processed, nothing of this batch committed.
-            if context.shutdown.is_cancelled() {
-                break Ok(());
+            if last_acknowledged.elapsed() >= ACKNOWLEDGED_INTERVAL {
+                last_acknowledged = Instant::now();
+                processor.acknowledged(&lock(&in_flight).ledger.stored_positions());
             }
-        }
-        // Records fetched before a revoke belong to the new owner now. (Only a revoke in this
-        // batch's collection can leave such records: librdkafka fetches nothing for partitions
-        // it no longer owns.)
-        let mut batch: Vec<InputRecord> = if revoked.is_empty() {
-            collected
-        } else {
-            collected
-                .into_iter()
-                .filter(|record| is_owned(&ownership, record))
-                .collect()
-        };
-        let released: Vec<Released> = processor
-            .release()
-            .into_iter()
-            .filter(|released| is_owned(&ownership, &released.record))
-            .collect();
-        if batch.is_empty() && released.is_empty() {
-            // Idle: a commit that failed (a rebalance under way, a broker restarting) is made
-            // again, or the last batches' offsets would stay uncommitted until new records come.
-            if consumer
-                .context()
-                .commit_failed
-                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            let room = processor.room();
+            set_paused(&consumer, &mut paused, room == 0);
+            let limits = CollectLimits {
+                max_records: settings.batch_max_records.min(room.max(1)),
+                expected_records: last_batch_len,
+                return_when_idle: processor.holding() > 0 || paused,
+            };
+            let collected = tokio::select! {
+                collected = collect_batch(&consumer, &ownership, &in_flight, &settings, &topic_names, limits, &metrics) => collected,
+                () = context.shutdown.cancelled() => break Ok(()),
+            };
+            if !collected.is_empty() {
+                last_batch_len = collected.len();
+            }
+            // A fatal consumer error (another instance took this one's static membership id, say)
+            // leaves a consumer that never consumes again: stop, so that a supervisor restarts the
+            // stage as a fresh member. Nothing collected since is processed.
+            if let Some((code, reason)) = consumer.client().fatal_error() {
+                metrics.errors.count(ErrorKind::ConsumerFatal);
+                break Err(anyhow::anyhow!(
+                    "the consumer failed for good ({code:?}): {reason}; restart the stage"
+                ));
+            }
+            // Before anything read past a gap is processed: a `stop` stage processes none of it.
+            let gaps = std::mem::take(&mut *lock(&consumer.context().retention_gaps));
+            if !gaps.is_empty()
                 && let Err(error) =
-                    ignore_nothing_to_commit(consumer.commit_consumer_state(CommitMode::Async))
+                    retention::account(&consumer, gaps, settings.on_retention_gap, &metrics).await
             {
-                tracing::warn!(error = %error, "cannot commit again after a failed commit");
+                break Err(error);
             }
-            continue;
+            let (assigned, revoked) = {
+                let mut guard = lock(&ownership);
+                (
+                    std::mem::take(&mut guard.newly_assigned),
+                    std::mem::take(&mut guard.newly_revoked),
+                )
+            };
+            if !revoked.is_empty() {
+                processor.revoke(&revoked);
+            }
+            if !assigned.is_empty() {
+                if paused {
+                    // Newly assigned partitions start unpaused: pause them too.
+                    paused = false;
+                    set_paused(&consumer, &mut paused, true);
+                }
+                if let Err(error) = processor.assign(&assigned).await {
+                    break Err(error);
+                }
+                // Asked to stop while the processor restored (or waited): nothing more is
+                // processed, nothing of this batch committed.
+                if context.shutdown.is_cancelled() {
+                    break Ok(());
+                }
+            }
+            // Records fetched before a revoke belong to the new owner now. (Only a revoke in this
+            // batch's collection can leave such records: librdkafka fetches nothing for partitions
+            // it no longer owns.)
+            let mut batch: Vec<InputRecord> = if revoked.is_empty() {
+                collected
+            } else {
+                collected
+                    .into_iter()
+                    .filter(|record| is_owned(&ownership, record))
+                    .collect()
+            };
+            let released: Vec<Released> = processor
+                .release()
+                .into_iter()
+                .filter(|released| is_owned(&ownership, &released.record))
+                .collect();
+            if batch.is_empty() && released.is_empty() {
+                // Idle: a commit that failed (a rebalance under way, a broker restarting) is made
+                // again, or the last batches' offsets would stay uncommitted until new records come.
+                if consumer
+                    .context()
+                    .commit_failed
+                    .swap(false, std::sync::atomic::Ordering::AcqRel)
+                    && let Err(error) =
+                        ignore_nothing_to_commit(consumer.commit_consumer_state(CommitMode::Async))
+                {
+                    tracing::warn!(error = %error, "cannot commit again after a failed commit");
+                }
+                continue;
+            }
+            let started = Instant::now();
+            let Some(mut processed) = process_batch(
+                &settings,
+                max_record_bytes,
+                &mut processor,
+                &batch,
+                released,
+                &in_flight,
+                &metrics,
+                context,
+            )
+            .await
+            else {
+                break Ok(()); // shutdown while retrying: nothing of this batch is committed
+            };
+            let delivered = match send_all(
+                &producer,
+                &processed.outputs,
+                &consumer,
+                &in_flight,
+                &metrics,
+                crash_after_batches,
+            )
+            .await
+            {
+                Ok(delivered) => delivered,
+                Err(error) => break Err(error),
+            };
+            let counts = batch_counts::<P>(&batch, &processed);
+            let processed_offsets = last_offsets(&batch);
+            let flush = (!processed.writes.is_empty()).then(|| processor.flush(&fence));
+            let completion = completion(
+                delivered,
+                flush,
+                std::mem::take(&mut batch),
+                std::mem::take(&mut processed.writes),
+                producer.clone(),
+                settings.stage,
+                settings.dead_letter_topic.clone(),
+                max_record_bytes,
+            );
+            lock(&in_flight).batches.push_back(InFlightBatch {
+                completion,
+                counts,
+                processed: processed_offsets,
+                released: processed.released,
+                started,
+            });
+            // Bound what is in flight: wait for the oldest batch when there are too many.
+            if let Err(error) =
+                complete_acknowledged(&consumer, &in_flight, &metrics, crash_after_batches, true)
+                    .await
+            {
+                break Err(error);
+            }
+            context.readiness.set_ready();
+        };
+        // Whatever is in flight is acknowledged and committed before the stage stops.
+        let drained = complete_all(&consumer, &in_flight, &metrics, crash_after_batches).await;
+        if drained.is_ok() {
+            processor.acknowledged(&lock(&in_flight).ledger.stored_positions());
+            if result.is_ok() {
+                processor.drained();
+            }
         }
-        let started = Instant::now();
-        let Some(mut processed) = process_batch(
-            &settings,
-            max_record_bytes,
-            &mut processor,
-            &batch,
-            released,
-            &in_flight,
-            &metrics,
-            context,
-        )
-        .await
-        else {
-            break Ok(()); // shutdown while retrying: nothing of this batch is committed
-        };
-        let delivered = match send_all(
-            &producer,
-            &processed.outputs,
-            &consumer,
-            &in_flight,
-            &metrics,
-            crash_after_batches,
-        )
-        .await
-        {
-            Ok(delivered) => delivered,
-            Err(error) => break Err(error),
-        };
-        let counts = batch_counts::<P>(&batch, &processed);
-        let processed_offsets = last_offsets(&batch);
-        let flush = (!processed.writes.is_empty()).then(|| processor.flush(&fence));
-        let completion = completion(
-            delivered,
-            flush,
-            std::mem::take(&mut batch),
-            std::mem::take(&mut processed.writes),
-            producer.clone(),
-            settings.stage,
-            settings.dead_letter_topic.clone(),
-            max_record_bytes,
-        );
-        lock(&in_flight).batches.push_back(InFlightBatch {
-            completion,
-            counts,
-            processed: processed_offsets,
-            released: processed.released,
-            started,
-        });
-        // Bound what is in flight: wait for the oldest batch when there are too many.
         if let Err(error) =
-            complete_acknowledged(&consumer, &in_flight, &metrics, crash_after_batches, true).await
+            ignore_nothing_to_commit(consumer.commit_consumer_state(CommitMode::Sync))
         {
-            break Err(error);
+            tracing::warn!(error = %error, "final commit failed; the next owner replays from the last commit");
         }
-        context.readiness.set_ready();
-    };
-    // Whatever is in flight is acknowledged and committed before the stage stops.
-    let drained = complete_all(&consumer, &in_flight, &metrics, crash_after_batches).await;
-    if drained.is_ok() {
-        processor.acknowledged(&lock(&in_flight).ledger.stored_positions());
-        if result.is_ok() {
-            processor.drained();
-        }
+        // The processor's flush futures hold the fence, and the fence holds the consumer.
+        drop(fence);
+        drop(processor);
+        close::close(consumer, static_member).await;
+        result.and(drained)
     }
-    if let Err(error) = ignore_nothing_to_commit(consumer.commit_consumer_state(CommitMode::Sync)) {
-        tracing::warn!(error = %error, "final commit failed; the next owner replays from the last commit");
-    }
-    // The processor's flush futures hold the fence, and the fence holds the consumer.
-    drop(fence);
-    drop(processor);
-    close::close(consumer, static_member).await;
-    result.and(drained)
 }
 
 pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

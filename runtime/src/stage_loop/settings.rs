@@ -115,6 +115,7 @@ pub enum OnRetentionGap {
 }
 
 /// What the loop needs besides the processor.
+#[derive(Debug, Clone)]
 pub struct LoopSettings {
     pub stage: &'static str,
     pub group_id: String,
