@@ -234,7 +234,9 @@ async fn a_static_member_preparing_longer_than_its_session_timeout_moves_no_part
     let (member, second_kafka) = start("member-b", &second);
     let second_running = spawn(member, second_kafka, &second);
     poll_until("both members own partitions", || {
-        first.owned() > 0 && second.owned() > 0 && first.owned() + second.owned() == 4
+        first.owned() > 0
+            && second.owned() > 0
+            && first.owned() + second.owned() == i64::from(PARTITIONS)
     })
     .await;
     let revoked_before = second.revoked();
@@ -260,12 +262,69 @@ async fn a_static_member_preparing_longer_than_its_session_timeout_moves_no_part
         revoked_before,
         "the partner gave partitions up while the restarted member prepared"
     );
-    assert_eq!(restarted.owned() + second.owned(), 4);
+    assert_eq!(restarted.owned() + second.owned(), i64::from(PARTITIONS));
 
     restarted.context.shutdown.cancel();
     second.context.shutdown.cancel();
     restarted_running.await.expect("restarted").expect("stops");
     second_running.await.expect("second").expect("stops");
+}
+
+/// A preparation that outlasts the consumer's `max.poll.interval.ms` (a schema registry down
+/// for minutes at start-up) costs a rejoin, not the stage: librdkafka gives the membership up
+/// and the loop's first poll joins again, static member or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_preparing_longer_than_its_max_poll_interval_consumes_once_it_runs() {
+    const MAX_POLL_INTERVAL: Duration = Duration::from_secs(6);
+    let stack = Stack::from_env();
+    let mut kafka = KafkaArgs::for_brokers(&stack.kafka_brokers);
+    for (key, value) in [
+        ("session.timeout.ms", MAX_POLL_INTERVAL),
+        ("max.poll.interval.ms", MAX_POLL_INTERVAL),
+    ] {
+        kafka
+            .properties
+            .push((key.into(), value.as_millis().to_string()));
+    }
+    let topic = unique_name("it-max-poll");
+    let dead_letters = unique_name("it-max-poll-dlq");
+    ensure_topics(
+        &kafka,
+        &[
+            TopicSpec::new(&topic, PARTITIONS),
+            TopicSpec::new(&dead_letters, 1),
+        ],
+    )
+    .await
+    .expect("topics");
+    for instance_id in [Some("member-a"), None] {
+        let mut kafka = kafka.clone();
+        kafka.instance_id = instance_id.map(str::to_string);
+        let settings = LoopSettings {
+            stage: "membership-test",
+            group_id: unique_name("it-max-poll-group"),
+            input_topics: vec![topic.clone()],
+            output_topics: Vec::new(),
+            dead_letter_topic: dead_letters.clone(),
+            batch_max_records: 100,
+            batch_wait: BatchWait::from_millis(20, 50),
+            on_retention_gap: OnRetentionGap::Resume,
+        };
+        let instance = Instance::new();
+        let member = stage_loop::join(settings, &kafka, instance.metrics.clone()).expect("join");
+        // The preparation this test is about, not a synchronisation: its length is the point.
+        tokio::time::sleep(MAX_POLL_INTERVAL + Duration::from_secs(2)).await;
+        let context = instance.context.clone();
+        let running =
+            tokio::spawn(async move { member.run(&kafka, PassesEverything, &context).await });
+        poll_until(
+            &format!("the member ({instance_id:?}) owning every partition"),
+            || instance.owned() == i64::from(PARTITIONS),
+        )
+        .await;
+        instance.context.shutdown.cancel();
+        running.await.expect("member").expect("stops cleanly");
+    }
 }
 
 async fn poll_until(what: &str, mut check: impl FnMut() -> bool) {
