@@ -10,6 +10,10 @@
 //! The partitions it had given up had no owner, for good. Under eager rebalancing, every
 //! generation's assignment names every partition.
 
+mod support;
+
+use support::PassesEverything;
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,10 +23,7 @@ use boomerang_runtime::http::Readiness;
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
 use boomerang_runtime::metrics::{Metrics, StageMetrics};
 use boomerang_runtime::service::StageContext;
-use boomerang_runtime::stage_loop::{
-    self, BatchWait, InputRecord, LoopSettings, OnRetentionGap, Outcome, Partition, Processor,
-    RetryableError,
-};
+use boomerang_runtime::stage_loop::{self, BatchWait, LoopSettings, OnRetentionGap};
 use boomerang_testkit::{Stack, unique_name};
 use rdkafka::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
@@ -134,18 +135,28 @@ async fn a_static_member_stopped_inside_a_rebalance_and_restarted_leaves_no_part
     .expect("test thread");
 }
 
-/// Passes every record on, producing nothing.
-struct PassesEverything;
-
-impl Processor for PassesEverything {
-    async fn assign(&mut self, _partitions: &[Partition]) -> anyhow::Result<()> {
-        Ok(())
-    }
-
-    fn revoke(&mut self, _partitions: &[Partition]) {}
-
-    async fn process(&mut self, _record: &InputRecord) -> Result<Outcome, RetryableError> {
-        Ok(Outcome::Emit(Default::default()))
+/// Loop settings for a new group consuming a new topic of [`PARTITIONS`] partitions.
+async fn loop_settings(kafka: &KafkaArgs, name: &str) -> LoopSettings {
+    let topic = unique_name(name);
+    let dead_letters = unique_name(&format!("{name}-dlq"));
+    ensure_topics(
+        kafka,
+        &[
+            TopicSpec::new(&topic, PARTITIONS),
+            TopicSpec::new(&dead_letters, 1),
+        ],
+    )
+    .await
+    .expect("topics");
+    LoopSettings {
+        stage: "membership-test",
+        group_id: unique_name(&format!("{name}-group")),
+        input_topics: vec![topic],
+        output_topics: Vec::new(),
+        dead_letter_topic: dead_letters,
+        batch_max_records: 100,
+        batch_wait: BatchWait::from_millis(20, 50),
+        on_retention_gap: OnRetentionGap::Resume,
     }
 }
 
@@ -194,28 +205,7 @@ async fn a_static_member_preparing_longer_than_its_session_timeout_moves_no_part
         "session.timeout.ms".into(),
         SESSION_TIMEOUT.as_millis().to_string(),
     ));
-    let topic = unique_name("it-prepare");
-    let dead_letters = unique_name("it-prepare-dlq");
-    let group = unique_name("it-prepare-group");
-    ensure_topics(
-        &kafka,
-        &[
-            TopicSpec::new(&topic, PARTITIONS),
-            TopicSpec::new(&dead_letters, 1),
-        ],
-    )
-    .await
-    .expect("topics");
-    let settings = LoopSettings {
-        stage: "membership-test",
-        group_id: group.clone(),
-        input_topics: vec![topic.clone()],
-        output_topics: Vec::new(),
-        dead_letter_topic: dead_letters,
-        batch_max_records: 100,
-        batch_wait: BatchWait::from_millis(20, 50),
-        on_retention_gap: OnRetentionGap::Resume,
-    };
+    let settings = loop_settings(&kafka, "it-prepare").await;
     let start = |name: &str, instance: &Instance| {
         let mut kafka = kafka.clone();
         kafka.instance_id = Some(name.to_string());
@@ -286,30 +276,10 @@ async fn a_member_preparing_longer_than_its_max_poll_interval_consumes_once_it_r
             .properties
             .push((key.into(), value.as_millis().to_string()));
     }
-    let topic = unique_name("it-max-poll");
-    let dead_letters = unique_name("it-max-poll-dlq");
-    ensure_topics(
-        &kafka,
-        &[
-            TopicSpec::new(&topic, PARTITIONS),
-            TopicSpec::new(&dead_letters, 1),
-        ],
-    )
-    .await
-    .expect("topics");
     for instance_id in [Some("member-a"), None] {
         let mut kafka = kafka.clone();
         kafka.instance_id = instance_id.map(str::to_string);
-        let settings = LoopSettings {
-            stage: "membership-test",
-            group_id: unique_name("it-max-poll-group"),
-            input_topics: vec![topic.clone()],
-            output_topics: Vec::new(),
-            dead_letter_topic: dead_letters.clone(),
-            batch_max_records: 100,
-            batch_wait: BatchWait::from_millis(20, 50),
-            on_retention_gap: OnRetentionGap::Resume,
-        };
+        let settings = loop_settings(&kafka, "it-max-poll").await;
         let instance = Instance::new();
         let member = stage_loop::join(settings, &kafka, instance.metrics.clone()).expect("join");
         // The preparation this test is about, not a synchronisation: its length is the point.

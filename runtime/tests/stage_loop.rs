@@ -1,6 +1,10 @@
 //! The stage loop against the real broker, with a processor of the test's own: what happens
 //! to a record whose dead letter is larger than the producer takes.
 
+mod support;
+
+use support::PassesEverything;
+
 use std::time::{Duration, Instant};
 
 use boomerang_runtime::dead_letter::{self, Rejection};
@@ -252,21 +256,6 @@ fn a_processor_that_keeps_records_but_never_writes_stops_the_stage_uncommitted()
         committed.iter().all(|(_, committed, _)| *committed <= 0),
         "nothing committed: {committed:?}"
     );
-}
-
-/// Passes every record on, producing nothing.
-struct PassesEverything;
-
-impl Processor for PassesEverything {
-    async fn assign(&mut self, _partitions: &[Partition]) -> anyhow::Result<()> {
-        Ok(())
-    }
-
-    fn revoke(&mut self, _partitions: &[Partition]) {}
-
-    async fn process(&mut self, _record: &InputRecord) -> Result<Outcome, RetryableError> {
-        Ok(Outcome::Emit(Default::default()))
-    }
 }
 
 /// A trickle of records is not held for the batch's maximum wait: once the consumer has
