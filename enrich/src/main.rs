@@ -125,13 +125,10 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         &args.kafka,
         StageMetrics::register(&context.metrics)?,
     )?;
-    let kafka = args.kafka.clone();
-    let (prepared, background) = match prepare(Arc::new(args), pseudonymiser, &context).await {
-        Ok(Some((processor, background))) => (Ok(Some(processor)), Some(background)),
-        Ok(None) => (Ok(None), None),
-        Err(error) => (Err(error), None),
-    };
-    let result = member.run_prepared(&kafka, prepared, &context).await;
+    let args = Arc::new(args);
+    let (prepared, background) =
+        stage_loop::split_prepared(prepare(args.clone(), pseudonymiser, &context).await);
+    let result = member.run_prepared(&args.kafka, prepared, &context).await;
     context.shutdown.cancel();
     if let Some(background) = background {
         background.stopped().await;

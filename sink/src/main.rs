@@ -207,11 +207,8 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         &args.kafka,
         StageMetrics::register(&context.metrics)?,
     )?;
-    let (prepared, erasing) = match prepare(&args, topics, pseudonymiser, &context).await {
-        Ok(Some((processor, erasing))) => (Ok(Some(processor)), Some(erasing)),
-        Ok(None) => (Ok(None), None),
-        Err(error) => (Err(error), None),
-    };
+    let (prepared, erasing) =
+        stage_loop::split_prepared(prepare(&args, topics, pseudonymiser, &context).await);
     let result = member.run_prepared(&args.kafka, prepared, &context).await;
     // The eraser stops with the stage: what it had not committed is applied again next time.
     context.shutdown.cancel();

@@ -58,7 +58,6 @@ use crate::metrics::StageMetrics;
 use crate::service::StageContext;
 
 pub use self::fence::{Fence, Fenced};
-
 pub use self::in_flight::MAX_BATCHES_IN_FLIGHT;
 pub use self::processor::{
     EVENT_TIME_HEADER, FlushFuture, FlushResult, HISTORY_HEADER, Outcome, Outputs, Processor,
@@ -106,6 +105,17 @@ pub struct Member {
     static_member: bool,
     max_record_bytes: usize,
     record_limit_checked: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Splits what a stage prepared into its processor and what runs beside the loop (tasks the
+/// stage awaits after it), for [`Member::run_prepared`].
+pub fn split_prepared<P, B>(
+    prepared: anyhow::Result<Option<(P, B)>>,
+) -> (anyhow::Result<Option<P>>, Option<B>) {
+    match prepared.map(Option::unzip) {
+        Ok((processor, beside)) => (Ok(processor), beside),
+        Err(error) => (Err(error), None),
+    }
 }
 
 /// Joins the stage's consumer group (subscribes its input topics) and starts checking that its
@@ -407,4 +417,22 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_prepared;
+
+    #[test]
+    fn a_preparation_splits_into_its_processor_and_what_runs_beside_it() {
+        let (processor, beside) = split_prepared(Ok(Some((1, "eraser"))));
+        assert_eq!((processor.ok(), beside), (Some(Some(1)), Some("eraser")));
+        let (processor, beside) = split_prepared::<i32, &str>(Ok(None));
+        assert_eq!((processor.ok(), beside), (Some(None), None));
+        let (processor, beside) = split_prepared::<i32, &str>(Err(anyhow::anyhow!("no registry")));
+        assert_eq!(
+            (processor.map_err(|error| error.to_string()), beside),
+            (Err("no registry".to_string()), None)
+        );
+    }
 }
