@@ -105,8 +105,9 @@ impl TestPipeline {
     /// Sent again, up to twice, when the broker refuses it as out of sequence. The local broker
     /// (nisshi 0.8.1) has once answered OUT_OF_ORDER_SEQUENCE_NUMBER to a producer sending one
     /// record at a time, its remembered next sequence one behind a batch it had acknowledged.
-    /// The refused record is not stored, and librdkafka starts a new producer epoch, so sending
-    /// it again neither loses nor doubles it. Every other failure fails the test.
+    /// The broker refuses such a batch before it stores it, so sending the record again cannot
+    /// double it; if librdkafka had given the producer up instead, the next attempt fails the
+    /// test with its error. Every other failure fails the test.
     pub async fn send(
         &self,
         topic: &str,

@@ -162,7 +162,7 @@ impl KafkaArgs {
             // second each hop then sends a quarter of the batches: fewer produce requests, and
             // fewer fetches that find new data, for the broker to serve. At 2,000 events/s on
             // the local stack the broker's CPU fell by a third and the p99 to queryable from
-            // 0.6–1.3 s to 0.3–0.4 s, for 12 ms at p50 (benches/README.md). Under full load
+            // 0.6–4.7 s to 0.3–0.4 s, for 12 ms at p50 (benches/README.md). Under full load
             // batches fill before the linger ends, so it costs nothing there.
             ("linger.ms", "20"),
             ("message.max.bytes", &self.max_record_bytes.to_string()),
