@@ -4,6 +4,7 @@
 //! - [`catalog`]: every schema, parsed once, with its earlier versions and its PII fields.
 //! - [`avro_json`]: Avro's JSON encoding of the model, for files people and export scripts
 //!   write (`boomerang backfill`'s JSON lines).
+//! - [`borrowed`]: an enriched event read in place, strings borrowed (the sink's common case).
 //! - [`splice`]: an enriched event written from a validated event's bytes, without decoding
 //!   it (enrich's common case).
 //! - [`codec`]: Avro datum encoding and decoding of the model, including decoding data written
@@ -17,6 +18,7 @@
 //! since the Unix epoch ([`TimestampMicros`]).
 
 pub mod avro_json;
+pub mod borrowed;
 pub mod catalog;
 pub mod codec;
 mod customer;
@@ -29,6 +31,7 @@ mod specific;
 pub mod splice;
 pub mod wire;
 
+pub use borrowed::{EnrichedEventRef, EventRef};
 pub use catalog::SchemaKind;
 pub use codec::{AvroRecord, CodecError, ResolvingReader};
 pub use customer::Customer;

@@ -20,6 +20,7 @@ use crate::event::{
     WarrantyResolution,
 };
 use crate::primitives::{Money, TimestampMicros};
+use crate::splice::MoneyRef;
 
 /// Why bytes are not a datum of the schema.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -134,7 +135,7 @@ impl<'datum> Reader<'datum> {
         i32::try_from(value).map_err(|_| Malformed::IntOutOfRange(value))
     }
 
-    fn boolean(&mut self) -> Result<bool, Malformed> {
+    pub(crate) fn boolean(&mut self) -> Result<bool, Malformed> {
         match self.byte()? {
             0 => Ok(false),
             1 => Ok(true),
@@ -186,6 +187,14 @@ impl<'datum> Reader<'datum> {
             1 => read(self).map(Some),
             other => Err(Malformed::InvalidUnionBranch(other)),
         }
+    }
+
+    /// An amount of money, its currency borrowed.
+    pub(crate) fn money_ref(&mut self) -> Result<MoneyRef<'datum>, Malformed> {
+        Ok(MoneyRef {
+            amount_minor: self.long()?,
+            currency: self.str()?,
+        })
     }
 
     fn money(&mut self) -> Result<Money, Malformed> {

@@ -109,12 +109,7 @@ fn read_view<'a>(datum: &'a [u8], reader: &mut Reader<'a>) -> Result<EventView<'
     let reason_text_start = position(reader);
     reader.optional(Reader::str)?;
     let reason_text_end = position(reader);
-    let amount = reader.optional(|reader| {
-        Ok(MoneyRef {
-            amount_minor: reader.long()?,
-            currency: reader.str()?,
-        })
-    })?;
+    let amount = reader.optional(Reader::money_ref)?;
     reader.optional(Reader::symbol::<ReturnMethod>)?;
     reader.symbol::<Channel>()?;
     reader.symbol::<Outcome>()?;

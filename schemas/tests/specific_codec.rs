@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 
 use boomerang_schemas::codec::{decode, decode_generic, encode, encode_generic_into};
 use boomerang_schemas::{
-    AvroRecord, Channel, Disposition, EnrichedPostPurchaseEvent, Enrichment, EventType, EventView,
-    Money, MoneyRef, Outcome, PostPurchaseEvent, ReasonCode, ReturnMethod, TimestampMicros,
-    WarrantyResolution,
+    AvroRecord, Channel, Disposition, EnrichedEventRef, EnrichedPostPurchaseEvent, Enrichment,
+    EventType, EventView, Money, MoneyRef, Outcome, PostPurchaseEvent, ReasonCode, ReturnMethod,
+    TimestampMicros, WarrantyResolution,
 };
 use proptest::prelude::*;
 
@@ -188,6 +188,26 @@ fn assert_view_agrees(bytes: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The sink's in-place read of an enriched event accepts `bytes` exactly when decoding does,
+/// refuses them with the same error, and reads every field decoding reads (but the attributes,
+/// which it checks and passes over).
+fn assert_enriched_ref_agrees(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let read = EnrichedEventRef::read(bytes);
+    let decoded = decode::<EnrichedPostPurchaseEvent>(bytes);
+    match (&read, &decoded) {
+        (Ok(read), Ok(enriched)) => prop_assert_eq!(read, &EnrichedEventRef::of(enriched)),
+        (Err(read), Err(decoded)) => prop_assert_eq!(read.to_string(), decoded.to_string()),
+        _ => prop_assert!(
+            false,
+            "in place {:?} but decode {:?} for {:?}",
+            read.as_ref().map(|_| "accepted"),
+            decoded.as_ref().map(|_| "accepted"),
+            bytes
+        ),
+    }
+    Ok(())
+}
+
 /// Both decoders accept `bytes` or both refuse them, and agree on what they accept.
 fn assert_decoders_agree<T: AvroRecord + PartialEq + std::fmt::Debug>(
     bytes: &[u8],
@@ -239,6 +259,7 @@ proptest! {
         let position = position.index(bytes.len());
         bytes[position] = byte;
         assert_decoders_agree::<EnrichedPostPurchaseEvent>(&bytes)?;
+        assert_enriched_ref_agrees(&bytes)?;
     }
 
     #[test]
@@ -254,6 +275,7 @@ proptest! {
     fn random_bytes_are_read_alike(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         assert_decoders_agree::<PostPurchaseEvent>(&bytes)?;
         assert_decoders_agree::<EnrichedPostPurchaseEvent>(&bytes)?;
+        assert_enriched_ref_agrees(&bytes)?;
         assert_view_agrees(&bytes)?;
     }
 
@@ -272,6 +294,22 @@ proptest! {
         expected.event.customer_id = customer_id;
         prop_assert_eq!(&spliced, &encode(&expected).expect("encode"));
         prop_assert_eq!(Enrichment::of(&enriched).apply(enriched.event.clone()), enriched);
+    }
+
+    #[test]
+    fn an_enriched_event_is_read_in_place_as_decoded(
+        enriched in enriched(),
+        cut in any::<prop::sample::Index>(),
+        padding in 1usize..4,
+    ) {
+        let bytes = generic(&enriched);
+        let read = EnrichedEventRef::read(&bytes).expect("read in place");
+        prop_assert_eq!(&read, &EnrichedEventRef::of(&enriched));
+        prop_assert_eq!(read.event.idempotency_key, enriched.event.idempotency_key.as_str());
+        assert_enriched_ref_agrees(&bytes[..cut.index(bytes.len())])?;
+        let mut padded = bytes.clone();
+        padded.extend(std::iter::repeat_n(0u8, padding));
+        assert_enriched_ref_agrees(&padded)?;
     }
 
     #[test]
