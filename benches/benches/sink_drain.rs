@@ -9,37 +9,20 @@
 use std::time::{Duration, Instant};
 
 use boomerang_benches::harness::{built_release_binary, cpu_seconds, env_number, prefill};
-use boomerang_benches::reference_world::event;
+use boomerang_benches::reference_world::enriched;
 use boomerang_clickhouse::ClickhouseArgs;
 use boomerang_clickhouse::migrations;
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
 use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_runtime::registry::{RegistryArgs, register_all};
 use boomerang_runtime::topics::{TopicsArgs, value_subject};
-use boomerang_schemas::{EnrichedPostPurchaseEvent, Money, TimestampMicros};
+use boomerang_schemas::{EnrichedEventRef, TimestampMicros};
 use boomerang_sink::rows::{EventRow, Source};
 use boomerang_testkit::{Stack, StageProcess, metrics, poll_until, unique_name, value};
 
 const PARTITIONS: i32 = 4;
 const BATCH: usize = 50_000;
 const PSEUDONYM_KEY: &str = "benchmark-pseudonym-key";
-
-fn enriched(n: usize, now: TimestampMicros) -> EnrichedPostPurchaseEvent {
-    let mut event = event(n, 50_000, now);
-    event.reason_text = None;
-    EnrichedPostPurchaseEvent {
-        customer_segment: Some(["new", "regular", "vip"][n % 3].into()),
-        order_channel: Some(boomerang_schemas::Channel::Web),
-        order_placed_at: Some(now),
-        order_delivered_at: Some(now),
-        line_category: Some(["apparel", "shoes", "electronics"][n % 3].into()),
-        line_unit_price: Some(Money::new(4_999, "EUR")),
-        days_since_delivery: Some(5),
-        within_return_window: Some(true),
-        enriched_at: now,
-        ..boomerang_testkit::samples::enriched(event)
-    }
-}
 
 /// The same rows, built beforehand, inserted with the `clickhouse` crate in batches of the
 /// sink's size into a copy of the events table: the least a ClickHouse writer can do.
@@ -59,7 +42,11 @@ async fn bare_insert(clickhouse: &ClickhouseArgs, events: usize, now: TimestampM
                 partition: (n % PARTITIONS as usize) as i32,
                 offset: n as i64,
             };
-            EventRow::new(enriched(n, now), &source, &pseudonymiser)
+            EventRow::new(
+                &EnrichedEventRef::of(&enriched(n, now)),
+                &source,
+                &pseudonymiser,
+            )
         })
         .collect();
     let started = Instant::now();

@@ -2,7 +2,10 @@
 //! with PII and a segment, orders of one to three lines across a few categories, and events
 //! that name an existing order line.
 
-use boomerang_schemas::{Channel, Customer, Order, OrderLine, PostPurchaseEvent, TimestampMicros};
+use boomerang_schemas::{
+    Channel, Customer, EnrichedPostPurchaseEvent, Money, Order, OrderLine, PostPurchaseEvent,
+    TimestampMicros,
+};
 
 const SEGMENTS: [&str; 4] = ["new", "regular", "vip", "lapsed"];
 const REGIONS: [&str; 3] = ["emea", "amer", "apac"];
@@ -63,5 +66,23 @@ pub fn event(n: usize, customers: usize, now: TimestampMicros) -> PostPurchaseEv
         sku: format!("SKU-{:05}", (n * 7) % 20_000),
         reason_text: Some("free text that may hold personal data".into()),
         ..boomerang_testkit::samples::refund_event(n, now)
+    }
+}
+
+/// Event `n` as enrich publishes it: reason text dropped, order, line and customer found.
+pub fn enriched(n: usize, now: TimestampMicros) -> EnrichedPostPurchaseEvent {
+    let mut event = event(n, 50_000, now);
+    event.reason_text = None;
+    EnrichedPostPurchaseEvent {
+        customer_segment: Some(["new", "regular", "vip"][n % 3].into()),
+        order_channel: Some(Channel::Web),
+        order_placed_at: Some(now),
+        order_delivered_at: Some(now),
+        line_category: Some(["apparel", "shoes", "electronics"][n % 3].into()),
+        line_unit_price: Some(Money::new(4_999, "EUR")),
+        days_since_delivery: Some(5),
+        within_return_window: Some(true),
+        enriched_at: now,
+        ..boomerang_testkit::samples::enriched(event)
     }
 }

@@ -13,7 +13,7 @@
 //! | `event_previous_schema` | decoding data a version-1 producer wrote, resolved to the current schema |
 //! | `reference_records` | customer and order records as enrich's reference loaders decode and store them |
 //! | `validate_event` | ingest's rules on any event the decoder accepts |
-//! | `sink_rows` | the sink's row building from any enriched event, order or customer the decoder accepts |
+//! | `sink_rows` | the sink's row building from any enriched event (read in place and decoded, alike), order or customer the decoder accepts |
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -27,8 +27,8 @@ use boomerang_runtime::registry::LookupError;
 use boomerang_schemas::codec::{self, AvroRecord};
 use boomerang_schemas::wire::{self, FrameError};
 use boomerang_schemas::{
-    Customer, EnrichedPostPurchaseEvent, Order, PostPurchaseEvent, ResolvingReader, SchemaKind,
-    TimestampMicros,
+    Customer, EnrichedEventRef, EnrichedPostPurchaseEvent, Order, PostPurchaseEvent,
+    ResolvingReader, SchemaKind, TimestampMicros,
 };
 use boomerang_sink::rows::{CustomerRow, EventRow, OrderRow, Source};
 
@@ -209,9 +209,15 @@ pub fn sink_rows(data: &[u8]) {
     let pseudonymiser = &*PSEUDONYMISER;
     match selector % 3 {
         0 => {
-            if let Ok(enriched) = codec::decode::<EnrichedPostPurchaseEvent>(datum) {
-                let row = EventRow::new(enriched, &source, pseudonymiser);
+            // The sink reads an event of the current schema in place: it must accept what
+            // the decoder accepts, and build the same row from it.
+            let decoded = codec::decode::<EnrichedPostPurchaseEvent>(datum);
+            let in_place = EnrichedEventRef::read(datum);
+            assert_eq!(decoded.is_ok(), in_place.is_ok());
+            if let (Ok(enriched), Ok(in_place)) = (decoded, in_place) {
+                let row = EventRow::new(&EnrichedEventRef::of(&enriched), &source, pseudonymiser);
                 assert!(!row.customer_key.is_empty());
+                assert_eq!(row, EventRow::new(&in_place, &source, pseudonymiser));
             }
         }
         1 => {

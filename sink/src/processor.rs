@@ -1,4 +1,5 @@
-//! The sink's step of the stage loop: decode each record (`boomerang_runtime::decode`), skip
+//! The sink's step of the stage loop: decode each record (`boomerang_runtime::decode`; an
+//! enriched event of the current schema is read in place, `boomerang_schemas::borrowed`), skip
 //! it if ClickHouse already has its row (`stored.rs`) or, for an event, its idempotency key
 //! (`recent_keys.rs`), turn it into its table's row (`rows.rs`) and keep it for the batch's
 //! insert (`write.rs`), which the loop keeps in flight and commits behind.
@@ -15,7 +16,9 @@ use boomerang_runtime::stage_loop::{
     Fence, FlushFuture, FlushResult, HISTORY_HEADER, InputRecord, Outcome, Partition, Processor,
     RetryableError, WriteIndex, Writes,
 };
-use boomerang_schemas::{Customer, EnrichedPostPurchaseEvent, Order, TimestampMicros};
+use boomerang_schemas::{
+    Customer, EnrichedEventRef, EnrichedPostPurchaseEvent, Order, TimestampMicros,
+};
 
 use crate::metrics::SinkMetrics;
 use crate::recent_keys::RecentKeys;
@@ -263,13 +266,26 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
             offset: record.offset,
         };
         if *record.topic == *self.topics.enriched_events {
-            let enriched = match self.events.decode(record.value()).await {
-                Ok(decoded) => decoded.value,
-                Err(failure) => return rejected_or_retry(failure),
+            // The common case, an event of the current schema, is read in place; anything
+            // else is decoded, which also says why a record is refused.
+            let decoded;
+            let enriched = match self
+                .events
+                .current_datum(record.value())
+                .and_then(|(_schema_id, datum)| EnrichedEventRef::read(datum).ok())
+            {
+                Some(in_place) => in_place,
+                None => {
+                    decoded = match self.events.decode(record.value()).await {
+                        Ok(decoded) => decoded.value,
+                        Err(failure) => return rejected_or_retry(failure),
+                    };
+                    EnrichedEventRef::of(&decoded)
+                }
             };
             if !self
                 .recent_keys
-                .first_seen(record.partition, &enriched.event.idempotency_key)
+                .first_seen(record.partition, enriched.event.idempotency_key)
             {
                 self.metrics.duplicate_keys.inc();
                 return Ok(Outcome::Deduplicated);
@@ -285,7 +301,7 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
                     self.metrics.count_refund(refunded);
                 }
             }
-            let mut row = EventRow::new(enriched, &source, &self.pseudonymiser);
+            let mut row = EventRow::new(&enriched, &source, &self.pseudonymiser);
             if let Some(run) = record.headers.get(HISTORY_HEADER) {
                 // Checked against what ClickHouse holds before the insert (`history.rs`).
                 row.backfill_run = String::from_utf8_lossy(run).into_owned();

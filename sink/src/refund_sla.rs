@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use boomerang_runtime::idempotency::{PrehashedKeys, key_hash};
-use boomerang_schemas::{EventType, PostPurchaseEvent};
+use boomerang_schemas::{EventRef, EventType};
 
 /// A case id's hash.
 type CaseKey = u128;
@@ -93,11 +93,11 @@ impl RefundSla {
     pub fn observe(
         &mut self,
         partition: i32,
-        event: &PostPurchaseEvent,
+        event: &EventRef<'_>,
         now_micros: i64,
     ) -> Option<Refunded> {
         let at = event.occurred_at.as_unix_micros();
-        let case = key_hash(&event.case_id);
+        let case = key_hash(event.case_id);
         match event.event_type {
             EventType::ReturnReceived => {
                 if at < now_micros - self.horizon_micros {
@@ -172,7 +172,7 @@ impl RefundSla {
 
 #[cfg(test)]
 mod tests {
-    use boomerang_schemas::TimestampMicros;
+    use boomerang_schemas::{PostPurchaseEvent, TimestampMicros};
     use boomerang_testkit::samples::event;
 
     use super::*;
@@ -193,12 +193,20 @@ mod tests {
         let mut sla = RefundSla::new(72 * HOUR, 90 * 24 * HOUR);
         sla.observe(
             0,
-            &at(EventType::ReturnRequested, "a", now - 100 * HOUR),
+            &EventRef::of(&at(EventType::ReturnRequested, "a", now - 100 * HOUR)),
             now,
         );
         assert_eq!(sla.counts(now), SlaCounts::default(), "not received yet");
-        sla.observe(0, &at(EventType::ReturnReceived, "a", now - 80 * HOUR), now);
-        sla.observe(1, &at(EventType::ReturnReceived, "b", now - 10 * HOUR), now);
+        sla.observe(
+            0,
+            &EventRef::of(&at(EventType::ReturnReceived, "a", now - 80 * HOUR)),
+            now,
+        );
+        sla.observe(
+            1,
+            &EventRef::of(&at(EventType::ReturnReceived, "b", now - 10 * HOUR)),
+            now,
+        );
         assert_eq!(
             sla.counts(now),
             SlaCounts {
@@ -207,11 +215,19 @@ mod tests {
             }
         );
         assert_eq!(
-            sla.observe(0, &at(EventType::RefundIssued, "a", now), now),
+            sla.observe(
+                0,
+                &EventRef::of(&at(EventType::RefundIssued, "a", now)),
+                now
+            ),
             Some(Refunded::Late)
         );
         assert_eq!(
-            sla.observe(1, &at(EventType::StoreCreditIssued, "b", now), now),
+            sla.observe(
+                1,
+                &EventRef::of(&at(EventType::StoreCreditIssued, "b", now)),
+                now
+            ),
             Some(Refunded::WithinTarget)
         );
         assert_eq!(sla.counts(now), SlaCounts::default());
@@ -221,16 +237,32 @@ mod tests {
     fn a_rejection_closes_and_a_receipt_after_the_close_does_not_open() {
         let now = 1_000 * HOUR;
         let mut sla = RefundSla::new(72 * HOUR, 90 * 24 * HOUR);
-        sla.observe(0, &at(EventType::ReturnReceived, "a", now - 80 * HOUR), now);
+        sla.observe(
+            0,
+            &EventRef::of(&at(EventType::ReturnReceived, "a", now - 80 * HOUR)),
+            now,
+        );
         assert_eq!(
-            sla.observe(0, &at(EventType::ReturnRejected, "a", now), now),
+            sla.observe(
+                0,
+                &EventRef::of(&at(EventType::ReturnRejected, "a", now)),
+                now
+            ),
             None
         );
         assert_eq!(
-            sla.observe(0, &at(EventType::RefundIssued, "b", now - 90 * HOUR), now),
+            sla.observe(
+                0,
+                &EventRef::of(&at(EventType::RefundIssued, "b", now - 90 * HOUR)),
+                now
+            ),
             None
         );
-        sla.observe(0, &at(EventType::ReturnReceived, "b", now - 95 * HOUR), now);
+        sla.observe(
+            0,
+            &EventRef::of(&at(EventType::ReturnReceived, "b", now - 95 * HOUR)),
+            now,
+        );
         assert_eq!(sla.counts(now), SlaCounts::default());
     }
 

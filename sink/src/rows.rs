@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use boomerang_runtime::pseudonym::Pseudonymiser;
-use boomerang_schemas::{Customer, EnrichedPostPurchaseEvent, Order, TimestampMicros};
+use boomerang_schemas::{Customer, EnrichedEventRef, Order, TimestampMicros};
 use serde::Serialize;
 
 /// Where a row came from: the table itself says how far the sink got.
@@ -84,62 +84,61 @@ fn micros(time: TimestampMicros) -> i64 {
 }
 
 impl EventRow {
+    /// The row of an enriched event: read in place from its record (`EnrichedEventRef::read`)
+    /// or borrowed from a decoded one (`EnrichedEventRef::of`). Each string is copied once,
+    /// from the record's bytes into the row.
     pub fn new(
-        enriched: EnrichedPostPurchaseEvent,
+        enriched: &EnrichedEventRef<'_>,
         source: &Source<'_>,
         pseudonymiser: &Pseudonymiser,
     ) -> Self {
-        let event = enriched.event;
-        let (amount_minor, amount_currency) = match event.amount {
-            Some(money) => (Some(money.amount_minor), Some(money.currency)),
-            None => (None, None),
-        };
-        let (line_unit_price_minor, line_currency) = match enriched.line_unit_price {
-            Some(money) => (Some(money.amount_minor), Some(money.currency)),
-            None => (None, None),
-        };
+        let event = &enriched.event;
+        let enrichment = &enriched.enrichment;
+        let owned = |text: Option<&str>| text.map(str::to_string);
         Self {
             customer_key: customer_key(
-                &event.customer_id,
-                enriched.customer_pseudonymised,
+                event.customer_id,
+                enrichment.customer_pseudonymised,
                 pseudonymiser,
             ),
-            idempotency_key: event.idempotency_key,
-            event_id: event.event_id,
+            idempotency_key: event.idempotency_key.to_string(),
+            event_id: event.event_id.to_string(),
             event_type: event.event_type.symbol(),
-            case_id: event.case_id,
-            order_id: event.order_id,
-            order_line_id: event.order_line_id,
-            sku: event.sku,
+            case_id: event.case_id.to_string(),
+            order_id: event.order_id.to_string(),
+            order_line_id: event.order_line_id.to_string(),
+            sku: event.sku.to_string(),
             quantity: event.quantity,
             reason: event.reason.map(|reason| reason.symbol()),
-            amount_minor,
-            amount_currency,
+            amount_minor: event.amount.map(|money| money.amount_minor),
+            amount_currency: event.amount.map(|money| money.currency.to_string()),
             method: event.method.map(|method| method.symbol()),
             channel: event.channel.symbol(),
             outcome: event.outcome.symbol(),
             occurred_at: micros(event.occurred_at),
-            source_system: event.source_system,
-            replacement_sku: event.replacement_sku,
+            source_system: event.source_system.to_string(),
+            replacement_sku: owned(event.replacement_sku),
             warranty_resolution: event
                 .warranty_resolution
                 .map(|resolution| resolution.symbol()),
             disposition: event.disposition.map(|disposition| disposition.symbol()),
-            customer_missing: enriched.customer_missing,
-            order_missing: enriched.order_missing,
-            order_line_missing: enriched.order_line_missing,
-            customer_pseudonymised: enriched.customer_pseudonymised,
-            customer_segment: enriched.customer_segment,
-            customer_region: enriched.customer_region,
-            order_channel: enriched.order_channel.map(|channel| channel.symbol()),
-            order_placed_at: enriched.order_placed_at.map(micros),
-            order_delivered_at: enriched.order_delivered_at.map(micros),
-            line_category: enriched.line_category,
-            line_unit_price_minor,
-            line_currency,
-            days_since_delivery: enriched.days_since_delivery,
-            within_return_window: enriched.within_return_window,
-            enriched_at: micros(enriched.enriched_at),
+            customer_missing: enrichment.customer_missing,
+            order_missing: enrichment.order_missing,
+            order_line_missing: enrichment.order_line_missing,
+            customer_pseudonymised: enrichment.customer_pseudonymised,
+            customer_segment: owned(enrichment.customer_segment),
+            customer_region: owned(enrichment.customer_region),
+            order_channel: enrichment.order_channel.map(|channel| channel.symbol()),
+            order_placed_at: enrichment.order_placed_at.map(micros),
+            order_delivered_at: enrichment.order_delivered_at.map(micros),
+            line_category: owned(enrichment.line_category),
+            line_unit_price_minor: enrichment.line_unit_price.map(|money| money.amount_minor),
+            line_currency: enrichment
+                .line_unit_price
+                .map(|money| money.currency.to_string()),
+            days_since_delivery: enrichment.days_since_delivery,
+            within_return_window: enrichment.within_return_window,
+            enriched_at: micros(enrichment.enriched_at),
             source_topic: source.topic.clone(),
             source_partition: source.partition,
             source_offset: source.offset,
@@ -270,7 +269,7 @@ impl CustomerRow {
 
 #[cfg(test)]
 mod tests {
-    use boomerang_schemas::Money;
+    use boomerang_schemas::{EnrichedEventRef, EnrichedPostPurchaseEvent, Money};
     use boomerang_testkit::samples::{customer, event, order};
 
     use super::*;
@@ -314,12 +313,12 @@ mod tests {
         assert_eq!(deleted.is_deleted, 1);
         // An event as enrich publishes it: for a consenting customer, the raw id…
         let mut enriched = enriched(event());
-        let row = EventRow::new(enriched.clone(), &source(), &pseudonymiser);
+        let row = EventRow::new(&EnrichedEventRef::of(&enriched), &source(), &pseudonymiser);
         assert_eq!(row.customer_key, customer.customer_key);
         // …and for one who withheld consent, the pseudonym enrich already applied.
         enriched.event.customer_id = pseudonymiser.pseudonym("cu-1");
         enriched.customer_pseudonymised = true;
-        let row = EventRow::new(enriched, &source(), &pseudonymiser);
+        let row = EventRow::new(&EnrichedEventRef::of(&enriched), &source(), &pseudonymiser);
         assert_eq!(row.customer_key, customer.customer_key);
     }
 
@@ -329,7 +328,11 @@ mod tests {
         event.amount = Some(Money::new(12_345, "JPY"));
         let mut enriched = enriched(event);
         enriched.line_unit_price = Some(Money::new(2_999, "EUR"));
-        let row = EventRow::new(enriched, &source(), &pseudonymiser());
+        let row = EventRow::new(
+            &EnrichedEventRef::of(&enriched),
+            &source(),
+            &pseudonymiser(),
+        );
         assert_eq!(
             (row.amount_minor, row.amount_currency.as_deref()),
             (Some(12_345), Some("JPY"))

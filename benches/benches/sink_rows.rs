@@ -1,0 +1,65 @@
+//! The sink's own work per enriched event, before the insert: from the record's datum to the
+//! ClickHouse row (and the row dropped, as after its insert). Decoding into an owned event
+//! first, as the sink did for every event until 2026-12-02 and still does for an earlier schema
+//! version, against reading the current schema's datum in place
+//! (`boomerang_schemas::borrowed`). Both build the same row (`schemas/tests/specific_codec.rs`
+//! and the `sink_rows` fuzz target hold them to it).
+//!
+//! cargo bench -p boomerang-benches --bench sink_rows
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use boomerang_benches::reference_world::enriched;
+use boomerang_runtime::pseudonym::Pseudonymiser;
+use boomerang_schemas::codec::{decode, encode};
+use boomerang_schemas::{EnrichedEventRef, EnrichedPostPurchaseEvent, TimestampMicros};
+use boomerang_sink::rows::{EventRow, Source};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+/// Distinct events, so that the rows' strings differ as in a drain.
+const EVENTS: usize = 1_000;
+
+fn sink_rows(criterion: &mut Criterion) {
+    let now = TimestampMicros::from_unix_micros(1_763_000_000_000_000);
+    let datums: Vec<Vec<u8>> = (0..EVENTS)
+        .map(|n| encode(&enriched(n, now)).expect("encode"))
+        .collect();
+    let pseudonymiser = Pseudonymiser::new(b"benchmark-pseudonym-key").expect("key");
+    let topic: Arc<str> = Arc::from("enriched");
+    let source = |offset: usize| Source {
+        topic: &topic,
+        partition: 0,
+        offset: offset as i64,
+    };
+
+    let mut group = criterion.benchmark_group("sink_event_row");
+    group.throughput(Throughput::Elements(EVENTS as u64));
+    group.bench_function("decode_owned_then_row", |bench| {
+        bench.iter(|| {
+            for (offset, datum) in datums.iter().enumerate() {
+                let decoded =
+                    decode::<EnrichedPostPurchaseEvent>(black_box(datum)).expect("decode");
+                let row = EventRow::new(
+                    &EnrichedEventRef::of(&decoded),
+                    &source(offset),
+                    &pseudonymiser,
+                );
+                black_box(row);
+            }
+        })
+    });
+    group.bench_function("read_in_place_then_row", |bench| {
+        bench.iter(|| {
+            for (offset, datum) in datums.iter().enumerate() {
+                let in_place = EnrichedEventRef::read(black_box(datum)).expect("read");
+                let row = EventRow::new(&in_place, &source(offset), &pseudonymiser);
+                black_box(row);
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, sink_rows);
+criterion_main!(benches);
