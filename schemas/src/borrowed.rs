@@ -141,8 +141,9 @@ fn read_event<'a>(datum: &mut Reader<'a>) -> Result<EventRef<'a>, Malformed> {
     Ok(event)
 }
 
-/// The fields enrich adds, in schema order, as `specific::read_enriched` reads them.
-fn read_enrichment<'a>(datum: &mut Reader<'a>) -> Result<Enrichment<'a>, Malformed> {
+/// The fields enrich adds, in schema order: the one reader of them, for the sink's in-place
+/// read and for the owned decoder (`specific::read_enriched`) alike.
+pub(crate) fn read_enrichment<'a>(datum: &mut Reader<'a>) -> Result<Enrichment<'a>, Malformed> {
     Ok(Enrichment {
         customer_missing: datum.boolean()?,
         order_missing: datum.boolean()?,

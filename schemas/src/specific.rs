@@ -330,23 +330,8 @@ pub(crate) fn write_enriched(enriched: &EnrichedPostPurchaseEvent, out: &mut Wri
 pub(crate) fn read_enriched(
     datum: &mut Reader<'_>,
 ) -> Result<EnrichedPostPurchaseEvent, Malformed> {
-    Ok(EnrichedPostPurchaseEvent {
-        event: read_event(datum)?,
-        customer_missing: datum.boolean()?,
-        order_missing: datum.boolean()?,
-        order_line_missing: datum.boolean()?,
-        customer_pseudonymised: datum.boolean()?,
-        customer_segment: datum.optional(Reader::string)?,
-        customer_region: datum.optional(Reader::string)?,
-        order_channel: datum.optional(Reader::symbol)?,
-        order_placed_at: datum.optional(Reader::timestamp)?,
-        order_delivered_at: datum.optional(Reader::timestamp)?,
-        line_category: datum.optional(Reader::string)?,
-        line_unit_price: datum.optional(Reader::money)?,
-        days_since_delivery: datum.optional(Reader::int)?,
-        within_return_window: datum.optional(Reader::boolean)?,
-        enriched_at: datum.timestamp()?,
-    })
+    let event = read_event(datum)?;
+    Ok(crate::borrowed::read_enrichment(datum)?.apply(event))
 }
 
 #[cfg(test)]
