@@ -1,14 +1,16 @@
-//! An enriched event read in place: every field the sink writes, strings borrowed from the
-//! datum, nothing allocated.
+//! Events read in place: every field a stage needs, strings borrowed from the datum, nothing
+//! allocated.
 //!
 //! The sink turns each enriched event into a ClickHouse row. Decoding it into an owned
 //! [`EnrichedPostPurchaseEvent`] first built a dozen `String`s and the attributes map only to
 //! move them into the row, or drop them (the attributes, which no column holds): about a third
-//! of the sink's own processing in a `perf` profile. [`EnrichedEventRef::read`] accepts
-//! exactly the datums [`crate::codec::decode`] accepts, with the same errors, and reads the
-//! same values (`schemas/tests/specific_codec.rs` holds it to the decoder on arbitrary and
-//! damaged bytes); [`EnrichedEventRef::of`] borrows a decoded event, so one row builder serves
-//! both.
+//! of the sink's own processing in a `perf` profile. Ingest validates and de-duplicates a raw
+//! event the same way ([`EventDatum`]), and passes its datum on as it came.
+//! [`EnrichedEventRef::read`] and [`EventDatum::read`] accept exactly the datums
+//! [`crate::codec::decode`] accepts, with the same errors, and read the same values
+//! (`schemas/tests/specific_codec.rs` holds them to the decoder on arbitrary and damaged
+//! bytes); [`EnrichedEventRef::of`] and [`EventRef::of`] borrow a decoded event, so one row
+//! builder, or one validation, serves both.
 
 use crate::AvroRecord;
 use crate::codec::CodecError;
@@ -113,8 +115,49 @@ impl<'a> EnrichedEventRef<'a> {
     }
 }
 
-/// The fields in schema order, as `specific::read_event` reads them.
+/// A `PostPurchaseEvent` datum read in place, as ingest validates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventDatum<'a> {
+    pub event: EventRef<'a>,
+    /// How many entries the attributes map was written with. A key written twice counts
+    /// twice, where the decoded event's map keeps one: a count above a limit is a reason to
+    /// decode the event and count again, not to refuse it.
+    pub attribute_entries: usize,
+}
+
+impl<'a> EventDatum<'a> {
+    /// Reads a whole datum of the current schema: what [`crate::codec::decode`] refuses, this
+    /// refuses with the same error.
+    pub fn read(datum: &'a [u8]) -> Result<Self, CodecError> {
+        let record = PostPurchaseEvent::KIND.full_name();
+        let mut reader = Reader { rest: datum };
+        let read = read_event_fields(&mut reader).and_then(|event| {
+            Ok(Self {
+                event,
+                attribute_entries: reader.skip_string_map()?,
+            })
+        });
+        let read = read.map_err(|source| CodecError::Malformed { record, source })?;
+        if !reader.rest.is_empty() {
+            return Err(CodecError::TrailingBytes {
+                record,
+                trailing: reader.rest.len(),
+            });
+        }
+        Ok(read)
+    }
+}
+
+/// The fields in schema order, as `specific::read_event` reads them; the attributes are
+/// checked and passed over.
 fn read_event<'a>(datum: &mut Reader<'a>) -> Result<EventRef<'a>, Malformed> {
+    let event = read_event_fields(datum)?;
+    datum.skip_string_map()?; // attributes
+    Ok(event)
+}
+
+/// The fields before the attributes, in schema order.
+fn read_event_fields<'a>(datum: &mut Reader<'a>) -> Result<EventRef<'a>, Malformed> {
     let event = EventRef {
         event_id: datum.str()?,
         idempotency_key: datum.str()?,
@@ -137,7 +180,6 @@ fn read_event<'a>(datum: &mut Reader<'a>) -> Result<EventRef<'a>, Malformed> {
         warranty_resolution: datum.optional(Reader::symbol)?,
         disposition: datum.optional(Reader::symbol)?,
     };
-    datum.skip_string_map()?; // attributes
     Ok(event)
 }
 

@@ -204,12 +204,14 @@ impl<'datum> Reader<'datum> {
         })
     }
 
-    /// [`Self::string_map`], its entries checked and passed over.
-    pub(crate) fn skip_string_map(&mut self) -> Result<(), Malformed> {
+    /// [`Self::string_map`], its entries checked and passed over; returns how many entries it
+    /// was written with (a key written twice counts twice, where the decoded map keeps one).
+    pub(crate) fn skip_string_map(&mut self) -> Result<usize, Malformed> {
+        let mut entries = 0usize;
         loop {
             let count = self.long()?;
             if count == 0 {
-                return Ok(());
+                return Ok(entries);
             }
             if count < 0 {
                 self.long()?; // the block's size in bytes: every entry is checked instead
@@ -217,6 +219,7 @@ impl<'datum> Reader<'datum> {
             for _ in 0..count.unsigned_abs() {
                 self.str()?;
                 self.str()?;
+                entries += 1;
             }
         }
     }

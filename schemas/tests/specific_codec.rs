@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use boomerang_schemas::codec::{decode, decode_generic, encode, encode_generic_into};
 use boomerang_schemas::{
     AvroRecord, Channel, Disposition, EnrichedEventRef, EnrichedPostPurchaseEvent, Enrichment,
-    EventType, EventView, Money, MoneyRef, Outcome, PostPurchaseEvent, ReasonCode, ReturnMethod,
-    TimestampMicros, WarrantyResolution,
+    EventDatum, EventRef, EventType, EventView, Money, MoneyRef, Outcome, PostPurchaseEvent,
+    ReasonCode, ReturnMethod, TimestampMicros, WarrantyResolution,
 };
 use proptest::prelude::*;
 
@@ -208,6 +208,44 @@ fn assert_enriched_ref_agrees(bytes: &[u8]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Ingest's in-place read of an event accepts `bytes` exactly when decoding does, refuses them
+/// with the same error, reads every field decoding reads, and counts at least the attributes
+/// decoding keeps (a key written twice is kept once).
+fn assert_event_datum_agrees(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let read = EventDatum::read(bytes);
+    let decoded = decode::<PostPurchaseEvent>(bytes);
+    match (&read, &decoded) {
+        (Ok(read), Ok(event)) => {
+            prop_assert_eq!(&read.event, &EventRef::of(event));
+            prop_assert!(read.attribute_entries >= event.attributes.len());
+        }
+        (Err(read), Err(decoded)) => prop_assert_eq!(read.to_string(), decoded.to_string()),
+        _ => prop_assert!(
+            false,
+            "in place {:?} but decode {:?} for {:?}",
+            read.as_ref().map(|_| "accepted"),
+            decoded.as_ref().map(|_| "accepted"),
+            bytes
+        ),
+    }
+    Ok(())
+}
+
+#[test]
+fn an_attribute_key_written_twice_counts_twice_in_place_and_once_decoded() {
+    let mut event = sample();
+    event.attributes.clear();
+    let mut bytes = encode(&event).expect("encode");
+    assert_eq!(bytes.pop(), Some(0), "an empty map ends the datum");
+    // One block of two entries (zigzag 4), both with key "a" (length zigzag 2), then the end.
+    bytes.extend_from_slice(&[4, 2, b'a', 2, b'1', 2, b'a', 2, b'2', 0]);
+    let read = EventDatum::read(&bytes).expect("read in place");
+    let decoded = decode::<PostPurchaseEvent>(&bytes).expect("decode");
+    assert_eq!(read.attribute_entries, 2);
+    assert_eq!(decoded.attributes.len(), 1);
+    assert_eq!(read.event, EventRef::of(&decoded));
+}
+
 /// Both decoders accept `bytes` or both refuse them, and agree on what they accept.
 fn assert_decoders_agree<T: AvroRecord + PartialEq + std::fmt::Debug>(
     bytes: &[u8],
@@ -251,6 +289,7 @@ proptest! {
         let position = position.index(bytes.len());
         bytes[position] = byte;
         assert_decoders_agree::<PostPurchaseEvent>(&bytes)?;
+        assert_event_datum_agrees(&bytes)?;
     }
 
     #[test]
@@ -266,9 +305,14 @@ proptest! {
     fn a_datum_cut_short_or_padded_is_refused_alike(event in event(), cut in any::<prop::sample::Index>(), padding in 1usize..4) {
         let bytes = generic(&event);
         assert_decoders_agree::<PostPurchaseEvent>(&bytes[..cut.index(bytes.len())])?;
+        assert_event_datum_agrees(&bytes[..cut.index(bytes.len())])?;
         let mut padded = bytes.clone();
         padded.extend(std::iter::repeat_n(0u8, padding));
         assert_decoders_agree::<PostPurchaseEvent>(&padded)?;
+        assert_event_datum_agrees(&padded)?;
+        let read = EventDatum::read(&bytes).expect("read in place");
+        prop_assert_eq!(&read.event, &EventRef::of(&event));
+        prop_assert_eq!(read.attribute_entries, event.attributes.len());
     }
 
     #[test]
@@ -277,6 +321,7 @@ proptest! {
         assert_decoders_agree::<EnrichedPostPurchaseEvent>(&bytes)?;
         assert_enriched_ref_agrees(&bytes)?;
         assert_view_agrees(&bytes)?;
+        assert_event_datum_agrees(&bytes)?;
     }
 
     #[test]
