@@ -27,8 +27,8 @@ use boomerang_runtime::registry::LookupError;
 use boomerang_schemas::codec::{self, AvroRecord};
 use boomerang_schemas::wire::{self, FrameError};
 use boomerang_schemas::{
-    Customer, EnrichedEventRef, EnrichedPostPurchaseEvent, Order, PostPurchaseEvent,
-    ResolvingReader, SchemaKind, TimestampMicros,
+    Customer, EnrichedEventRef, EnrichedPostPurchaseEvent, EventDatum, EventRef, Order,
+    PostPurchaseEvent, ResolvingReader, SchemaKind, TimestampMicros,
 };
 use boomerang_sink::rows::{CustomerRow, EventRow, OrderRow, Source};
 
@@ -177,17 +177,32 @@ pub fn reference_records(data: &[u8]) {
     }
 }
 
-/// Ingest's rules on any event the decoder accepts: an answer, never a panic.
+/// Ingest's rules on any event the decoder accepts: an answer, never a panic. Ingest reads an
+/// event of the current schema in place and validates that: both reads accept the same bytes,
+/// read the same fields, and give the same verdict wherever ingest takes the in-place path.
 pub fn validate_event(data: &[u8]) {
-    let Ok(event) = codec::decode::<PostPurchaseEvent>(data) else {
+    let decoded = codec::decode::<PostPurchaseEvent>(data);
+    let in_place = EventDatum::read(data);
+    assert_eq!(
+        decoded.is_ok(),
+        in_place.is_ok(),
+        "ingest's two reads accept the same bytes"
+    );
+    let (Ok(event), Ok(read)) = (decoded, in_place) else {
         return;
     };
+    assert_eq!(read.event, EventRef::of(&event));
     let now = TimestampMicros::from_unix_micros(1_800_000_000_000_000);
-    let _ = boomerang_ingest::validate::validate(
-        &event,
-        now,
-        &boomerang_ingest::validate::Rules::default(),
-    );
+    let rules = boomerang_ingest::validate::Rules::default();
+    let verdict = |event: &EventRef<'_>, attributes: usize| {
+        boomerang_ingest::validate::validate(event, attributes, now, &rules)
+            .map_err(|rejection| (rejection.error_kind, rejection.message))
+    };
+    let owned = verdict(&EventRef::of(&event), event.attributes.len());
+    // Over the limit as written, ingest decodes and counts again (a repeated key counts once).
+    if read.attribute_entries <= rules.max_attributes {
+        assert_eq!(verdict(&read.event, read.attribute_entries), owned);
+    }
 }
 
 static PSEUDONYMISER: LazyLock<Pseudonymiser> = LazyLock::new(|| {

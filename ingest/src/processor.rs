@@ -13,12 +13,12 @@ use boomerang_runtime::metrics::Metrics;
 use boomerang_runtime::stage_loop::{
     HISTORY_HEADER, InputRecord, Outcome, Partition, Processor, RetryableError,
 };
-use boomerang_schemas::TimestampMicros;
+use boomerang_schemas::{EventDatum, EventRef, TimestampMicros};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use crate::decode::{DecodeFailure, EventDecoder, WriterSchemaSource};
 use crate::dedup::{DedupState, Verdict};
-use crate::publish::validated_record;
+use crate::publish::{ValidatedBody, validated_record};
 use crate::restore::{History, RestoreStats};
 use crate::snapshot::{Job, Marks, ReplayFrom, SnapshotWriterThread, clock_slack_ms};
 use crate::validate::{Rules, validate};
@@ -357,11 +357,6 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
     async fn process(&mut self, record: &InputRecord) -> Result<Outcome, RetryableError> {
         let now = TimestampMicros::now();
         self.expire_now_and_then(now);
-        let decoded = match self.decoder.decode(record.value()).await {
-            Ok(decoded) => decoded,
-            Err(DecodeFailure::Rejected(rejection)) => return Ok(Outcome::DeadLetter(rejection)),
-            Err(DecodeFailure::Retry(error)) => return Err(error),
-        };
         // A backfilled event: history is old by nature, and only what lies inside the live
         // window is de-duplicated here (the rest, against ClickHouse, by the sink).
         let history = record.headers.get(HISTORY_HEADER);
@@ -369,10 +364,49 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
             Some(_) => &self.history_rules,
             None => &self.settings.rules,
         };
-        if let Err(rejection) = validate(&decoded.value, now, rules) {
-            return Ok(Outcome::DeadLetter(
-                rejection.with_schema_id(decoded.schema_id),
-            ));
+        // The common case, in place: an event written with the current schema (the decoder
+        // has met its id before) is read without allocating, and its datum is passed on as it
+        // came. Anything else goes through the decoder, which resolves an earlier version or
+        // refuses with the reason: a first schema id, bytes that do not read, and more
+        // attribute entries than allowed (only the decoded map counts a repeated key once).
+        let in_place = self
+            .decoder
+            .current_datum(record.value())
+            .and_then(|(schema_id, datum)| {
+                let read = EventDatum::read(datum).ok()?;
+                (read.attribute_entries <= rules.max_attributes).then_some((schema_id, datum, read))
+            });
+        let decoded;
+        let (schema_id, event, attributes, body) = match in_place {
+            Some((schema_id, datum, read)) => (
+                schema_id,
+                read.event,
+                read.attribute_entries,
+                ValidatedBody::Datum(datum),
+            ),
+            None => {
+                decoded = match self.decoder.decode(record.value()).await {
+                    Ok(decoded) => decoded,
+                    Err(DecodeFailure::Rejected(rejection)) => {
+                        return Ok(Outcome::DeadLetter(rejection));
+                    }
+                    Err(DecodeFailure::Retry(error)) => return Err(error),
+                };
+                // Of the current schema once decoded: its datum is passed on as it is.
+                let body = match self.decoder.current_datum(record.value()) {
+                    Some((_schema_id, datum)) => ValidatedBody::Datum(datum),
+                    None => ValidatedBody::Encode(&decoded.value),
+                };
+                (
+                    decoded.schema_id,
+                    EventRef::of(&decoded.value),
+                    decoded.value.attributes.len(),
+                    body,
+                )
+            }
+        };
+        if let Err(rejection) = validate(&event, attributes, now, rules) {
+            return Ok(Outcome::DeadLetter(rejection.with_schema_id(schema_id)));
         }
         if !self.dedup.contains_key(&record.partition) {
             // The loop assigns partitions before it processes their records, so this does not
@@ -398,15 +432,12 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
                 dedup.remembered_so_far()
             });
         }
-        let in_live_window =
-            decoded.value.occurred_at >= now.saturating_sub(self.settings.dedup_window);
+        let in_live_window = event.occurred_at >= now.saturating_sub(self.settings.dedup_window);
         // Live traffic is checked as it always was; only history older than the window is
         // left to the sink, so that it is never remembered here.
         if history.is_none() || in_live_window {
             let evicted_before = state.dedup.evicted_for_capacity();
-            let verdict = state
-                .dedup
-                .check(&decoded.value.idempotency_key, decoded.value.occurred_at);
+            let verdict = state.dedup.check(event.idempotency_key, event.occurred_at);
             if verdict == Verdict::Duplicate {
                 return Ok(Outcome::Deduplicated);
             }
@@ -421,15 +452,10 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
         }
         // An event that decoded and passed validation encodes; should one not, it is
         // dead-lettered like any record this stage cannot pass, not retried for ever.
-        // Known to be of the current schema once decoded: its datum is passed on as it is.
-        let datum = self
-            .decoder
-            .current_datum(record.value())
-            .map(|(_schema_id, datum)| datum);
         Ok(
             match validated_record(
-                &decoded.value,
-                datum,
+                &event,
+                body,
                 self.settings.validated_schema_id,
                 &self.settings.validated_topic,
                 record.partition,
@@ -442,7 +468,7 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
                         DeadLetterKind::EncodeFailed,
                         boomerang_runtime::config::error_chain(&error),
                     )
-                    .with_schema_id(decoded.schema_id),
+                    .with_schema_id(schema_id),
                 ),
             },
         )
@@ -535,5 +561,62 @@ mod tests {
         let datum = codec::encode_for_writer_schema(&earlier, v1).expect("v1 datum");
         let passed = validated(&mut processor, &wire::frame(1, &datum)).await;
         assert_eq!(passed, codec::encode(&earlier).expect("encode"));
+    }
+
+    /// Read in place, an attributes map counts the entries it was written with; decoded, a
+    /// key written twice is kept once. The limit applies to the decoded map, as it always did:
+    /// over the limit as written, ingest decodes and counts again before it refuses.
+    #[tokio::test]
+    async fn the_attribute_limit_counts_distinct_keys_on_both_paths() {
+        let mut processor = IngestProcessor::new(
+            TwoVersions,
+            IngestSettings {
+                validated_topic: Arc::from("validated"),
+                validated_schema_id: 9,
+                rules: Rules {
+                    max_attributes: 1,
+                    ..Rules::default()
+                },
+                dedup_window: Duration::from_secs(3600),
+                dedup_max_keys: 1000,
+            },
+            NoHistory,
+            IngestMetrics::register(&Metrics::for_tests()).expect("metrics"),
+        );
+        processor
+            .assign(&[(Arc::from("raw"), 0)])
+            .await
+            .expect("assign");
+        let framed = |key: &str, entries: &[u8]| {
+            let mut current = event();
+            current.idempotency_key = key.into();
+            current.attributes = BTreeMap::new();
+            let mut datum = codec::encode(&current).expect("encode");
+            assert_eq!(datum.pop(), Some(0), "an empty map is its end marker");
+            datum.extend_from_slice(entries);
+            (datum.clone(), wire::frame(2, &datum))
+        };
+        // The first record of schema id 2 is decoded; the ones after it are read in place.
+        let (datum, value) = framed("k-first", &[0]);
+        assert_eq!(validated(&mut processor, &value).await, datum);
+        assert!(processor.decoder.current_datum(Some(&value)).is_some());
+
+        // Key "a" twice in one block of two: two entries as written, one decoded.
+        let (datum, value) = framed("k-repeated", &[4, 2, b'a', 2, b'1', 2, b'a', 2, b'2', 0]);
+        assert_eq!(validated(&mut processor, &value).await, datum);
+
+        // Keys "a" and "b": two distinct keys, one more than allowed.
+        let (_, value) = framed("k-two", &[4, 2, b'a', 2, b'1', 2, b'b', 2, b'2', 0]);
+        let record = InputRecord::new(Arc::from("raw"), 0, 3, None, Some(&value));
+        let Outcome::DeadLetter(rejection) = processor.process(&record).await.expect("processed")
+        else {
+            panic!("two distinct attributes passed a limit of one");
+        };
+        assert_eq!(rejection.error_kind, DeadLetterKind::TooManyAttributes);
+        assert!(
+            rejection.message.starts_with("attributes has 2 entries"),
+            "{}",
+            rejection.message
+        );
     }
 }

@@ -14,28 +14,40 @@ use std::sync::Arc;
 
 use boomerang_runtime::stage_loop::{EVENT_TIME_HEADER, HISTORY_HEADER, Headers, OutputRecord};
 use boomerang_runtime::wire;
-use boomerang_schemas::{CodecError, PostPurchaseEvent, codec};
+use boomerang_schemas::{CodecError, EventRef, PostPurchaseEvent, codec};
 
 /// The header that carries a validated event's idempotency key.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "boomerang.idempotency_key";
 /// The raw record a validated event came from, `partition/offset`, for lineage.
 pub const SOURCE_HEADER: &str = "boomerang.source";
 
-/// `datum`: the event's own datum, when it was written with the current schema.
+/// What a validated record's value holds after its frame.
+#[derive(Debug, Clone, Copy)]
+pub enum ValidatedBody<'a> {
+    /// The event's own datum: it was written with the current schema.
+    Datum(&'a [u8]),
+    /// An event of an earlier schema version, decoded: encoded in the current one.
+    Encode(&'a PostPurchaseEvent),
+}
+
+/// `event`: the fields of the event `body` holds.
 pub fn validated_record(
-    event: &PostPurchaseEvent,
-    datum: Option<&[u8]>,
+    event: &EventRef<'_>,
+    body: ValidatedBody<'_>,
     schema_id: u32,
     topic: &Arc<str>,
     partition: i32,
     source_offset: i64,
     history: Option<&[u8]>,
 ) -> Result<OutputRecord, CodecError> {
-    let mut value = Vec::with_capacity(datum.map_or(256, |datum| datum.len() + 5));
+    let mut value = Vec::with_capacity(match body {
+        ValidatedBody::Datum(datum) => datum.len() + wire::HEADER_BYTES,
+        ValidatedBody::Encode(_) => 256,
+    });
     wire::start_frame(schema_id, &mut value);
-    match datum {
-        Some(datum) => value.extend_from_slice(datum),
-        None => codec::encode_into(event, &mut value)?,
+    match body {
+        ValidatedBody::Datum(datum) => value.extend_from_slice(datum),
+        ValidatedBody::Encode(decoded) => codec::encode_into(decoded, &mut value)?,
     }
     let event_time_ms = event.occurred_at.as_unix_millis();
     let mut headers = Headers::with_capacity(

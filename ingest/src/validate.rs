@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use boomerang_runtime::dead_letter::Rejection;
 use boomerang_runtime::error_kind::DeadLetterKind;
-use boomerang_schemas::{EventType, PostPurchaseEvent, TimestampMicros};
+use boomerang_schemas::{EventRef, EventType, TimestampMicros};
 
 #[derive(Debug, Clone)]
 pub struct Rules {
@@ -32,21 +32,24 @@ impl Default for Rules {
 /// The default of [`Rules::max_attributes`].
 pub const DEFAULT_MAX_ATTRIBUTES: usize = 100;
 
-/// The first rule `event` breaks, if any. `now` is the validation time.
+/// The first rule `event` breaks, if any: read in place or borrowed from a decoded event
+/// ([`EventRef::of`]), with how many entries its attributes map has. `now` is the validation
+/// time.
 pub fn validate(
-    event: &PostPurchaseEvent,
+    event: &EventRef<'_>,
+    attributes: usize,
     now: TimestampMicros,
     rules: &Rules,
 ) -> Result<(), Rejection> {
     let identifiers = [
-        ("event_id", &event.event_id),
-        ("idempotency_key", &event.idempotency_key),
-        ("case_id", &event.case_id),
-        ("order_id", &event.order_id),
-        ("order_line_id", &event.order_line_id),
-        ("customer_id", &event.customer_id),
-        ("sku", &event.sku),
-        ("source_system", &event.source_system),
+        ("event_id", event.event_id),
+        ("idempotency_key", event.idempotency_key),
+        ("case_id", event.case_id),
+        ("order_id", event.order_id),
+        ("order_line_id", event.order_line_id),
+        ("customer_id", event.customer_id),
+        ("sku", event.sku),
+        ("source_system", event.source_system),
     ];
     for (field, value) in identifiers {
         if value.trim().is_empty() {
@@ -69,7 +72,7 @@ pub fn validate(
                 "amount is negative",
             ));
         }
-        if !is_iso_4217(&amount.currency) {
+        if !is_iso_4217(amount.currency) {
             return Err(Rejection::new(
                 DeadLetterKind::InvalidCurrency,
                 "amount currency is not an ISO 4217 code",
@@ -113,7 +116,6 @@ pub fn validate(
     );
     let has_replacement = event
         .replacement_sku
-        .as_deref()
         .is_some_and(|sku| !sku.trim().is_empty());
     if exchange_with_replacement && !has_replacement {
         return Err(Rejection::new(
@@ -121,12 +123,11 @@ pub fn validate(
             format!("{} needs a replacement_sku", event.event_type.symbol()),
         ));
     }
-    if event.attributes.len() > rules.max_attributes {
+    if attributes > rules.max_attributes {
         return Err(Rejection::new(
             DeadLetterKind::TooManyAttributes,
             format!(
-                "attributes has {} entries, more than the {} allowed (--max-attributes)",
-                event.attributes.len(),
+                "attributes has {attributes} entries, more than the {} allowed (--max-attributes)",
                 rules.max_attributes
             ),
         ));
@@ -163,7 +164,7 @@ pub fn is_iso_4217(code: &str) -> bool {
 #[cfg(test)]
 mod tests {
 
-    use boomerang_schemas::{Money, WarrantyResolution};
+    use boomerang_schemas::{Money, PostPurchaseEvent, WarrantyResolution};
 
     use super::*;
 
@@ -176,8 +177,17 @@ mod tests {
         }
     }
 
+    /// Validates a decoded event, as ingest does one of an earlier schema version.
+    fn validate_decoded(
+        event: &PostPurchaseEvent,
+        now: TimestampMicros,
+        rules: &Rules,
+    ) -> Result<(), Rejection> {
+        validate(&EventRef::of(event), event.attributes.len(), now, rules)
+    }
+
     fn kind_of(event: &PostPurchaseEvent) -> Option<DeadLetterKind> {
-        validate(event, NOW, &Rules::default())
+        validate_decoded(event, NOW, &Rules::default())
             .err()
             .map(|rejection| rejection.error_kind)
     }
@@ -320,7 +330,7 @@ mod tests {
 
     #[test]
     fn messages_never_quote_identifiers() {
-        let rejection = validate(
+        let rejection = validate_decoded(
             &PostPurchaseEvent {
                 customer_id: "".into(),
                 ..event()
