@@ -504,6 +504,28 @@ mod tests {
         }
     }
 
+    /// A processor validating by `rules` that owns partition 0 of "raw" and publishes with
+    /// the validated subject's id 9.
+    async fn assigned(rules: Rules) -> IngestProcessor<TwoVersions> {
+        let mut processor = IngestProcessor::new(
+            TwoVersions,
+            IngestSettings {
+                validated_topic: Arc::from("validated"),
+                validated_schema_id: 9,
+                rules,
+                dedup_window: Duration::from_secs(3600),
+                dedup_max_keys: 1000,
+            },
+            NoHistory,
+            IngestMetrics::register(&Metrics::for_tests()).expect("metrics"),
+        );
+        processor
+            .assign(&[(Arc::from("raw"), 0)])
+            .await
+            .expect("assign");
+        processor
+    }
+
     /// The validated datum of a raw record of `value`.
     async fn validated(processor: &mut IngestProcessor<TwoVersions>, value: &[u8]) -> Vec<u8> {
         let record = InputRecord::new(Arc::from("raw"), 0, 1, None, Some(value));
@@ -521,22 +543,7 @@ mod tests {
     /// in the current one.
     #[tokio::test]
     async fn a_current_event_keeps_its_bytes_and_an_earlier_one_is_encoded() {
-        let mut processor = IngestProcessor::new(
-            TwoVersions,
-            IngestSettings {
-                validated_topic: Arc::from("validated"),
-                validated_schema_id: 9,
-                rules: Rules::default(),
-                dedup_window: Duration::from_secs(3600),
-                dedup_max_keys: 1000,
-            },
-            NoHistory,
-            IngestMetrics::register(&Metrics::for_tests()).expect("metrics"),
-        );
-        processor
-            .assign(&[(Arc::from("raw"), 0)])
-            .await
-            .expect("assign");
+        let mut processor = assigned(Rules::default()).await;
 
         let mut current = event();
         current.idempotency_key = "k-current".into();
@@ -568,25 +575,11 @@ mod tests {
     /// over the limit as written, ingest decodes and counts again before it refuses.
     #[tokio::test]
     async fn the_attribute_limit_counts_distinct_keys_on_both_paths() {
-        let mut processor = IngestProcessor::new(
-            TwoVersions,
-            IngestSettings {
-                validated_topic: Arc::from("validated"),
-                validated_schema_id: 9,
-                rules: Rules {
-                    max_attributes: 1,
-                    ..Rules::default()
-                },
-                dedup_window: Duration::from_secs(3600),
-                dedup_max_keys: 1000,
-            },
-            NoHistory,
-            IngestMetrics::register(&Metrics::for_tests()).expect("metrics"),
-        );
-        processor
-            .assign(&[(Arc::from("raw"), 0)])
-            .await
-            .expect("assign");
+        let mut processor = assigned(Rules {
+            max_attributes: 1,
+            ..Rules::default()
+        })
+        .await;
         let framed = |key: &str, entries: &[u8]| {
             let mut current = event();
             current.idempotency_key = key.into();

@@ -88,22 +88,12 @@ impl<'a> EnrichedEventRef<'a> {
     /// Reads a whole datum of the current schema: what [`crate::codec::decode`] refuses, this
     /// refuses with the same error.
     pub fn read(datum: &'a [u8]) -> Result<Self, CodecError> {
-        let record = EnrichedPostPurchaseEvent::KIND.full_name();
-        let mut reader = Reader { rest: datum };
-        let read = read_event(&mut reader).and_then(|event| {
+        read_whole::<EnrichedPostPurchaseEvent, _>(datum, |reader| {
             Ok(Self {
-                event,
-                enrichment: read_enrichment(&mut reader)?,
+                event: read_event(reader)?,
+                enrichment: read_enrichment(reader)?,
             })
-        });
-        let view = read.map_err(|source| CodecError::Malformed { record, source })?;
-        if !reader.rest.is_empty() {
-            return Err(CodecError::TrailingBytes {
-                record,
-                trailing: reader.rest.len(),
-            });
-        }
-        Ok(view)
+        })
     }
 
     /// Borrows a decoded event.
@@ -129,23 +119,28 @@ impl<'a> EventDatum<'a> {
     /// Reads a whole datum of the current schema: what [`crate::codec::decode`] refuses, this
     /// refuses with the same error.
     pub fn read(datum: &'a [u8]) -> Result<Self, CodecError> {
-        let record = PostPurchaseEvent::KIND.full_name();
-        let mut reader = Reader { rest: datum };
-        let read = read_event_fields(&mut reader).and_then(|event| {
+        read_whole::<PostPurchaseEvent, _>(datum, |reader| {
             Ok(Self {
-                event,
+                event: read_event_fields(reader)?,
                 attribute_entries: reader.skip_string_map()?,
             })
-        });
-        let read = read.map_err(|source| CodecError::Malformed { record, source })?;
-        if !reader.rest.is_empty() {
-            return Err(CodecError::TrailingBytes {
-                record,
-                trailing: reader.rest.len(),
-            });
-        }
-        Ok(read)
+        })
     }
+}
+
+/// Reads a whole datum of record `T` with `read`, refusing it as [`crate::codec::decode`]
+/// does: malformed, or with bytes left over.
+fn read_whole<'a, T: AvroRecord, Read>(
+    datum: &'a [u8],
+    read: impl FnOnce(&mut Reader<'a>) -> Result<Read, Malformed>,
+) -> Result<Read, CodecError> {
+    let mut reader = Reader { rest: datum };
+    let read = read(&mut reader).map_err(|source| CodecError::Malformed {
+        record: T::KIND.full_name(),
+        source,
+    })?;
+    crate::codec::ensure_consumed::<T>(reader.rest)?;
+    Ok(read)
 }
 
 /// The fields in schema order, as `specific::read_event` reads them; the attributes are

@@ -232,7 +232,7 @@ fn decode_error<T: AvroRecord>(source: apache_avro::Error) -> CodecError {
     }
 }
 
-fn ensure_consumed<T: AvroRecord>(remaining: &[u8]) -> Result<(), CodecError> {
+pub(crate) fn ensure_consumed<T: AvroRecord>(remaining: &[u8]) -> Result<(), CodecError> {
     if remaining.is_empty() {
         return Ok(());
     }

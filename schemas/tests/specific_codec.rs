@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 
 use boomerang_schemas::codec::{decode, decode_generic, encode, encode_generic_into};
 use boomerang_schemas::{
-    AvroRecord, Channel, Disposition, EnrichedEventRef, EnrichedPostPurchaseEvent, Enrichment,
-    EventDatum, EventRef, EventType, EventView, Money, MoneyRef, Outcome, PostPurchaseEvent,
-    ReasonCode, ReturnMethod, TimestampMicros, WarrantyResolution,
+    AvroRecord, Channel, CodecError, Disposition, EnrichedEventRef, EnrichedPostPurchaseEvent,
+    Enrichment, EventDatum, EventRef, EventType, EventView, Money, MoneyRef, Outcome,
+    PostPurchaseEvent, ReasonCode, ReturnMethod, TimestampMicros, WarrantyResolution,
 };
 use proptest::prelude::*;
 
@@ -161,74 +161,68 @@ fn enriched() -> impl Strategy<Value = EnrichedPostPurchaseEvent> {
         )
 }
 
-/// Enrich's in-place view accepts `bytes` exactly when decoding does, refuses them with the
-/// same error, and reads what decoding reads.
+/// An in-place read and decoding accept `bytes` alike, refuse them with the same error, and,
+/// where both accept, `same` holds of what each read.
+fn assert_reads_agree<Read, Decoded>(
+    bytes: &[u8],
+    read: &Result<Read, CodecError>,
+    decoded: &Result<Decoded, CodecError>,
+    same: impl FnOnce(&Read, &Decoded) -> Result<(), TestCaseError>,
+) -> Result<(), TestCaseError> {
+    match (read, decoded) {
+        (Ok(read), Ok(decoded)) => same(read, decoded),
+        (Err(read), Err(decoded)) => {
+            prop_assert_eq!(read.to_string(), decoded.to_string());
+            Ok(())
+        }
+        _ => Err(TestCaseError::fail(format!(
+            "in place {:?} but decode {:?} for {:?}",
+            read.as_ref().map(|_| "accepted"),
+            decoded.as_ref().map(|_| "accepted"),
+            bytes
+        ))),
+    }
+}
+
+/// Enrich's in-place view reads what decoding reads.
 fn assert_view_agrees(bytes: &[u8]) -> Result<(), TestCaseError> {
-    let view = EventView::read(bytes);
     let decoded = decode::<PostPurchaseEvent>(bytes);
-    match (&view, &decoded) {
-        (Ok(view), Ok(event)) => {
-            prop_assert_eq!(view.event_type, event.event_type);
-            prop_assert_eq!(view.order_id, &event.order_id);
-            prop_assert_eq!(view.order_line_id, &event.order_line_id);
-            prop_assert_eq!(view.customer_id, &event.customer_id);
-            prop_assert_eq!(view.quantity, event.quantity);
-            prop_assert_eq!(view.amount, event.amount.as_ref().map(MoneyRef::from));
-            prop_assert_eq!(view.occurred_at, event.occurred_at);
-        }
-        (Err(view), Err(decoded)) => prop_assert_eq!(view.to_string(), decoded.to_string()),
-        _ => prop_assert!(
-            false,
-            "view {:?} but decode {:?} for {:?}",
-            view.as_ref().map(|_| "accepted"),
-            decoded.as_ref().map(|_| "accepted"),
-            bytes
-        ),
-    }
-    Ok(())
+    assert_reads_agree(bytes, &EventView::read(bytes), &decoded, |view, event| {
+        prop_assert_eq!(view.event_type, event.event_type);
+        prop_assert_eq!(view.order_id, &event.order_id);
+        prop_assert_eq!(view.order_line_id, &event.order_line_id);
+        prop_assert_eq!(view.customer_id, &event.customer_id);
+        prop_assert_eq!(view.quantity, event.quantity);
+        prop_assert_eq!(view.amount, event.amount.as_ref().map(MoneyRef::from));
+        prop_assert_eq!(view.occurred_at, event.occurred_at);
+        Ok(())
+    })
 }
 
-/// The sink's in-place read of an enriched event accepts `bytes` exactly when decoding does,
-/// refuses them with the same error, and reads every field decoding reads (but the attributes,
-/// which it checks and passes over).
+/// The sink's in-place read of an enriched event reads every field decoding reads (but the
+/// attributes, which it checks and passes over).
 fn assert_enriched_ref_agrees(bytes: &[u8]) -> Result<(), TestCaseError> {
-    let read = EnrichedEventRef::read(bytes);
     let decoded = decode::<EnrichedPostPurchaseEvent>(bytes);
-    match (&read, &decoded) {
-        (Ok(read), Ok(enriched)) => prop_assert_eq!(read, &EnrichedEventRef::of(enriched)),
-        (Err(read), Err(decoded)) => prop_assert_eq!(read.to_string(), decoded.to_string()),
-        _ => prop_assert!(
-            false,
-            "in place {:?} but decode {:?} for {:?}",
-            read.as_ref().map(|_| "accepted"),
-            decoded.as_ref().map(|_| "accepted"),
-            bytes
-        ),
-    }
-    Ok(())
+    assert_reads_agree(
+        bytes,
+        &EnrichedEventRef::read(bytes),
+        &decoded,
+        |read, enriched| {
+            prop_assert_eq!(read, &EnrichedEventRef::of(enriched));
+            Ok(())
+        },
+    )
 }
 
-/// Ingest's in-place read of an event accepts `bytes` exactly when decoding does, refuses them
-/// with the same error, reads every field decoding reads, and counts at least the attributes
-/// decoding keeps (a key written twice is kept once).
+/// Ingest's in-place read of an event reads every field decoding reads, and counts at least
+/// the attributes decoding keeps (a key written twice is kept once).
 fn assert_event_datum_agrees(bytes: &[u8]) -> Result<(), TestCaseError> {
-    let read = EventDatum::read(bytes);
     let decoded = decode::<PostPurchaseEvent>(bytes);
-    match (&read, &decoded) {
-        (Ok(read), Ok(event)) => {
-            prop_assert_eq!(&read.event, &EventRef::of(event));
-            prop_assert!(read.attribute_entries >= event.attributes.len());
-        }
-        (Err(read), Err(decoded)) => prop_assert_eq!(read.to_string(), decoded.to_string()),
-        _ => prop_assert!(
-            false,
-            "in place {:?} but decode {:?} for {:?}",
-            read.as_ref().map(|_| "accepted"),
-            decoded.as_ref().map(|_| "accepted"),
-            bytes
-        ),
-    }
-    Ok(())
+    assert_reads_agree(bytes, &EventDatum::read(bytes), &decoded, |read, event| {
+        prop_assert_eq!(&read.event, &EventRef::of(event));
+        prop_assert!(read.attribute_entries >= event.attributes.len());
+        Ok(())
+    })
 }
 
 #[test]
