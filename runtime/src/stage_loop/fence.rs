@@ -9,10 +9,12 @@
 //! and the group coordinator refuses a commit from a member it no longer knows
 //! (`UNKNOWN_MEMBER_ID`, `FENCED_INSTANCE_ID`; an old generation, `ILLEGAL_GENERATION`, is asked
 //! again until the member has rejoined). A refused confirmation means: do not write; the
-//! stage stops, and its restart rejoins as a current member and replays from the last commit. What remains is a pause that falls inside one write, between
-//! the confirmation and the write's last byte.
+//! stage stops, and its restart rejoins as a current member and replays from the last commit.
+//! Whatever the answer, the consumer is asked last whether it has itself found its assignment
+//! lost (a session timer that fired while the question was on its way). What remains is a
+//! pause that falls inside one write, between the confirmation and the write's last byte.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,8 +31,13 @@ use super::rebalance::LoopContext;
 pub struct Fence {
     consumer: Arc<StreamConsumer<LoopContext>>,
     in_flight: Arc<Mutex<InFlight>>,
-    /// A confirmation is waiting for the coordinator: another one would only wait behind it.
-    asking: Arc<AtomicBool>,
+    /// One question at a time, and the last answer. A write that comes while another's
+    /// question is on its way waits for that answer and takes it: it used to go on unasked
+    /// ("the one in flight will tell"), and a zombie sink resuming with two batches in hand
+    /// wrote one of them while the other's question came back fenced.
+    asking: Arc<tokio::sync::Mutex<Result<(), Fenced>>>,
+    /// How many questions have been answered.
+    answers: Arc<AtomicU64>,
 }
 
 /// How long a confirmation waits for the coordinator before it says "cannot tell". A commit
@@ -42,7 +49,7 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 const CONFIRM_PATIENCE: Duration = Duration::from_secs(15);
 
 /// This instance is no longer a member of its group's current generation.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("fenced: the group has moved on without this instance ({0})")]
 pub struct Fenced(pub String);
 
@@ -54,13 +61,30 @@ impl Fence {
         Self {
             consumer,
             in_flight,
-            asking: Arc::new(AtomicBool::new(false)),
+            asking: Arc::new(tokio::sync::Mutex::new(Ok(()))),
+            answers: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// `Ok` while this instance is a current member (or the group cannot tell yet); `Err` once
     /// the group has fenced it.
     pub async fn confirm(&self) -> Result<(), Fenced> {
+        self.ask_group().await?;
+        // The consumer may have found out while the group was being asked. A paused instance
+        // that resumes checks its session timer on librdkafka's own thread: when the timer
+        // fires, the assignment is marked lost and the revocation holds the loop's lock, so
+        // the question above may have gone unasked ("cannot tell") or been answered for a
+        // member id the consumer has just given up.
+        if self.consumer.assignment_lost() {
+            return Err(Fenced(
+                "the consumer lost its assignment while the group was asked".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The question itself: `Ok` also where it cannot be asked or answered in time.
+    async fn ask_group(&self) -> Result<(), Fenced> {
         if self.consumer.assignment_lost() {
             return Err(Fenced("the consumer lost its assignment".into()));
         }
@@ -84,12 +108,15 @@ impl Fence {
             // Nothing completed yet: nothing this instance could write twice from before.
             return Ok(());
         }
-        if self.asking.swap(true, Ordering::AcqRel) {
-            return Ok(()); // one question at a time; the one in flight will tell
+        let answered_before = self.answers.load(Ordering::Acquire);
+        let mut last = self.asking.lock().await;
+        if self.answers.load(Ordering::Acquire) != answered_before {
+            // A question on its way when this one came has been answered since.
+            return last.clone();
         }
-        let answer = self.ask(offsets).await;
-        self.asking.store(false, Ordering::Release);
-        answer
+        *last = self.ask(offsets).await;
+        self.answers.fetch_add(1, Ordering::AcqRel);
+        last.clone()
     }
 
     /// The stored positions, if the loop's lock can be had within 100 ms.
@@ -172,6 +199,7 @@ mod tests {
     use super::*;
     use crate::metrics::{Metrics, StageMetrics};
     use crate::stage_loop::rebalance::Ownership;
+    use std::sync::atomic::AtomicBool;
 
     /// Found by the chaos soak: a healthy sink, refused with ILLEGAL_GENERATION while the
     /// group moved to a new generation it had not joined yet, took itself for a zombie and
@@ -227,6 +255,50 @@ mod tests {
         assert!(
             matches!(answer, Ok(Ok(()))),
             "no answer is not a fence, and it does not take longer than {CONFIRM_TIMEOUT:?}"
+        );
+    }
+
+    /// Found in CI: a zombie sink resumed with two batches in hand. One batch's confirmation
+    /// asked the group and came back fenced; the other's, coming while that question was on
+    /// its way, went on unasked and wrote its rows a second time. A confirmation that comes
+    /// during another's question now waits for its answer and takes it.
+    #[test]
+    fn a_confirmation_during_another_ones_question_waits_for_it() {
+        let in_flight = Arc::new(Mutex::new(InFlight::default()));
+        in_flight
+            .lock()
+            .expect("lock")
+            .ledger
+            .complete(&[("fence-test".into(), 0, 41)], &[]);
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let (first_done, second_done) = runtime.block_on(async {
+            let fence = fence_without_brokers(in_flight);
+            let first = tokio::spawn({
+                let fence = fence.clone();
+                async move {
+                    let answer = fence.confirm().await;
+                    (answer.is_ok(), tokio::time::Instant::now())
+                }
+            });
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+            while fence.asking.try_lock().is_ok() {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the first question never started"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            let second = fence.confirm().await;
+            let second_done = tokio::time::Instant::now();
+            let (first_ok, first_done) = first.await.expect("first confirmation");
+            assert!(first_ok && second.is_ok(), "no answer is not a fence");
+            (first_done, second_done)
+        });
+        // The unanswered commits still wait on blocking threads: do not wait for them.
+        runtime.shutdown_background();
+        assert!(
+            second_done >= first_done,
+            "the second confirmation returned before the first question was answered"
         );
     }
 
