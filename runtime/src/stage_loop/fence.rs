@@ -235,16 +235,23 @@ mod tests {
         Fence::new(Arc::new(consumer), in_flight)
     }
 
-    /// Found by the chaos soak: a confirmation (a synchronous commit) waited for a coordinator
-    /// that did not answer, for good, with the write and so the stage's shutdown behind it.
-    #[test]
-    fn a_confirmation_the_group_does_not_answer_lets_the_write_go_in_bounded_time() {
+    /// A loop whose one partition has completed up to offset 41: a confirmation has a
+    /// position to commit, so it asks the group.
+    fn one_completed_partition() -> Arc<Mutex<InFlight>> {
         let in_flight = Arc::new(Mutex::new(InFlight::default()));
         in_flight
             .lock()
             .expect("lock")
             .ledger
             .complete(&[("fence-test".into(), 0, 41)], &[]);
+        in_flight
+    }
+
+    /// Found by the chaos soak: a confirmation (a synchronous commit) waited for a coordinator
+    /// that did not answer, for good, with the write and so the stage's shutdown behind it.
+    #[test]
+    fn a_confirmation_the_group_does_not_answer_lets_the_write_go_in_bounded_time() {
+        let in_flight = one_completed_partition();
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let answer = runtime.block_on(async {
             let fence = fence_without_brokers(in_flight);
@@ -264,12 +271,7 @@ mod tests {
     /// during another's question now waits for its answer and takes it.
     #[test]
     fn a_confirmation_during_another_ones_question_waits_for_it() {
-        let in_flight = Arc::new(Mutex::new(InFlight::default()));
-        in_flight
-            .lock()
-            .expect("lock")
-            .ledger
-            .complete(&[("fence-test".into(), 0, 41)], &[]);
+        let in_flight = one_completed_partition();
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let (first_done, second_done) = runtime.block_on(async {
             let fence = fence_without_brokers(in_flight);
