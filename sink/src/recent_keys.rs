@@ -16,8 +16,8 @@
 //! keys of the rows at the `window` offsets before the group's committed offset, and after),
 //! so the guarantee holds across the sink's own restarts and rebalances too.
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use boomerang_runtime::idempotency::{PrehashedKeys, key_hash};
 
@@ -31,14 +31,16 @@ struct Window {
 
 pub struct RecentKeys {
     window: usize,
-    partitions: HashMap<i32, Window>,
+    /// A few partitions, looked up for every event: a B-tree finds one faster than SipHash
+    /// hashes its number.
+    partitions: BTreeMap<i32, Window>,
 }
 
 impl RecentKeys {
     pub fn new(window: usize) -> Self {
         Self {
             window: window.max(1),
-            partitions: HashMap::new(),
+            partitions: BTreeMap::new(),
         }
     }
 
