@@ -18,7 +18,7 @@ use boomerang_enrich::processor::{EnrichProcessor, EnrichSettings};
 use boomerang_enrich::reference::Arrivals;
 use boomerang_enrich::tables::{SharedTables, ref_key};
 use boomerang_runtime::pseudonym::Pseudonymiser;
-use boomerang_runtime::stage_loop::{InputRecord, Outcome, Processor};
+use boomerang_runtime::stage_loop::{InputRecord, Outcome, Processor, WARM_AHEAD};
 use boomerang_runtime::wire;
 use boomerang_schemas::{TimestampMicros, codec};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -112,12 +112,16 @@ fn join_path(criterion: &mut Criterion) {
             },
             |mut processor| {
                 runtime.block_on(async {
-                    for record in &records {
-                        match processor.process(record).await {
-                            Ok(Outcome::Emit(outputs)) => {
-                                black_box(outputs);
+                    // As the stage loop does: each run of records warmed, then processed.
+                    for upcoming in records.chunks(WARM_AHEAD) {
+                        processor.warm(upcoming);
+                        for record in upcoming {
+                            match processor.process(record).await {
+                                Ok(Outcome::Emit(outputs)) => {
+                                    black_box(outputs);
+                                }
+                                other => panic!("not joined: {other:?}"),
                             }
-                            other => panic!("not joined: {other:?}"),
                         }
                     }
                 })

@@ -16,7 +16,7 @@ use boomerang_runtime::decode::{DecodeFailure, RecordDecoder, WriterSchemaSource
 use boomerang_runtime::error_kind::DeadLetterKind;
 use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_runtime::stage_loop::{
-    InputRecord, Outcome, Partition, Processor, Released, RetryableError,
+    InputRecord, Outcome, Partition, Processor, Released, RetryableError, WARM_AHEAD,
 };
 use boomerang_schemas::{Enrichment, EventView, PostPurchaseEvent, TimestampMicros};
 
@@ -257,6 +257,33 @@ impl<Source: WriterSchemaSource> Processor for EnrichProcessor<Source> {
         }
         self.arrivals.watch(!self.pending.is_empty());
         self.report_pending();
+    }
+
+    /// Looks the next events' orders and customers up, all at once. In a table of a million
+    /// orders nearly every lookup misses the CPU's caches, twice (the bucket, then the order's
+    /// lines), and one event's misses used to wait for the last one's: a sixth of enrich's CPU
+    /// (`perf`, `pipeline_e2e`). Looked up together, the misses overlap; the joins right
+    /// after find what they read cached. Events not of the current schema are left alone.
+    fn warm(&self, upcoming: &[InputRecord]) {
+        let mut keys = [None; WARM_AHEAD];
+        for (slot, record) in keys.iter_mut().zip(upcoming) {
+            *slot = self
+                .decoder
+                .current_datum(record.value())
+                .and_then(|(_, datum)| EventView::read(datum).ok())
+                .map(|event| JoinKeys::of_ids(event.order_id, event.customer_id));
+        }
+        let tables = self.tables.read();
+        let mut touched = 0i64;
+        for keys in keys.iter().flatten() {
+            if let Some(order) = tables.order(keys.order) {
+                touched ^= order.lines.first().map_or(0, |line| line.unit_price_minor);
+            }
+            if let Some(customer) = tables.customer(keys.customer) {
+                touched ^= i64::from(customer.analytics_consent);
+            }
+        }
+        std::hint::black_box(touched);
     }
 
     async fn process(&mut self, record: &InputRecord) -> Result<Outcome, RetryableError> {

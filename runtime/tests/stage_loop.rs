@@ -1,10 +1,12 @@
 //! The stage loop against the real broker, with a processor of the test's own: what happens
-//! to a record whose dead letter is larger than the producer takes.
+//! to a record whose dead letter is larger than the producer takes, and what the loop shows a
+//! processor before it processes a batch.
 
 mod support;
 
 use support::PassesEverything;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use boomerang_runtime::dead_letter::{self, Rejection};
@@ -15,7 +17,7 @@ use boomerang_runtime::metrics::{Metrics, StageMetrics};
 use boomerang_runtime::service::StageContext;
 use boomerang_runtime::stage_loop::{
     self, BatchWait, Fence, FlushFuture, FlushResult, InputRecord, LoopSettings, OnRetentionGap,
-    Outcome, Partition, Processor, RetryableError, WriteIndex, Writes,
+    Outcome, Partition, Processor, RetryableError, WARM_AHEAD, WriteIndex, Writes,
 };
 use boomerang_testkit::{Stack, committed_and_high_watermarks, read_topic_to_end, unique_name};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -284,6 +286,101 @@ fn a_small_batch_goes_once_the_consumer_has_caught_up_not_at_its_maximum_wait() 
         .recv_timeout(Duration::from_secs(30))
         .expect("the stage stops when asked");
     assert_eq!(result, Ok(()));
+}
+
+/// What the loop showed a processor, in the order it did: `Warmed` for each run of records
+/// shown to `warm`, `Processed` for each record decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Warmed(Vec<i64>),
+    Processed(i64),
+}
+
+#[derive(Default)]
+struct RecordsWhatItSees(Arc<Mutex<Vec<Seen>>>);
+
+impl Processor for RecordsWhatItSees {
+    async fn assign(&mut self, _partitions: &[Partition]) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn revoke(&mut self, _partitions: &[Partition]) {}
+
+    fn warm(&self, upcoming: &[InputRecord]) {
+        let offsets = upcoming.iter().map(|record| record.offset).collect();
+        self.0.lock().expect("lock").push(Seen::Warmed(offsets));
+    }
+
+    async fn process(&mut self, record: &InputRecord) -> Result<Outcome, RetryableError> {
+        self.0
+            .lock()
+            .expect("lock")
+            .push(Seen::Processed(record.offset));
+        Ok(Outcome::Emit(Default::default()))
+    }
+}
+
+/// `warm` is a hint, but one that has to come at the right time to be worth its cost: every
+/// record is shown to it once, in runs of at most `WARM_AHEAD`, before the record is
+/// processed, and the records are processed in the order they were shown.
+#[test]
+fn every_record_is_warmed_once_just_before_its_run_is_processed() {
+    let stack = Stack::from_env();
+    let records: Vec<(&str, Vec<u8>)> = (0..3 * WARM_AHEAD + 5)
+        .map(|n| ("key", n.to_string().into_bytes()))
+        .collect();
+    let (input, dead_letters, broker) = topics_holding(&stack, &records);
+    let group = unique_name("it-loop");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (shutdown, ended) = start_loop(
+        broker,
+        &group,
+        &input,
+        &dead_letters,
+        BatchWait::from_millis(20, 200),
+        RecordsWhatItSees(seen.clone()),
+    );
+    poll_until_blocking("every record committed", || {
+        committed_and_high_watermarks(&stack.kafka_brokers, &group, &input)
+            .iter()
+            .all(|(_, committed, high)| committed == high)
+    });
+    shutdown.cancel();
+    let result = ended
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the stage stops when asked");
+    assert_eq!(result, Ok(()));
+
+    let seen = seen.lock().expect("lock").clone();
+    let mut warmed_not_processed: std::collections::VecDeque<i64> = Default::default();
+    let mut processed = Vec::new();
+    for step in &seen {
+        match step {
+            Seen::Warmed(run) => {
+                assert!(
+                    warmed_not_processed.is_empty(),
+                    "a run was shown before the last one was processed: {seen:?}"
+                );
+                assert!(
+                    !run.is_empty() && run.len() <= WARM_AHEAD,
+                    "a run of {}",
+                    run.len()
+                );
+                warmed_not_processed.extend(run);
+            }
+            Seen::Processed(offset) => {
+                assert_eq!(
+                    warmed_not_processed.pop_front(),
+                    Some(*offset),
+                    "offset {offset} processed without being shown first: {seen:?}"
+                );
+                processed.push(*offset);
+            }
+        }
+    }
+    assert!(warmed_not_processed.is_empty(), "shown, never processed");
+    let expected: Vec<i64> = (0..records.len() as i64).collect();
+    assert_eq!(processed, expected, "every record once, in order");
 }
 
 fn poll_until_blocking(what: &str, mut check: impl FnMut() -> bool) {

@@ -61,7 +61,7 @@ pub use self::fence::{Fence, Fenced};
 pub use self::in_flight::MAX_BATCHES_IN_FLIGHT;
 pub use self::processor::{
     EVENT_TIME_HEADER, FlushFuture, FlushResult, HISTORY_HEADER, Outcome, Outputs, Processor,
-    Released, RetryableError, WriteIndex, Writes,
+    Released, RetryableError, WARM_AHEAD, WriteIndex, Writes,
 };
 pub use self::record::{Headers, InputRecord, OutputRecord, Partition};
 pub use self::settings::{

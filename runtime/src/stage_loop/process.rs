@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use super::in_flight::{BatchCounts, InFlight};
 use super::ledger::PartitionOffset;
-use super::{InputRecord, LoopSettings, Outcome, OutputRecord, Processor, Released, lock};
+use super::{
+    InputRecord, LoopSettings, Outcome, OutputRecord, Processor, Released, WARM_AHEAD, lock,
+};
 use crate::dead_letter::{self, Rejection};
 use crate::error_kind::DeadLetterKind;
 use crate::metrics::StageMetrics;
@@ -206,6 +208,9 @@ pub(super) async fn process_batch<P: Processor>(
         processed.add(settings, &record, outcome, 0, Some(&record));
     }
     for (position, record) in batch.iter().enumerate() {
+        if position % WARM_AHEAD == 0 {
+            processor.warm(&batch[position..batch.len().min(position + WARM_AHEAD)]);
+        }
         let outcome = process_with_retry(processor, record, metrics, context).await?;
         if matches!(outcome, Outcome::Hold) {
             // Registered now, before any earlier batch completes, so no commit passes it.

@@ -20,6 +20,11 @@ pub const EVENT_TIME_HEADER: &str = "boomerang.event_time_ms";
 /// sink checks the rest against what ClickHouse holds.
 pub const HISTORY_HEADER: &str = "boomerang.history";
 
+/// How many records [`Processor::warm`] is shown at a time: enough lookups for their cache
+/// misses to overlap, few enough that what they bring in is still cached when the records
+/// are processed.
+pub const WARM_AHEAD: usize = 16;
+
 /// A record's outputs: most records have one, kept inline (no allocation per record).
 pub type Outputs = SmallVec<[OutputRecord; 1]>;
 
@@ -145,6 +150,13 @@ pub trait Processor: Send {
         &mut self,
         record: &InputRecord,
     ) -> impl Future<Output = Result<Outcome, RetryableError>> + Send;
+
+    /// The next records to be processed, up to [`WARM_AHEAD`] of them, before the first is: a
+    /// processor whose lookups miss the CPU's caches (enrich's table of a million orders) can
+    /// make those lookups here, one after another with nothing between them, so that their
+    /// misses overlap instead of each stalling its record in turn. A hint: it decides nothing,
+    /// changes nothing and may do nothing.
+    fn warm(&self, _upcoming: &[InputRecord]) {}
 
     /// Held records decided since the last call, in the order they should be emitted.
     fn release(&mut self) -> Vec<Released> {
