@@ -18,7 +18,7 @@ use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_runtime::stage_loop::{
     InputRecord, Outcome, Partition, Processor, Released, RetryableError, WARM_AHEAD,
 };
-use boomerang_schemas::{Enrichment, EventView, PostPurchaseEvent, TimestampMicros};
+use boomerang_schemas::{Enrichment, EventView, JoinIds, PostPurchaseEvent, TimestampMicros};
 
 use crate::join::{
     EventFacts, JoinKeys, JoinSettings, Lookup, RiskFacts, enriched_event, join, risk_flag,
@@ -27,7 +27,7 @@ use crate::metrics::EnrichMetrics;
 use crate::pending::{Held, PendingBuffer, PendingLimits};
 use crate::publish::{enriched_record, spliced_record};
 use crate::reference::Arrivals;
-use crate::tables::{ReferenceTables, SharedTables};
+use crate::tables::{ReferenceTables, SharedTables, ref_key};
 
 /// How often held events are all checked again, besides the arrivals they wait for (which
 /// a reference record landing between an event's lookup and its hold can miss).
@@ -270,8 +270,11 @@ impl<Source: WriterSchemaSource> Processor for EnrichProcessor<Source> {
             *slot = self
                 .decoder
                 .current_datum(record.value())
-                .and_then(|(_, datum)| EventView::read(datum).ok())
-                .map(|event| JoinKeys::of_ids(event.order_id, event.customer_id));
+                .and_then(|(_, datum)| JoinIds::read(datum))
+                .map(|ids| JoinKeys {
+                    order: ref_key(ids.order_id),
+                    customer: ref_key(ids.customer_id),
+                });
         }
         let tables = self.tables.read();
         let mut touched = 0i64;

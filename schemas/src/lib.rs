@@ -44,4 +44,4 @@ pub use event::{
 pub use order::{Order, OrderLine};
 pub use primitives::{Money, TimestampMicros};
 pub use specific::Malformed;
-pub use splice::{Enrichment, EventView, MoneyRef};
+pub use splice::{Enrichment, EventView, JoinIds, MoneyRef};

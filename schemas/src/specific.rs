@@ -152,6 +152,14 @@ impl<'datum> Reader<'datum> {
         Ok(length)
     }
 
+    /// A string's bytes, not checked for UTF-8.
+    pub(crate) fn bytes(&mut self) -> Result<&'datum [u8], Malformed> {
+        let length = self.length()?;
+        let (bytes, rest) = self.rest.split_at(length);
+        self.rest = rest;
+        Ok(bytes)
+    }
+
     pub(crate) fn str(&mut self) -> Result<&'datum str, Malformed> {
         let length = self.length()?;
         let (bytes, rest) = self.rest.split_at(length);

@@ -91,6 +91,34 @@ impl<'a> EventView<'a> {
     }
 }
 
+/// The ids an event joins on, as their bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinIds<'a> {
+    pub order_id: &'a [u8],
+    pub customer_id: &'a [u8],
+}
+
+impl<'a> JoinIds<'a> {
+    /// Reads `order_id` and `customer_id` from the front of a datum of the current schema, and
+    /// nothing after them: no UTF-8 check, no end check. For a hint only (enrich looks the ids
+    /// up ahead of the join, to warm its caches); [`EventView::read`] decides whether the
+    /// datum is an event. `None` for bytes that do not get as far as `customer_id`.
+    pub fn read(datum: &'a [u8]) -> Option<Self> {
+        let mut reader = Reader { rest: datum };
+        reader.bytes().ok()?; // event_id
+        reader.bytes().ok()?; // idempotency_key
+        reader.long().ok()?; // event_type
+        reader.bytes().ok()?; // case_id
+        let order_id = reader.bytes().ok()?;
+        reader.bytes().ok()?; // order_line_id
+        let customer_id = reader.bytes().ok()?;
+        Some(Self {
+            order_id,
+            customer_id,
+        })
+    }
+}
+
 fn read_view<'a>(datum: &'a [u8], reader: &mut Reader<'a>) -> Result<EventView<'a>, Malformed> {
     // Where the reader is in `datum`: its rest is always a suffix of it.
     let position = |reader: &Reader<'a>| datum.len() - reader.rest.len();

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use boomerang_schemas::codec::{decode, decode_generic, encode, encode_generic_into};
 use boomerang_schemas::{
     AvroRecord, Channel, CodecError, Disposition, EnrichedEventRef, EnrichedPostPurchaseEvent,
-    Enrichment, EventDatum, EventRef, EventType, EventView, Money, MoneyRef, Outcome,
+    Enrichment, EventDatum, EventRef, EventType, EventView, JoinIds, Money, MoneyRef, Outcome,
     PostPurchaseEvent, ReasonCode, ReturnMethod, TimestampMicros, WarrantyResolution,
 };
 use proptest::prelude::*;
@@ -195,6 +195,14 @@ fn assert_view_agrees(bytes: &[u8]) -> Result<(), TestCaseError> {
         prop_assert_eq!(view.quantity, event.quantity);
         prop_assert_eq!(view.amount, event.amount.as_ref().map(MoneyRef::from));
         prop_assert_eq!(view.occurred_at, event.occurred_at);
+        // The ids enrich reads ahead, to warm its lookups, are the view's.
+        prop_assert_eq!(
+            JoinIds::read(bytes),
+            Some(JoinIds {
+                order_id: view.order_id.as_bytes(),
+                customer_id: view.customer_id.as_bytes(),
+            })
+        );
         Ok(())
     })
 }
