@@ -127,16 +127,14 @@ fn a_dead_letter_too_large_for_the_producer_is_trimmed_and_the_stage_goes_on() {
     assert_eq!(small.header(dead_letter::VALUE_OMITTED_BYTES), None);
 
     // The stage commits past both and stops cleanly when asked.
-    poll_until_blocking("offsets committed past both records", || {
-        committed_and_high_watermarks(&stack.kafka_brokers, &group, &input)
-            .iter()
-            .all(|(_, committed, high)| committed == high)
-    });
-    shutdown.cancel();
-    let result = ended
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the stage stops when asked");
-    assert_eq!(result, Ok(()));
+    commits_all_then_stops(
+        &stack,
+        &group,
+        &input,
+        "offsets committed past both records",
+        shutdown,
+        &ended,
+    );
 }
 
 /// A fresh input topic holding `records` (key, value) and a dead-letter topic, and the
@@ -276,16 +274,14 @@ fn a_small_batch_goes_once_the_consumer_has_caught_up_not_at_its_maximum_wait() 
         BatchWait::from_millis(20, 600_000),
         PassesEverything,
     );
-    poll_until_blocking("the one record committed", || {
-        committed_and_high_watermarks(&stack.kafka_brokers, &group, &input)
-            .iter()
-            .all(|(_, committed, high)| committed == high)
-    });
-    shutdown.cancel();
-    let result = ended
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the stage stops when asked");
-    assert_eq!(result, Ok(()));
+    commits_all_then_stops(
+        &stack,
+        &group,
+        &input,
+        "the one record committed",
+        shutdown,
+        &ended,
+    );
 }
 
 /// What the loop showed a processor, in the order it did: `Warmed` for each run of records
@@ -340,16 +336,14 @@ fn every_record_is_warmed_once_just_before_its_run_is_processed() {
         BatchWait::from_millis(20, 200),
         RecordsWhatItSees(seen.clone()),
     );
-    poll_until_blocking("every record committed", || {
-        committed_and_high_watermarks(&stack.kafka_brokers, &group, &input)
-            .iter()
-            .all(|(_, committed, high)| committed == high)
-    });
-    shutdown.cancel();
-    let result = ended
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the stage stops when asked");
-    assert_eq!(result, Ok(()));
+    commits_all_then_stops(
+        &stack,
+        &group,
+        &input,
+        "every record committed",
+        shutdown,
+        &ended,
+    );
 
     let seen = seen.lock().expect("lock").clone();
     let mut warmed_not_processed: std::collections::VecDeque<i64> = Default::default();
@@ -381,6 +375,28 @@ fn every_record_is_warmed_once_just_before_its_run_is_processed() {
     assert!(warmed_not_processed.is_empty(), "shown, never processed");
     let expected: Vec<i64> = (0..records.len() as i64).collect();
     assert_eq!(processed, expected, "every record once, in order");
+}
+
+/// Waits until the loop has committed everything `input` holds (`what`, for the failure
+/// message), then stops it and checks it stopped cleanly.
+fn commits_all_then_stops(
+    stack: &Stack,
+    group: &str,
+    input: &str,
+    what: &str,
+    shutdown: CancellationToken,
+    ended: &std::sync::mpsc::Receiver<Result<(), String>>,
+) {
+    poll_until_blocking(what, || {
+        committed_and_high_watermarks(&stack.kafka_brokers, group, input)
+            .iter()
+            .all(|(_, committed, high)| committed == high)
+    });
+    shutdown.cancel();
+    let result = ended
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the stage stops when asked");
+    assert_eq!(result, Ok(()));
 }
 
 fn poll_until_blocking(what: &str, mut check: impl FnMut() -> bool) {
