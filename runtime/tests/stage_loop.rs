@@ -286,13 +286,12 @@ fn a_small_batch_goes_once_the_consumer_has_caught_up_not_at_its_maximum_wait() 
 
 /// What the loop showed a processor, in the order it did: `Warmed` for each run of records
 /// shown to `warm`, `Processed` for each record decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 enum Seen {
     Warmed(Vec<i64>),
     Processed(i64),
 }
 
-#[derive(Default)]
 struct RecordsWhatItSees(Arc<Mutex<Vec<Seen>>>);
 
 impl Processor for RecordsWhatItSees {

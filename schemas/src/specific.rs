@@ -161,10 +161,7 @@ impl<'datum> Reader<'datum> {
     }
 
     pub(crate) fn str(&mut self) -> Result<&'datum str, Malformed> {
-        let length = self.length()?;
-        let (bytes, rest) = self.rest.split_at(length);
-        self.rest = rest;
-        std::str::from_utf8(bytes).map_err(|_| Malformed::InvalidUtf8)
+        std::str::from_utf8(self.bytes()?).map_err(|_| Malformed::InvalidUtf8)
     }
 
     fn string(&mut self) -> Result<String, Malformed> {
