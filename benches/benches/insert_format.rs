@@ -15,7 +15,7 @@
 
 use std::time::Instant;
 
-use boomerang_benches::harness::{cpu_seconds, env_number};
+use boomerang_benches::harness::{cpu_seconds, env_number, median};
 use boomerang_benches::pipeline::stack_pids;
 use boomerang_benches::reference_world::enriched;
 use boomerang_clickhouse::ClickhouseArgs;
@@ -138,15 +138,6 @@ fn main() {
             );
         }
     });
-}
-
-/// The middle of `sorted`, or the mean of its two middle values.
-fn median(sorted: &[f64]) -> f64 {
-    match sorted.len() {
-        0 => f64::NAN,
-        len if len % 2 == 1 => sorted[len / 2],
-        len => (sorted[len / 2 - 1] + sorted[len / 2]) / 2.0,
-    }
 }
 
 /// The benchmark's events as the sink's rows, inserted as the sink inserts them.

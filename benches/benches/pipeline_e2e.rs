@@ -28,7 +28,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use boomerang_benches::harness::{built_release_binary, env_number, peak_rss_kib};
+use boomerang_benches::harness::{built_release_binary, env_number, median, peak_rss_kib};
 use boomerang_benches::pipeline::{
     PARTITIONS, Setup, cpu_now, pipeline_pids, print_cpu_used, producer, rows_inserted, send,
     setup, stack_pids, start_stages,
@@ -455,11 +455,6 @@ fn stop_profiler(profiler: Option<std::process::Child>) {
     let _ = child.wait();
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
     let events = env_number("BOOMERANG_BENCH_EVENTS", 1_000_000);
     let rate = env_number("BOOMERANG_BENCH_RATE", 2_000);
@@ -622,10 +617,10 @@ fn main() {
     }
     let ratios = |of: fn(&Drain) -> f64| {
         median(
-            rounds
+            &rounds
                 .iter()
                 .map(|(_, null, boomerang)| of(null) / of(boomerang))
-                .collect(),
+                .collect::<Vec<_>>(),
         )
     };
     println!(

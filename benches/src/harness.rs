@@ -34,6 +34,17 @@ impl WriterSchemaSource for CurrentSchemaOnly {
     }
 }
 
+/// The median of `values`: the middle one, or the mean of the two middle ones (NaN for none).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        len if len % 2 == 1 => sorted[len / 2],
+        len => (sorted[len / 2 - 1] + sorted[len / 2]) / 2.0,
+    }
+}
+
 /// A number from the environment (`BOOMERANG_BENCH_EVENTS`, say), else `default`.
 pub fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -132,4 +143,16 @@ pub fn resident_bytes() -> u64 {
         .and_then(|field| field.parse().ok())
         .expect("resident pages");
     pages * 4096
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn the_median_is_the_middle_value_or_the_mean_of_the_two_middle_ones() {
+        assert_eq!(median(&[0.57, 0.46, 0.66]), 0.57);
+        assert_eq!(median(&[4.0, 3.0, 5.0, 6.0]), 4.5);
+        assert!(median(&[]).is_nan());
+    }
 }
