@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_schemas::{Customer, EnrichedEventRef, Order, TimestampMicros};
+
+use crate::native::NativeBlock;
 use serde::Serialize;
 
 /// Where a row came from: the table itself says how far the sink got.
@@ -144,6 +146,51 @@ impl EventRow {
             source_offset: source.offset,
             backfill_run: String::new(),
         }
+    }
+
+    /// Appends this row to a Native block (`native.rs`): every column of the row, in its
+    /// declared order, each typed as the events table declares it.
+    pub fn append_to(&self, block: &mut NativeBlock) {
+        block.string("idempotency_key", &self.idempotency_key);
+        block.string("event_id", &self.event_id);
+        block.string("event_type", self.event_type);
+        block.string("case_id", &self.case_id);
+        block.string("order_id", &self.order_id);
+        block.string("order_line_id", &self.order_line_id);
+        block.string("customer_key", &self.customer_key);
+        block.string("sku", &self.sku);
+        block.int32("quantity", self.quantity);
+        block.optional_string("reason", self.reason);
+        block.optional_int64("amount_minor", self.amount_minor);
+        block.optional_string("amount_currency", self.amount_currency.as_deref());
+        block.optional_string("method", self.method);
+        block.string("channel", self.channel);
+        block.string("outcome", self.outcome);
+        block.micros("occurred_at", self.occurred_at);
+        block.string("source_system", &self.source_system);
+        block.optional_string("replacement_sku", self.replacement_sku.as_deref());
+        block.optional_string("warranty_resolution", self.warranty_resolution);
+        block.optional_string("disposition", self.disposition);
+        block.boolean("customer_missing", self.customer_missing);
+        block.boolean("order_missing", self.order_missing);
+        block.boolean("order_line_missing", self.order_line_missing);
+        block.boolean("customer_pseudonymised", self.customer_pseudonymised);
+        block.optional_string("customer_segment", self.customer_segment.as_deref());
+        block.optional_string("customer_region", self.customer_region.as_deref());
+        block.optional_string("order_channel", self.order_channel);
+        block.optional_micros("order_placed_at", self.order_placed_at);
+        block.optional_micros("order_delivered_at", self.order_delivered_at);
+        block.optional_string("line_category", self.line_category.as_deref());
+        block.optional_int64("line_unit_price_minor", self.line_unit_price_minor);
+        block.optional_string("line_currency", self.line_currency.as_deref());
+        block.optional_int32("days_since_delivery", self.days_since_delivery);
+        block.optional_boolean("within_return_window", self.within_return_window);
+        block.micros("enriched_at", self.enriched_at);
+        block.string("source_topic", &self.source_topic);
+        block.int32("source_partition", self.source_partition);
+        block.int64("source_offset", self.source_offset);
+        block.string("backfill_run", &self.backfill_run);
+        block.end_row();
     }
 }
 
@@ -343,6 +390,24 @@ mod tests {
         );
         assert_eq!((row.source_partition, row.source_offset), (2, 40));
         assert_eq!(row.event_type, "RETURN_REQUESTED");
+    }
+
+    #[test]
+    fn a_native_block_has_every_column_of_the_row_in_its_order() {
+        let row = EventRow::new(
+            &EnrichedEventRef::of(&enriched(event())),
+            &source(),
+            &pseudonymiser(),
+        );
+        let mut block = NativeBlock::new();
+        row.append_to(&mut block);
+        row.append_to(&mut block);
+        assert_eq!(block.rows(), 2);
+        assert_eq!(
+            block.column_names().collect::<Vec<_>>(),
+            <EventRow as clickhouse::Row>::COLUMN_NAMES
+        );
+        assert!(block.finish().is_ok());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Writing rows to ClickHouse: RowBinary inserts with the `clickhouse` crate, retried until
-//! they land, and split to find the rows ClickHouse refuses for good.
+//! Writing rows to ClickHouse: inserts with the `clickhouse` crate, retried until they land,
+//! and split to find the rows ClickHouse refuses for good. The events go as one Native block
+//! per insert (`native.rs`, `--clickhouse-insert-format`), orders and customers as RowBinary.
 //!
 //! - A failure that is not the rows' fault (connection refused, timeout, too many parts, memory
 //!   limit, an unknown table, anything unrecognised) is retried with capped exponential backoff
@@ -24,6 +25,8 @@ use clickhouse::error::Error as ClickhouseError;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::SinkMetrics;
+use crate::native::NativeBlock;
+use crate::rows::{CustomerRow, EventRow, OrderRow};
 
 /// The dead-letter kind of a row ClickHouse refused.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -57,9 +60,47 @@ pub(crate) enum NotWritten {
     Fenced(String),
 }
 
+/// How the sink encodes the events it inserts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InsertFormat {
+    /// One block of columns per insert: ClickHouse's own layout, the least server CPU per
+    /// row (`insert_format` in `benches/`).
+    Native,
+    /// A row at a time, through the `clickhouse` crate's serde rows.
+    #[value(name = "rowbinary")]
+    RowBinary,
+}
+
+/// A row type the sink inserts.
+pub trait TableRow: clickhouse::RowOwned + clickhouse::RowWrite + Send + Sync + Sized {
+    /// The rows as one Native block; `None`: this table's rows go as RowBinary.
+    fn native_block(_rows: &[Keyed<Self>]) -> Option<NativeBlock> {
+        None
+    }
+}
+
+impl TableRow for EventRow {
+    fn native_block(rows: &[Keyed<Self>]) -> Option<NativeBlock> {
+        let mut block = NativeBlock::new();
+        for keyed in rows {
+            keyed.row.append_to(&mut block);
+        }
+        Some(block)
+    }
+}
+
+impl TableRow for OrderRow {}
+
+impl TableRow for CustomerRow {}
+
+/// How much of a Native body is compressed and handed to the connection at a time: the
+/// crate's own inserts send a few hundred KiB at a time, too.
+const NATIVE_CHUNK_BYTES: usize = 1 << 20;
+
 #[derive(Clone)]
 pub struct Writer {
     pub client: clickhouse::Client,
+    pub format: InsertFormat,
     pub metrics: SinkMetrics,
     pub readiness: Readiness,
     pub shutdown: CancellationToken,
@@ -171,15 +212,25 @@ impl Writer {
         }
     }
 
-    async fn insert_once<R>(
+    async fn insert_once<R: TableRow>(
         &self,
         table: &str,
         rows: &[Keyed<R>],
         token: &str,
-    ) -> Result<(), ClickhouseError>
-    where
-        R: clickhouse::RowOwned + clickhouse::RowWrite + Send + Sync,
-    {
+    ) -> Result<(), ClickhouseError> {
+        if self.format == InsertFormat::Native
+            && let Some(block) = R::native_block(rows)
+        {
+            let columns: Vec<&str> = block.column_names().collect();
+            let sql = format!("INSERT INTO {table} ({}) FORMAT Native", columns.join(", "));
+            match block.finish() {
+                Ok(body) => return self.send_native(&sql, body, token).await,
+                // A bug in a row's code, not the data's fault: the rows still go, as RowBinary.
+                Err(mismatch) => {
+                    tracing::error!(table, %mismatch, "cannot build a Native block; inserting RowBinary");
+                }
+            }
+        }
         let mut insert = self
             .client
             .insert::<R>(table)
@@ -188,6 +239,27 @@ impl Writer {
             .with_setting("insert_deduplication_token", token);
         for row in rows {
             insert.write(&row.row).await?;
+        }
+        insert.end().await
+    }
+
+    /// One `INSERT … FORMAT Native` of a block's bytes, compressed as the client's other
+    /// inserts are.
+    async fn send_native(
+        &self,
+        sql: &str,
+        body: Vec<u8>,
+        token: &str,
+    ) -> Result<(), ClickhouseError> {
+        let mut insert = self
+            .client
+            .insert_formatted_with(sql)
+            .with_timeouts(Some(self.timeout), Some(self.timeout))
+            .with_setting("insert_deduplication_token", token);
+        let mut body = bytes::Bytes::from(body);
+        while !body.is_empty() {
+            let chunk = body.split_to(body.len().min(NATIVE_CHUNK_BYTES));
+            insert.send(chunk).await?;
         }
         insert.end().await
     }
@@ -201,7 +273,7 @@ impl Writer {
         fence: Option<&Fence>,
     ) -> Result<Option<String>, NotWritten>
     where
-        R: clickhouse::RowOwned + clickhouse::RowWrite + Send + Sync,
+        R: TableRow,
     {
         let token = dedup_token(table, rows);
         let what = format!("inserting into {table}");
@@ -274,7 +346,7 @@ impl Writer {
         fence: Option<&Fence>,
     ) -> Written
     where
-        R: clickhouse::RowOwned + clickhouse::RowWrite + Send + Sync,
+        R: TableRow,
     {
         let mut written = Written::default();
         // Ranges still to insert; the first half of a split goes first.
