@@ -147,48 +147,59 @@ impl NativeBlock {
     }
 
     pub fn int32(&mut self, name: &'static str, value: i32) {
-        let (_, values) = self.column(name, INT32);
-        values.extend_from_slice(&value.to_le_bytes());
+        self.fixed(name, INT32, value.to_le_bytes());
     }
 
     pub fn optional_int32(&mut self, name: &'static str, value: Option<i32>) {
-        let (nulls, values) = self.column(name, NULLABLE_INT32);
-        nulls.push(u8::from(value.is_none()));
-        values.extend_from_slice(&value.unwrap_or_default().to_le_bytes());
+        self.optional_fixed(name, NULLABLE_INT32, value.map(i32::to_le_bytes));
     }
 
     pub fn int64(&mut self, name: &'static str, value: i64) {
-        let (_, values) = self.column(name, INT64);
-        values.extend_from_slice(&value.to_le_bytes());
+        self.fixed(name, INT64, value.to_le_bytes());
     }
 
     pub fn optional_int64(&mut self, name: &'static str, value: Option<i64>) {
-        let (nulls, values) = self.column(name, NULLABLE_INT64);
-        nulls.push(u8::from(value.is_none()));
-        values.extend_from_slice(&value.unwrap_or_default().to_le_bytes());
+        self.optional_fixed(name, NULLABLE_INT64, value.map(i64::to_le_bytes));
     }
 
     pub fn boolean(&mut self, name: &'static str, value: bool) {
-        let (_, values) = self.column(name, BOOL);
-        values.push(u8::from(value));
+        self.fixed(name, BOOL, [u8::from(value)]);
     }
 
     pub fn optional_boolean(&mut self, name: &'static str, value: Option<bool>) {
-        let (nulls, values) = self.column(name, NULLABLE_BOOL);
-        nulls.push(u8::from(value.is_none()));
-        values.push(u8::from(value.unwrap_or_default()));
+        self.optional_fixed(name, NULLABLE_BOOL, value.map(|value| [u8::from(value)]));
     }
 
     /// A `DateTime64(6, 'UTC')`: microseconds since the epoch.
     pub fn micros(&mut self, name: &'static str, micros: i64) {
-        let (_, values) = self.column(name, MICROS);
-        values.extend_from_slice(&micros.to_le_bytes());
+        self.fixed(name, MICROS, micros.to_le_bytes());
     }
 
     pub fn optional_micros(&mut self, name: &'static str, micros: Option<i64>) {
-        let (nulls, values) = self.column(name, NULLABLE_MICROS);
-        nulls.push(u8::from(micros.is_none()));
-        values.extend_from_slice(&micros.unwrap_or_default().to_le_bytes());
+        self.optional_fixed(name, NULLABLE_MICROS, micros.map(i64::to_le_bytes));
+    }
+
+    /// A fixed-width value, already in its little-endian bytes.
+    fn fixed<const N: usize>(
+        &mut self,
+        name: &'static str,
+        type_name: &'static str,
+        value: [u8; N],
+    ) {
+        let (_, values) = self.column(name, type_name);
+        values.extend_from_slice(&value);
+    }
+
+    /// A `Nullable` fixed-width value: a null is written as zeros behind its null-map byte.
+    fn optional_fixed<const N: usize>(
+        &mut self,
+        name: &'static str,
+        type_name: &'static str,
+        value: Option<[u8; N]>,
+    ) {
+        let (nulls, values) = self.column(name, type_name);
+        nulls.push(u8::from(value.is_none()));
+        values.extend_from_slice(&value.unwrap_or([0; N]));
     }
 
     /// The block's bytes, as an `INSERT … FORMAT Native` body.
