@@ -203,37 +203,46 @@ impl NativeBlock {
         values.extend_from_slice(&value.unwrap_or([0; N]));
     }
 
-    /// The block's bytes, as an `INSERT … FORMAT Native` body.
-    pub fn finish(self) -> Result<Vec<u8>, Mismatch> {
+    /// The block's bytes, as an `INSERT … FORMAT Native` body, in pieces to be sent one after
+    /// the other. A column's buffers become pieces of their own, moved, not copied: a batch's
+    /// block is about as large as its rows, and one contiguous copy of it used to double the
+    /// sink's memory for it while it was sent. The small parts between (the header, each
+    /// column's name and type, short columns) are gathered into shared pieces.
+    pub fn finish(self) -> Result<Vec<Vec<u8>>, Mismatch> {
         if let Some(mismatch) = self.mismatch {
             return Err(Mismatch(mismatch));
         }
         if self.next != 0 {
             return Err(Mismatch(format!("row {} was not ended", self.rows)));
         }
-        let size = 20
-            + self
-                .columns
-                .iter()
-                .map(|column| {
-                    20 + column.name.len()
-                        + column.type_name.len()
-                        + column.nulls.len()
-                        + column.values.len()
-                })
-                .sum::<usize>();
-        let mut body = Vec::with_capacity(size);
-        put_varuint(&mut body, self.columns.len() as u64);
-        put_varuint(&mut body, self.rows as u64);
-        for column in &self.columns {
-            put_string(&mut body, column.name);
-            put_string(&mut body, column.type_name);
-            body.extend_from_slice(&column.nulls);
-            body.extend_from_slice(&column.values);
+        let mut pieces = Vec::new();
+        let mut small = Vec::new();
+        put_varuint(&mut small, self.columns.len() as u64);
+        put_varuint(&mut small, self.rows as u64);
+        for column in self.columns {
+            put_string(&mut small, column.name);
+            put_string(&mut small, column.type_name);
+            for part in [column.nulls, column.values] {
+                if part.len() < OWN_PIECE_BYTES {
+                    small.extend_from_slice(&part);
+                } else {
+                    if !small.is_empty() {
+                        pieces.push(std::mem::take(&mut small));
+                    }
+                    pieces.push(part);
+                }
+            }
         }
-        Ok(body)
+        if !small.is_empty() {
+            pieces.push(small);
+        }
+        Ok(pieces)
     }
 }
+
+/// A column's buffer at least this long is a piece of its own; shorter ones are copied into
+/// the piece being gathered.
+const OWN_PIECE_BYTES: usize = 64 * 1024;
 
 /// Unsigned LEB128, ClickHouse's `VarUInt`.
 fn put_varuint(out: &mut Vec<u8>, mut value: u64) {
@@ -283,7 +292,7 @@ mod tests {
             block.column_names().collect::<Vec<_>>(),
             ["name", "amount", "at", "flag"]
         );
-        let body = block.finish().expect("one shape");
+        let body = block.finish().expect("one shape").concat();
         let mut expected = vec![4, 2];
         expected.extend_from_slice(b"\x04name\x06String\x01a\x02bc");
         expected.extend_from_slice(b"\x06amount\x0fNullable(Int64)\x00\x01");
@@ -294,6 +303,43 @@ mod tests {
         expected.extend_from_slice(&2i64.to_le_bytes());
         expected.extend_from_slice(b"\x04flag\x04Bool\x00\x01");
         assert_eq!(body, expected);
+    }
+
+    #[test]
+    fn long_columns_are_pieces_of_their_own_and_the_pieces_are_the_block() {
+        let long = "x".repeat(OWN_PIECE_BYTES);
+        let mut block = NativeBlock::new();
+        for row in 0..3 {
+            block.int32("n", row);
+            block.string("long", &long);
+            block.optional_string("maybe", (row == 1).then_some("y"));
+            block.end_row();
+        }
+        let pieces = block.finish().expect("one shape");
+        // The header, n and long's name and type; long's values; maybe's name, type and data.
+        assert_eq!(
+            pieces.len(),
+            3,
+            "{:?}",
+            pieces.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            pieces[1].len(),
+            3 * (3 + OWN_PIECE_BYTES),
+            "long's values alone"
+        );
+        let mut expected = vec![3, 3];
+        expected.extend_from_slice(b"\x01n\x05Int32");
+        for row in 0i32..3 {
+            expected.extend_from_slice(&row.to_le_bytes());
+        }
+        expected.extend_from_slice(b"\x04long\x06String");
+        for _ in 0..3 {
+            expected.extend_from_slice(&[0x80, 0x80, 0x04]);
+            expected.extend_from_slice(long.as_bytes());
+        }
+        expected.extend_from_slice(b"\x05maybe\x10Nullable(String)\x01\x00\x01\x00\x01y\x00");
+        assert_eq!(pieces.concat(), expected);
     }
 
     #[test]

@@ -224,7 +224,7 @@ impl Writer {
             let columns: Vec<&str> = block.column_names().collect();
             let sql = format!("INSERT INTO {table} ({}) FORMAT Native", columns.join(", "));
             match block.finish() {
-                Ok(body) => return self.send_native(&sql, body, token).await,
+                Ok(pieces) => return self.send_native(&sql, pieces, token).await,
                 // A bug in a row's code, not the data's fault: the rows still go, as RowBinary.
                 Err(mismatch) => {
                     tracing::error!(table, %mismatch, "cannot build a Native block; inserting RowBinary");
@@ -243,12 +243,12 @@ impl Writer {
         insert.end().await
     }
 
-    /// One `INSERT … FORMAT Native` of a block's bytes, compressed as the client's other
-    /// inserts are.
+    /// One `INSERT … FORMAT Native` of a block's pieces, in order, compressed as the client's
+    /// other inserts are. Each piece is let go once it is sent.
     async fn send_native(
         &self,
         sql: &str,
-        body: Vec<u8>,
+        pieces: Vec<Vec<u8>>,
         token: &str,
     ) -> Result<(), ClickhouseError> {
         let mut insert = self
@@ -256,10 +256,12 @@ impl Writer {
             .insert_formatted_with(sql)
             .with_timeouts(Some(self.timeout), Some(self.timeout))
             .with_setting("insert_deduplication_token", token);
-        let mut body = bytes::Bytes::from(body);
-        while !body.is_empty() {
-            let chunk = body.split_to(body.len().min(NATIVE_CHUNK_BYTES));
-            insert.send(chunk).await?;
+        for piece in pieces {
+            let mut piece = bytes::Bytes::from(piece);
+            while !piece.is_empty() {
+                let chunk = piece.split_to(piece.len().min(NATIVE_CHUNK_BYTES));
+                insert.send(chunk).await?;
+            }
         }
         insert.end().await
     }
