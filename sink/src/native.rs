@@ -5,9 +5,8 @@
 //! already the server's in-memory layout, each column a run of values. `insert_format` in
 //! `benches/` measured the events table's rows at 5–20% less server CPU per row as Native than
 //! as RowBinary, both LZ4-compressed (17–25% less uncompressed): that CPU is the user's
-//! ClickHouse bill. The `clickhouse`
-//! crate's own Native insert cannot compress; this block goes through
-//! `insert_formatted_with`, which compresses like every other insert.
+//! ClickHouse bill. The `clickhouse` crate's own Native insert cannot compress; this block goes
+//! through `insert_formatted_with`, which compresses like every other insert.
 //!
 //! The block is built row by row, each row appending its values in one pass over it (a column
 //! at a time over 50k rows would read each row once per column), into one buffer per column.
