@@ -107,12 +107,10 @@ fn main() -> ExitCode {
 
 async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     let pseudonymiser = Pseudonymiser::from_args(&args.pseudonym)?;
-    if !service::wait_for_brokers(&args.kafka, &context).await {
-        return Ok(());
-    }
     // The group first: a restarted instance is back under its static id within its session
-    // timeout, however long the registry and the reference tables' snapshots below take. No
-    // event is joined before the tables caught up (the processor's `assign` waits for them).
+    // timeout, however long slow brokers, the registry and the reference tables' snapshots
+    // below take. No event is joined before the tables caught up (the processor's `assign`
+    // waits for them).
     let loop_settings = LoopSettings::new(
         STAGE,
         &args.stage_loop,
@@ -120,11 +118,16 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         args.topics.dead_letter.clone(),
     )
     .producing_to(vec![args.topics.enriched_events.clone()]);
-    let member = stage_loop::join(
+    let Some(member) = stage_loop::join_once_brokers_answer(
         loop_settings,
         &args.kafka,
         StageMetrics::register(&context.metrics)?,
-    )?;
+        &context,
+    )
+    .await?
+    else {
+        return Ok(()); // stopped while the brokers did not answer
+    };
     let args = Arc::new(args);
     let (prepared, background) =
         stage_loop::split_prepared(prepare(args.clone(), pseudonymiser, &context).await);

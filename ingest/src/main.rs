@@ -110,11 +110,8 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
             "events older than the de-duplication window can pass; late duplicates of them too"
         );
     }
-    if !service::wait_for_brokers(&args.kafka, &context).await {
-        return Ok(());
-    }
     // The group first: a restarted instance is back under its static id within its session
-    // timeout, however long the registry and the snapshots below take.
+    // timeout, however long slow brokers, the registry and the snapshots below take.
     let loop_settings = LoopSettings::new(
         STAGE,
         &args.stage_loop,
@@ -122,11 +119,16 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         args.topics.dead_letter.clone(),
     )
     .producing_to(vec![args.topics.validated_events.clone()]);
-    let member = stage_loop::join(
+    let Some(member) = stage_loop::join_once_brokers_answer(
         loop_settings,
         &args.kafka,
         StageMetrics::register(&context.metrics)?,
-    )?;
+        &context,
+    )
+    .await?
+    else {
+        return Ok(()); // stopped while the brokers did not answer
+    };
     let prepared = prepare(&args, &context).await;
     member.run_prepared(&args.kafka, prepared, &context).await
 }

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -233,9 +234,16 @@ pub async fn idle_once_brokers_answer(
 
 /// Retries until the brokers answer a metadata request (`true`) or shutdown is asked for
 /// (`false`); `/readyz` says why it is waiting.
+///
+/// One client is asked each time, and each attempt waits longer than the last (2 s, doubling,
+/// at most 10 s): a broker that takes 3 s to answer, as a loaded one after an outage does,
+/// answers the second attempt instead of timing every attempt out.
 pub async fn wait_for_brokers(kafka_args: &KafkaArgs, context: &StageContext) -> bool {
-    const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
+    const FIRST_METADATA_TIMEOUT: Duration = Duration::from_secs(2);
+    const MAX_METADATA_TIMEOUT: Duration = Duration::from_secs(10);
     let backoff = crate::retry::Backoff::new(Duration::from_millis(500), Duration::from_secs(2));
+    let probe: Arc<std::sync::Mutex<Option<Arc<kafka::BrokerProbe>>>> = Arc::default();
+    let mut timeouts = crate::retry::Backoff::new(FIRST_METADATA_TIMEOUT, MAX_METADATA_TIMEOUT);
     crate::retry::until_ok_with(
         context,
         crate::error_kind::ErrorKind::BrokersUnavailable,
@@ -243,11 +251,25 @@ pub async fn wait_for_brokers(kafka_args: &KafkaArgs, context: &StageContext) ->
         backoff,
         || {
             let args = kafka_args.clone();
+            let probe = probe.clone();
+            let timeout = timeouts.next_delay();
             async move {
-                tokio::task::spawn_blocking(move || kafka::check_brokers(&args, METADATA_TIMEOUT))
-                    .await
-                    .map_err(|join_error| join_error.to_string())?
-                    .map_err(|error| error.to_string())
+                tokio::task::spawn_blocking(move || {
+                    let mut kept = probe
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let client = match kept.as_ref() {
+                        Some(client) => client.clone(),
+                        None => kept
+                            .insert(Arc::new(kafka::BrokerProbe::new(&args)?))
+                            .clone(),
+                    };
+                    drop(kept);
+                    client.ask(timeout)
+                })
+                .await
+                .map_err(|join_error| join_error.to_string())?
+                .map_err(|error| error.to_string())
             }
         },
     )

@@ -192,11 +192,8 @@ fn main() -> ExitCode {
 
 async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
     let pseudonymiser = Pseudonymiser::from_args(&args.pseudonym)?;
-    if !service::wait_for_brokers(&args.kafka, &context).await {
-        return Ok(());
-    }
     // The group first: a restarted instance is back under its static id within its session
-    // timeout, however long ClickHouse takes to answer below.
+    // timeout, however long slow brokers and ClickHouse take to answer below.
     let topics = SinkTopics {
         enriched_events: args.topics.enriched_events.clone(),
         orders: args.topics.orders.clone(),
@@ -214,11 +211,16 @@ async fn run(args: Args, context: StageContext) -> anyhow::Result<()> {
         args.sink.insert_max_rows,
         BatchWait::from_millis(args.sink.insert_min_wait_ms, args.sink.insert_max_wait_ms),
     );
-    let member = stage_loop::join(
+    let Some(member) = stage_loop::join_once_brokers_answer(
         settings,
         &args.kafka,
         StageMetrics::register(&context.metrics)?,
-    )?;
+        &context,
+    )
+    .await?
+    else {
+        return Ok(()); // stopped while the brokers did not answer
+    };
     let (prepared, erasing) =
         stage_loop::split_prepared(prepare(&args, topics, pseudonymiser, &context).await);
     let result = member.run_prepared(&args.kafka, prepared, &context).await;

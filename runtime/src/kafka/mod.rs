@@ -188,9 +188,29 @@ impl KafkaArgs {
 
 /// Fetches cluster metadata: the cheapest proof that the brokers answer.
 pub fn check_brokers(args: &KafkaArgs, timeout: Duration) -> Result<usize, KafkaError> {
-    let consumer: BaseConsumer = args.client_config().create()?;
-    let metadata = consumer.fetch_metadata(None, timeout)?;
-    Ok(metadata.brokers().len())
+    BrokerProbe::new(args)?.ask(timeout)
+}
+
+/// One metadata client asked again and again while a stage waits for its brokers. Keeping it
+/// keeps its connection: a broker that answers slowly (restarting, or loaded after an outage)
+/// is not asked to accept a new client and its handshake on every attempt, and a connection
+/// already made is not thrown away because one attempt's timeout ended first.
+pub struct BrokerProbe {
+    client: BaseConsumer,
+}
+
+impl BrokerProbe {
+    pub fn new(args: &KafkaArgs) -> Result<Self, KafkaError> {
+        Ok(Self {
+            client: args.client_config().create()?,
+        })
+    }
+
+    /// How many brokers the cluster's metadata names, or why none answered within `timeout`.
+    pub fn ask(&self, timeout: Duration) -> Result<usize, KafkaError> {
+        let metadata = self.client.fetch_metadata(None, timeout)?;
+        Ok(metadata.brokers().len())
+    }
 }
 
 /// A librdkafka log line as rdkafka's default client context writes it (target `librdkafka`),

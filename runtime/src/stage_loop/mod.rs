@@ -104,7 +104,8 @@ pub struct Member {
     crash_after_batches: Option<u64>,
     static_member: bool,
     max_record_bytes: usize,
-    record_limit_checked: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Started by [`join`] and [`join_once_brokers_answer`], awaited before the first poll.
+    record_limit_checked: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 /// Splits what a stage prepared into its processor and what runs beside the loop (tasks the
@@ -121,6 +122,38 @@ pub fn split_prepared<P, B>(
 /// Joins the stage's consumer group (subscribes its input topics) and starts checking that its
 /// output topics take its largest record. Nothing is consumed before [`Member::run`].
 pub fn join(
+    settings: LoopSettings,
+    kafka: &KafkaArgs,
+    metrics: StageMetrics,
+) -> anyhow::Result<Member> {
+    let mut member = subscribe(settings, kafka, metrics)?;
+    member.start_record_limit_check(kafka);
+    Ok(member)
+}
+
+/// [`join`] for a stage starting up: subscribes first, then waits for the brokers to answer
+/// (`/readyz` says why it waits), then starts the record limit check. `None` when the stage
+/// was asked to stop meanwhile; the membership is given up then.
+///
+/// Subscribing first matters to a restarted static member: librdkafka joins the group from its
+/// own thread as soon as the coordinator answers, within the member's session timeout, however
+/// many of the stage's own metadata requests a loaded broker times out meanwhile.
+pub async fn join_once_brokers_answer(
+    settings: LoopSettings,
+    kafka: &KafkaArgs,
+    metrics: StageMetrics,
+    context: &StageContext,
+) -> anyhow::Result<Option<Member>> {
+    let mut member = subscribe(settings, kafka, metrics)?;
+    if !crate::service::wait_for_brokers(kafka, context).await {
+        member.leave().await;
+        return Ok(None);
+    }
+    member.start_record_limit_check(kafka);
+    Ok(Some(member))
+}
+
+fn subscribe(
     settings: LoopSettings,
     kafka: &KafkaArgs,
     metrics: StageMetrics,
@@ -148,17 +181,6 @@ pub fn join(
     let topics: Vec<&str> = settings.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     tracing::info!(stage = settings.stage, group = %settings.group_id, static_member, "joining the group");
-    let record_limit_checked = {
-        let kafka = kafka.clone();
-        let produced_to: Vec<String> = std::iter::once(&settings.dead_letter_topic)
-            .chain(&settings.output_topics)
-            .cloned()
-            .collect();
-        tokio::spawn(async move {
-            let topics: Vec<&str> = produced_to.iter().map(String::as_str).collect();
-            kafka::check_record_limit(&kafka, &topics, RECORD_LIMIT_CHECK_TIMEOUT).await
-        })
-    };
     Ok(Member {
         settings,
         metrics,
@@ -168,15 +190,29 @@ pub fn join(
         crash_after_batches,
         static_member,
         max_record_bytes,
-        record_limit_checked,
+        record_limit_checked: None,
     })
 }
 
 impl Member {
+    fn start_record_limit_check(&mut self, kafka: &KafkaArgs) {
+        let kafka = kafka.clone();
+        let produced_to: Vec<String> = std::iter::once(&self.settings.dead_letter_topic)
+            .chain(&self.settings.output_topics)
+            .cloned()
+            .collect();
+        self.record_limit_checked = Some(tokio::spawn(async move {
+            let topics: Vec<&str> = produced_to.iter().map(String::as_str).collect();
+            kafka::check_record_limit(&kafka, &topics, RECORD_LIMIT_CHECK_TIMEOUT).await
+        }));
+    }
+
     /// Gives the membership up without consuming (the stage stopped while it prepared): a
     /// dynamic member leaves, a static one stays for its session timeout.
     pub async fn leave(self) {
-        self.record_limit_checked.abort();
+        if let Some(check) = self.record_limit_checked {
+            check.abort();
+        }
         close::close(self.consumer, self.static_member).await;
     }
 
@@ -219,9 +255,12 @@ impl Member {
             max_record_bytes,
             record_limit_checked,
         } = self;
-        let checked = match record_limit_checked.await {
-            Ok(checked) => checked,
-            Err(error) => Err(anyhow::anyhow!("the record limit check failed: {error}")),
+        let checked = match record_limit_checked {
+            Some(check) => match check.await {
+                Ok(checked) => checked,
+                Err(error) => Err(anyhow::anyhow!("the record limit check failed: {error}")),
+            },
+            None => Ok(()), // never: both ways to join start it
         };
         if let Err(error) = checked {
             close::close(consumer, static_member).await;
