@@ -242,7 +242,7 @@ pub async fn wait_for_brokers(kafka_args: &KafkaArgs, context: &StageContext) ->
     const FIRST_METADATA_TIMEOUT: Duration = Duration::from_secs(2);
     const MAX_METADATA_TIMEOUT: Duration = Duration::from_secs(10);
     let backoff = crate::retry::Backoff::new(Duration::from_millis(500), Duration::from_secs(2));
-    let probe: Arc<std::sync::Mutex<Option<Arc<kafka::BrokerProbe>>>> = Arc::default();
+    let mut probe: Option<Arc<kafka::BrokerProbe>> = None;
     let mut timeouts = crate::retry::Backoff::new(FIRST_METADATA_TIMEOUT, MAX_METADATA_TIMEOUT);
     crate::retry::until_ok_with(
         context,
@@ -250,26 +250,20 @@ pub async fn wait_for_brokers(kafka_args: &KafkaArgs, context: &StageContext) ->
         "kafka brokers do not answer",
         backoff,
         || {
-            let args = kafka_args.clone();
-            let probe = probe.clone();
+            // Made once (creating a client does not wait for the brokers), kept after that.
+            let client = match &probe {
+                Some(client) => Ok(client.clone()),
+                None => kafka::BrokerProbe::new(kafka_args)
+                    .map(Arc::new)
+                    .inspect(|client| probe = Some(client.clone())),
+            };
             let timeout = timeouts.next_delay();
             async move {
-                tokio::task::spawn_blocking(move || {
-                    let mut kept = probe
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    let client = match kept.as_ref() {
-                        Some(client) => client.clone(),
-                        None => kept
-                            .insert(Arc::new(kafka::BrokerProbe::new(&args)?))
-                            .clone(),
-                    };
-                    drop(kept);
-                    client.ask(timeout)
-                })
-                .await
-                .map_err(|join_error| join_error.to_string())?
-                .map_err(|error| error.to_string())
+                let client = client.map_err(|error| error.to_string())?;
+                tokio::task::spawn_blocking(move || client.ask(timeout))
+                    .await
+                    .map_err(|join_error| join_error.to_string())?
+                    .map_err(|error| error.to_string())
             }
         },
     )
