@@ -186,11 +186,6 @@ impl KafkaArgs {
     }
 }
 
-/// Fetches cluster metadata: the cheapest proof that the brokers answer.
-pub fn check_brokers(args: &KafkaArgs, timeout: Duration) -> Result<usize, KafkaError> {
-    BrokerProbe::new(args)?.ask(timeout)
-}
-
 /// One metadata client asked again and again while a stage waits for its brokers. Keeping it
 /// keeps its connection: a broker that answers slowly (restarting, or loaded after an outage)
 /// is not asked to accept a new client and its handshake on every attempt, and a connection
@@ -206,7 +201,8 @@ impl BrokerProbe {
         })
     }
 
-    /// How many brokers the cluster's metadata names, or why none answered within `timeout`.
+    /// How many brokers the cluster's metadata names (the cheapest proof that the brokers
+    /// answer), or why none answered within `timeout`.
     pub fn ask(&self, timeout: Duration) -> Result<usize, KafkaError> {
         let metadata = self.client.fetch_metadata(None, timeout)?;
         Ok(metadata.brokers().len())
