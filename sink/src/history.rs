@@ -66,7 +66,8 @@ impl Writer {
         }
         let before = rows.len();
         rows.retain(|keyed| {
-            keyed.row.backfill_run.is_empty() || !stored.contains(&keyed.row.idempotency_key)
+            keyed.row.backfill_run.is_empty()
+                || !stored.contains(keyed.row.idempotency_key.as_str())
         });
         let dropped = (before - rows.len()) as u64;
         self.metrics.history_already_stored.inc_by(dropped);

@@ -304,7 +304,7 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
             let mut row = EventRow::new(&enriched, &source, &self.pseudonymiser);
             if let Some(run) = record.headers.get(HISTORY_HEADER) {
                 // Checked against what ClickHouse holds before the insert (`history.rs`).
-                row.backfill_run = String::from_utf8_lossy(run).into_owned();
+                row.backfill_run = String::from_utf8_lossy(run).as_ref().into();
             }
             let (outcome, write) = self.writes.write();
             self.event_rows.push(keyed(row, record, write));

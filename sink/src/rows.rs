@@ -8,6 +8,7 @@ use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_schemas::{Customer, EnrichedEventRef, Order, TimestampMicros};
 
 use crate::native::NativeBlock;
+use compact_str::CompactString;
 use serde::Serialize;
 
 /// Where a row came from: the table itself says how far the sink got.
@@ -37,39 +38,39 @@ pub fn customer_key(
 
 #[derive(Debug, Clone, PartialEq, Serialize, clickhouse::Row)]
 pub struct EventRow {
-    pub idempotency_key: String,
-    pub event_id: String,
+    pub idempotency_key: CompactString,
+    pub event_id: CompactString,
     pub event_type: &'static str,
-    pub case_id: String,
-    pub order_id: String,
-    pub order_line_id: String,
-    pub customer_key: String,
-    pub sku: String,
+    pub case_id: CompactString,
+    pub order_id: CompactString,
+    pub order_line_id: CompactString,
+    pub customer_key: CompactString,
+    pub sku: CompactString,
     pub quantity: i32,
     pub reason: Option<&'static str>,
     pub amount_minor: Option<i64>,
-    pub amount_currency: Option<String>,
+    pub amount_currency: Option<CompactString>,
     pub method: Option<&'static str>,
     pub channel: &'static str,
     pub outcome: &'static str,
     /// DateTime64(6): microseconds since the epoch, UTC.
     pub occurred_at: i64,
-    pub source_system: String,
-    pub replacement_sku: Option<String>,
+    pub source_system: CompactString,
+    pub replacement_sku: Option<CompactString>,
     pub warranty_resolution: Option<&'static str>,
     pub disposition: Option<&'static str>,
     pub customer_missing: bool,
     pub order_missing: bool,
     pub order_line_missing: bool,
     pub customer_pseudonymised: bool,
-    pub customer_segment: Option<String>,
-    pub customer_region: Option<String>,
+    pub customer_segment: Option<CompactString>,
+    pub customer_region: Option<CompactString>,
     pub order_channel: Option<&'static str>,
     pub order_placed_at: Option<i64>,
     pub order_delivered_at: Option<i64>,
-    pub line_category: Option<String>,
+    pub line_category: Option<CompactString>,
     pub line_unit_price_minor: Option<i64>,
-    pub line_currency: Option<String>,
+    pub line_currency: Option<CompactString>,
     pub days_since_delivery: Option<i32>,
     pub within_return_window: Option<bool>,
     pub enriched_at: i64,
@@ -78,7 +79,7 @@ pub struct EventRow {
     pub source_offset: i64,
     /// The backfill run that brought a historical event (`boomerang.history`); empty for live
     /// traffic.
-    pub backfill_run: String,
+    pub backfill_run: CompactString,
 }
 
 fn micros(time: TimestampMicros) -> i64 {
@@ -96,29 +97,32 @@ impl EventRow {
     ) -> Self {
         let event = &enriched.event;
         let enrichment = &enriched.enrichment;
-        let owned = |text: Option<&str>| text.map(str::to_string);
+        let owned = |text: Option<&str>| text.map(CompactString::from);
         Self {
             customer_key: customer_key(
                 event.customer_id,
                 enrichment.customer_pseudonymised,
                 pseudonymiser,
-            ),
-            idempotency_key: event.idempotency_key.to_string(),
-            event_id: event.event_id.to_string(),
+            )
+            .into(),
+            idempotency_key: CompactString::from(event.idempotency_key),
+            event_id: CompactString::from(event.event_id),
             event_type: event.event_type.symbol(),
-            case_id: event.case_id.to_string(),
-            order_id: event.order_id.to_string(),
-            order_line_id: event.order_line_id.to_string(),
-            sku: event.sku.to_string(),
+            case_id: CompactString::from(event.case_id),
+            order_id: CompactString::from(event.order_id),
+            order_line_id: CompactString::from(event.order_line_id),
+            sku: CompactString::from(event.sku),
             quantity: event.quantity,
             reason: event.reason.map(|reason| reason.symbol()),
             amount_minor: event.amount.map(|money| money.amount_minor),
-            amount_currency: event.amount.map(|money| money.currency.to_string()),
+            amount_currency: event
+                .amount
+                .map(|money| CompactString::from(money.currency)),
             method: event.method.map(|method| method.symbol()),
             channel: event.channel.symbol(),
             outcome: event.outcome.symbol(),
             occurred_at: micros(event.occurred_at),
-            source_system: event.source_system.to_string(),
+            source_system: CompactString::from(event.source_system),
             replacement_sku: owned(event.replacement_sku),
             warranty_resolution: event
                 .warranty_resolution
@@ -137,14 +141,14 @@ impl EventRow {
             line_unit_price_minor: enrichment.line_unit_price.map(|money| money.amount_minor),
             line_currency: enrichment
                 .line_unit_price
-                .map(|money| money.currency.to_string()),
+                .map(|money| CompactString::from(money.currency)),
             days_since_delivery: enrichment.days_since_delivery,
             within_return_window: enrichment.within_return_window,
             enriched_at: micros(enrichment.enriched_at),
             source_topic: source.topic.clone(),
             source_partition: source.partition,
             source_offset: source.offset,
-            backfill_run: String::new(),
+            backfill_run: CompactString::default(),
         }
     }
 

@@ -14,6 +14,7 @@ use boomerang_sink::processor::EVENTS_TABLE;
 use boomerang_sink::rows::EventRow;
 use boomerang_sink::write::{InsertFormat, Keyed, Writer};
 use boomerang_testkit::{Stack, unique_name};
+use compact_str::CompactString;
 use tokio_util::sync::CancellationToken;
 
 /// Rows that between them put a null and a value, an empty and a long string, a negative and
@@ -23,16 +24,18 @@ fn rows(count: usize, topic: &Arc<str>) -> Vec<EventRow> {
     let some = |index: usize, bit: usize| (index >> bit) & 1 == 1;
     (0..count)
         .map(|index| {
-            let text = |what: &str| match index % 4 {
-                0 => String::new(),
-                1 => format!("{what}-{index}"),
-                2 => format!("{what}-ünïcødé-✓-{index}"),
-                _ => format!("{what}-{}", "x".repeat(300 + index)),
+            let text = |what: &str| -> CompactString {
+                match index % 4 {
+                    0 => CompactString::default(),
+                    1 => format!("{what}-{index}").into(),
+                    2 => format!("{what}-ünïcødé-✓-{index}").into(),
+                    _ => format!("{what}-{}", "x".repeat(300 + index)).into(),
+                }
             };
             let optional = |bit: usize, what: &str| some(index, bit).then(|| text(what));
             let time = 1_780_000_000_123_456 + index as i64 * 1_000_001;
             EventRow {
-                idempotency_key: format!("key-{index:05}"),
+                idempotency_key: format!("key-{index:05}").into(),
                 event_id: text("event"),
                 event_type: ["RETURN_REQUESTED", "REFUND_ISSUED"][index % 2],
                 case_id: text("case"),
