@@ -5,6 +5,8 @@
 //! (`boomerang_schemas::borrowed`). Both build the same row (`schemas/tests/specific_codec.rs`
 //! and the `sink_rows` fuzz target hold them to it).
 //!
+//! Then the insert's side: 50k rows appended to one Native block (`sink/src/native.rs`).
+//!
 //! cargo bench -p boomerang-benches --bench sink_rows
 
 use std::hint::black_box;
@@ -14,6 +16,7 @@ use boomerang_benches::reference_world::enriched;
 use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_schemas::codec::{decode, encode};
 use boomerang_schemas::{EnrichedEventRef, EnrichedPostPurchaseEvent, TimestampMicros};
+use boomerang_sink::native::NativeBlock;
 use boomerang_sink::rows::{EventRow, Source};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
@@ -59,7 +62,32 @@ fn sink_rows(criterion: &mut Criterion) {
         })
     });
     group.finish();
+
+    // The insert's side: a batch's rows appended to one Native block, then its pieces.
+    let rows: Vec<EventRow> = (0..BLOCK_ROWS)
+        .map(|n| {
+            let datum = &datums[n % EVENTS];
+            let in_place = EnrichedEventRef::read(datum).expect("read");
+            EventRow::new(&in_place, &source(n), &pseudonymiser)
+        })
+        .collect();
+    let mut group = criterion.benchmark_group("sink_native_block");
+    group.throughput(Throughput::Elements(BLOCK_ROWS as u64));
+    group.sample_size(20);
+    group.bench_function("append_rows_then_finish", |bench| {
+        bench.iter(|| {
+            let mut block = NativeBlock::with_rows(rows.len());
+            for row in &rows {
+                row.append_to(&mut block);
+            }
+            black_box(block.finish().expect("one shape"))
+        })
+    });
+    group.finish();
 }
+
+/// Rows per block, as in a full batch of the drain.
+const BLOCK_ROWS: usize = 50_000;
 
 criterion_group!(benches, sink_rows);
 criterion_main!(benches);

@@ -81,7 +81,7 @@ pub trait TableRow: clickhouse::RowOwned + clickhouse::RowWrite + Send + Sync + 
 
 impl TableRow for EventRow {
     fn native_block(rows: &[Keyed<Self>]) -> Option<NativeBlock> {
-        let mut block = NativeBlock::new();
+        let mut block = NativeBlock::with_rows(rows.len());
         for keyed in rows {
             keyed.row.append_to(&mut block);
         }
