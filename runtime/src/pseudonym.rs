@@ -70,13 +70,19 @@ impl Pseudonymiser {
         let mut mac = self.mac.clone();
         mac.update(customer_id.as_bytes());
         let digest = mac.finalize().into_bytes();
-        let mut out = String::with_capacity(PREFIX.len() + 2 * PSEUDONYM_BYTES);
-        out.push_str(PREFIX);
-        for byte in &digest[..PSEUDONYM_BYTES] {
-            out.push(char::from(HEX[usize::from(byte >> 4)]));
-            out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        // Written as bytes, then made a string once: pushing 32 chars one at a time was half
+        // of this function's time in the sink (`perf`), which pseudonymises every event.
+        let mut out = [0u8; PREFIX.len() + 2 * PSEUDONYM_BYTES];
+        out[..PREFIX.len()].copy_from_slice(PREFIX.as_bytes());
+        for (pair, byte) in out[PREFIX.len()..]
+            .chunks_exact_mut(2)
+            .zip(&digest[..PSEUDONYM_BYTES])
+        {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0x0f)];
         }
-        out
+        // ASCII only: the prefix and hex digits.
+        String::from_utf8_lossy(&out).into_owned()
     }
 }
 

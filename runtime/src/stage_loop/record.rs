@@ -54,12 +54,10 @@ impl Headers {
         let Some(borrowed) = message.headers() else {
             return Self::new();
         };
-        let (mut names, mut bytes) = (0, 0);
-        for header in borrowed.iter() {
-            names += header.key.len();
-            bytes += header.value.map_or(0, <[u8]>::len);
-        }
-        let mut headers = Self::with_capacity(borrowed.count(), names, bytes);
+        // One pass: each header read from librdkafka is a call across the FFI. The pipeline's
+        // own headers (a few dozen bytes each) fit the room made up front.
+        let count = borrowed.count();
+        let mut headers = Self::with_capacity(count, count * 32, count * 32);
         for header in borrowed.iter() {
             headers.push(header.key, header.value);
         }
