@@ -153,10 +153,13 @@ impl NativeBlock {
         if self.rows == 1 && self.expected_rows > 1 {
             let more = self.expected_rows - 1;
             for column in &mut self.columns {
-                // A string's length varies from row to row: a quarter more than the first.
-                column.values.reserve(column.values.len() * more / 4 * 5);
+                // A string's length varies from row to row: a quarter more than the first. A
+                // first row with a huge value must not ask for its size times the batch: the
+                // room is capped, and the column grows as it must beyond it.
+                let room = column.values.len().saturating_mul(more) / 4 * 5;
+                column.values.reserve(room.min(MAX_ROOM_BYTES));
                 if !column.nulls.is_empty() {
-                    column.nulls.reserve(more);
+                    column.nulls.reserve(more.min(MAX_ROOM_BYTES));
                 }
             }
         }
@@ -265,6 +268,10 @@ impl NativeBlock {
         Ok(pieces)
     }
 }
+
+/// The most room a column makes up front (`NativeBlock::with_rows`): a batch of 50k events
+/// needs a few MiB per column.
+const MAX_ROOM_BYTES: usize = 16 << 20;
 
 /// A column's buffer at least this long is a piece of its own; shorter ones are copied into
 /// the piece being gathered.
@@ -386,6 +393,27 @@ mod tests {
                 "{rows} rows where {expected} were expected"
             );
         }
+    }
+
+    #[test]
+    fn a_huge_first_row_does_not_make_room_for_a_batch_of_its_size() {
+        let huge = "h".repeat(1 << 20);
+        let mut block = NativeBlock::with_rows(1_000_000);
+        block.string("text", &huge);
+        block.optional_string("maybe", None);
+        block.end_row();
+        let text = &block.columns[0];
+        assert!(
+            text.values.capacity() <= text.values.len() + MAX_ROOM_BYTES,
+            "{} bytes of room",
+            text.values.capacity()
+        );
+        assert!(block.columns[1].nulls.capacity() <= 1 + MAX_ROOM_BYTES);
+        block.string("text", "small");
+        block.optional_string("maybe", Some("y"));
+        block.end_row();
+        assert_eq!(block.rows(), 2);
+        assert!(block.finish().is_ok());
     }
 
     #[test]
