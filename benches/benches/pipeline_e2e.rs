@@ -22,7 +22,9 @@
 //!
 //! cargo bench -p boomerang-benches --bench pipeline_e2e
 //! BOOMERANG_BENCH_EVENTS=1000000 BOOMERANG_BENCH_ROUNDS=3 BOOMERANG_BENCH_RATE=2000 BOOMERANG_BENCH_SECONDS=30 cargo bench …
+//! BOOMERANG_BENCH_NULL_HEADERS=3 cargo bench …   (the null forwarders carry the pipeline's headers)
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -39,7 +41,8 @@ use boomerang_schemas::{TimestampMicros, codec};
 use boomerang_testkit::{Stack, StageProcess, metrics, poll_until, unique_name, value};
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::Producer;
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 /// The null stages are threads of this process: they get the allocator the stage binaries use
 /// (mimalloc, serving librdkafka's C allocations too), so the comparison is of the pipelines,
 /// not of allocators. (It made no difference to the null pipeline: 5.9-7.0 s for 1M events
@@ -105,8 +108,75 @@ async fn events_inserted(sink: &StageProcess) -> u64 {
     rows_inserted(sink, "post_purchase_events").await
 }
 
-/// A null stage: forwards every record's key and bytes from `from` to `to`. With `latencies`,
-/// records how long each record took since the produce time in its key.
+/// Which headers the null forwarders carry (`BOOMERANG_BENCH_NULL_HEADERS`): none by default;
+/// `3`, the pipeline's three (idempotency key, source, event time) as ingest writes them;
+/// `1`, the same values in one header. The first hop writes them, the next two read and copy
+/// them, as enrich does: what the pipeline's header contract costs librdkafka, measured.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NullHeaders {
+    None,
+    One,
+    Three,
+}
+
+impl NullHeaders {
+    fn from_env() -> Self {
+        match env_number("BOOMERANG_BENCH_NULL_HEADERS", 0) {
+            0 => NullHeaders::None,
+            1 => NullHeaders::One,
+            3 => NullHeaders::Three,
+            other => panic!("BOOMERANG_BENCH_NULL_HEADERS={other}: 0, 1 or 3"),
+        }
+    }
+
+    /// The headers a forwarder produces `message` with, or `None` for none.
+    fn of(self, message: &BorrowedMessage<'_>, text: &mut String) -> Option<OwnedHeaders> {
+        if self == NullHeaders::None {
+            return None;
+        }
+        if let Some(incoming) = message.headers() {
+            let mut headers = OwnedHeaders::new_with_capacity(incoming.count());
+            for header in incoming.iter() {
+                headers = headers.insert(Header {
+                    key: header.key,
+                    value: header.value,
+                });
+            }
+            return Some(headers);
+        }
+        const KEY: &str = "returns-portal:rma-000123456:return_requested";
+        let (partition, offset) = (message.partition(), message.offset());
+        text.clear();
+        Some(match self {
+            NullHeaders::Three => {
+                let _ = write!(text, "{partition}/{offset}");
+                OwnedHeaders::new_with_capacity(3)
+                    .insert(Header {
+                        key: "boomerang.idempotency_key",
+                        value: Some(KEY),
+                    })
+                    .insert(Header {
+                        key: "boomerang.source",
+                        value: Some(text.as_str()),
+                    })
+                    .insert(Header {
+                        key: "boomerang.event_time_ms",
+                        value: Some("1763000000123"),
+                    })
+            }
+            NullHeaders::One | NullHeaders::None => {
+                let _ = write!(text, "1763000000123;{partition}/{offset};{KEY}");
+                OwnedHeaders::new_with_capacity(1).insert(Header {
+                    key: "boomerang.event",
+                    value: Some(text.as_str()),
+                })
+            }
+        })
+    }
+}
+
+/// A null stage: forwards every record's key and bytes from `from` to `to`, with `headers`.
+/// With `latencies`, records how long each record took since the produce time in its key.
 fn null_stage(
     kafka: KafkaArgs,
     from: String,
@@ -115,6 +185,7 @@ fn null_stage(
     measure: bool,
     first_record: Option<Arc<OnceLock<Instant>>>,
 ) -> JoinHandle<(u64, Vec<i64>)> {
+    let headers = NullHeaders::from_env();
     std::thread::spawn(move || {
         let consumer: BaseConsumer = kafka
             .consumer_config(&unique_name("bench-null"))
@@ -124,6 +195,7 @@ fn null_stage(
         let producer = producer(&kafka);
         let mut forwarded = 0u64;
         let mut latencies = Vec::new();
+        let mut text = String::new();
         while !stop.load(Ordering::Relaxed) {
             let Some(message) = consumer.poll(Duration::from_millis(50)) else {
                 continue;
@@ -141,12 +213,38 @@ fn null_stage(
             {
                 latencies.push(now_micros() - produced);
             }
-            send(&producer, &to, key, message.payload().unwrap_or_default());
+            let payload = message.payload().unwrap_or_default();
+            match headers.of(&message, &mut text) {
+                None => send(&producer, &to, key, payload),
+                Some(headers) => send_with_headers(&producer, &to, key, payload, headers),
+            }
             forwarded += 1;
         }
         producer.flush(Duration::from_secs(60)).expect("flush");
         (forwarded, latencies)
     })
+}
+
+fn send_with_headers(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    topic: &str,
+    key: &[u8],
+    value: &[u8],
+    headers: OwnedHeaders,
+) {
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+        .key(key)
+        .payload(value)
+        .headers(headers);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
 }
 
 fn percentile(sorted: &[i64], level: f64) -> f64 {
