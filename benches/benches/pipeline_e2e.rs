@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use boomerang_benches::harness::{built_release_binary, env_number, median, peak_rss_kib};
 use boomerang_benches::pipeline::{
     PARTITIONS, Setup, cpu_now, pipeline_pids, print_cpu_used, producer, rows_inserted, send,
-    setup, stack_pids, start_stages,
+    send_record, setup, stack_pids, start_stages,
 };
 use boomerang_benches::reference_world::{customer, event, order};
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
@@ -42,7 +42,7 @@ use boomerang_testkit::{Stack, StageProcess, metrics, poll_until, unique_name, v
 use rdkafka::Message;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer};
 /// The null stages are threads of this process: they get the allocator the stage binaries use
 /// (mimalloc, serving librdkafka's C allocations too), so the comparison is of the pipelines,
 /// not of allocators. (It made no difference to the null pipeline: 5.9-7.0 s for 1M events
@@ -216,35 +216,19 @@ fn null_stage(
             let payload = message.payload().unwrap_or_default();
             match headers.of(&message, &mut text) {
                 None => send(&producer, &to, key, payload),
-                Some(headers) => send_with_headers(&producer, &to, key, payload, headers),
+                Some(headers) => send_record(
+                    &producer,
+                    BaseRecord::to(&to)
+                        .key(key)
+                        .payload(payload)
+                        .headers(headers),
+                ),
             }
             forwarded += 1;
         }
         producer.flush(Duration::from_secs(60)).expect("flush");
         (forwarded, latencies)
     })
-}
-
-fn send_with_headers(
-    producer: &ThreadedProducer<DefaultProducerContext>,
-    topic: &str,
-    key: &[u8],
-    value: &[u8],
-    headers: OwnedHeaders,
-) {
-    let mut record = BaseRecord::<[u8], [u8]>::to(topic)
-        .key(key)
-        .payload(value)
-        .headers(headers);
-    loop {
-        match producer.send(record) {
-            Ok(()) => return,
-            Err((_, back)) => {
-                record = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    }
 }
 
 fn percentile(sorted: &[i64], level: f64) -> f64 {

@@ -31,7 +31,17 @@ pub fn send(
     key: &[u8],
     value: &[u8],
 ) {
-    let mut record = BaseRecord::<[u8], [u8]>::to(topic).key(key).payload(value);
+    send_record(
+        producer,
+        BaseRecord::<[u8], [u8]>::to(topic).key(key).payload(value),
+    );
+}
+
+/// Hands `record` to the producer, waiting while its queue is full.
+pub fn send_record(
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    mut record: BaseRecord<'_, [u8], [u8]>,
+) {
     loop {
         match producer.send(record) {
             Ok(()) => return,
