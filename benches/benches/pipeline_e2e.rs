@@ -129,8 +129,11 @@ impl NullHeaders {
         }
     }
 
-    /// The headers a forwarder produces `message` with, or `None` for none.
+    /// The headers a forwarder produces `message` with, or `None` for none: the consumed
+    /// record's, copied, if it has any (hops two and three); else the pipeline's, written.
     fn of(self, message: &BorrowedMessage<'_>, text: &mut String) -> Option<OwnedHeaders> {
+        const KEY: &str = "returns-portal:rma-000123456:return_requested";
+        const EVENT_TIME_MS: &str = "1763000000123";
         if self == NullHeaders::None {
             return None;
         }
@@ -144,34 +147,25 @@ impl NullHeaders {
             }
             return Some(headers);
         }
-        const KEY: &str = "returns-portal:rma-000123456:return_requested";
         let (partition, offset) = (message.partition(), message.offset());
         text.clear();
-        Some(match self {
-            NullHeaders::Three => {
-                let _ = write!(text, "{partition}/{offset}");
-                OwnedHeaders::new_with_capacity(3)
-                    .insert(Header {
-                        key: "boomerang.idempotency_key",
-                        value: Some(KEY),
-                    })
-                    .insert(Header {
-                        key: "boomerang.source",
-                        value: Some(text.as_str()),
-                    })
-                    .insert(Header {
-                        key: "boomerang.event_time_ms",
-                        value: Some("1763000000123"),
-                    })
-            }
-            NullHeaders::One | NullHeaders::None => {
-                let _ = write!(text, "1763000000123;{partition}/{offset};{KEY}");
-                OwnedHeaders::new_with_capacity(1).insert(Header {
-                    key: "boomerang.event",
-                    value: Some(text.as_str()),
-                })
-            }
-        })
+        let header = |key, value| Header {
+            key,
+            value: Some(value),
+        };
+        if self == NullHeaders::One {
+            let _ = write!(text, "{EVENT_TIME_MS};{partition}/{offset};{KEY}");
+            return Some(
+                OwnedHeaders::new_with_capacity(1).insert(header("boomerang.event", text.as_str())),
+            );
+        }
+        let _ = write!(text, "{partition}/{offset}");
+        Some(
+            OwnedHeaders::new_with_capacity(3)
+                .insert(header("boomerang.idempotency_key", KEY))
+                .insert(header("boomerang.source", text.as_str()))
+                .insert(header("boomerang.event_time_ms", EVENT_TIME_MS)),
+        )
     }
 }
 
