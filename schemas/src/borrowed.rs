@@ -128,6 +128,53 @@ impl<'a> EventDatum<'a> {
     }
 }
 
+/// What ingest's de-duplication needs of an event: its idempotency key and its time, read from
+/// the front of a `PostPurchaseEvent` datum, or of an `EnrichedPostPurchaseEvent` one (which
+/// starts with the event).
+///
+/// Every version of the event's schema (`schemas/avro/history/` and the current one) starts
+/// with the same sixteen fields, `event_id` to `occurred_at`; this reads only those, enum
+/// symbols as bare indexes, so a datum of any version reads alike and nothing past
+/// `occurred_at` is looked at. Ingest's restore reads the validated topic back with it: a
+/// validated record carries no header with the key (`--validated-headers lean`), and may have
+/// been written with an earlier schema. A test holds every schema version to that prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupFacts<'a> {
+    pub idempotency_key: &'a str,
+    pub occurred_at: TimestampMicros,
+}
+
+impl<'a> DedupFacts<'a> {
+    pub fn read(datum: &'a [u8]) -> Result<Self, CodecError> {
+        let mut reader = Reader { rest: datum };
+        read_dedup_facts(&mut reader).map_err(|source| CodecError::Malformed {
+            record: PostPurchaseEvent::KIND.full_name(),
+            source,
+        })
+    }
+}
+
+/// The fields every version of the event's schema starts with, in order, up to `occurred_at`.
+fn read_dedup_facts<'a>(datum: &mut Reader<'a>) -> Result<DedupFacts<'a>, Malformed> {
+    datum.bytes()?; // event_id
+    let idempotency_key = datum.str()?;
+    datum.long()?; // event_type
+    for _id in ["case_id", "order_id", "order_line_id", "customer_id", "sku"] {
+        datum.bytes()?;
+    }
+    datum.long()?; // quantity
+    datum.optional(Reader::long)?; // reason
+    datum.optional(Reader::bytes)?; // reason_text
+    datum.optional(Reader::money_ref)?; // amount
+    datum.optional(Reader::long)?; // method
+    datum.long()?; // channel
+    datum.long()?; // outcome
+    Ok(DedupFacts {
+        idempotency_key,
+        occurred_at: datum.timestamp()?,
+    })
+}
+
 /// Reads a whole datum of record `T` with `read`, refusing it as [`crate::codec::decode`]
 /// does: malformed, or with bytes left over.
 fn read_whole<'a, T: AvroRecord, Read>(

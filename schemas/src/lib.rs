@@ -31,7 +31,7 @@ mod specific;
 pub mod splice;
 pub mod wire;
 
-pub use borrowed::{EnrichedEventRef, EventDatum, EventRef};
+pub use borrowed::{DedupFacts, EnrichedEventRef, EventDatum, EventRef};
 pub use catalog::SchemaKind;
 pub use codec::{AvroRecord, CodecError, ResolvingReader};
 pub use customer::Customer;

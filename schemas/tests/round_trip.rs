@@ -10,8 +10,8 @@ use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::types::Value;
 use boomerang_schemas::codec::{decode, decode_written_with, encode, encode_for_writer_schema};
 use boomerang_schemas::{
-    Channel, Customer, Disposition, EnrichedPostPurchaseEvent, EventType, Money, Order, OrderLine,
-    Outcome, PostPurchaseEvent, ReasonCode, ReturnMethod, SchemaKind, TimestampMicros,
+    Channel, Customer, DedupFacts, Disposition, EnrichedPostPurchaseEvent, EventType, Money, Order,
+    OrderLine, Outcome, PostPurchaseEvent, ReasonCode, ReturnMethod, SchemaKind, TimestampMicros,
     WarrantyResolution,
 };
 use proptest::prelude::*;
@@ -252,6 +252,89 @@ fn an_event_written_with_version_1_decodes_into_the_current_model() {
     );
 }
 
+/// A schema's fields as `DedupFacts` reads them: names and types, without docs, defaults,
+/// type names or enum symbols (it reads enums as bare indexes).
+fn read_shape(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value as Json;
+    match value {
+        Json::Object(object) if object.get("type") == Some(&Json::from("enum")) => {
+            Json::from("enum")
+        }
+        Json::Object(object) => Json::Object(
+            object
+                .iter()
+                .filter(|(key, _)| {
+                    !["doc", "default", "namespace", "aliases"].contains(&key.as_str())
+                })
+                .filter(|(key, _)| {
+                    // A record's own name is not read; a field's name says which field it is.
+                    key.as_str() != "name" || !object.contains_key("fields")
+                })
+                .map(|(key, inner)| (key.clone(), read_shape(inner)))
+                .collect(),
+        ),
+        Json::Array(items) => Json::Array(items.iter().map(read_shape).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Ingest's restore reads a validated event's key and time from the front of its datum,
+/// whichever version wrote it (`DedupFacts`): every version of the event's schema must start
+/// with the same sixteen fields, `event_id` to `occurred_at`. A new version that changes them
+/// breaks the restore of every validated record written before it.
+#[test]
+fn every_event_schema_version_starts_with_the_fields_dedup_reads() {
+    let prefix = |avsc: &str| {
+        let schema: serde_json::Value = serde_json::from_str(avsc).expect("avsc is json");
+        let fields = schema["fields"].as_array().expect("fields");
+        assert_eq!(fields[15]["name"], "occurred_at");
+        read_shape(&serde_json::Value::Array(fields[..16].to_vec()))
+    };
+    let current = prefix(SchemaKind::PostPurchaseEvent.avsc());
+    assert!(!SchemaKind::PostPurchaseEvent.history().is_empty());
+    for earlier in SchemaKind::PostPurchaseEvent.history() {
+        assert_eq!(prefix(earlier), current);
+    }
+}
+
+#[test]
+fn dedup_facts_are_read_from_every_version_and_from_an_enriched_event() {
+    let v1 = Schema::parse_str(SchemaKind::PostPurchaseEvent.history()[0]).expect("v1 parses");
+    for event in [full_event(), minimal_event()] {
+        let expected = DedupFacts {
+            idempotency_key: &event.idempotency_key,
+            occurred_at: event.occurred_at,
+        };
+        let current = encode(&event).expect("encode");
+        assert_eq!(DedupFacts::read(&current).expect("current"), expected);
+        let written_with_v1 = encode_for_writer_schema(&event, &v1).expect("encode with v1");
+        assert_eq!(DedupFacts::read(&written_with_v1).expect("v1"), expected);
+        let enriched = encode(&EnrichedPostPurchaseEvent {
+            event: event.clone(),
+            ..enriched()
+        })
+        .expect("encode enriched");
+        assert_eq!(DedupFacts::read(&enriched).expect("enriched"), expected);
+        // Cut anywhere: an error or the right facts, never a wrong answer; and the facts come
+        // from the front alone, so a datum cut after `occurred_at` still reads.
+        let readable_cuts: Vec<usize> = (0..current.len())
+            .filter(|cut| match DedupFacts::read(&current[..*cut]) {
+                Ok(facts) => {
+                    assert_eq!(facts, expected, "cut at {cut}");
+                    true
+                }
+                Err(_) => false,
+            })
+            .collect();
+        let first_readable = readable_cuts.first().copied().expect("a prefix reads");
+        assert_eq!(
+            readable_cuts,
+            (first_readable..current.len()).collect::<Vec<_>>()
+        );
+        assert!(first_readable > event.idempotency_key.len() + 8);
+    }
+}
+
 fn event_schema_json() -> serde_json::Value {
     serde_json::from_str(SchemaKind::PostPurchaseEvent.avsc()).expect("avsc is json")
 }
@@ -335,7 +418,16 @@ proptest! {
     }
 
     #[test]
+    fn dedup_facts_of_arbitrary_events_are_theirs(event in arbitrary_event()) {
+        let datum = encode(&event).expect("encode");
+        let facts = DedupFacts::read(&datum).expect("reads");
+        prop_assert_eq!(facts.idempotency_key, event.idempotency_key.as_str());
+        prop_assert_eq!(facts.occurred_at, event.occurred_at);
+    }
+
+    #[test]
     fn arbitrary_bytes_never_panic_the_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
         let _ = decode::<PostPurchaseEvent>(&bytes);
+        let _ = DedupFacts::read(&bytes);
     }
 }
