@@ -15,6 +15,7 @@ use boomerang_benches::reference_world::{customer, event, order};
 use boomerang_enrich::join::JoinSettings;
 use boomerang_enrich::pending::PendingLimits;
 use boomerang_enrich::processor::{EnrichProcessor, EnrichSettings};
+use boomerang_enrich::publish::EnrichedHeaders;
 use boomerang_enrich::reference::Arrivals;
 use boomerang_enrich::tables::{SharedTables, ref_key};
 use boomerang_runtime::pseudonym::Pseudonymiser;
@@ -93,6 +94,7 @@ fn join_path(criterion: &mut Criterion) {
             max_bytes: 1 << 30,
             max_wait: Duration::from_secs(30),
         },
+        headers: EnrichedHeaders::default(),
     };
     let pseudonymiser = Pseudonymiser::new(b"benchmark-pseudonym-key").expect("key");
     let metrics = EnrichMetrics::register(&Metrics::for_tests()).expect("metrics");

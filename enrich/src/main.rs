@@ -13,6 +13,7 @@ use boomerang_enrich::join::JoinSettings;
 use boomerang_enrich::metrics::EnrichMetrics;
 use boomerang_enrich::pending::PendingLimits;
 use boomerang_enrich::processor::{EnrichProcessor, EnrichSettings};
+use boomerang_enrich::publish::EnrichedHeaders;
 use boomerang_enrich::reference::{
     Arrivals, CatchUp, DEFAULT_MAX_ORDER_LINES, Loader, ReferenceLimits, ReferenceRecord,
 };
@@ -99,6 +100,18 @@ struct EnrichArgs {
         default_value_t = DEFAULT_MAX_ORDER_LINES
     )]
     max_order_lines: usize,
+
+    /// Which of the validated record's headers an enriched record carries: `lean`, only
+    /// those a later stage reads (`boomerang.history`); `full`, also the idempotency key,
+    /// source and event time ingest writes, for consumers of the enriched topic that read
+    /// them from headers rather than from the datum.
+    #[arg(
+        long = "enriched-headers",
+        env = "BOOMERANG_ENRICHED_HEADERS",
+        value_enum,
+        default_value_t = EnrichedHeaders::Lean
+    )]
+    enriched_headers: EnrichedHeaders,
 }
 
 fn main() -> ExitCode {
@@ -232,6 +245,7 @@ async fn prepare(
             max_bytes: args.enrich.pending_max_bytes.max(1),
             max_wait: Duration::from_millis(args.enrich.max_reference_wait_ms),
         },
+        headers: args.enrich.enriched_headers,
     };
     let processor = EnrichProcessor::new(
         WriterSchemas::new(&args.registry)?,

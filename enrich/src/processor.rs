@@ -25,7 +25,7 @@ use crate::join::{
 };
 use crate::metrics::EnrichMetrics;
 use crate::pending::{Held, PendingBuffer, PendingLimits};
-use crate::publish::{enriched_record, spliced_record};
+use crate::publish::{EnrichedHeaders, enriched_record, spliced_record};
 use crate::reference::Arrivals;
 use crate::tables::{ReferenceTables, SharedTables, ref_key};
 
@@ -40,6 +40,8 @@ pub struct EnrichSettings {
     pub enriched_schema_id: u32,
     pub join: JoinSettings,
     pub pending: PendingLimits,
+    /// Which of the validated record's headers an enriched record carries.
+    pub headers: EnrichedHeaders,
 }
 
 pub struct EnrichProcessor<Source> {
@@ -165,6 +167,7 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
             self.settings.enriched_schema_id,
             &self.settings.enriched_topic,
             record,
+            self.settings.headers,
         )))
     }
 
@@ -209,6 +212,7 @@ impl<Source: WriterSchemaSource> EnrichProcessor<Source> {
             self.settings.enriched_schema_id,
             &self.settings.enriched_topic,
             record,
+            self.settings.headers,
         ) {
             Ok(output) => Outcome::emit(output),
             Err(error) => Outcome::DeadLetter(Rejection::new(
@@ -412,6 +416,7 @@ mod tests {
                 max_bytes: 1 << 20,
                 max_wait: Duration::from_secs(60),
             },
+            headers: EnrichedHeaders::default(),
         };
         EnrichProcessor::new(
             CurrentOnly,
@@ -456,6 +461,9 @@ mod tests {
             let value = wire::frame(2, &codec::encode(&event).expect("encode"));
             let mut headers = Headers::new();
             headers.push("boomerang.idempotency_key", Some(b"k-1"));
+            headers.push("boomerang.source", Some(b"0/5"));
+            headers.push("boomerang.event_time_ms", Some(b"1763000000000"));
+            headers.push("boomerang.history", Some(b"run-1"));
             let record = InputRecord::new(Arc::from("validated"), 0, 5, None, Some(&value))
                 .with_headers(headers);
 
@@ -478,6 +486,11 @@ mod tests {
             assert_eq!(in_place_key, decoded_key);
             assert_eq!(in_place_key.as_deref(), Some(order_id.as_bytes()));
             assert_eq!(in_place_headers, decoded_headers);
+            // Only what a later stage reads is carried on (`--enriched-headers lean`).
+            assert_eq!(
+                in_place_headers.iter().collect::<Vec<_>>(),
+                [("boomerang.history", Some(&b"run-1"[..]))]
+            );
             assert_eq!(in_place.event.reason_text, None);
             assert_eq!(in_place.customer_pseudonymised, customer_id == "cu-2");
             assert_eq!(

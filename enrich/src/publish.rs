@@ -1,7 +1,11 @@
 //! Publishing an enriched event: Confluent-framed with the enriched subject's schema id, keyed
-//! by order id (a case's events stay in order), with the validated record's headers (the
-//! idempotency key and the event time among them) carried over, and timestamped when it is
-//! produced, so that retention counts from then.
+//! by order id (a case's events stay in order), and timestamped when it is produced, so that
+//! retention counts from then. Of the validated record's headers, those a later stage reads
+//! are carried over (`boomerang.history`, on a backfilled event); the three ingest writes on
+//! every event (idempotency key, source, event time) stay behind unless the operator asks for
+//! them ([`EnrichedHeaders`]): the key and the event time are in the enriched datum, and each
+//! header cost an allocation made on enrich's thread, freed on the producer's, and parsed
+//! again, allocation by allocation, by the sink, which never read them.
 //!
 //! The common case writes the enriched datum from the validated record's bytes
 //! ([`spliced_record`], `boomerang_schemas::splice`); an event held for late reference data
@@ -9,18 +13,46 @@
 
 use std::sync::Arc;
 
-use boomerang_runtime::stage_loop::{InputRecord, OutputRecord};
+use boomerang_runtime::stage_loop::{Headers, InputRecord, OutputRecord, VALIDATED_HEADERS};
 use boomerang_runtime::wire;
 use boomerang_schemas::{CodecError, EnrichedPostPurchaseEvent, Enrichment, EventView, codec};
 
 /// Bytes an enrichment adds to an event, about: room made up front.
 const ENRICHMENT_BYTES: usize = 128;
 
+/// Which of the validated record's headers an enriched record carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum EnrichedHeaders {
+    /// All but the three ingest writes on every event (`boomerang.idempotency_key`,
+    /// `boomerang.source`, `boomerang.event_time_ms`): in practice none, or
+    /// `boomerang.history` on a backfilled event.
+    #[default]
+    Lean,
+    /// Every one, as before 2026-12-04: for a consumer of the enriched topic that reads the
+    /// idempotency key or the event time from headers instead of from the datum.
+    Full,
+}
+
+impl EnrichedHeaders {
+    /// The headers of `from` that its enriched record carries.
+    pub fn carried(self, from: &Headers) -> Headers {
+        match self {
+            Self::Full => from.clone(),
+            Self::Lean if from.is_empty() => Headers::new(),
+            Self::Lean => from
+                .iter()
+                .filter(|(name, _)| !VALIDATED_HEADERS.contains(name))
+                .collect(),
+        }
+    }
+}
+
 pub fn enriched_record(
     enriched: &EnrichedPostPurchaseEvent,
     schema_id: u32,
     topic: &Arc<str>,
     from: &InputRecord,
+    headers: EnrichedHeaders,
 ) -> Result<OutputRecord, CodecError> {
     let mut value = Vec::with_capacity(320);
     wire::start_frame(schema_id, &mut value);
@@ -30,7 +62,7 @@ pub fn enriched_record(
         &enriched.event.order_id,
         enriched.event.occurred_at.as_unix_millis(),
         topic,
-        from,
+        headers.carried(&from.headers),
     ))
 }
 
@@ -43,6 +75,7 @@ pub fn spliced_record(
     schema_id: u32,
     topic: &Arc<str>,
     from: &InputRecord,
+    headers: EnrichedHeaders,
 ) -> OutputRecord {
     let event_bytes = from.value().map_or(0, <[u8]>::len);
     let mut value = Vec::with_capacity(event_bytes + ENRICHMENT_BYTES);
@@ -53,7 +86,7 @@ pub fn spliced_record(
         event.order_id,
         event.occurred_at.as_unix_millis(),
         topic,
-        from,
+        headers.carried(&from.headers),
     )
 }
 
@@ -62,17 +95,54 @@ fn output(
     order_id: &str,
     event_time_ms: i64,
     topic: &Arc<str>,
-    from: &InputRecord,
+    headers: Headers,
 ) -> OutputRecord {
     OutputRecord {
         topic: topic.clone(),
         partition: None,
         key: Some(order_id.as_bytes().to_vec()),
         value: Some(value),
-        // Produced now, so that retention counts from then; the event time travels in the
-        // validated record's headers, carried over.
+        // Produced now, so that retention counts from then; the event time is in the datum.
         timestamp_ms: None,
         event_time_ms: Some(event_time_ms),
-        headers: from.headers.clone(),
+        headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn validated_headers(history: Option<&[u8]>) -> Headers {
+        let mut headers = Headers::new();
+        headers.push("boomerang.idempotency_key", Some(b"k-1"));
+        headers.push("boomerang.source", Some(b"3/17"));
+        headers.push("boomerang.event_time_ms", Some(b"1763000000000"));
+        if let Some(run) = history {
+            headers.push("boomerang.history", Some(run));
+        }
+        headers.push("traceparent", None);
+        headers
+    }
+
+    #[test]
+    fn lean_leaves_the_headers_ingest_writes_behind_and_carries_the_rest_in_order() {
+        let carried = EnrichedHeaders::Lean.carried(&validated_headers(Some(b"run-1")));
+        assert_eq!(
+            carried.iter().collect::<Vec<_>>(),
+            [
+                ("boomerang.history", Some(&b"run-1"[..])),
+                ("traceparent", None)
+            ]
+        );
+        let live = EnrichedHeaders::Lean.carried(&validated_headers(None));
+        assert_eq!(live.iter().collect::<Vec<_>>(), [("traceparent", None)]);
+        assert!(EnrichedHeaders::Lean.carried(&Headers::new()).is_empty());
+    }
+
+    #[test]
+    fn full_carries_every_header() {
+        let headers = validated_headers(Some(b"run-1"));
+        assert_eq!(EnrichedHeaders::Full.carried(&headers), headers);
     }
 }

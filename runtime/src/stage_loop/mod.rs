@@ -60,8 +60,9 @@ use crate::service::StageContext;
 pub use self::fence::{Fence, Fenced};
 pub use self::in_flight::MAX_BATCHES_IN_FLIGHT;
 pub use self::processor::{
-    EVENT_TIME_HEADER, FlushFuture, FlushResult, HISTORY_HEADER, Outcome, Outputs, Processor,
-    Released, RetryableError, WARM_AHEAD, WriteIndex, Writes,
+    EVENT_TIME_HEADER, FlushFuture, FlushResult, HISTORY_HEADER, IDEMPOTENCY_KEY_HEADER, Outcome,
+    Outputs, Processor, Released, RetryableError, SOURCE_HEADER, VALIDATED_HEADERS, WARM_AHEAD,
+    WriteIndex, Writes,
 };
 pub use self::record::{Headers, InputRecord, OutputRecord, Partition};
 pub use self::settings::{

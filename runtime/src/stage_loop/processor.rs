@@ -10,9 +10,21 @@ use super::record::{InputRecord, OutputRecord, Partition};
 use crate::dead_letter::Rejection;
 use crate::error_kind::ErrorKind;
 
-/// The header that carries an event's time on the validated and enriched topics, milliseconds
-/// since the epoch in decimal.
+/// The header that carries a validated event's idempotency key: ingest's de-duplication log.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "boomerang.idempotency_key";
+
+/// The header that carries an event's time on the validated topic, milliseconds since the
+/// epoch in decimal.
 pub const EVENT_TIME_HEADER: &str = "boomerang.event_time_ms";
+
+/// The raw record a validated event came from, `partition/offset`, for lineage.
+pub const SOURCE_HEADER: &str = "boomerang.source";
+
+/// The headers ingest writes on every validated record. Their values are also in the event's
+/// datum (the idempotency key, the event time) or only name where it came from (the source),
+/// so enrich does not carry them on to the enriched topic unless asked to
+/// (`--enriched-headers full`): each header is an allocation made and freed on every hop.
+pub const VALIDATED_HEADERS: [&str; 3] = [IDEMPOTENCY_KEY_HEADER, SOURCE_HEADER, EVENT_TIME_HEADER];
 
 /// The header that marks a backfilled (historical) event, on the raw, validated and enriched
 /// topics: its value names the backfill run (`boomerang backfill`). Ingest waives the event-age
