@@ -56,6 +56,7 @@ fn processor(runtime: &tokio::runtime::Runtime) -> IngestProcessor<CurrentSchema
             rules: Rules::default(),
             dedup_window: Duration::from_secs(7 * 24 * 3600),
             dedup_max_keys: 10_000_000,
+            headers: boomerang_ingest::publish::ValidatedHeaders::default(),
         },
         NoHistory,
         IngestMetrics::register(&Metrics::for_tests()).expect("metrics"),

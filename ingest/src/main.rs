@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use boomerang_ingest::processor::{IngestMetrics, IngestProcessor, IngestSettings};
+use boomerang_ingest::publish::ValidatedHeaders;
 use boomerang_ingest::restore::ValidatedTopic;
 use boomerang_ingest::validate::{DEFAULT_MAX_ATTRIBUTES, Rules};
 use boomerang_runtime::error_kind::ErrorKind;
@@ -96,6 +97,19 @@ struct IngestArgs {
         default_value_t = DEFAULT_MAX_ATTRIBUTES
     )]
     max_attributes: usize,
+
+    /// Which headers a validated record carries: `lean`, only `boomerang.history` on a
+    /// backfilled event (the idempotency key and event time are read from the datum); `full`,
+    /// also the idempotency key, source and event time headers. An ingest of before
+    /// 2026-12-04 restores de-duplication keys only from those headers: while one may still
+    /// read the validated topic (a rolling upgrade, a rollback), run every new one `full`.
+    #[arg(
+        long = "validated-headers",
+        env = "BOOMERANG_VALIDATED_HEADERS",
+        value_enum,
+        default_value_t = ValidatedHeaders::Lean
+    )]
+    validated_headers: ValidatedHeaders,
 }
 
 fn main() -> ExitCode {
@@ -183,6 +197,7 @@ async fn prepare(
         },
         dedup_window: Duration::from_secs(args.ingest.dedup_window_secs),
         dedup_max_keys: args.ingest.dedup_max_keys,
+        headers: args.ingest.validated_headers,
     };
     let mut processor = IngestProcessor::new(
         WriterSchemas::new(&args.registry)?,

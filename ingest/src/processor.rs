@@ -18,7 +18,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 use crate::decode::{DecodeFailure, EventDecoder, WriterSchemaSource};
 use crate::dedup::{DedupState, Verdict};
-use crate::publish::{ValidatedBody, validated_record};
+use crate::publish::{RawSource, ValidatedBody, ValidatedHeaders, validated_record};
 use crate::restore::{History, RestoreStats};
 use crate::snapshot::{Job, Marks, ReplayFrom, SnapshotWriterThread, clock_slack_ms};
 use crate::validate::{Rules, validate};
@@ -34,6 +34,8 @@ pub struct IngestSettings {
     pub dedup_window: Duration,
     /// The most idempotency keys kept, over all partitions this instance owns.
     pub dedup_max_keys: usize,
+    /// Which headers a validated record carries.
+    pub headers: ValidatedHeaders,
 }
 
 /// Ingest-specific metrics, beside the shared stage counters.
@@ -460,9 +462,12 @@ impl<Source: WriterSchemaSource> Processor for IngestProcessor<Source> {
                 body,
                 self.settings.validated_schema_id,
                 &self.settings.validated_topic,
-                record.partition,
-                record.offset,
-                history,
+                RawSource {
+                    partition: record.partition,
+                    offset: record.offset,
+                    history,
+                },
+                self.settings.headers,
             ) {
                 Ok(output) => Outcome::emit(output),
                 Err(error) => Outcome::DeadLetter(
@@ -517,6 +522,7 @@ mod tests {
                 rules,
                 dedup_window: Duration::from_secs(3600),
                 dedup_max_keys: 1000,
+                headers: ValidatedHeaders::default(),
             },
             NoHistory,
             IngestMetrics::register(&Metrics::for_tests()).expect("metrics"),

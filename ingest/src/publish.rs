@@ -1,9 +1,16 @@
 //! Publishing a validated event: Confluent-framed with the validated subject's schema id,
 //! keyed by order id (a case's events stay in order), to the validated partition with the same
-//! number as the raw partition it came from, with the idempotency key and the event time in
-//! headers: the validated topic is the de-duplication log (`restore.rs`). Its Kafka timestamp
-//! is when it was validated, so that retention counts from then: a backfilled event months old
-//! is not deleted before enrich reads it.
+//! number as the raw partition it came from: the validated topic is the de-duplication log
+//! (`restore.rs`), which reads each event's idempotency key and time back from the front of
+//! its datum. Its Kafka timestamp is when it was validated, so that retention counts from
+//! then: a backfilled event months old is not deleted before enrich reads it.
+//!
+//! A validated record carries no header of its own but `boomerang.history` on a backfilled
+//! event ([`ValidatedHeaders::Lean`]): each header is an allocation librdkafka makes, frees
+//! on another thread and parses back on every hop, and the three ingest wrote until
+//! 2026-12-04 (idempotency key, source, event time) cost the pipeline more CPU than a whole
+//! null hop. [`ValidatedHeaders::Full`] still writes them, for a rolling upgrade (an ingest
+//! of before then restores only from them) and for consumers that read them.
 //!
 //! An event its producer wrote with the current schema keeps its producer's datum: it decodes
 //! to the event that passed validation (the decoder refuses trailing bytes), so encoding that
@@ -12,13 +19,22 @@
 use std::sync::Arc;
 
 use boomerang_runtime::stage_loop::{EVENT_TIME_HEADER, HISTORY_HEADER, Headers, OutputRecord};
+pub use boomerang_runtime::stage_loop::{IDEMPOTENCY_KEY_HEADER, SOURCE_HEADER};
 use boomerang_runtime::wire;
 use boomerang_schemas::{CodecError, EventRef, PostPurchaseEvent, codec};
 
-/// The header that carries a validated event's idempotency key.
-pub const IDEMPOTENCY_KEY_HEADER: &str = "boomerang.idempotency_key";
-/// The raw record a validated event came from, `partition/offset`, for lineage.
-pub const SOURCE_HEADER: &str = "boomerang.source";
+/// Which headers a validated record carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ValidatedHeaders {
+    /// Only `boomerang.history`, on a backfilled event: the key and the event time are read
+    /// from the datum.
+    #[default]
+    Lean,
+    /// Also `boomerang.idempotency_key`, `boomerang.source` (`partition/offset` of the raw
+    /// record) and `boomerang.event_time_ms`, as every ingest wrote before 2026-12-04, whose
+    /// restore reads the key from them alone.
+    Full,
+}
 
 /// What a validated record's value holds after its frame.
 #[derive(Debug, Clone, Copy)]
@@ -29,16 +45,31 @@ pub enum ValidatedBody<'a> {
     Encode(&'a PostPurchaseEvent),
 }
 
+/// Where a validated event came from.
+#[derive(Debug, Clone, Copy)]
+pub struct RawSource<'a> {
+    /// The raw record's partition, which is the validated record's too.
+    pub partition: i32,
+    /// The raw record's offset.
+    pub offset: i64,
+    /// The backfill run that published it (`boomerang.history`), if one did.
+    pub history: Option<&'a [u8]>,
+}
+
 /// `event`: the fields of the event `body` holds.
 pub fn validated_record(
     event: &EventRef<'_>,
     body: ValidatedBody<'_>,
     schema_id: u32,
     topic: &Arc<str>,
-    partition: i32,
-    source_offset: i64,
-    history: Option<&[u8]>,
+    source: RawSource<'_>,
+    carried: ValidatedHeaders,
 ) -> Result<OutputRecord, CodecError> {
+    let RawSource {
+        partition,
+        offset: source_offset,
+        history,
+    } = source;
     let mut value = Vec::with_capacity(match body {
         ValidatedBody::Datum(datum) => datum.len() + wire::HEADER_BYTES,
         ValidatedBody::Encode(_) => 256,
@@ -49,6 +80,35 @@ pub fn validated_record(
         ValidatedBody::Encode(decoded) => codec::encode_into(decoded, &mut value)?,
     }
     let event_time_ms = event.occurred_at.as_unix_millis();
+    let headers = match carried {
+        ValidatedHeaders::Lean => {
+            let mut headers = Headers::new();
+            if let Some(run) = history {
+                headers.push(HISTORY_HEADER, Some(run));
+            }
+            headers
+        }
+        ValidatedHeaders::Full => full_headers(event, partition, source_offset, history),
+    };
+    Ok(OutputRecord {
+        topic: topic.clone(),
+        partition: Some(partition),
+        key: Some(event.order_id.as_bytes().to_vec()),
+        value: Some(value),
+        // Produced now: retention counts from when it was validated, not from its event time.
+        timestamp_ms: None,
+        event_time_ms: Some(event_time_ms),
+        headers,
+    })
+}
+
+/// The headers of [`ValidatedHeaders::Full`].
+fn full_headers(
+    event: &EventRef<'_>,
+    partition: i32,
+    source_offset: i64,
+    history: Option<&[u8]>,
+) -> Headers {
     let mut headers = Headers::with_capacity(
         3 + usize::from(history.is_some()),
         IDEMPOTENCY_KEY_HEADER.len() + SOURCE_HEADER.len() + EVENT_TIME_HEADER.len(),
@@ -67,22 +127,13 @@ pub fn validated_record(
         bytes.extend_from_slice(number.format(source_offset).as_bytes());
     });
     headers.push_with(EVENT_TIME_HEADER, |bytes| {
-        bytes.extend_from_slice(number.format(event_time_ms).as_bytes());
+        bytes.extend_from_slice(number.format(event.occurred_at.as_unix_millis()).as_bytes());
     });
     // Carried on to enrich and the sink, which de-duplicates old history against ClickHouse.
     if let Some(run) = history {
         headers.push(HISTORY_HEADER, Some(run));
     }
-    Ok(OutputRecord {
-        topic: topic.clone(),
-        partition: Some(partition),
-        key: Some(event.order_id.as_bytes().to_vec()),
-        value: Some(value),
-        // Produced now: retention counts from when it was validated, not from its event time.
-        timestamp_ms: None,
-        event_time_ms: Some(event_time_ms),
-        headers,
-    })
+    headers
 }
 
 #[cfg(test)]
@@ -92,7 +143,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_headers_say_key_source_and_event_time_in_decimal() {
+    fn full_headers_say_key_source_and_event_time_in_decimal() {
         let event = PostPurchaseEvent {
             occurred_at: TimestampMicros::from_unix_micros(1_763_000_000_123_456),
             ..boomerang_testkit::samples::event()
@@ -104,9 +155,12 @@ mod tests {
                 ValidatedBody::Encode(&event),
                 7,
                 &topic,
-                partition,
-                offset,
-                history,
+                RawSource {
+                    partition,
+                    offset,
+                    history,
+                },
+                ValidatedHeaders::Full,
             )
             .expect("encodes")
             .headers
@@ -137,5 +191,43 @@ mod tests {
         let history = headers(0, 0, Some(b"run-1"));
         assert_eq!(history.get(SOURCE_HEADER), Some(&b"0/0"[..]));
         assert_eq!(history.get(HISTORY_HEADER), Some(&b"run-1"[..]));
+    }
+
+    #[test]
+    fn lean_records_carry_only_the_history_and_their_datum_says_key_and_time() {
+        let event = boomerang_testkit::samples::event();
+        let topic: Arc<str> = Arc::from("validated");
+        let datum = codec::encode(&event).expect("encodes");
+        for (body, history) in [
+            (ValidatedBody::Datum(&datum), None),
+            (ValidatedBody::Encode(&event), Some(&b"run-1"[..])),
+        ] {
+            let record = validated_record(
+                &EventRef::of(&event),
+                body,
+                7,
+                &topic,
+                RawSource {
+                    partition: 2,
+                    offset: 41,
+                    history,
+                },
+                ValidatedHeaders::Lean,
+            )
+            .expect("encodes");
+            assert_eq!(
+                record.headers.iter().collect::<Vec<_>>(),
+                history
+                    .map(|run| (HISTORY_HEADER, Some(run)))
+                    .into_iter()
+                    .collect::<Vec<_>>()
+            );
+            let value = record.value.expect("a value");
+            let (schema_id, datum) = wire::parse(&value).expect("framed");
+            assert_eq!(schema_id, 7);
+            let facts = boomerang_schemas::DedupFacts::read(datum).expect("reads");
+            assert_eq!(facts.idempotency_key, event.idempotency_key);
+            assert_eq!(facts.occurred_at, event.occurred_at);
+        }
     }
 }

@@ -1,14 +1,19 @@
 //! Rebuilding a partition's de-duplication state from the validated topic, the source of truth:
-//! every event ingest ever passed for raw partition P sits in validated partition P with its
-//! idempotency key in a header, acknowledged before the raw offset was committed. Reading
-//! validated P from the start of the window therefore recovers every key a crashed or
-//! rebalanced-away instance passed, including those it passed but never committed.
+//! every event ingest ever passed for raw partition P sits in validated partition P,
+//! acknowledged before the raw offset was committed. Reading validated P from the start of the
+//! window therefore recovers every key a crashed or rebalanced-away instance passed, including
+//! those it passed but never committed.
+//!
+//! Each record's idempotency key and event time are read from its headers where it has them
+//! (written `--validated-headers full`, or before 2026-12-04), else from the front of its
+//! datum ([`DedupFacts`]), which every version of the event's schema shares.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use boomerang_runtime::kafka::{KafkaArgs, header};
-use boomerang_schemas::TimestampMicros;
+use boomerang_runtime::wire;
+use boomerang_schemas::{DedupFacts, TimestampMicros};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -244,31 +249,40 @@ fn read_keys(
             let message = message?;
             next_offset = message.offset() + 1;
             records_read += 1;
-            let key = header(&message, IDEMPOTENCY_KEY_HEADER);
-            // The event time is in a header; records written before it was were timestamped
-            // with it.
-            let event_time_ms = header(&message, EVENT_TIME_HEADER)
-                .and_then(|value| std::str::from_utf8(value).ok()?.parse::<i64>().ok())
-                .or_else(|| message.timestamp().to_millis());
-            let (Some(key), Some(timestamp_ms)) = (key, event_time_ms) else {
+            let Some((key_hash, occurred_at)) = dedup_facts(&message) else {
                 tracing::warn!(
                     topic = validated_topic,
                     partition,
                     offset = message.offset(),
-                    "validated record without an idempotency key header; skipped"
+                    "validated record whose idempotency key cannot be read; skipped"
                 );
                 continue;
             };
-            if timestamp_ms < horizon_ms {
+            if occurred_at.as_unix_millis() < horizon_ms {
                 continue;
             }
-            state.remember(
-                key_hash_bytes(key),
-                TimestampMicros::from_unix_millis(timestamp_ms),
-            );
+            state.remember(key_hash, occurred_at);
         }
     }
     Ok(records_read)
+}
+
+/// A validated record's key hash and event time: from its headers where it has the key's
+/// (`--validated-headers full`), else from its datum.
+fn dedup_facts(message: &impl Message) -> Option<(u128, TimestampMicros)> {
+    if let Some(key) = header(message, IDEMPOTENCY_KEY_HEADER) {
+        // Records written before the event time had a header were timestamped with it.
+        let event_time_ms = header(message, EVENT_TIME_HEADER)
+            .and_then(|value| std::str::from_utf8(value).ok()?.parse::<i64>().ok())
+            .or_else(|| message.timestamp().to_millis())?;
+        return Some((
+            key_hash_bytes(key),
+            TimestampMicros::from_unix_millis(event_time_ms),
+        ));
+    }
+    let (_schema_id, datum) = wire::parse(message.payload()?).ok()?;
+    let facts = DedupFacts::read(datum).ok()?;
+    Some((key_hash(facts.idempotency_key), facts.occurred_at))
 }
 
 fn key_hash_bytes(key: &[u8]) -> u128 {
@@ -276,5 +290,67 @@ fn key_hash_bytes(key: &[u8]) -> u128 {
         Ok(text) => key_hash(text),
         // Keys were written from Rust strings, so this cannot happen; hash the bytes anyway.
         Err(_) => xxhash_rust::xxh3::xxh3_128(key),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use boomerang_schemas::codec;
+    use rdkafka::Timestamp;
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+
+    use super::*;
+
+    fn validated(datum: &[u8], headers: Option<OwnedHeaders>) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(wire::frame(7, datum)),
+            Some(b"ord-1".to_vec()),
+            "validated".into(),
+            Timestamp::CreateTime(1_700_000_000_000),
+            0,
+            5,
+            headers,
+        )
+    }
+
+    #[test]
+    fn key_and_time_come_from_the_headers_where_there_are_some_else_from_the_datum() {
+        let event = boomerang_testkit::samples::event();
+        let datum = codec::encode(&event).expect("encodes");
+        let from_datum = dedup_facts(&validated(&datum, None)).expect("reads the datum");
+        assert_eq!(
+            from_datum,
+            (key_hash(&event.idempotency_key), event.occurred_at)
+        );
+        // A record of `--validated-headers full`, or of before: its headers say it, in ms.
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: IDEMPOTENCY_KEY_HEADER,
+                value: Some("header-key"),
+            })
+            .insert(Header {
+                key: EVENT_TIME_HEADER,
+                value: Some("1763000000123"),
+            });
+        assert_eq!(
+            dedup_facts(&validated(&datum, Some(headers))),
+            Some((
+                key_hash("header-key"),
+                TimestampMicros::from_unix_millis(1_763_000_000_123)
+            ))
+        );
+        // Older still: a key header and no time header, timestamped with the event time.
+        let key_only = OwnedHeaders::new().insert(Header {
+            key: IDEMPOTENCY_KEY_HEADER,
+            value: Some("header-key"),
+        });
+        assert_eq!(
+            dedup_facts(&validated(&datum, Some(key_only))),
+            Some((
+                key_hash("header-key"),
+                TimestampMicros::from_unix_millis(1_700_000_000_000)
+            ))
+        );
+        assert_eq!(dedup_facts(&validated(&datum[..3], None)), None);
     }
 }

@@ -6,34 +6,78 @@ mod support;
 
 use std::time::Duration;
 
-use boomerang_runtime::stage_loop::{CRASH_AFTER_PRODUCE_ENV, DROP_COMMITS_ENV};
+use boomerang_runtime::stage_loop::{
+    CRASH_AFTER_PRODUCE_ENV, DROP_COMMITS_ENV, IDEMPOTENCY_KEY_HEADER,
+};
 use boomerang_testkit::{metric_sum, poll_until, wait_committed};
 use support::{Pipeline, count_per_key, counter, metrics, owned_partitions, wait_until_received};
 
 #[tokio::test]
 async fn a_crash_between_produce_and_commit_publishes_nothing_twice() {
+    crash_then_restart(&[], &[]).await;
+}
+
+/// A rolling upgrade: an instance writing the headers every ingest wrote before 2026-12-04
+/// crashes; the instance that replays its partitions reads the keys back from those headers
+/// (and writes none itself).
+#[tokio::test]
+async fn a_restart_reads_back_the_keys_of_records_written_with_headers() {
+    crash_then_restart(&[("BOOMERANG_VALIDATED_HEADERS", "full")], &[]).await;
+}
+
+/// A rollback to headers (`--validated-headers full`): the restarted instance reads the keys
+/// of records written without them from their datums.
+#[tokio::test]
+async fn a_restart_writing_headers_reads_back_the_keys_of_records_without() {
+    crash_then_restart(&[], &[("BOOMERANG_VALIDATED_HEADERS", "full")]).await;
+}
+
+/// 30 events; an instance with `crashing` in its environment crashes after its first batch is
+/// produced, before its commit; one with `restarted` replays and must pass each key once.
+async fn crash_then_restart(crashing: &[(&str, &str)], restarted: &[(&str, &str)]) {
     let pipeline = Pipeline::new(2).await;
     let events: Vec<_> = (0..30)
         .map(|n| pipeline.current(&pipeline.event(&format!("c{n}"))))
         .collect();
     pipeline.produce(&events).await;
 
-    let mut crashing = pipeline.start(&[(CRASH_AFTER_PRODUCE_ENV, "1")]);
-    let exit = crashing.wait_exit(Duration::from_secs(60)).await;
+    let crash_environment: Vec<(&str, &str)> = crashing
+        .iter()
+        .copied()
+        .chain([(CRASH_AFTER_PRODUCE_ENV, "1")])
+        .collect();
+    let mut crashed = pipeline.start(&crash_environment);
+    let exit = crashed.wait_exit(Duration::from_secs(60)).await;
     assert!(!exit.success(), "the test hook aborts the process: {exit}");
     let published_before_crash = pipeline.validated().len();
     assert!(
         published_before_crash > 0,
         "the crash came after a batch was produced"
     );
+    let writes_headers = |environment: &[(&str, &str)]| {
+        environment.contains(&("BOOMERANG_VALIDATED_HEADERS", "full"))
+    };
+    let with_key_header = || {
+        pipeline
+            .validated()
+            .iter()
+            .filter(|record| record.header(IDEMPOTENCY_KEY_HEADER).is_some())
+            .count()
+    };
+    let headed_before_crash = if writes_headers(crashing) {
+        published_before_crash
+    } else {
+        0
+    };
+    assert_eq!(with_key_header(), headed_before_crash);
 
     // The restart replays everything after the last commit, which is everything.
-    let restarted = pipeline.start(&[]);
-    wait_until_received(&[&restarted], events.len() as u64).await;
+    let restarted_process = pipeline.start(restarted);
+    wait_until_received(&[&restarted_process], events.len() as u64).await;
     let per_key = count_per_key(&pipeline.validated());
     assert_eq!(per_key.len(), events.len());
     assert!(per_key.values().all(|count| *count == 1), "{per_key:?}");
-    let text = metrics(&restarted).await;
+    let text = metrics(&restarted_process).await;
     assert_eq!(
         counter(&text, "boomerang_deduplicated_events_total"),
         published_before_crash as u64,
@@ -42,6 +86,15 @@ async fn a_crash_between_produce_and_commit_publishes_nothing_twice() {
     assert_eq!(
         counter(&text, "boomerang_sent_events_total"),
         (events.len() - published_before_crash) as u64
+    );
+    let headed_after_restart = if writes_headers(restarted) {
+        events.len() - published_before_crash
+    } else {
+        0
+    };
+    assert_eq!(
+        with_key_header(),
+        headed_before_crash + headed_after_restart
     );
 }
 

@@ -8,7 +8,6 @@ mod support;
 
 use std::time::Duration;
 
-use boomerang_ingest::publish::IDEMPOTENCY_KEY_HEADER;
 use boomerang_runtime::stage_loop::HISTORY_HEADER;
 use boomerang_schemas::{PostPurchaseEvent, TimestampMicros};
 use support::{Pipeline, Raw, counter, metrics, wait_until_received};
@@ -50,7 +49,7 @@ async fn history_passes_the_age_limit_and_only_the_live_window_is_deduplicated_h
     let validated = pipeline.validated();
     let keys: Vec<String> = validated
         .iter()
-        .filter_map(|record| record.header(IDEMPOTENCY_KEY_HEADER))
+        .filter_map(support::validated_key)
         .collect();
     assert_eq!(keys, ["old", "old", "recent"]);
     assert!(

@@ -9,7 +9,6 @@ use boomerang_schemas::wire;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use boomerang_ingest::publish::IDEMPOTENCY_KEY_HEADER;
 use boomerang_runtime::dead_letter;
 use boomerang_runtime::kafka::KafkaArgs;
 use boomerang_schemas::codec;
@@ -242,7 +241,7 @@ async fn a_hostile_producers_records_each_end_as_expected_and_ingest_keeps_runni
     }
     let passed: Vec<String> = validated
         .iter()
-        .filter_map(|record| record.header(IDEMPOTENCY_KEY_HEADER))
+        .filter_map(support::validated_key)
         .collect();
     for key in ["null-key-0", "headers-0", "dup-headers-0"] {
         assert!(

@@ -6,7 +6,6 @@
 
 mod support;
 
-use boomerang_ingest::publish::IDEMPOTENCY_KEY_HEADER;
 use boomerang_runtime::dead_letter;
 use boomerang_runtime::error_kind::DeadLetterKind;
 use boomerang_runtime::kafka::KafkaArgs;
@@ -74,7 +73,7 @@ async fn records_at_the_limit_pass_and_one_byte_over_is_dead_lettered() {
     let validated = pipeline.validated();
     let passed: Vec<String> = validated
         .iter()
-        .filter_map(|record| record.header(IDEMPOTENCY_KEY_HEADER))
+        .filter_map(support::validated_key)
         .collect();
     assert_eq!(passed, ["probe", "under", "exact", "after"]);
     let at = &validated[2];

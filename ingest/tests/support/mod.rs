@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use apache_avro::Schema;
-use boomerang_ingest::publish::IDEMPOTENCY_KEY_HEADER;
 use boomerang_runtime::kafka::TopicSpec;
 use boomerang_runtime::wire;
 use boomerang_schemas::codec;
@@ -178,10 +177,15 @@ pub async fn partition_changes(process: &StageProcess) -> (u64, u64) {
 pub fn count_per_key(records: &[ReadRecord]) -> BTreeMap<String, usize> {
     let mut per_key = BTreeMap::new();
     for record in records {
-        let key = record
-            .header(IDEMPOTENCY_KEY_HEADER)
-            .expect("idempotency key header");
+        let key = validated_key(record).expect("an idempotency key");
         *per_key.entry(key).or_default() += 1;
     }
     per_key
+}
+
+/// A validated record's idempotency key, read from its datum as ingest's restore reads it.
+pub fn validated_key(record: &ReadRecord) -> Option<String> {
+    let (_schema_id, datum) = wire::parse(record.value.as_deref()?).ok()?;
+    let facts = boomerang_schemas::DedupFacts::read(datum).ok()?;
+    Some(facts.idempotency_key.to_string())
 }
