@@ -14,14 +14,13 @@ use anyhow::Context;
 use boomerang_clickhouse::ClickhouseArgs;
 use boomerang_runtime::dead_letter;
 use boomerang_runtime::kafka::{KafkaArgs, header};
+use boomerang_runtime::stage_loop::IDEMPOTENCY_KEY_HEADER;
 use boomerang_runtime::topics::TopicsArgs;
+use boomerang_schemas::{DedupFacts, wire};
 use rdkafka::Message;
 
 use crate::generate::truth::Truth;
 use crate::topic::read_to_end;
-
-/// The header ingest puts every validated event's idempotency key in (and enrich carries over).
-const IDEMPOTENCY_KEY_HEADER: &str = "boomerang.idempotency_key";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct VerifyArgs {
@@ -111,11 +110,21 @@ fn seam(counts: HashMap<String, u64>, expected: &HashSet<String>) -> Seam {
     seam
 }
 
+/// The idempotency key in a validated or enriched record's value: a Confluent frame around a
+/// datum that starts with the event's fields (`DedupFacts`), whichever schema version wrote it.
+fn key_in_value(value: &[u8]) -> Option<String> {
+    let (_schema_id, datum) = wire::parse(value).ok()?;
+    Some(DedupFacts::read(datum).ok()?.idempotency_key.to_string())
+}
+
+/// Each record's idempotency key is its header's where it has one (`--validated-headers full`,
+/// `--enriched-headers full`, or written before 2026-12-04), else its datum's.
 fn keys_in_topic(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<String, u64>> {
     let mut counts: HashMap<String, u64> = HashMap::new();
     read_to_end(kafka, topic, |message| {
         let key = header(message, IDEMPOTENCY_KEY_HEADER)
             .map(|key| String::from_utf8_lossy(key).into_owned())
+            .or_else(|| message.payload().and_then(key_in_value))
             .unwrap_or_else(|| format!("<no key at {}/{}>", message.partition(), message.offset()));
         *counts.entry(key).or_default() += 1;
     })
@@ -360,4 +369,29 @@ pub fn print(verdict: &Verdict, summary: Option<&PathBuf>) -> anyhow::Result<usi
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(verdict.failures.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use boomerang_schemas::codec;
+
+    use super::*;
+
+    #[test]
+    fn a_record_without_the_header_is_known_by_the_key_in_its_datum() {
+        let event = boomerang_testkit::samples::event();
+        let enriched = boomerang_testkit::samples::enriched(event.clone());
+        for datum in [
+            codec::encode(&event).expect("encodes"),
+            codec::encode(&enriched).expect("encodes"),
+        ] {
+            let value = wire::frame(9, &datum);
+            assert_eq!(
+                key_in_value(&value).as_deref(),
+                Some(event.idempotency_key.as_str())
+            );
+        }
+        assert_eq!(key_in_value(&wire::frame(9, &[2, b'e'])), None);
+        assert_eq!(key_in_value(b"not a frame"), None);
+    }
 }
