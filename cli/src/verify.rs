@@ -118,7 +118,7 @@ fn key_in_value(value: &[u8]) -> Option<String> {
 }
 
 /// Each record's idempotency key is its header's where it has one (`--validated-headers full`,
-/// `--enriched-headers full`, or written before 2026-12-04), else its datum's.
+/// `--enriched-headers full`, or written before those options), else its datum's.
 fn keys_in_topic(kafka: &KafkaArgs, topic: &str) -> anyhow::Result<HashMap<String, u64>> {
     let mut counts: HashMap<String, u64> = HashMap::new();
     read_to_end(kafka, topic, |message| {

@@ -28,7 +28,7 @@ pub enum EnrichedHeaders {
     /// `boomerang.history` on a backfilled event.
     #[default]
     Lean,
-    /// Every one, as before 2026-12-04: for a consumer of the enriched topic that reads the
+    /// Every one, as every enrich without this option did: for a consumer of the enriched topic that reads the
     /// idempotency key or the event time from headers instead of from the datum.
     Full,
 }

@@ -100,8 +100,8 @@ struct IngestArgs {
 
     /// Which headers a validated record carries: `lean`, only `boomerang.history` on a
     /// backfilled event (the idempotency key and event time are read from the datum); `full`,
-    /// also the idempotency key, source and event time headers. An ingest of before
-    /// 2026-12-04 restores de-duplication keys only from those headers: while one may still
+    /// also the idempotency key, source and event time headers. An ingest without this
+    /// option restores de-duplication keys only from those headers: while one may still
     /// read the validated topic (a rolling upgrade, a rollback), run every new one `full`.
     #[arg(
         long = "validated-headers",

@@ -7,10 +7,10 @@
 //!
 //! A validated record carries no header of its own but `boomerang.history` on a backfilled
 //! event ([`ValidatedHeaders::Lean`]): each header is an allocation librdkafka makes, frees
-//! on another thread and parses back on every hop, and the three ingest wrote until
-//! 2026-12-04 (idempotency key, source, event time) cost the pipeline more CPU than a whole
-//! null hop. [`ValidatedHeaders::Full`] still writes them, for a rolling upgrade (an ingest
-//! of before then restores only from them) and for consumers that read them.
+//! on another thread and parses back on every hop, and the three ingest wrote before
+//! `--validated-headers` existed (idempotency key, source, event time) cost the pipeline more
+//! CPU than a whole null hop. [`ValidatedHeaders::Full`] still writes them, for a rolling
+//! upgrade (an older ingest restores only from them) and for consumers that read them.
 //!
 //! An event its producer wrote with the current schema keeps its producer's datum: it decodes
 //! to the event that passed validation (the decoder refuses trailing bytes), so encoding that
@@ -31,7 +31,7 @@ pub enum ValidatedHeaders {
     #[default]
     Lean,
     /// Also `boomerang.idempotency_key`, `boomerang.source` (`partition/offset` of the raw
-    /// record) and `boomerang.event_time_ms`, as every ingest wrote before 2026-12-04, whose
+    /// record) and `boomerang.event_time_ms`, as every ingest without this option wrote, whose
     /// restore reads the key from them alone.
     Full,
 }

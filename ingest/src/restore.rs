@@ -5,7 +5,7 @@
 //! those it passed but never committed.
 //!
 //! Each record's idempotency key and event time are read from its headers where it has them
-//! (written `--validated-headers full`, or before 2026-12-04), else from the front of its
+//! (written `--validated-headers full`, or by an ingest without that option), else from the front of its
 //! datum ([`DedupFacts`]), which every version of the event's schema shares.
 
 use std::path::Path;

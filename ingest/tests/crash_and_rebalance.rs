@@ -17,7 +17,7 @@ async fn a_crash_between_produce_and_commit_publishes_nothing_twice() {
     crash_then_restart(&[], &[]).await;
 }
 
-/// A rolling upgrade: an instance writing the headers every ingest wrote before 2026-12-04
+/// A rolling upgrade: an instance writing the headers every ingest without `--validated-headers` wrote
 /// crashes; the instance that replays its partitions reads the keys back from those headers
 /// (and writes none itself).
 #[tokio::test]
