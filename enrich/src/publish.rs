@@ -1,11 +1,11 @@
 //! Publishing an enriched event: Confluent-framed with the enriched subject's schema id, keyed
 //! by order id (a case's events stay in order), and timestamped when it is produced, so that
 //! retention counts from then. Of the validated record's headers, those a later stage reads
-//! are carried over (`boomerang.history`, on a backfilled event); the three ingest writes on
-//! every event (idempotency key, source, event time) stay behind unless the operator asks for
-//! them ([`EnrichedHeaders`]): the key and the event time are in the enriched datum, and each
-//! header cost an allocation made on enrich's thread, freed on the producer's, and parsed
-//! again, allocation by allocation, by the sink, which never read them.
+//! are carried over (`boomerang.history`, on a backfilled event); the three an ingest
+//! `--validated-headers full` writes (idempotency key, source, event time) stay behind unless
+//! the operator asks for them ([`EnrichedHeaders`]): the key and the event time are in the
+//! enriched datum, and each header cost an allocation made on enrich's thread, freed on the
+//! producer's, and parsed again, allocation by allocation, by the sink, which never read them.
 //!
 //! The common case writes the enriched datum from the validated record's bytes
 //! ([`spliced_record`], `boomerang_schemas::splice`); an event held for late reference data
@@ -23,13 +23,14 @@ const ENRICHMENT_BYTES: usize = 128;
 /// Which of the validated record's headers an enriched record carries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum EnrichedHeaders {
-    /// All but the three ingest writes on every event (`boomerang.idempotency_key`,
-    /// `boomerang.source`, `boomerang.event_time_ms`): in practice none, or
-    /// `boomerang.history` on a backfilled event.
+    /// All but the three an ingest `--validated-headers full` writes
+    /// (`boomerang.idempotency_key`, `boomerang.source`, `boomerang.event_time_ms`): in
+    /// practice none, or `boomerang.history` on a backfilled event.
     #[default]
     Lean,
-    /// Every one, as every enrich without this option did: for a consumer of the enriched topic that reads the
-    /// idempotency key or the event time from headers instead of from the datum.
+    /// Every one, as every enrich without this option did: for a consumer of the enriched
+    /// topic that reads the idempotency key or the event time from headers instead of from
+    /// the datum.
     Full,
 }
 

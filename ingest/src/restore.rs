@@ -5,8 +5,8 @@
 //! those it passed but never committed.
 //!
 //! Each record's idempotency key and event time are read from its headers where it has them
-//! (written `--validated-headers full`, or by an ingest without that option), else from the front of its
-//! datum ([`DedupFacts`]), which every version of the event's schema shares.
+//! (written `--validated-headers full`, or by an ingest without that option), else from the
+//! front of its datum ([`DedupFacts`]), which every version of the event's schema shares.
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -17,9 +17,9 @@ async fn a_crash_between_produce_and_commit_publishes_nothing_twice() {
     crash_then_restart(&[], &[]).await;
 }
 
-/// A rolling upgrade: an instance writing the headers every ingest without `--validated-headers` wrote
-/// crashes; the instance that replays its partitions reads the keys back from those headers
-/// (and writes none itself).
+/// A rolling upgrade: an instance writing the headers that every ingest without
+/// `--validated-headers` wrote crashes; the instance that replays its partitions reads the
+/// keys back from those headers (and writes none itself).
 #[tokio::test]
 async fn a_restart_reads_back_the_keys_of_records_written_with_headers() {
     crash_then_restart(&[("BOOMERANG_VALIDATED_HEADERS", "full")], &[]).await;
