@@ -466,7 +466,8 @@ backfill_pid=$!
 checkpoint=$run_dir/world/.boomerang-backfill.json
 deadline=$((SECONDS + 120))
 # The first checkpoint with events in it: the run is part-way through the events file.
-until tr -d ' \n' <"$checkpoint" 2>/dev/null | grep -q '"events":{"read":[1-9]'; do
+# (The braces: a redirection's own failure, the checkpoint not written yet, is silenced too.)
+until { tr -d ' \n' <"$checkpoint"; } 2>/dev/null | grep -q '"events":{"read":[1-9]'; do
   ((SECONDS < deadline)) || die "the backfill published nothing in 120 s; see $backfill_log"
   supervise
   sleep 0.2
