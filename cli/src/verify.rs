@@ -16,7 +16,7 @@ use boomerang_runtime::dead_letter;
 use boomerang_runtime::kafka::{KafkaArgs, header};
 use boomerang_runtime::stage_loop::IDEMPOTENCY_KEY_HEADER;
 use boomerang_runtime::topics::TopicsArgs;
-use boomerang_schemas::{DedupFacts, wire};
+use boomerang_schemas::DedupFacts;
 use rdkafka::Message;
 
 use crate::generate::truth::Truth;
@@ -113,8 +113,7 @@ fn seam(counts: HashMap<String, u64>, expected: &HashSet<String>) -> Seam {
 /// The idempotency key in a validated or enriched record's value: a Confluent frame around a
 /// datum that starts with the event's fields (`DedupFacts`), whichever schema version wrote it.
 fn key_in_value(value: &[u8]) -> Option<String> {
-    let (_schema_id, datum) = wire::parse(value).ok()?;
-    Some(DedupFacts::read(datum).ok()?.idempotency_key.to_string())
+    Some(DedupFacts::of_framed(value)?.idempotency_key.to_string())
 }
 
 /// Each record's idempotency key is its header's where it has one (`--validated-headers full`,
@@ -373,7 +372,7 @@ pub fn print(verdict: &Verdict, summary: Option<&PathBuf>) -> anyhow::Result<usi
 
 #[cfg(test)]
 mod tests {
-    use boomerang_schemas::codec;
+    use boomerang_schemas::{codec, wire};
 
     use super::*;
 

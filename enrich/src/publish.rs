@@ -39,7 +39,7 @@ impl EnrichedHeaders {
     pub fn carried(self, from: &Headers) -> Headers {
         match self {
             Self::Full => from.clone(),
-            Self::Lean if from.is_empty() => Headers::new(),
+            // Nothing to carry (the common case) collects into an empty, unallocated `Headers`.
             Self::Lean => from
                 .iter()
                 .filter(|(name, _)| !VALIDATED_HEADERS.contains(name))

@@ -65,11 +65,6 @@ pub fn validated_record(
     source: RawSource<'_>,
     carried: ValidatedHeaders,
 ) -> Result<OutputRecord, CodecError> {
-    let RawSource {
-        partition,
-        offset: source_offset,
-        history,
-    } = source;
     let mut value = Vec::with_capacity(match body {
         ValidatedBody::Datum(datum) => datum.len() + wire::HEADER_BYTES,
         ValidatedBody::Encode(_) => 256,
@@ -79,38 +74,30 @@ pub fn validated_record(
         ValidatedBody::Datum(datum) => value.extend_from_slice(datum),
         ValidatedBody::Encode(decoded) => codec::encode_into(decoded, &mut value)?,
     }
-    let event_time_ms = event.occurred_at.as_unix_millis();
-    let headers = match carried {
-        ValidatedHeaders::Lean => {
-            let mut headers = Headers::new();
-            if let Some(run) = history {
-                headers.push(HISTORY_HEADER, Some(run));
-            }
-            headers
-        }
-        ValidatedHeaders::Full => full_headers(event, partition, source_offset, history),
+    let mut headers = match carried {
+        ValidatedHeaders::Lean => Headers::new(),
+        ValidatedHeaders::Full => full_headers(event, source),
     };
+    // Carried on to enrich and the sink, which de-duplicates old history against ClickHouse.
+    if let Some(run) = source.history {
+        headers.push(HISTORY_HEADER, Some(run));
+    }
     Ok(OutputRecord {
         topic: topic.clone(),
-        partition: Some(partition),
+        partition: Some(source.partition),
         key: Some(event.order_id.as_bytes().to_vec()),
         value: Some(value),
         // Produced now: retention counts from when it was validated, not from its event time.
         timestamp_ms: None,
-        event_time_ms: Some(event_time_ms),
+        event_time_ms: Some(event.occurred_at.as_unix_millis()),
         headers,
     })
 }
 
-/// The headers of [`ValidatedHeaders::Full`].
-fn full_headers(
-    event: &EventRef<'_>,
-    partition: i32,
-    source_offset: i64,
-    history: Option<&[u8]>,
-) -> Headers {
+/// The three headers [`ValidatedHeaders::Full`] adds, with room for `boomerang.history`.
+fn full_headers(event: &EventRef<'_>, source: RawSource<'_>) -> Headers {
     let mut headers = Headers::with_capacity(
-        3 + usize::from(history.is_some()),
+        3 + usize::from(source.history.is_some()),
         IDEMPOTENCY_KEY_HEADER.len() + SOURCE_HEADER.len() + EVENT_TIME_HEADER.len(),
         event.idempotency_key.len() + 2 * 20,
     );
@@ -122,17 +109,13 @@ fn full_headers(
     // 5% of ingest's main thread (perf).
     let mut number = itoa::Buffer::new();
     headers.push_with(SOURCE_HEADER, |bytes| {
-        bytes.extend_from_slice(number.format(partition).as_bytes());
+        bytes.extend_from_slice(number.format(source.partition).as_bytes());
         bytes.push(b'/');
-        bytes.extend_from_slice(number.format(source_offset).as_bytes());
+        bytes.extend_from_slice(number.format(source.offset).as_bytes());
     });
     headers.push_with(EVENT_TIME_HEADER, |bytes| {
         bytes.extend_from_slice(number.format(event.occurred_at.as_unix_millis()).as_bytes());
     });
-    // Carried on to enrich and the sink, which de-duplicates old history against ClickHouse.
-    if let Some(run) = history {
-        headers.push(HISTORY_HEADER, Some(run));
-    }
     headers
 }
 

@@ -12,7 +12,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use boomerang_runtime::kafka::{KafkaArgs, header};
-use boomerang_runtime::wire;
 use boomerang_schemas::{DedupFacts, TimestampMicros};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -280,8 +279,7 @@ fn dedup_facts(message: &impl Message) -> Option<(u128, TimestampMicros)> {
             TimestampMicros::from_unix_millis(event_time_ms),
         ));
     }
-    let (_schema_id, datum) = wire::parse(message.payload()?).ok()?;
-    let facts = DedupFacts::read(datum).ok()?;
+    let facts = DedupFacts::of_framed(message.payload()?)?;
     Some((key_hash(facts.idempotency_key), facts.occurred_at))
 }
 
@@ -295,7 +293,7 @@ fn key_hash_bytes(key: &[u8]) -> u128 {
 
 #[cfg(test)]
 mod tests {
-    use boomerang_schemas::codec;
+    use boomerang_schemas::{codec, wire};
     use rdkafka::Timestamp;
     use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 

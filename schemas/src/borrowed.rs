@@ -152,6 +152,13 @@ impl<'a> DedupFacts<'a> {
             source,
         })
     }
+
+    /// [`Self::read`] of a Confluent-framed value (a validated or an enriched record's),
+    /// whatever schema id it names; `None` when it is not framed or cannot be read.
+    pub fn of_framed(value: &'a [u8]) -> Option<Self> {
+        let (_schema_id, datum) = crate::wire::parse(value).ok()?;
+        Self::read(datum).ok()
+    }
 }
 
 /// The fields every version of the event's schema starts with, in order, up to `occurred_at`.

@@ -185,7 +185,6 @@ pub fn count_per_key(records: &[ReadRecord]) -> BTreeMap<String, usize> {
 
 /// A validated record's idempotency key, read from its datum as ingest's restore reads it.
 pub fn validated_key(record: &ReadRecord) -> Option<String> {
-    let (_schema_id, datum) = wire::parse(record.value.as_deref()?).ok()?;
-    let facts = boomerang_schemas::DedupFacts::read(datum).ok()?;
+    let facts = boomerang_schemas::DedupFacts::of_framed(record.value.as_deref()?)?;
     Some(facts.idempotency_key.to_string())
 }
