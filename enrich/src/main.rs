@@ -248,7 +248,9 @@ async fn prepare(
         headers: args.enrich.enriched_headers,
     };
     let processor = EnrichProcessor::new(
-        WriterSchemas::new(&args.registry)?,
+        // The id the stage just registered proves or disproves the registry's "no such
+        // id" for it and every lower one.
+        WriterSchemas::new(&args.registry)?.knowing(enriched_schema_id),
         tables,
         arrivals,
         settings,

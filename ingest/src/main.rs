@@ -200,7 +200,9 @@ async fn prepare(
         headers: args.ingest.validated_headers,
     };
     let mut processor = IngestProcessor::new(
-        WriterSchemas::new(&args.registry)?,
+        // The id the stage just registered proves or disproves the registry's "no such
+        // id" for it and every lower one.
+        WriterSchemas::new(&args.registry)?.knowing(validated_schema_id),
         settings,
         ValidatedTopic {
             kafka: args.kafka.clone(),

@@ -138,6 +138,12 @@ impl<T: AvroRecord, Source: WriterSchemaSource> RecordDecoder<T, Source> {
                     Err(error @ LookupError::Unreadable { .. }) => {
                         Reader::Refused(DeadLetterKind::UnreadableSchema, error.to_string())
                     }
+                    Err(error @ LookupError::NotYetKnown { .. }) => {
+                        return Err(DecodeFailure::Retry(RetryableError {
+                            kind: ErrorKind::SchemaIdNotYetKnown,
+                            source: error.into(),
+                        }));
+                    }
                     Err(LookupError::Unavailable(source)) => {
                         return Err(DecodeFailure::Retry(RetryableError {
                             kind: ErrorKind::SchemaRegistryUnavailable,

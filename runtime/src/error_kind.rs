@@ -62,7 +62,7 @@ kinds! {
         BadMagicByte => "bad_magic_byte", ["ingest", "enrich", "sink"],
             "the value does not start with the Confluent magic byte";
         UnknownSchemaId => "unknown_schema_id", ["ingest", "enrich", "sink"],
-            "the registry has no schema with the record's id";
+            "the registry has no schema with the record's id, and has shown it has read far enough to know (or --schema-registry-unknown-id-grace-ms passed)";
         UnreadableSchema => "unreadable_schema", ["ingest", "enrich", "sink"],
             "the registry's schema for the id cannot be parsed";
         IncompatibleSchema => "incompatible_schema", ["ingest", "enrich", "sink"],
@@ -112,6 +112,8 @@ kinds! {
     pub enum ErrorKind {
         SchemaRegistryUnavailable => "schema_registry_unavailable", ["ingest", "enrich", "sink"],
             "the registry did not answer for a writer schema; the record waits and is retried";
+        SchemaIdNotYetKnown => "schema_id_not_yet_known", ["ingest", "enrich", "sink"],
+            "the registry has no schema with a record's id yet and has not shown it has read all its schemas (just started, or a follower behind); the record waits and is retried";
         RestoreFailed => "restore_failed", ["ingest"],
             "a partition's de-duplication state could not be read back; retried";
         ConsumeFailed => "consume_failed", ["ingest", "enrich", "sink"],
