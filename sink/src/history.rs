@@ -22,7 +22,7 @@ use boomerang_runtime::error_kind::ErrorKind;
 use boomerang_runtime::stage_loop::Fence;
 
 use crate::rows::EventRow;
-use crate::write::{Keyed, NotWritten, Writer};
+use crate::write::{Keyed, NativeEvents, NotWritten, Writer, keep_indexes};
 
 /// Keys per query: a query's text is limited (`max_query_size`, raised for it below).
 const KEYS_PER_QUERY: usize = 50_000;
@@ -40,19 +40,59 @@ struct KeyRow {
     idempotency_key: String,
 }
 
+/// A batch's events as the history check reads them: as rows (RowBinary inserts) or as a block
+/// and its records (`NativeEvents`).
+pub(crate) trait HistoryRows {
+    fn len(&self) -> usize;
+    /// The idempotency key of the event at `index`, if it was backfilled.
+    fn history_key(&self, index: usize) -> Option<&str>;
+    /// Keeps only the events at `kept`, in order.
+    fn keep(&mut self, kept: &[usize]);
+}
+
+impl HistoryRows for Vec<Keyed<EventRow>> {
+    fn len(&self) -> usize {
+        self.len()
+    }
+
+    fn history_key(&self, index: usize) -> Option<&str> {
+        self.get(index)
+            .filter(|keyed| !keyed.row.backfill_run.is_empty())
+            .map(|keyed| keyed.row.idempotency_key.as_str())
+    }
+
+    fn keep(&mut self, kept: &[usize]) {
+        keep_indexes(self, kept);
+    }
+}
+
+impl HistoryRows for NativeEvents {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn history_key(&self, index: usize) -> Option<&str> {
+        self.rows
+            .get(index)
+            .and_then(|keyed| keyed.row.history_key.as_deref())
+    }
+
+    fn keep(&mut self, kept: &[usize]) {
+        NativeEvents::keep(self, kept);
+    }
+}
+
 impl Writer {
     /// Drops from `rows` the backfilled events whose idempotency key `table` already holds;
     /// answers how many it dropped.
-    pub(crate) async fn drop_stored_history(
+    pub(crate) async fn drop_stored_history<H: HistoryRows + Send + Sync>(
         &self,
         table: &'static str,
-        rows: &mut Vec<Keyed<EventRow>>,
+        rows: &mut H,
         fence: Option<&Fence>,
     ) -> Result<u64, NotWritten> {
-        let keys: Vec<&str> = rows
-            .iter()
-            .filter(|keyed| !keyed.row.backfill_run.is_empty())
-            .map(|keyed| keyed.row.idempotency_key.as_str())
+        let keys: Vec<&str> = (0..rows.len())
+            .filter_map(|index| rows.history_key(index))
             .collect();
         if keys.is_empty() {
             return Ok(0);
@@ -64,12 +104,14 @@ impl Writer {
         if stored.is_empty() {
             return Ok(0);
         }
-        let before = rows.len();
-        rows.retain(|keyed| {
-            keyed.row.backfill_run.is_empty()
-                || !stored.contains(keyed.row.idempotency_key.as_str())
-        });
-        let dropped = (before - rows.len()) as u64;
+        let kept: Vec<usize> = (0..rows.len())
+            .filter(|&index| {
+                rows.history_key(index)
+                    .is_none_or(|key| !stored.contains(key))
+            })
+            .collect();
+        let dropped = (rows.len() - kept.len()) as u64;
+        rows.keep(&kept);
         self.metrics.history_already_stored.inc_by(dropped);
         Ok(dropped)
     }

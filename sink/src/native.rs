@@ -20,6 +20,10 @@
 //! little-endian; a `Nullable` column as one byte per row (1: null) and then a value for every
 //! row, a default one where the row is null.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
+
 const STRING: &str = "String";
 const NULLABLE_STRING: &str = "Nullable(String)";
 const INT32: &str = "Int32";
@@ -32,7 +36,7 @@ const MICROS: &str = "DateTime64(6, 'UTC')";
 const NULLABLE_MICROS: &str = "Nullable(DateTime64(6, 'UTC'))";
 
 /// One column of a block being built.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Column {
     name: &'static str,
     type_name: &'static str,
@@ -43,7 +47,7 @@ struct Column {
 
 /// A Native block, built a row at a time: a row appends a value to every column, in the same
 /// order every time, then [`NativeBlock::end_row`].
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct NativeBlock {
     columns: Vec<Column>,
     rows: usize,
@@ -233,13 +237,14 @@ impl NativeBlock {
     }
 
     /// The block's bytes, as an `INSERT … FORMAT Native` body, in pieces to be sent one after
-    /// the other. A column's buffers become pieces of their own, moved, not copied: a batch's
-    /// block is about as large as its rows, and one contiguous copy of it used to double the
-    /// sink's memory for it while it was sent. The small parts between (the header, each
-    /// column's name and type, short columns) are gathered into shared pieces.
-    pub fn finish(self) -> Result<Vec<Vec<u8>>, Mismatch> {
-        if let Some(mismatch) = self.mismatch {
-            return Err(Mismatch(mismatch));
+    /// the other. A column's buffers become pieces of their own that borrow the block, not
+    /// copies: a batch's block is about as large as its rows, and one contiguous copy of it
+    /// used to double the sink's memory for it while it was sent. The small parts between
+    /// (the header, each column's name and type, short columns) are gathered into shared
+    /// pieces. The block is shared, so a retry sends the same block again.
+    pub fn pieces(self: &Arc<Self>) -> Result<Vec<Bytes>, Mismatch> {
+        if let Some(mismatch) = &self.mismatch {
+            return Err(Mismatch(mismatch.clone()));
         }
         if self.next != 0 {
             return Err(Mismatch(format!("row {} was not ended", self.rows)));
@@ -248,24 +253,137 @@ impl NativeBlock {
         let mut small = Vec::new();
         put_varuint(&mut small, self.columns.len() as u64);
         put_varuint(&mut small, self.rows as u64);
-        for column in self.columns {
+        for (index, column) in self.columns.iter().enumerate() {
             put_string(&mut small, column.name);
             put_string(&mut small, column.type_name);
-            for part in [column.nulls, column.values] {
+            for (part, nulls) in [(&column.nulls, true), (&column.values, false)] {
                 if part.len() < OWN_PIECE_BYTES {
-                    small.extend_from_slice(&part);
+                    small.extend_from_slice(part);
                 } else {
                     if !small.is_empty() {
-                        pieces.push(std::mem::take(&mut small));
+                        pieces.push(Bytes::from(std::mem::take(&mut small)));
                     }
-                    pieces.push(part);
+                    pieces.push(Bytes::from_owner(ColumnPart {
+                        block: self.clone(),
+                        column: index,
+                        nulls,
+                    }));
                 }
             }
         }
         if !small.is_empty() {
-            pieces.push(small);
+            pieces.push(Bytes::from(small));
         }
         Ok(pieces)
+    }
+
+    /// [`Self::pieces`] of a block not shared.
+    pub fn finish(self) -> Result<Vec<Bytes>, Mismatch> {
+        Arc::new(self).pieces()
+    }
+
+    /// Empties the block and keeps its buffers, for the next batch to fill: a batch's columns
+    /// are tens of MB, and fresh ones are page-faulted and zeroed by the kernel as they fill.
+    pub fn clear(&mut self) {
+        for column in &mut self.columns {
+            column.nulls.clear();
+            column.values.clear();
+        }
+        self.rows = 0;
+        self.next = 0;
+        self.mismatch = None;
+    }
+
+    /// A block of some of this block's rows, in the order given: for the rare insert of part
+    /// of a batch (ClickHouse refused a row, or backfilled rows were already stored). Each
+    /// column is walked once to find where its rows start.
+    pub fn select(&self, rows: &[usize]) -> NativeBlock {
+        let mut selected = NativeBlock {
+            rows: rows.len(),
+            mismatch: self.mismatch.clone(),
+            ..NativeBlock::default()
+        };
+        for column in &self.columns {
+            let starts = column.row_starts(self.rows);
+            let mut values = Vec::new();
+            let mut nulls = Vec::new();
+            for &row in rows {
+                if let (Some(&start), Some(&end)) = (starts.get(row), starts.get(row + 1)) {
+                    values.extend_from_slice(&column.values[start..end]);
+                }
+                if let Some(&null) = column.nulls.get(row) {
+                    nulls.push(null);
+                }
+            }
+            selected.columns.push(Column {
+                name: column.name,
+                type_name: column.type_name,
+                nulls,
+                values,
+            });
+        }
+        selected
+    }
+}
+
+impl Column {
+    /// Where each of the column's `rows` values starts in `values`, and where the last ends.
+    fn row_starts(&self, rows: usize) -> Vec<usize> {
+        let mut starts = Vec::with_capacity(rows + 1);
+        let mut at = 0;
+        for _ in 0..rows {
+            starts.push(at);
+            at += match fixed_width(self.type_name) {
+                Some(width) => width,
+                None => {
+                    // A string: its length, then its bytes. The block wrote both.
+                    let (length, read) = read_varuint(&self.values[at.min(self.values.len())..]);
+                    read + length
+                }
+            };
+            at = at.min(self.values.len());
+        }
+        starts.push(at);
+        starts
+    }
+}
+
+/// The bytes of a value of a fixed-width type; `None` for a string.
+fn fixed_width(type_name: &str) -> Option<usize> {
+    match type_name {
+        INT32 | NULLABLE_INT32 => Some(4),
+        INT64 | NULLABLE_INT64 | MICROS | NULLABLE_MICROS => Some(8),
+        BOOL | NULLABLE_BOOL => Some(1),
+        _ => None,
+    }
+}
+
+/// A `VarUInt` at the start of `bytes`, and how many bytes it took (0, 0 for none).
+fn read_varuint(bytes: &[u8]) -> (usize, usize) {
+    let mut value = 0usize;
+    for (index, byte) in bytes.iter().enumerate().take(10) {
+        value |= usize::from(byte & 0x7f) << (7 * index);
+        if byte & 0x80 == 0 {
+            return (value, index + 1);
+        }
+    }
+    (value, bytes.len().min(10))
+}
+
+/// One of a shared block's column buffers, as a piece of an insert's body.
+struct ColumnPart {
+    block: Arc<NativeBlock>,
+    column: usize,
+    nulls: bool,
+}
+
+impl AsRef<[u8]> for ColumnPart {
+    fn as_ref(&self) -> &[u8] {
+        match self.block.columns.get(self.column) {
+            Some(column) if self.nulls => &column.nulls,
+            Some(column) => &column.values,
+            None => &[],
+        }
     }
 }
 
@@ -354,7 +472,7 @@ mod tests {
             pieces.len(),
             3,
             "{:?}",
-            pieces.iter().map(Vec::len).collect::<Vec<_>>()
+            pieces.iter().map(Bytes::len).collect::<Vec<_>>()
         );
         assert_eq!(
             pieces[1].len(),
@@ -445,5 +563,87 @@ mod tests {
         let mut block = NativeBlock::new();
         block.string("a", "x");
         assert!(block.finish().is_err(), "a row not ended");
+    }
+
+    /// A row of every kind of column, its values varying with `n` (strings long enough for
+    /// two-byte lengths).
+    fn varied_row(block: &mut NativeBlock, n: usize) {
+        block.string("s", &"x".repeat(n * 37 % 300));
+        block.optional_string("o", n.is_multiple_of(3).then_some("y"));
+        block.int32("i", n as i32);
+        block.optional_int32("oi", (n % 2 == 1).then_some(-(n as i32)));
+        block.int64("l", n as i64 * 1_000_000_007);
+        block.optional_int64("ol", n.is_multiple_of(2).then_some(n as i64));
+        block.boolean("b", n.is_multiple_of(2));
+        block.optional_boolean("ob", (!n.is_multiple_of(5)).then_some(n.is_multiple_of(3)));
+        block.micros("t", n as i64);
+        block.optional_micros("ot", n.is_multiple_of(4).then_some(n as i64));
+        block.end_row();
+    }
+
+    fn concat(pieces: Vec<Bytes>) -> Vec<u8> {
+        pieces
+            .iter()
+            .flat_map(|piece| piece.iter().copied())
+            .collect()
+    }
+
+    #[test]
+    fn a_selection_is_the_block_of_those_rows() {
+        let mut all = NativeBlock::new();
+        for n in 0..60 {
+            varied_row(&mut all, n);
+        }
+        for picked in [vec![0, 3, 4, 17, 59], vec![59], (0..60).collect(), vec![]] {
+            let mut expected = NativeBlock::new();
+            for &n in &picked {
+                varied_row(&mut expected, n);
+            }
+            let selected = all.select(&picked);
+            assert_eq!(selected.rows(), picked.len());
+            if picked.is_empty() {
+                continue;
+            }
+            assert_eq!(
+                concat(selected.finish().expect("one shape")),
+                concat(expected.finish().expect("one shape")),
+                "{picked:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cleared_block_fills_again_as_a_new_one() {
+        let mut reused = NativeBlock::with_rows(10);
+        for n in 0..10 {
+            varied_row(&mut reused, n);
+        }
+        reused.clear();
+        let mut fresh = NativeBlock::new();
+        for n in 20..25 {
+            varied_row(&mut reused, n);
+            varied_row(&mut fresh, n);
+        }
+        assert_eq!(
+            concat(reused.finish().expect("one shape")),
+            concat(fresh.finish().expect("one shape"))
+        );
+    }
+
+    #[test]
+    fn shared_pieces_are_the_block_and_let_it_go() {
+        let mut block = NativeBlock::new();
+        for n in 0..2_000 {
+            varied_row(&mut block, n);
+        }
+        let expected = concat(block.clone().finish().expect("one shape"));
+        let mut shared = Arc::new(block);
+        let pieces = shared.pieces().expect("one shape");
+        assert!(pieces.len() > 1, "the long columns are pieces of their own");
+        assert_eq!(concat(pieces), expected);
+        assert!(
+            Arc::get_mut(&mut shared).is_some(),
+            "no piece holds the block"
+        );
     }
 }

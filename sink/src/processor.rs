@@ -2,7 +2,9 @@
 //! enriched event of the current schema is read in place, `boomerang_schemas::borrowed`), skip
 //! it if ClickHouse already has its row (`stored.rs`) or, for an event, its idempotency key
 //! (`recent_keys.rs`), turn it into its table's row (`rows.rs`) and keep it for the batch's
-//! insert (`write.rs`), which the loop keeps in flight and commits behind.
+//! insert (`write.rs`), which the loop keeps in flight and commits behind. An event's row goes
+//! straight into the batch's Native block (`native.rs`), borrowed from its record: no owned row
+//! per event.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -23,9 +25,9 @@ use boomerang_schemas::{
 use crate::metrics::SinkMetrics;
 use crate::recent_keys::RecentKeys;
 use crate::refund_sla::RefundSla;
-use crate::rows::{CustomerRow, EventRow, OrderRow, Source};
+use crate::rows::{CustomerRow, EventRow, EventRowRef, OrderRow, Source};
 use crate::stored::StoredOffsets;
-use crate::write::{Keyed, NotWritten, Writer};
+use crate::write::{EventEntry, InsertFormat, Keyed, NativeEvents, NotWritten, Writer};
 
 pub const EVENTS_TABLE: &str = "post_purchase_events";
 pub const ORDERS_TABLE: &str = "orders";
@@ -70,12 +72,16 @@ pub struct SinkProcessor<Source> {
     recent_keys: RecentKeys,
     /// The write indexes of this batch's rows, over all three tables.
     writes: Writes,
+    /// This batch's events, appended to a Native block as they come (the default format);
+    /// as rows when the sink inserts RowBinary (`event_rows`). One of the two stays empty.
+    native_events: NativeEvents,
     event_rows: Vec<Keyed<EventRow>>,
     order_rows: Vec<Keyed<OrderRow>>,
     customer_rows: Vec<Keyed<CustomerRow>>,
-    spare_event_rows: SpareRows<Keyed<EventRow>>,
-    spare_order_rows: SpareRows<Keyed<OrderRow>>,
-    spare_customer_rows: SpareRows<Keyed<CustomerRow>>,
+    spare_native_events: Spares<NativeEvents>,
+    spare_event_rows: Spares<Vec<Keyed<EventRow>>>,
+    spare_order_rows: Spares<Vec<Keyed<OrderRow>>>,
+    spare_customer_rows: Spares<Vec<Keyed<CustomerRow>>>,
     /// Open return cases per enriched partition, for the refund SLA's gauges.
     refund_sla: Arc<Mutex<RefundSla>>,
     /// The wall clock as the refund SLA reads it: once per batch, not per event (it is only
@@ -109,12 +115,14 @@ impl<S: WriterSchemaSource + Clone> SinkProcessor<S> {
             skip: HashMap::new(),
             recent_keys: RecentKeys::new(dedup_window_events),
             writes: Writes::default(),
+            native_events: NativeEvents::default(),
             event_rows: Vec::new(),
             order_rows: Vec::new(),
             customer_rows: Vec::new(),
-            spare_event_rows: SpareRows::default(),
-            spare_order_rows: SpareRows::default(),
-            spare_customer_rows: SpareRows::default(),
+            spare_native_events: Spares::default(),
+            spare_event_rows: Spares::default(),
+            spare_order_rows: Spares::default(),
+            spare_customer_rows: Spares::default(),
             refund_sla: Arc::new(Mutex::new(RefundSla::new(
                 72 * MICROS_PER_HOUR,
                 90 * 24 * MICROS_PER_HOUR,
@@ -301,13 +309,29 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
                     self.metrics.count_refund(refunded);
                 }
             }
-            let mut row = EventRow::new(&enriched, &source, &self.pseudonymiser);
-            if let Some(run) = record.headers.get(HISTORY_HEADER) {
+            let backfill_run = record
+                .headers
+                .get(HISTORY_HEADER)
+                .map(|run| String::from_utf8_lossy(run));
+            let mut row = EventRowRef::new(&enriched, &source, &self.pseudonymiser);
+            if let Some(run) = &backfill_run {
                 // Checked against what ClickHouse holds before the insert (`history.rs`).
-                row.backfill_run = String::from_utf8_lossy(run).as_ref().into();
+                row.backfill_run = run;
             }
             let (outcome, write) = self.writes.write();
-            self.event_rows.push(keyed(row, record, write));
+            match self.writer.format {
+                InsertFormat::Native => {
+                    let entry = EventEntry {
+                        history_key: (!row.backfill_run.is_empty())
+                            .then(|| row.idempotency_key.into()),
+                    };
+                    self.native_events.push(&row, keyed(entry, record, write));
+                }
+                InsertFormat::RowBinary => {
+                    self.event_rows
+                        .push(keyed(row.to_owned_row(), record, write));
+                }
+            }
             Ok(outcome)
         } else if *record.topic == *self.topics.orders {
             let row = if record.value().is_none() {
@@ -356,37 +380,56 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
     fn flush(&mut self, fence: &Fence) -> FlushFuture {
         self.writes.seal();
         self.batch_now_micros = None;
-        let rows = self.event_rows.len() + self.order_rows.len() + self.customer_rows.len();
+        let rows = self.native_events.rows.len()
+            + self.event_rows.len()
+            + self.order_rows.len()
+            + self.customer_rows.len();
         if rows >= self.full_batch_rows {
             self.insert_load.full_batch();
         }
+        let mut native_events = self.spare_native_events.swap(&mut self.native_events);
         let mut events = self.spare_event_rows.swap(&mut self.event_rows);
         let orders = self.spare_order_rows.swap(&mut self.order_rows);
         let customers = self.spare_customer_rows.swap(&mut self.customer_rows);
-        let (spare_events, spare_orders, spare_customers) = (
+        let (spare_native_events, spare_events, spare_orders, spare_customers) = (
+            self.spare_native_events.clone(),
             self.spare_event_rows.clone(),
             self.spare_order_rows.clone(),
             self.spare_customer_rows.clone(),
         );
-        // The next batch fills a vector an earlier insert handed back (`SpareRows`).
+        // The next batch fills a vector or block an earlier insert handed back (`Spares`).
         let writer = self.writer.clone();
         let fence = fence.clone();
         // Spawned, so the insert makes progress while the loop consumes the next batch.
         let task = tokio::spawn(async move {
             let mut rejected = Vec::new();
             let fence = Some(&fence);
-            let already_stored = match writer
-                .drop_stored_history(EVENTS_TABLE, &mut events, fence)
-                .await
-            {
-                Ok(dropped) => dropped,
-                Err(NotWritten::Shutdown) => return FlushResult::Abandoned,
-                Err(NotWritten::Fenced(fenced)) => return FlushResult::Failed(fenced),
-            };
+            let mut already_stored = 0;
+            for dropped in [
+                writer
+                    .drop_stored_history(EVENTS_TABLE, &mut native_events, fence)
+                    .await,
+                writer
+                    .drop_stored_history(EVENTS_TABLE, &mut events, fence)
+                    .await,
+            ] {
+                match dropped {
+                    Ok(dropped) => already_stored += dropped,
+                    Err(NotWritten::Shutdown) => return FlushResult::Abandoned,
+                    Err(NotWritten::Fenced(fenced)) => return FlushResult::Failed(fenced),
+                }
+            }
             for written in [
-                writer.write_all(EVENTS_TABLE, &events, fence).await,
-                writer.write_all(ORDERS_TABLE, &orders, fence).await,
-                writer.write_all(CUSTOMERS_TABLE, &customers, fence).await,
+                writer.write_all(EVENTS_TABLE, &native_events, fence).await,
+                writer
+                    .write_all(EVENTS_TABLE, events.as_slice(), fence)
+                    .await,
+                writer
+                    .write_all(ORDERS_TABLE, orders.as_slice(), fence)
+                    .await,
+                writer
+                    .write_all(CUSTOMERS_TABLE, customers.as_slice(), fence)
+                    .await,
             ] {
                 if written.abandoned {
                     return FlushResult::Abandoned;
@@ -396,6 +439,7 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
                 }
                 rejected.extend(written.rejected);
             }
+            spare_native_events.give_back(native_events);
             spare_events.give_back(events);
             spare_orders.give_back(orders);
             spare_customers.give_back(customers);
@@ -413,51 +457,83 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
     }
 }
 
-/// Row vectors whose insert has finished, emptied, for the next batches to fill.
+/// Batches whose insert has finished, emptied, for the next batches to fill.
 ///
-/// A batch is tens of thousands of wide rows (tens of MB). A fresh vector for each batch was
-/// page-faulted and zeroed by the kernel as it filled, and one grown by doubling copied every
-/// row up to five times (`perf`: a fifth of the sink's CPU in `memmove` and page clearing).
-/// A reused vector's memory is already mapped and large enough.
-struct SpareRows<R>(Arc<Mutex<Vec<Vec<R>>>>);
+/// A batch is tens of thousands of wide rows (tens of MB). A fresh vector or block for each
+/// batch was page-faulted and zeroed by the kernel as it filled, and one grown by doubling
+/// copied every row up to five times (`perf`: a fifth of the sink's CPU in `memmove` and page
+/// clearing). A reused one's memory is already mapped and large enough.
+struct Spares<B>(Arc<Mutex<Vec<B>>>);
 
-impl<R> Clone for SpareRows<R> {
+impl<B> Clone for Spares<B> {
     fn clone(&self) -> Self {
         Self(self.0.clone())
     }
 }
 
-impl<R> Default for SpareRows<R> {
+impl<B> Default for Spares<B> {
     fn default() -> Self {
         Self(Arc::new(Mutex::new(Vec::new())))
     }
 }
 
-/// Spare vectors kept at most, per table: one being filled while inserts are in flight.
-const MAX_SPARE_VECTORS: usize = 2;
+/// A batch's container that can be emptied and filled again.
+trait Reusable: Sized {
+    /// An empty one with room for as many rows as `self` holds.
+    fn with_room_of(&self) -> Self;
+    /// Empties it, keeping its memory; `false` if it has none worth keeping.
+    fn empty(&mut self) -> bool;
+}
 
-impl<R> SpareRows<R> {
-    fn spares(&self) -> std::sync::MutexGuard<'_, Vec<Vec<R>>> {
-        // A panic elsewhere while the lock was held leaves a list of empty vectors: still valid.
+impl<R> Reusable for Vec<R> {
+    fn with_room_of(&self) -> Self {
+        Vec::with_capacity(self.len())
+    }
+
+    fn empty(&mut self) -> bool {
+        self.clear();
+        self.capacity() > 0
+    }
+}
+
+impl Reusable for NativeEvents {
+    fn with_room_of(&self) -> Self {
+        NativeEvents::with_room_of(self)
+    }
+
+    fn empty(&mut self) -> bool {
+        self.clear();
+        self.rows.capacity() > 0
+    }
+}
+
+/// Spare batches kept at most, per table: one being filled while inserts are in flight.
+const MAX_SPARES: usize = 2;
+
+impl<B: Reusable> Spares<B> {
+    fn spares(&self) -> std::sync::MutexGuard<'_, Vec<B>> {
+        // A panic elsewhere while the lock was held leaves a list of empty batches: still valid.
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes the filled `rows` out, leaving a spare vector in their place (or, if none has
-    /// come back yet, a new one with room for as many rows).
-    fn swap(&self, rows: &mut Vec<R>) -> Vec<R> {
+    /// Takes the filled batch out, leaving a spare one in its place (or, if none has come
+    /// back yet, a new one with room for as many rows).
+    fn swap(&self, filled: &mut B) -> B {
         let spare = self.spares().pop();
-        let capacity = rows.len();
-        std::mem::replace(rows, spare.unwrap_or_else(|| Vec::with_capacity(capacity)))
+        let spare = spare.unwrap_or_else(|| filled.with_room_of());
+        std::mem::replace(filled, spare)
     }
 
-    /// Hands back a vector whose rows are written.
-    fn give_back(&self, mut rows: Vec<R>) {
-        rows.clear();
+    /// Hands back a batch whose rows are written.
+    fn give_back(&self, mut batch: B) {
+        if !batch.empty() {
+            return;
+        }
         let mut spares = self.spares();
-        if spares.len() < MAX_SPARE_VECTORS && rows.capacity() > 0 {
-            spares.push(rows);
+        if spares.len() < MAX_SPARES {
+            spares.push(batch);
         }
     }
 }
@@ -468,7 +544,7 @@ mod tests {
 
     #[test]
     fn an_emptied_vector_comes_back_for_the_next_batch() {
-        let spares = SpareRows::default();
+        let spares = Spares::default();
         let mut filling: Vec<String> = (0..1_000).map(|n| n.to_string()).collect();
         // No spare yet: a new vector with room for as many rows.
         let first = spares.swap(&mut filling);
@@ -487,7 +563,7 @@ mod tests {
 
     #[test]
     fn at_most_two_spares_are_kept() {
-        let spares = SpareRows::default();
+        let spares = Spares::default();
         for _ in 0..5 {
             spares.give_back(Vec::<u8>::with_capacity(16));
         }

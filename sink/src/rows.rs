@@ -2,6 +2,7 @@
 //! the decoded Kafka records. Customers are keyed by their keyed pseudonym everywhere, so no raw
 //! customer id reaches ClickHouse; CRM PII is never written.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use boomerang_runtime::pseudonym::Pseudonymiser;
@@ -29,10 +30,19 @@ pub fn customer_key(
     already_pseudonymised: bool,
     pseudonymiser: &Pseudonymiser,
 ) -> String {
+    borrowed_customer_key(customer_id, already_pseudonymised, pseudonymiser).into_owned()
+}
+
+/// [`customer_key`], borrowing an id that is already a pseudonym.
+fn borrowed_customer_key<'a>(
+    customer_id: &'a str,
+    already_pseudonymised: bool,
+    pseudonymiser: &Pseudonymiser,
+) -> Cow<'a, str> {
     if already_pseudonymised && Pseudonymiser::looks_like_pseudonym(customer_id) {
-        customer_id.to_string()
+        Cow::Borrowed(customer_id)
     } else {
-        pseudonymiser.pseudonym(customer_id)
+        Cow::Owned(pseudonymiser.pseudonym(customer_id))
     }
 }
 
@@ -86,44 +96,88 @@ fn micros(time: TimestampMicros) -> i64 {
     time.as_unix_micros()
 }
 
-impl EventRow {
+/// An events-table row borrowed from its enriched event and record: what the sink appends to
+/// the batch's Native block as it processes each event, with no owned row in between (building
+/// one per event, and moving tens of thousands of them, was a third of the sink's main thread
+/// in `perf`). [`EventRow`] is its owned form, for RowBinary inserts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRowRef<'a> {
+    pub idempotency_key: &'a str,
+    pub event_id: &'a str,
+    pub event_type: &'static str,
+    pub case_id: &'a str,
+    pub order_id: &'a str,
+    pub order_line_id: &'a str,
+    /// Pseudonymised here, or already by enrich (borrowed then).
+    pub customer_key: Cow<'a, str>,
+    pub sku: &'a str,
+    pub quantity: i32,
+    pub reason: Option<&'static str>,
+    pub amount_minor: Option<i64>,
+    pub amount_currency: Option<&'a str>,
+    pub method: Option<&'static str>,
+    pub channel: &'static str,
+    pub outcome: &'static str,
+    pub occurred_at: i64,
+    pub source_system: &'a str,
+    pub replacement_sku: Option<&'a str>,
+    pub warranty_resolution: Option<&'static str>,
+    pub disposition: Option<&'static str>,
+    pub customer_missing: bool,
+    pub order_missing: bool,
+    pub order_line_missing: bool,
+    pub customer_pseudonymised: bool,
+    pub customer_segment: Option<&'a str>,
+    pub customer_region: Option<&'a str>,
+    pub order_channel: Option<&'static str>,
+    pub order_placed_at: Option<i64>,
+    pub order_delivered_at: Option<i64>,
+    pub line_category: Option<&'a str>,
+    pub line_unit_price_minor: Option<i64>,
+    pub line_currency: Option<&'a str>,
+    pub days_since_delivery: Option<i32>,
+    pub within_return_window: Option<bool>,
+    pub enriched_at: i64,
+    /// The record's own name of it, shared by the owned row rather than copied.
+    pub source_topic: &'a Arc<str>,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    pub backfill_run: &'a str,
+}
+
+impl<'a> EventRowRef<'a> {
     /// The row of an enriched event: read in place from its record (`EnrichedEventRef::read`)
-    /// or borrowed from a decoded one (`EnrichedEventRef::of`). Each string is copied once,
-    /// from the record's bytes into the row.
+    /// or borrowed from a decoded one (`EnrichedEventRef::of`).
     pub fn new(
-        enriched: &EnrichedEventRef<'_>,
-        source: &Source<'_>,
+        enriched: &EnrichedEventRef<'a>,
+        source: &Source<'a>,
         pseudonymiser: &Pseudonymiser,
     ) -> Self {
         let event = &enriched.event;
         let enrichment = &enriched.enrichment;
-        let owned = |text: Option<&str>| text.map(CompactString::from);
         Self {
-            customer_key: customer_key(
+            customer_key: borrowed_customer_key(
                 event.customer_id,
                 enrichment.customer_pseudonymised,
                 pseudonymiser,
-            )
-            .into(),
-            idempotency_key: CompactString::from(event.idempotency_key),
-            event_id: CompactString::from(event.event_id),
+            ),
+            idempotency_key: event.idempotency_key,
+            event_id: event.event_id,
             event_type: event.event_type.symbol(),
-            case_id: CompactString::from(event.case_id),
-            order_id: CompactString::from(event.order_id),
-            order_line_id: CompactString::from(event.order_line_id),
-            sku: CompactString::from(event.sku),
+            case_id: event.case_id,
+            order_id: event.order_id,
+            order_line_id: event.order_line_id,
+            sku: event.sku,
             quantity: event.quantity,
             reason: event.reason.map(|reason| reason.symbol()),
             amount_minor: event.amount.map(|money| money.amount_minor),
-            amount_currency: event
-                .amount
-                .map(|money| CompactString::from(money.currency)),
+            amount_currency: event.amount.map(|money| money.currency),
             method: event.method.map(|method| method.symbol()),
             channel: event.channel.symbol(),
             outcome: event.outcome.symbol(),
             occurred_at: micros(event.occurred_at),
-            source_system: CompactString::from(event.source_system),
-            replacement_sku: owned(event.replacement_sku),
+            source_system: event.source_system,
+            replacement_sku: event.replacement_sku,
             warranty_resolution: event
                 .warranty_resolution
                 .map(|resolution| resolution.symbol()),
@@ -132,69 +186,177 @@ impl EventRow {
             order_missing: enrichment.order_missing,
             order_line_missing: enrichment.order_line_missing,
             customer_pseudonymised: enrichment.customer_pseudonymised,
-            customer_segment: owned(enrichment.customer_segment),
-            customer_region: owned(enrichment.customer_region),
+            customer_segment: enrichment.customer_segment,
+            customer_region: enrichment.customer_region,
             order_channel: enrichment.order_channel.map(|channel| channel.symbol()),
             order_placed_at: enrichment.order_placed_at.map(micros),
             order_delivered_at: enrichment.order_delivered_at.map(micros),
-            line_category: owned(enrichment.line_category),
+            line_category: enrichment.line_category,
             line_unit_price_minor: enrichment.line_unit_price.map(|money| money.amount_minor),
-            line_currency: enrichment
-                .line_unit_price
-                .map(|money| CompactString::from(money.currency)),
+            line_currency: enrichment.line_unit_price.map(|money| money.currency),
             days_since_delivery: enrichment.days_since_delivery,
             within_return_window: enrichment.within_return_window,
             enriched_at: micros(enrichment.enriched_at),
-            source_topic: source.topic.clone(),
+            source_topic: source.topic,
             source_partition: source.partition,
             source_offset: source.offset,
-            backfill_run: CompactString::default(),
+            backfill_run: "",
+        }
+    }
+
+    /// The owned row, each string copied once.
+    pub fn to_owned_row(&self) -> EventRow {
+        let owned = |text: Option<&str>| text.map(CompactString::from);
+        EventRow {
+            idempotency_key: self.idempotency_key.into(),
+            event_id: self.event_id.into(),
+            event_type: self.event_type,
+            case_id: self.case_id.into(),
+            order_id: self.order_id.into(),
+            order_line_id: self.order_line_id.into(),
+            customer_key: self.customer_key.as_ref().into(),
+            sku: self.sku.into(),
+            quantity: self.quantity,
+            reason: self.reason,
+            amount_minor: self.amount_minor,
+            amount_currency: owned(self.amount_currency),
+            method: self.method,
+            channel: self.channel,
+            outcome: self.outcome,
+            occurred_at: self.occurred_at,
+            source_system: self.source_system.into(),
+            replacement_sku: owned(self.replacement_sku),
+            warranty_resolution: self.warranty_resolution,
+            disposition: self.disposition,
+            customer_missing: self.customer_missing,
+            order_missing: self.order_missing,
+            order_line_missing: self.order_line_missing,
+            customer_pseudonymised: self.customer_pseudonymised,
+            customer_segment: owned(self.customer_segment),
+            customer_region: owned(self.customer_region),
+            order_channel: self.order_channel,
+            order_placed_at: self.order_placed_at,
+            order_delivered_at: self.order_delivered_at,
+            line_category: owned(self.line_category),
+            line_unit_price_minor: self.line_unit_price_minor,
+            line_currency: owned(self.line_currency),
+            days_since_delivery: self.days_since_delivery,
+            within_return_window: self.within_return_window,
+            enriched_at: self.enriched_at,
+            source_topic: self.source_topic.clone(),
+            source_partition: self.source_partition,
+            source_offset: self.source_offset,
+            backfill_run: self.backfill_run.into(),
         }
     }
 
     /// Appends this row to a Native block (`native.rs`): every column of the row, in its
     /// declared order, each typed as the events table declares it.
     pub fn append_to(&self, block: &mut NativeBlock) {
-        block.string("idempotency_key", &self.idempotency_key);
-        block.string("event_id", &self.event_id);
+        block.string("idempotency_key", self.idempotency_key);
+        block.string("event_id", self.event_id);
         block.string("event_type", self.event_type);
-        block.string("case_id", &self.case_id);
-        block.string("order_id", &self.order_id);
-        block.string("order_line_id", &self.order_line_id);
+        block.string("case_id", self.case_id);
+        block.string("order_id", self.order_id);
+        block.string("order_line_id", self.order_line_id);
         block.string("customer_key", &self.customer_key);
-        block.string("sku", &self.sku);
+        block.string("sku", self.sku);
         block.int32("quantity", self.quantity);
         block.optional_string("reason", self.reason);
         block.optional_int64("amount_minor", self.amount_minor);
-        block.optional_string("amount_currency", self.amount_currency.as_deref());
+        block.optional_string("amount_currency", self.amount_currency);
         block.optional_string("method", self.method);
         block.string("channel", self.channel);
         block.string("outcome", self.outcome);
         block.micros("occurred_at", self.occurred_at);
-        block.string("source_system", &self.source_system);
-        block.optional_string("replacement_sku", self.replacement_sku.as_deref());
+        block.string("source_system", self.source_system);
+        block.optional_string("replacement_sku", self.replacement_sku);
         block.optional_string("warranty_resolution", self.warranty_resolution);
         block.optional_string("disposition", self.disposition);
         block.boolean("customer_missing", self.customer_missing);
         block.boolean("order_missing", self.order_missing);
         block.boolean("order_line_missing", self.order_line_missing);
         block.boolean("customer_pseudonymised", self.customer_pseudonymised);
-        block.optional_string("customer_segment", self.customer_segment.as_deref());
-        block.optional_string("customer_region", self.customer_region.as_deref());
+        block.optional_string("customer_segment", self.customer_segment);
+        block.optional_string("customer_region", self.customer_region);
         block.optional_string("order_channel", self.order_channel);
         block.optional_micros("order_placed_at", self.order_placed_at);
         block.optional_micros("order_delivered_at", self.order_delivered_at);
-        block.optional_string("line_category", self.line_category.as_deref());
+        block.optional_string("line_category", self.line_category);
         block.optional_int64("line_unit_price_minor", self.line_unit_price_minor);
-        block.optional_string("line_currency", self.line_currency.as_deref());
+        block.optional_string("line_currency", self.line_currency);
         block.optional_int32("days_since_delivery", self.days_since_delivery);
         block.optional_boolean("within_return_window", self.within_return_window);
         block.micros("enriched_at", self.enriched_at);
-        block.string("source_topic", &self.source_topic);
+        block.string("source_topic", self.source_topic);
         block.int32("source_partition", self.source_partition);
         block.int64("source_offset", self.source_offset);
-        block.string("backfill_run", &self.backfill_run);
+        block.string("backfill_run", self.backfill_run);
         block.end_row();
+    }
+}
+
+impl EventRow {
+    /// The owned row of an enriched event (see [`EventRowRef::new`]).
+    pub fn new(
+        enriched: &EnrichedEventRef<'_>,
+        source: &Source<'_>,
+        pseudonymiser: &Pseudonymiser,
+    ) -> Self {
+        EventRowRef::new(enriched, source, pseudonymiser).to_owned_row()
+    }
+
+    /// This row, borrowed.
+    pub fn as_ref(&self) -> EventRowRef<'_> {
+        fn text(text: &Option<CompactString>) -> Option<&str> {
+            text.as_deref()
+        }
+        EventRowRef {
+            idempotency_key: &self.idempotency_key,
+            event_id: &self.event_id,
+            event_type: self.event_type,
+            case_id: &self.case_id,
+            order_id: &self.order_id,
+            order_line_id: &self.order_line_id,
+            customer_key: Cow::Borrowed(&self.customer_key),
+            sku: &self.sku,
+            quantity: self.quantity,
+            reason: self.reason,
+            amount_minor: self.amount_minor,
+            amount_currency: text(&self.amount_currency),
+            method: self.method,
+            channel: self.channel,
+            outcome: self.outcome,
+            occurred_at: self.occurred_at,
+            source_system: &self.source_system,
+            replacement_sku: text(&self.replacement_sku),
+            warranty_resolution: self.warranty_resolution,
+            disposition: self.disposition,
+            customer_missing: self.customer_missing,
+            order_missing: self.order_missing,
+            order_line_missing: self.order_line_missing,
+            customer_pseudonymised: self.customer_pseudonymised,
+            customer_segment: text(&self.customer_segment),
+            customer_region: text(&self.customer_region),
+            order_channel: self.order_channel,
+            order_placed_at: self.order_placed_at,
+            order_delivered_at: self.order_delivered_at,
+            line_category: text(&self.line_category),
+            line_unit_price_minor: self.line_unit_price_minor,
+            line_currency: text(&self.line_currency),
+            days_since_delivery: self.days_since_delivery,
+            within_return_window: self.within_return_window,
+            enriched_at: self.enriched_at,
+            source_topic: &self.source_topic,
+            source_partition: self.source_partition,
+            source_offset: self.source_offset,
+            backfill_run: &self.backfill_run,
+        }
+    }
+
+    /// Appends this row to a Native block (see [`EventRowRef::append_to`]).
+    pub fn append_to(&self, block: &mut NativeBlock) {
+        self.as_ref().append_to(block);
     }
 }
 
@@ -314,6 +476,58 @@ impl CustomerRow {
             source_topic: source.topic.clone(),
             source_partition: source.partition,
             source_offset: source.offset,
+        }
+    }
+}
+
+#[cfg(test)]
+impl EventRowRef<'static> {
+    /// A row with a value in every column, for tests to vary.
+    pub(crate) fn example() -> Self {
+        Self {
+            idempotency_key: "key",
+            event_id: "event",
+            event_type: "RETURN_REQUESTED",
+            case_id: "case",
+            order_id: "order",
+            order_line_id: "line",
+            customer_key: Cow::Borrowed("p_customer"),
+            sku: "sku",
+            quantity: 1,
+            reason: Some("DAMAGED"),
+            amount_minor: Some(2_999),
+            amount_currency: Some("EUR"),
+            method: None,
+            channel: "WEB",
+            outcome: "APPROVED",
+            occurred_at: 1_780_000_000_000_000,
+            source_system: "portal",
+            replacement_sku: None,
+            warranty_resolution: None,
+            disposition: Some("RESTOCK"),
+            customer_missing: false,
+            order_missing: false,
+            order_line_missing: true,
+            customer_pseudonymised: false,
+            customer_segment: Some("vip"),
+            customer_region: None,
+            order_channel: Some("WEB"),
+            order_placed_at: Some(1_779_000_000_000_000),
+            order_delivered_at: None,
+            line_category: None,
+            line_unit_price_minor: None,
+            line_currency: None,
+            days_since_delivery: Some(3),
+            within_return_window: Some(true),
+            enriched_at: 1_780_000_000_000_005,
+            source_topic: {
+                static TOPIC: std::sync::LazyLock<Arc<str>> =
+                    std::sync::LazyLock::new(|| Arc::from("enriched"));
+                &TOPIC
+            },
+            source_partition: 0,
+            source_offset: 0,
+            backfill_run: "",
         }
     }
 }

@@ -13,7 +13,10 @@
 //!   in halves, recursively, until the refused rows are alone; those are returned to be
 //!   dead-lettered and the rest are written.
 
+use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boomerang_runtime::dead_letter::Rejection;
@@ -22,11 +25,12 @@ use boomerang_runtime::http::Readiness;
 use boomerang_runtime::retry::{Backoff, Retry};
 use boomerang_runtime::stage_loop::{Fence, Partition, WriteIndex};
 use clickhouse::error::Error as ClickhouseError;
+use compact_str::CompactString;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::SinkMetrics;
 use crate::native::NativeBlock;
-use crate::rows::{CustomerRow, EventRow, OrderRow};
+use crate::rows::{CustomerRow, EventRow, EventRowRef, OrderRow};
 
 /// The dead-letter kind of a row ClickHouse refused.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -92,6 +96,140 @@ impl TableRow for EventRow {
 impl TableRow for OrderRow {}
 
 impl TableRow for CustomerRow {}
+
+/// What one insert into a table takes a run of: its rows' records, in order, and how to insert
+/// some of them. Rows of a [`TableRow`] type, or the events of a batch already in a block
+/// ([`NativeEvents`]).
+pub trait TableRows: Sync {
+    type Entry: Sync;
+
+    /// The rows' records, in order.
+    fn keys(&self) -> &[Keyed<Self::Entry>];
+
+    /// One attempt at inserting the rows at `range`.
+    fn insert(
+        &self,
+        writer: &Writer,
+        table: &str,
+        range: Range<usize>,
+        token: &str,
+    ) -> impl Future<Output = Result<(), ClickhouseError>> + Send;
+}
+
+impl<R: TableRow> TableRows for [Keyed<R>] {
+    type Entry = R;
+
+    fn keys(&self) -> &[Keyed<R>] {
+        self
+    }
+
+    async fn insert(
+        &self,
+        writer: &Writer,
+        table: &str,
+        range: Range<usize>,
+        token: &str,
+    ) -> Result<(), ClickhouseError> {
+        writer.insert_once(table, &self[range], token).await
+    }
+}
+
+/// What the sink keeps of an event whose row is in the batch's block: its record, and the
+/// idempotency key of a backfilled one, to check against ClickHouse (`history.rs`).
+#[derive(Debug, Clone, Default)]
+pub struct EventEntry {
+    pub history_key: Option<CompactString>,
+}
+
+/// A batch's events as the sink inserts them by default: their rows in one Native block, each
+/// appended as its event was processed, and the records they came from, row for row.
+#[derive(Debug, Clone, Default)]
+pub struct NativeEvents {
+    /// Shared with the pieces of an insert in flight (`NativeBlock::pieces`).
+    pub block: Arc<NativeBlock>,
+    pub rows: Vec<Keyed<EventEntry>>,
+}
+
+impl NativeEvents {
+    /// No events, with room for as many as `like` holds.
+    pub fn with_room_of(like: &NativeEvents) -> Self {
+        Self {
+            block: Arc::new(NativeBlock::with_rows(like.rows.len())),
+            rows: Vec::with_capacity(like.rows.len()),
+        }
+    }
+
+    /// Appends an event's row, and keeps its record.
+    pub fn push(&mut self, row: &EventRowRef<'_>, keyed: Keyed<EventEntry>) {
+        // The block being filled is this batch's own: nothing else holds it, and `make_mut`
+        // never copies it.
+        row.append_to(Arc::make_mut(&mut self.block));
+        self.rows.push(keyed);
+    }
+
+    /// Empties the batch and keeps its buffers, if no insert still holds the block.
+    pub fn clear(&mut self) {
+        self.rows.clear();
+        match Arc::get_mut(&mut self.block) {
+            Some(block) => block.clear(),
+            None => self.block = Arc::new(NativeBlock::new()),
+        }
+    }
+
+    /// Keeps only the rows at `kept`, in order.
+    pub fn keep(&mut self, kept: &[usize]) {
+        if kept.len() == self.rows.len() {
+            return;
+        }
+        self.block = Arc::new(self.block.select(kept));
+        keep_indexes(&mut self.rows, kept);
+    }
+}
+
+/// Keeps only the items of `items` at `kept`, which ascend.
+pub(crate) fn keep_indexes<T>(items: &mut Vec<T>, kept: &[usize]) {
+    let mut kept = kept.iter().peekable();
+    let mut index = 0;
+    items.retain(|_| {
+        let keep = kept.next_if_eq(&&index).is_some();
+        index += 1;
+        keep
+    });
+}
+
+impl TableRows for NativeEvents {
+    type Entry = EventEntry;
+
+    fn keys(&self) -> &[Keyed<EventEntry>] {
+        &self.rows
+    }
+
+    async fn insert(
+        &self,
+        writer: &Writer,
+        table: &str,
+        range: Range<usize>,
+        token: &str,
+    ) -> Result<(), ClickhouseError> {
+        // The whole batch goes as its block; a part of it (a split around a refused row) as a
+        // block of those rows.
+        let part;
+        let block = if range.start == 0 && range.end == self.rows.len() {
+            &self.block
+        } else {
+            part = Arc::new(self.block.select(&range.collect::<Vec<_>>()));
+            &part
+        };
+        let columns: Vec<&str> = block.column_names().collect();
+        let sql = format!("INSERT INTO {table} ({}) FORMAT Native", columns.join(", "));
+        match block.pieces() {
+            Ok(pieces) => writer.send_native(&sql, pieces, token).await,
+            // A bug in the row's code (`EventRowRef::append_to`), never the data's fault: the
+            // insert is retried, and `/readyz` and the logs say why.
+            Err(mismatch) => Err(ClickhouseError::Custom(mismatch.to_string())),
+        }
+    }
+}
 
 /// How much of a Native body is compressed and handed to the connection at a time: the
 /// crate's own inserts send a few hundred KiB at a time, too.
@@ -248,7 +386,7 @@ impl Writer {
     async fn send_native(
         &self,
         sql: &str,
-        pieces: Vec<Vec<u8>>,
+        pieces: Vec<bytes::Bytes>,
         token: &str,
     ) -> Result<(), ClickhouseError> {
         let mut insert = self
@@ -256,8 +394,7 @@ impl Writer {
             .insert_formatted_with(sql)
             .with_timeouts(Some(self.timeout), Some(self.timeout))
             .with_setting("insert_deduplication_token", token);
-        for piece in pieces {
-            let mut piece = bytes::Bytes::from(piece);
+        for mut piece in pieces {
             while !piece.is_empty() {
                 let chunk = piece.split_to(piece.len().min(NATIVE_CHUNK_BYTES));
                 insert.send(chunk).await?;
@@ -268,16 +405,18 @@ impl Writer {
 
     /// Inserts `rows`, retrying until ClickHouse has them or refuses some for good; `Err` if
     /// shutdown came first.
-    async fn insert_with_retry<R>(
+    async fn insert_with_retry<T>(
         &self,
         table: &'static str,
-        rows: &[Keyed<R>],
+        rows: &T,
+        range: Range<usize>,
         fence: Option<&Fence>,
     ) -> Result<Option<String>, NotWritten>
     where
-        R: TableRow,
+        T: TableRows + ?Sized,
     {
-        let token = dedup_token(table, rows);
+        let count = range.len();
+        let token = dedup_token(table, &rows.keys()[range.clone()]);
         let what = format!("inserting into {table}");
         let mut retry = self.retry(&what);
         loop {
@@ -285,13 +424,13 @@ impl Writer {
             // what the partition's new owner writes.
             self.confirm_ownership(fence).await?;
             let started = Instant::now();
-            let result = self.insert_once(table, rows, &token).await;
+            let result = rows.insert(self, table, range.clone(), &token).await;
             let failure = match result {
                 Ok(()) => {
                     self.metrics
                         .rows_inserted
                         .with_label_values(&[table])
-                        .inc_by(rows.len() as u64);
+                        .inc_by(count as u64);
                     self.metrics
                         .insert_duration
                         .with_label_values(&[table])
@@ -299,7 +438,7 @@ impl Writer {
                     self.metrics
                         .insert_rows
                         .with_label_values(&[table])
-                        .observe(rows.len() as f64);
+                        .observe(count as f64);
                     self.metrics.inserts_failing.set(0);
                     if retry.failures() > 0 {
                         tracing::info!(
@@ -341,24 +480,24 @@ impl Writer {
 
     /// Writes every row, isolating and returning the ones ClickHouse refuses for good.
     /// `fence`, when given, is asked before every attempt (`Fence::confirm`).
-    pub async fn write_all<R>(
+    pub async fn write_all<T>(
         &self,
         table: &'static str,
-        rows: &[Keyed<R>],
+        rows: &T,
         fence: Option<&Fence>,
     ) -> Written
     where
-        R: TableRow,
+        T: TableRows + ?Sized,
     {
         let mut written = Written::default();
         // Ranges still to insert; the first half of a split goes first.
-        let mut ranges = vec![(0, rows.len())];
+        let mut ranges = vec![(0, rows.keys().len())];
         while let Some((start, end)) = ranges.pop() {
             if start == end {
                 continue;
             }
-            let slice = &rows[start..end];
-            match self.insert_with_retry(table, slice, fence).await {
+            let slice = &rows.keys()[start..end];
+            match self.insert_with_retry(table, rows, start..end, fence).await {
                 Err(NotWritten::Shutdown) => {
                     written.abandoned = true;
                     return written;
@@ -399,6 +538,59 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_events_keep_their_rows_and_records_together() {
+        let topic: Arc<str> = Arc::from("enriched");
+        let mut writes = boomerang_runtime::stage_loop::Writes::default();
+        let mut events = NativeEvents::default();
+        let mut expected = NativeBlock::new();
+        for offset in 0..6_i64 {
+            let key = format!("key-{offset}");
+            let row = EventRowRef {
+                idempotency_key: &key,
+                source_offset: offset,
+                ..EventRowRef::example()
+            };
+            if offset % 2 == 1 {
+                row.append_to(&mut expected);
+            }
+            let entry = Keyed {
+                row: EventEntry {
+                    history_key: Some(key.as_str().into()),
+                },
+                partition: (topic.clone(), 0),
+                offset,
+                write: writes.write().1,
+            };
+            events.push(&row, entry);
+        }
+        events.keep(&[1, 3, 5]);
+        let offsets: Vec<i64> = events.rows.iter().map(|keyed| keyed.offset).collect();
+        assert_eq!(offsets, [1, 3, 5]);
+        assert_eq!(events.block.rows(), 3);
+        let concat = |pieces: Vec<bytes::Bytes>| -> Vec<u8> {
+            pieces
+                .iter()
+                .flat_map(|piece| piece.iter().copied())
+                .collect()
+        };
+        assert_eq!(
+            concat(events.block.pieces().expect("one shape")),
+            concat(expected.finish().expect("one shape"))
+        );
+        events.clear();
+        assert!(events.rows.is_empty() && events.block.rows() == 0);
+    }
+
+    #[test]
+    fn kept_indexes_are_kept_in_order() {
+        let mut items: Vec<char> = "abcdef".chars().collect();
+        keep_indexes(&mut items, &[0, 2, 5]);
+        assert_eq!(items, ['a', 'c', 'f']);
+        keep_indexes(&mut items, &[]);
+        assert!(items.is_empty());
+    }
 
     #[test]
     fn failures_are_told_apart_by_code() {

@@ -1,6 +1,8 @@
 //! The events' Native inserts (`native.rs`) store exactly what the `clickhouse` crate's
-//! RowBinary inserts store, column by column, and a row ClickHouse refuses is still found
-//! and dead-lettered alone. Against the local stack's ClickHouse, through the sink's `Writer`.
+//! RowBinary inserts store, column by column, whether the block is built from owned rows or
+//! appended to as events are processed (`NativeEvents`), and a row ClickHouse refuses is still
+//! found and dead-lettered alone. Against the local stack's ClickHouse, through the sink's
+//! `Writer`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use boomerang_runtime::stage_loop::Writes;
 use boomerang_sink::metrics::SinkMetrics;
 use boomerang_sink::processor::EVENTS_TABLE;
 use boomerang_sink::rows::EventRow;
-use boomerang_sink::write::{InsertFormat, Keyed, Writer};
+use boomerang_sink::write::{EventEntry, InsertFormat, Keyed, NativeEvents, Writer};
 use boomerang_testkit::{Stack, unique_name};
 use compact_str::CompactString;
 use tokio_util::sync::CancellationToken;
@@ -96,6 +98,21 @@ fn keyed(rows: Vec<EventRow>, topic: &Arc<str>) -> Vec<Keyed<EventRow>> {
         .collect()
 }
 
+/// The same rows as the sink's processor keeps them: appended to one block as they come.
+fn native_events(keyed: &[Keyed<EventRow>]) -> NativeEvents {
+    let mut events = NativeEvents::default();
+    for row in keyed {
+        let entry = Keyed {
+            row: EventEntry::default(),
+            partition: row.partition.clone(),
+            offset: row.offset,
+            write: row.write,
+        };
+        events.push(&row.row.as_ref(), entry);
+    }
+    events
+}
+
 async fn database(stack: &Stack) -> ClickhouseArgs {
     let args = ClickhouseArgs::for_url(
         &stack.clickhouse_url,
@@ -133,13 +150,18 @@ async fn stored(args: &ClickhouseArgs) -> String {
 async fn native_and_rowbinary_inserts_store_the_same_rows() {
     let stack = Stack::from_env();
     let topic: Arc<str> = Arc::from("enriched");
-    let (native, rowbinary) = (database(&stack).await, database(&stack).await);
+    let (native, rowbinary, appended) = (
+        database(&stack).await,
+        database(&stack).await,
+        database(&stack).await,
+    );
+    let keyed = keyed(rows(1_024, &topic), &topic);
     for (args, format) in [
         (&native, InsertFormat::Native),
         (&rowbinary, InsertFormat::RowBinary),
     ] {
         let written = writer(args, format)
-            .write_all(EVENTS_TABLE, &keyed(rows(1_024, &topic), &topic), None)
+            .write_all(EVENTS_TABLE, keyed.as_slice(), None)
             .await;
         assert!(
             written.rejected.is_empty(),
@@ -148,7 +170,17 @@ async fn native_and_rowbinary_inserts_store_the_same_rows() {
         );
         assert!(!written.abandoned && written.fenced.is_none());
     }
+    let written = writer(&appended, InsertFormat::Native)
+        .write_all(EVENTS_TABLE, &native_events(&keyed), None)
+        .await;
+    assert!(written.rejected.is_empty(), "{:?}", written.rejected);
+    assert!(!written.abandoned && written.fenced.is_none());
     let (from_native, from_rowbinary) = (stored(&native).await, stored(&rowbinary).await);
+    assert_eq!(
+        stored(&appended).await,
+        from_native,
+        "appended as processed"
+    );
     assert_eq!(
         from_native.lines().count(),
         2 + 1_024,
@@ -175,25 +207,40 @@ async fn a_row_clickhouse_refuses_in_a_native_block_is_the_only_one_dead_lettere
     // The table's constraint: a quantity is positive.
     rows[217].quantity = 0;
     let keyed = keyed(rows, &topic);
-    let written = writer(&args, InsertFormat::Native)
-        .write_all(EVENTS_TABLE, &keyed, None)
-        .await;
-    let refused: Vec<usize> = written
-        .rejected
-        .iter()
-        .map(|(write, _)| write.get())
-        .collect();
-    assert_eq!(refused, [keyed[217].write.get()]);
-    assert!(
-        written.rejected[0].1.message.contains("quantity"),
-        "{:?}",
-        written.rejected[0].1
-    );
-    let count = args
-        .client()
-        .query(&format!("SELECT count() FROM {EVENTS_TABLE}"))
-        .fetch_one::<u64>()
-        .await
-        .expect("count");
-    assert_eq!(count, 299);
+    // As owned rows, then appended as processed (the split inserts parts of the block).
+    let appended = database(&stack).await;
+    for (args, written) in [
+        (
+            &args,
+            writer(&args, InsertFormat::Native)
+                .write_all(EVENTS_TABLE, keyed.as_slice(), None)
+                .await,
+        ),
+        (
+            &appended,
+            writer(&appended, InsertFormat::Native)
+                .write_all(EVENTS_TABLE, &native_events(&keyed), None)
+                .await,
+        ),
+    ] {
+        let refused: Vec<usize> = written
+            .rejected
+            .iter()
+            .map(|(write, _)| write.get())
+            .collect();
+        assert_eq!(refused, [keyed[217].write.get()]);
+        assert!(
+            written.rejected[0].1.message.contains("quantity"),
+            "{:?}",
+            written.rejected[0].1
+        );
+        let count = args
+            .client()
+            .query(&format!("SELECT count() FROM {EVENTS_TABLE}"))
+            .fetch_one::<u64>()
+            .await
+            .expect("count");
+        assert_eq!(count, 299);
+    }
+    assert_eq!(stored(&appended).await, stored(&args).await);
 }
