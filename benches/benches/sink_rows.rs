@@ -5,7 +5,8 @@
 //! (`boomerang_schemas::borrowed`). Both build the same row (`schemas/tests/specific_codec.rs`
 //! and the `sink_rows` fuzz target hold them to it).
 //!
-//! Then the insert's side: 50k rows appended to one Native block (`sink/src/native.rs`).
+//! Then the insert's side: 50k rows appended to one Native block (`sink/src/native.rs`), and a
+//! whole batch from datums to the insert's pieces, the old way and the new.
 //!
 //! cargo bench -p boomerang-benches --bench sink_rows
 
@@ -17,7 +18,7 @@ use boomerang_runtime::pseudonym::Pseudonymiser;
 use boomerang_schemas::codec::{decode, encode};
 use boomerang_schemas::{EnrichedEventRef, EnrichedPostPurchaseEvent, TimestampMicros};
 use boomerang_sink::native::NativeBlock;
-use boomerang_sink::rows::{EventRow, Source};
+use boomerang_sink::rows::{EventRow, EventRowRef, Source};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// Distinct events, so that the rows' strings differ as in a drain.
@@ -81,6 +82,44 @@ fn sink_rows(criterion: &mut Criterion) {
                 row.append_to(&mut block);
             }
             black_box(block.finish().expect("one shape"))
+        })
+    });
+    group.finish();
+
+    // A whole batch, from the records' datums to the insert's pieces: as the sink did until
+    // 2026-12-04 (an owned row per event, kept, then appended to a block at insert time), and
+    // as it does now (each event's row appended to the batch's block as it is processed, the
+    // block reused from batch to batch).
+    let mut group = criterion.benchmark_group("sink_batch");
+    group.throughput(Throughput::Elements(BLOCK_ROWS as u64));
+    group.sample_size(20);
+    let mut kept: Vec<EventRow> = Vec::with_capacity(BLOCK_ROWS);
+    group.bench_function("owned_rows_then_block", |bench| {
+        bench.iter(|| {
+            kept.clear();
+            for n in 0..BLOCK_ROWS {
+                let in_place =
+                    EnrichedEventRef::read(black_box(&datums[n % EVENTS])).expect("read");
+                kept.push(EventRow::new(&in_place, &source(n), &pseudonymiser));
+            }
+            let mut block = NativeBlock::with_rows(kept.len());
+            for row in &kept {
+                row.append_to(&mut block);
+            }
+            black_box(block.finish().expect("one shape"))
+        })
+    });
+    let mut block = Arc::new(NativeBlock::with_rows(BLOCK_ROWS));
+    group.bench_function("appended_as_processed", |bench| {
+        bench.iter(|| {
+            let filling = Arc::make_mut(&mut block);
+            filling.clear();
+            for n in 0..BLOCK_ROWS {
+                let in_place =
+                    EnrichedEventRef::read(black_box(&datums[n % EVENTS])).expect("read");
+                EventRowRef::new(&in_place, &source(n), &pseudonymiser).append_to(filling);
+            }
+            black_box(block.pieces().expect("one shape"))
         })
     });
     group.finish();
