@@ -48,6 +48,15 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a confirmation asks again while the group is between generations.
 const CONFIRM_PATIENCE: Duration = Duration::from_secs(15);
 
+/// An answer that took longer than this is not believed: it was asked for, or given, before a
+/// pause of this process (SIGSTOP, a stall) that the group may have fenced it for meanwhile.
+/// An unanswered question ends at [`CONFIRM_TIMEOUT`]; a second more is scheduling slack.
+const STALE_ANSWER: Duration = Duration::from_secs(4);
+
+/// How many stale answers in a row are asked again before the write goes on regardless, as
+/// it does when the group cannot tell.
+const STALE_ANSWERS_ASKED_AGAIN: u32 = 3;
+
 /// This instance is no longer a member of its group's current generation.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("fenced: the group has moved on without this instance ({0})")]
@@ -142,8 +151,14 @@ impl Fence {
     /// nothing about this member yet — a live member gets it too, until it has rejoined — so
     /// it is asked again, for up to [`CONFIRM_PATIENCE`]. Only a member the group no longer
     /// knows, or one another instance with its id replaced, is fenced.
+    ///
+    /// An answer that took longer than [`STALE_ANSWER`] is asked for again (found in CI: a
+    /// zombie sink, stopped while its question was on its way, resumed to the answer given
+    /// before it stopped — or to the question's timeout, "cannot tell" — and wrote its rows
+    /// a second time, after the group had handed its partitions over).
     async fn ask(&self, offsets: TopicPartitionList) -> Result<(), Fenced> {
         let deadline = tokio::time::Instant::now() + CONFIRM_PATIENCE;
+        let mut stale_answers = 0;
         loop {
             if self.consumer.assignment_lost() {
                 return Err(Fenced("the consumer lost its assignment".into()));
@@ -152,7 +167,17 @@ impl Fence {
             let offsets = offsets.clone();
             let ask =
                 tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync));
-            let code = match tokio::time::timeout(CONFIRM_TIMEOUT, ask).await {
+            let asked = tokio::time::Instant::now();
+            let answer = tokio::time::timeout(CONFIRM_TIMEOUT, ask).await;
+            if is_stale(asked.elapsed()) && stale_answers < STALE_ANSWERS_ASKED_AGAIN {
+                stale_answers += 1;
+                tracing::warn!(
+                    took_ms = asked.elapsed().as_millis() as u64,
+                    "a fence confirmation took too long to be believed (this process may have been paused); asking again"
+                );
+                continue;
+            }
+            let code = match answer {
                 Ok(Ok(Err(KafkaError::ConsumerCommit(code)))) => code,
                 Err(_elapsed) => {
                     tracing::debug!("the group did not answer a fence confirmation in time");
@@ -173,6 +198,11 @@ impl Fence {
     }
 }
 
+/// Whether an answer that took `took` may predate a pause of this process.
+fn is_stale(took: Duration) -> bool {
+    took > STALE_ANSWER
+}
+
 /// What a refused confirmation says about this member.
 #[derive(Debug, PartialEq, Eq)]
 enum Answer {
@@ -186,7 +216,10 @@ enum Answer {
 
 fn answer_to(code: RDKafkaErrorCode) -> Answer {
     match code {
-        RDKafkaErrorCode::UnknownMemberId | RDKafkaErrorCode::FencedInstanceId => Answer::Fenced,
+        // The last: librdkafka's own word that its session timed out (a paused process).
+        RDKafkaErrorCode::UnknownMemberId
+        | RDKafkaErrorCode::FencedInstanceId
+        | RDKafkaErrorCode::AssignmentLost => Answer::Fenced,
         RDKafkaErrorCode::IllegalGeneration | RDKafkaErrorCode::RebalanceInProgress => {
             Answer::AskAgain
         }
@@ -211,6 +244,7 @@ mod tests {
             (RDKafkaErrorCode::RebalanceInProgress, Answer::AskAgain),
             (RDKafkaErrorCode::UnknownMemberId, Answer::Fenced),
             (RDKafkaErrorCode::FencedInstanceId, Answer::Fenced),
+            (RDKafkaErrorCode::AssignmentLost, Answer::Fenced),
             (RDKafkaErrorCode::CoordinatorNotAvailable, Answer::GoOn),
         ] {
             assert_eq!(answer_to(code), expected, "{code:?}");
@@ -245,6 +279,20 @@ mod tests {
             .ledger
             .complete(&[("fence-test".into(), 0, 41)], &[]);
         in_flight
+    }
+
+    #[test]
+    fn only_an_answer_slower_than_an_unanswered_question_is_stale() {
+        assert!(!is_stale(Duration::from_millis(5)));
+        assert!(
+            !is_stale(CONFIRM_TIMEOUT),
+            "a question the group did not answer in time is not stale: the write goes on"
+        );
+        assert!(
+            is_stale(Duration::from_secs(7)),
+            "a paused process's answer"
+        );
+        const { assert!(STALE_ANSWER.as_millis() > CONFIRM_TIMEOUT.as_millis()) };
     }
 
     /// Found by the chaos soak: a confirmation (a synchronous commit) waited for a coordinator
