@@ -168,31 +168,36 @@ impl Fence {
             let ask =
                 tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync));
             let asked = tokio::time::Instant::now();
-            let answer = tokio::time::timeout(CONFIRM_TIMEOUT, ask).await;
-            if is_stale(asked.elapsed()) && stale_answers < STALE_ANSWERS_ASKED_AGAIN {
+            let code = match tokio::time::timeout(CONFIRM_TIMEOUT, ask).await {
+                Ok(Ok(Err(KafkaError::ConsumerCommit(code)))) => Some(code),
+                Err(_elapsed) => {
+                    tracing::debug!("the group did not answer a fence confirmation in time");
+                    None
+                }
+                // Committed, or a failure that cannot tell (a broker that does not answer):
+                // the write goes on, as it did before the fence existed.
+                Ok(_) => None,
+            };
+            if let Some(code) = code
+                && answer_to(code) == Answer::Fenced
+            {
+                // Believed however late it came: a fenced member stays fenced.
+                return Err(Fenced(code.to_string()));
+            }
+            let took = asked.elapsed();
+            if is_stale(took) && stale_answers < STALE_ANSWERS_ASKED_AGAIN {
                 stale_answers += 1;
                 tracing::warn!(
-                    took_ms = asked.elapsed().as_millis() as u64,
+                    took_ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
                     "a fence confirmation took too long to be believed (this process may have been paused); asking again"
                 );
                 continue;
             }
-            let code = match answer {
-                Ok(Ok(Err(KafkaError::ConsumerCommit(code)))) => code,
-                Err(_elapsed) => {
-                    tracing::debug!("the group did not answer a fence confirmation in time");
-                    return Ok(());
-                }
-                // Committed, or a failure that cannot tell (a broker that does not answer):
-                // the write goes on, as it did before the fence existed.
-                Ok(_) => return Ok(()),
-            };
-            match answer_to(code) {
-                Answer::Fenced => return Err(Fenced(code.to_string())),
-                Answer::AskAgain if tokio::time::Instant::now() < deadline => {
+            match code.map(answer_to) {
+                Some(Answer::AskAgain) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                Answer::AskAgain | Answer::GoOn => return Ok(()),
+                _ => return Ok(()),
             }
         }
     }
