@@ -20,7 +20,7 @@ use boomerang_benches::pipeline::stack_pids;
 use boomerang_benches::reference_world::enriched;
 use boomerang_clickhouse::ClickhouseArgs;
 use boomerang_clickhouse::migrations;
-use boomerang_runtime::pseudonym::Pseudonymiser;
+use boomerang_runtime::pseudonym::{PseudonymCache, Pseudonymiser};
 use boomerang_schemas::{EnrichedEventRef, TimestampMicros};
 use boomerang_sink::rows::{EventRow, Source};
 use boomerang_testkit::{Stack, unique_name};
@@ -143,7 +143,8 @@ fn main() {
 /// The benchmark's events as the sink's rows, inserted as the sink inserts them.
 async fn fill(client: &clickhouse::Client, events: usize) {
     let now = TimestampMicros::now();
-    let pseudonymiser = Pseudonymiser::new(b"benchmark-pseudonym-key").expect("key");
+    let mut pseudonyms =
+        PseudonymCache::new(Pseudonymiser::new(b"benchmark-pseudonym-key").expect("key"));
     let topic = std::sync::Arc::from("bench");
     for start in (0..events).step_by(BATCH) {
         let mut insert = client
@@ -159,7 +160,7 @@ async fn fill(client: &clickhouse::Client, events: usize) {
             let row = EventRow::new(
                 &EnrichedEventRef::of(&enriched(n, now)),
                 &source,
-                &pseudonymiser,
+                &mut pseudonyms,
             );
             insert.write(&row).await.expect("write");
         }

@@ -13,7 +13,7 @@ use boomerang_benches::reference_world::enriched;
 use boomerang_clickhouse::ClickhouseArgs;
 use boomerang_clickhouse::migrations;
 use boomerang_runtime::kafka::{KafkaArgs, TopicSpec, ensure_topics};
-use boomerang_runtime::pseudonym::Pseudonymiser;
+use boomerang_runtime::pseudonym::{PseudonymCache, Pseudonymiser};
 use boomerang_runtime::registry::{RegistryArgs, register_all};
 use boomerang_runtime::topics::{TopicsArgs, value_subject};
 use boomerang_schemas::{EnrichedEventRef, TimestampMicros};
@@ -33,7 +33,8 @@ async fn bare_insert(clickhouse: &ClickhouseArgs, events: usize, now: TimestampM
         .execute()
         .await
         .expect("bare table");
-    let pseudonymiser = Pseudonymiser::new(PSEUDONYM_KEY.as_bytes()).expect("key");
+    let mut pseudonyms =
+        PseudonymCache::new(Pseudonymiser::new(PSEUDONYM_KEY.as_bytes()).expect("key"));
     let topic = std::sync::Arc::from("bench");
     let rows: Vec<EventRow> = (0..events)
         .map(|n| {
@@ -45,7 +46,7 @@ async fn bare_insert(clickhouse: &ClickhouseArgs, events: usize, now: TimestampM
             EventRow::new(
                 &EnrichedEventRef::of(&enriched(n, now)),
                 &source,
-                &pseudonymiser,
+                &mut pseudonyms,
             )
         })
         .collect();

@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use boomerang_benches::reference_world::enriched;
-use boomerang_runtime::pseudonym::Pseudonymiser;
+use boomerang_runtime::pseudonym::{PseudonymCache, Pseudonymiser};
 use boomerang_schemas::codec::{decode, encode};
 use boomerang_schemas::{EnrichedEventRef, EnrichedPostPurchaseEvent, TimestampMicros};
 use boomerang_sink::native::NativeBlock;
@@ -30,12 +30,34 @@ fn sink_rows(criterion: &mut Criterion) {
         .map(|n| encode(&enriched(n, now)).expect("encode"))
         .collect();
     let pseudonymiser = Pseudonymiser::new(b"benchmark-pseudonym-key").expect("key");
+    let mut pseudonyms = PseudonymCache::new(pseudonymiser.clone());
     let topic: Arc<str> = Arc::from("enriched");
     let source = |offset: usize| Source {
         topic: &topic,
         partition: 0,
         offset: offset as i64,
     };
+
+    // Every event's customer is pseudonymised: HMAC-SHA256 each time, against the sink's cache
+    // (since 2026-12-04), over the 20k customers of a `pipeline_e2e` drain.
+    let customers: Vec<String> = (0..20_000).map(|n| format!("cus-{n:06}")).collect();
+    let mut group = criterion.benchmark_group("sink_pseudonym");
+    group.throughput(Throughput::Elements(customers.len() as u64));
+    group.bench_function("hmac_sha256_each", |bench| {
+        bench.iter(|| {
+            for customer in &customers {
+                black_box(pseudonymiser.pseudonym(black_box(customer)));
+            }
+        })
+    });
+    group.bench_function("cached", |bench| {
+        bench.iter(|| {
+            for customer in &customers {
+                black_box(pseudonyms.pseudonym(black_box(customer)));
+            }
+        })
+    });
+    group.finish();
 
     let mut group = criterion.benchmark_group("sink_event_row");
     group.throughput(Throughput::Elements(EVENTS as u64));
@@ -47,7 +69,7 @@ fn sink_rows(criterion: &mut Criterion) {
                 let row = EventRow::new(
                     &EnrichedEventRef::of(&decoded),
                     &source(offset),
-                    &pseudonymiser,
+                    &mut pseudonyms,
                 );
                 black_box(row);
             }
@@ -57,7 +79,7 @@ fn sink_rows(criterion: &mut Criterion) {
         bench.iter(|| {
             for (offset, datum) in datums.iter().enumerate() {
                 let in_place = EnrichedEventRef::read(black_box(datum)).expect("read");
-                let row = EventRow::new(&in_place, &source(offset), &pseudonymiser);
+                let row = EventRow::new(&in_place, &source(offset), &mut pseudonyms);
                 black_box(row);
             }
         })
@@ -69,7 +91,7 @@ fn sink_rows(criterion: &mut Criterion) {
         .map(|n| {
             let datum = &datums[n % EVENTS];
             let in_place = EnrichedEventRef::read(datum).expect("read");
-            EventRow::new(&in_place, &source(n), &pseudonymiser)
+            EventRow::new(&in_place, &source(n), &mut pseudonyms)
         })
         .collect();
     let mut group = criterion.benchmark_group("sink_native_block");
@@ -100,7 +122,7 @@ fn sink_rows(criterion: &mut Criterion) {
             for n in 0..BLOCK_ROWS {
                 let in_place =
                     EnrichedEventRef::read(black_box(&datums[n % EVENTS])).expect("read");
-                kept.push(EventRow::new(&in_place, &source(n), &pseudonymiser));
+                kept.push(EventRow::new(&in_place, &source(n), &mut pseudonyms));
             }
             let mut block = NativeBlock::with_rows(kept.len());
             for row in &kept {
@@ -117,7 +139,7 @@ fn sink_rows(criterion: &mut Criterion) {
             for n in 0..BLOCK_ROWS {
                 let in_place =
                     EnrichedEventRef::read(black_box(&datums[n % EVENTS])).expect("read");
-                EventRowRef::new(&in_place, &source(n), &pseudonymiser).append_to(filling);
+                EventRowRef::new(&in_place, &source(n), &mut pseudonyms).append_to(filling);
             }
             black_box(block.pieces().expect("one shape"))
         })

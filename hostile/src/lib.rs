@@ -22,7 +22,7 @@ use std::sync::LazyLock;
 use apache_avro::Schema;
 use boomerang_enrich::tables::{ReferenceTables, ref_key};
 use boomerang_runtime::decode::{DecodeFailure, RecordDecoder, WriterSchemaSource};
-use boomerang_runtime::pseudonym::Pseudonymiser;
+use boomerang_runtime::pseudonym::{PseudonymCache, Pseudonymiser};
 use boomerang_runtime::registry::LookupError;
 use boomerang_schemas::codec::{self, AvroRecord};
 use boomerang_schemas::wire::{self, FrameError};
@@ -230,9 +230,11 @@ pub fn sink_rows(data: &[u8]) {
             let in_place = EnrichedEventRef::read(datum);
             assert_eq!(decoded.is_ok(), in_place.is_ok());
             if let (Ok(enriched), Ok(in_place)) = (decoded, in_place) {
-                let row = EventRow::new(&EnrichedEventRef::of(&enriched), &source, pseudonymiser);
+                // The second row's pseudonym comes from the cache the first one filled.
+                let mut pseudonyms = PseudonymCache::new(pseudonymiser.clone());
+                let row = EventRow::new(&EnrichedEventRef::of(&enriched), &source, &mut pseudonyms);
                 assert!(!row.customer_key.is_empty());
-                assert_eq!(row, EventRow::new(&in_place, &source, pseudonymiser));
+                assert_eq!(row, EventRow::new(&in_place, &source, &mut pseudonyms));
             }
         }
         1 => {

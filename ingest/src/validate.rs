@@ -157,9 +157,50 @@ const ISO_4217: [&str; 156] = [
     "VES", "VND", "VUV", "WST", "XAF", "XCD", "XCG", "XOF", "XPF", "YER", "ZAR", "ZMW", "ZWG",
 ];
 
+/// Whether `code` is an active ISO 4217 code: one bit per three-letter code. A binary search of
+/// the list compared strings eight times an event, 5% of ingest's main thread (`perf`).
 pub fn is_iso_4217(code: &str) -> bool {
-    ISO_4217.binary_search(&code).is_ok()
+    letters_index(code.as_bytes())
+        .is_some_and(|index| ISO_4217_BITS[index / 64] & (1 << (index % 64)) != 0)
 }
+
+/// Three uppercase ASCII letters as a number below 26³; anything else has none.
+const fn letters_index(code: &[u8]) -> Option<usize> {
+    let [first, second, third] = code else {
+        return None;
+    };
+    let (Some(first), Some(second), Some(third)) =
+        (letter(*first), letter(*second), letter(*third))
+    else {
+        return None;
+    };
+    Some((first * 26 + second) * 26 + third)
+}
+
+const fn letter(byte: u8) -> Option<usize> {
+    if byte.is_ascii_uppercase() {
+        Some((byte - b'A') as usize)
+    } else {
+        None
+    }
+}
+
+/// Three-letter codes there are.
+const THREE_LETTERS: usize = 26 * 26 * 26;
+
+/// [`ISO_4217`] as bits, built at compile time.
+const ISO_4217_BITS: [u64; THREE_LETTERS.div_ceil(64)] = {
+    let mut bits = [0u64; THREE_LETTERS.div_ceil(64)];
+    let mut next = 0;
+    while next < ISO_4217.len() {
+        let Some(index) = letters_index(ISO_4217[next].as_bytes()) else {
+            panic!("an ISO 4217 code is three uppercase letters");
+        };
+        bits[index / 64] |= 1 << (index % 64);
+        next += 1;
+    }
+    bits
+};
 
 #[cfg(test)]
 mod tests {
@@ -193,10 +234,29 @@ mod tests {
     }
 
     #[test]
-    fn currency_codes_are_sorted_for_binary_search() {
-        assert!(ISO_4217.windows(2).all(|pair| pair[0] < pair[1]));
+    fn currency_codes_are_exactly_the_list() {
+        assert!(
+            ISO_4217.windows(2).all(|pair| pair[0] < pair[1]),
+            "sorted, no repeats"
+        );
         assert!(is_iso_4217("EUR") && is_iso_4217("JPY"));
-        assert!(!is_iso_4217("eur") && !is_iso_4217("EURO") && !is_iso_4217("XXX"));
+        for not_a_code in ["eur", "EURO", "EU", "", "XXX", "EU\u{0}", "ÉUR", "E€"] {
+            assert!(!is_iso_4217(not_a_code), "{not_a_code:?}");
+        }
+        // Every three uppercase letters: accepted exactly when the list has them.
+        let mut accepted = 0;
+        for first in b'A'..=b'Z' {
+            for second in b'A'..=b'Z' {
+                for third in b'A'..=b'Z' {
+                    let bytes = [first, second, third];
+                    let code = std::str::from_utf8(&bytes).expect("ASCII");
+                    let listed = ISO_4217.binary_search(&code).is_ok();
+                    assert_eq!(is_iso_4217(code), listed, "{code}");
+                    accepted += usize::from(listed);
+                }
+            }
+        }
+        assert_eq!(accepted, ISO_4217.len());
     }
 
     #[test]

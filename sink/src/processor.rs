@@ -13,7 +13,7 @@ use boomerang_clickhouse::analytics_refresh::InsertLoad;
 use boomerang_runtime::dead_letter::Rejection;
 use boomerang_runtime::decode::{DecodeFailure, RecordDecoder, WriterSchemaSource};
 use boomerang_runtime::error_kind::DeadLetterKind;
-use boomerang_runtime::pseudonym::Pseudonymiser;
+use boomerang_runtime::pseudonym::{PseudonymCache, Pseudonymiser};
 use boomerang_runtime::stage_loop::{
     Fence, FlushFuture, FlushResult, HISTORY_HEADER, InputRecord, Outcome, Partition, Processor,
     RetryableError, WriteIndex, Writes,
@@ -62,6 +62,8 @@ pub struct SinkProcessor<Source> {
     orders: RecordDecoder<Order, Source>,
     customers: RecordDecoder<Customer, Source>,
     pseudonymiser: Pseudonymiser,
+    /// Every event's customer is pseudonymised: a customer's many events make it once.
+    pseudonyms: PseudonymCache,
     writer: Writer,
     /// What ClickHouse already holds of a newly assigned partition.
     stored_offsets: StoredOffsets,
@@ -109,6 +111,7 @@ impl<S: WriterSchemaSource + Clone> SinkProcessor<S> {
             events: RecordDecoder::new(source.clone()),
             orders: RecordDecoder::new(source.clone()),
             customers: RecordDecoder::new(source),
+            pseudonyms: PseudonymCache::new(pseudonymiser.clone()),
             pseudonymiser,
             writer,
             stored_offsets,
@@ -313,7 +316,7 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
                 .headers
                 .get(HISTORY_HEADER)
                 .map(|run| String::from_utf8_lossy(run));
-            let mut row = EventRowRef::new(&enriched, &source, &self.pseudonymiser);
+            let mut row = EventRowRef::new(&enriched, &source, &mut self.pseudonyms);
             if let Some(run) = &backfill_run {
                 // Checked against what ClickHouse holds before the insert (`history.rs`).
                 row.backfill_run = run;

@@ -2,10 +2,9 @@
 //! the decoded Kafka records. Customers are keyed by their keyed pseudonym everywhere, so no raw
 //! customer id reaches ClickHouse; CRM PII is never written.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
-use boomerang_runtime::pseudonym::Pseudonymiser;
+use boomerang_runtime::pseudonym::{PseudonymCache, Pseudonymiser};
 use boomerang_schemas::{Customer, EnrichedEventRef, Order, TimestampMicros};
 
 use crate::native::NativeBlock;
@@ -30,19 +29,24 @@ pub fn customer_key(
     already_pseudonymised: bool,
     pseudonymiser: &Pseudonymiser,
 ) -> String {
-    borrowed_customer_key(customer_id, already_pseudonymised, pseudonymiser).into_owned()
+    if already_pseudonymised && Pseudonymiser::looks_like_pseudonym(customer_id) {
+        customer_id.to_string()
+    } else {
+        pseudonymiser.pseudonym(customer_id)
+    }
 }
 
-/// [`customer_key`], borrowing an id that is already a pseudonym.
+/// [`customer_key`], borrowing an id that is already a pseudonym, and a pseudonym made before
+/// from `pseudonyms`.
 fn borrowed_customer_key<'a>(
     customer_id: &'a str,
     already_pseudonymised: bool,
-    pseudonymiser: &Pseudonymiser,
-) -> Cow<'a, str> {
+    pseudonyms: &'a mut PseudonymCache,
+) -> &'a str {
     if already_pseudonymised && Pseudonymiser::looks_like_pseudonym(customer_id) {
-        Cow::Borrowed(customer_id)
+        customer_id
     } else {
-        Cow::Owned(pseudonymiser.pseudonym(customer_id))
+        pseudonyms.pseudonym(customer_id)
     }
 }
 
@@ -109,7 +113,7 @@ pub struct EventRowRef<'a> {
     pub order_id: &'a str,
     pub order_line_id: &'a str,
     /// Pseudonymised here, or already by enrich (borrowed then).
-    pub customer_key: Cow<'a, str>,
+    pub customer_key: &'a str,
     pub sku: &'a str,
     pub quantity: i32,
     pub reason: Option<&'static str>,
@@ -151,7 +155,7 @@ impl<'a> EventRowRef<'a> {
     pub fn new(
         enriched: &EnrichedEventRef<'a>,
         source: &Source<'a>,
-        pseudonymiser: &Pseudonymiser,
+        pseudonyms: &'a mut PseudonymCache,
     ) -> Self {
         let event = &enriched.event;
         let enrichment = &enriched.enrichment;
@@ -159,7 +163,7 @@ impl<'a> EventRowRef<'a> {
             customer_key: borrowed_customer_key(
                 event.customer_id,
                 enrichment.customer_pseudonymised,
-                pseudonymiser,
+                pseudonyms,
             ),
             idempotency_key: event.idempotency_key,
             event_id: event.event_id,
@@ -214,7 +218,7 @@ impl<'a> EventRowRef<'a> {
             case_id: self.case_id.into(),
             order_id: self.order_id.into(),
             order_line_id: self.order_line_id.into(),
-            customer_key: self.customer_key.as_ref().into(),
+            customer_key: self.customer_key.into(),
             sku: self.sku.into(),
             quantity: self.quantity,
             reason: self.reason,
@@ -259,7 +263,7 @@ impl<'a> EventRowRef<'a> {
         block.string("case_id", self.case_id);
         block.string("order_id", self.order_id);
         block.string("order_line_id", self.order_line_id);
-        block.string("customer_key", &self.customer_key);
+        block.string("customer_key", self.customer_key);
         block.string("sku", self.sku);
         block.int32("quantity", self.quantity);
         block.optional_string("reason", self.reason);
@@ -301,9 +305,9 @@ impl EventRow {
     pub fn new(
         enriched: &EnrichedEventRef<'_>,
         source: &Source<'_>,
-        pseudonymiser: &Pseudonymiser,
+        pseudonyms: &mut PseudonymCache,
     ) -> Self {
-        EventRowRef::new(enriched, source, pseudonymiser).to_owned_row()
+        EventRowRef::new(enriched, source, pseudonyms).to_owned_row()
     }
 
     /// This row, borrowed.
@@ -318,7 +322,7 @@ impl EventRow {
             case_id: &self.case_id,
             order_id: &self.order_id,
             order_line_id: &self.order_line_id,
-            customer_key: Cow::Borrowed(&self.customer_key),
+            customer_key: &self.customer_key,
             sku: &self.sku,
             quantity: self.quantity,
             reason: self.reason,
@@ -491,7 +495,7 @@ impl EventRowRef<'static> {
             case_id: "case",
             order_id: "order",
             order_line_id: "line",
-            customer_key: Cow::Borrowed("p_customer"),
+            customer_key: "p_customer",
             sku: "sku",
             quantity: 1,
             reason: Some("DAMAGED"),
@@ -578,12 +582,13 @@ mod tests {
         assert_eq!(deleted.is_deleted, 1);
         // An event as enrich publishes it: for a consenting customer, the raw id…
         let mut enriched = enriched(event());
-        let row = EventRow::new(&EnrichedEventRef::of(&enriched), &source(), &pseudonymiser);
+        let mut pseudonyms = PseudonymCache::new(pseudonymiser.clone());
+        let row = EventRow::new(&EnrichedEventRef::of(&enriched), &source(), &mut pseudonyms);
         assert_eq!(row.customer_key, customer.customer_key);
         // …and for one who withheld consent, the pseudonym enrich already applied.
         enriched.event.customer_id = pseudonymiser.pseudonym("cu-1");
         enriched.customer_pseudonymised = true;
-        let row = EventRow::new(&EnrichedEventRef::of(&enriched), &source(), &pseudonymiser);
+        let row = EventRow::new(&EnrichedEventRef::of(&enriched), &source(), &mut pseudonyms);
         assert_eq!(row.customer_key, customer.customer_key);
     }
 
@@ -596,7 +601,7 @@ mod tests {
         let row = EventRow::new(
             &EnrichedEventRef::of(&enriched),
             &source(),
-            &pseudonymiser(),
+            &mut PseudonymCache::new(pseudonymiser()),
         );
         assert_eq!(
             (row.amount_minor, row.amount_currency.as_deref()),
@@ -615,7 +620,7 @@ mod tests {
         let row = EventRow::new(
             &EnrichedEventRef::of(&enriched(event())),
             &source(),
-            &pseudonymiser(),
+            &mut PseudonymCache::new(pseudonymiser()),
         );
         let mut block = NativeBlock::new();
         row.append_to(&mut block);
