@@ -136,6 +136,23 @@ class FrontEndTest(unittest.TestCase):
             self.query("SELECT count(), sum(n) FROM chunked"), "1000\t499500\n"
         )
 
+    def test_a_short_insert_after_a_long_one_writes_only_its_own_rows(self):
+        # Each connection's INSERT bodies share one spool file, written over in place.
+        self.fresh_table("long_body")
+        self.fresh_table("short_body")
+        for table, rows in [
+            ("long_body", [(n, "x" * 100) for n in range(2000)]),
+            ("short_body", [(7, "y")]),
+        ]:
+            response, payload = self.request(
+                "POST",
+                {"query": f"INSERT INTO {table} FORMAT RowBinary"},
+                rows_binary(rows),
+            )
+            self.assertEqual(response.status, 200, payload)
+        self.assertEqual(self.query("SELECT count() FROM long_body"), "2000\n")
+        self.assertEqual(self.query("SELECT n, s FROM short_body"), "7\ty\n")
+
     def test_lz4_compressed_insert_body_in_several_blocks(self):
         self.fresh_table("compressed")
         first = rows_binary([(n, "x" * 50) for n in range(500)])
