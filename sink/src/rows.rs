@@ -29,11 +29,8 @@ pub fn customer_key(
     already_pseudonymised: bool,
     pseudonymiser: &Pseudonymiser,
 ) -> String {
-    if already_pseudonymised && Pseudonymiser::looks_like_pseudonym(customer_id) {
-        customer_id.to_string()
-    } else {
-        pseudonymiser.pseudonym(customer_id)
-    }
+    let mut pseudonyms = PseudonymCache::new(pseudonymiser.clone());
+    borrowed_customer_key(customer_id, already_pseudonymised, &mut pseudonyms).to_string()
 }
 
 /// [`customer_key`], borrowing an id that is already a pseudonym, and a pseudonym made before
