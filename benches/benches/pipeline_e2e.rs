@@ -30,7 +30,9 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use boomerang_benches::harness::{built_release_binary, env_number, median, peak_rss_kib};
+use boomerang_benches::harness::{
+    built_release_binary, env_number, median, peak_rss_kib, wait_for_quiet_machine,
+};
 use boomerang_benches::pipeline::{
     PARTITIONS, Setup, cpu_now, pipeline_pids, print_cpu_used, producer, rows_inserted, send,
     send_record, setup, stack_pids, start_stages,
@@ -51,6 +53,10 @@ use rdkafka::producer::{BaseRecord, Producer};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const CUSTOMERS: usize = 20_000;
+/// How idle the machine must be, over one second, before a drain or the paced run starts.
+const QUIET_IDLE_SHARE: f64 = 0.85;
+/// How long to wait for that at most: then the run goes on, and says so.
+const QUIET_MAX_WAIT: Duration = Duration::from_secs(120);
 /// How often both drains look whether the last hop has every event.
 const NULL_WATCH_INTERVAL: Duration = Duration::from_millis(20);
 /// How often Boomerang's drain looks while its end is more than a second away at its rate.
@@ -585,14 +591,21 @@ fn main() {
         prefill.flush(Duration::from_secs(300)).expect("flush");
         eprintln!("round {}: pre-filled {events} events", round + 1);
         let null_first = round % 2 == 0;
+        // Each drain starts on a quiet machine: not while ClickHouse merges what the last one
+        // inserted, nor while the broker settles the pre-fill.
+        let quiet = || wait_for_quiet_machine(QUIET_IDLE_SHARE, QUIET_MAX_WAIT);
         let (null, boomerang) = if null_first {
+            quiet();
             let null = null_drain(&kafka, &setup, events);
+            quiet();
             (
                 null,
                 boomerang_drain(&runtime, &stack, &setup, &binaries, events),
             )
         } else {
+            quiet();
             let boomerang = boomerang_drain(&runtime, &stack, &setup, &binaries, events);
+            quiet();
             (null_drain(&kafka, &setup, events), boomerang)
         };
         eprintln!(
@@ -606,6 +619,7 @@ fn main() {
     }
 
     // Latency at a fixed rate.
+    wait_for_quiet_machine(QUIET_IDLE_SHARE, QUIET_MAX_WAIT);
     let latency = runtime.block_on(setup(&stack, &kafka, &unique_name("be2e-l")));
     let total = (rate * seconds) as usize;
     publish_reference_data(&kafka, &latency, total);

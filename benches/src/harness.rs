@@ -84,8 +84,17 @@ pub fn prefill<T: AvroRecord>(
     started.elapsed()
 }
 
-/// Builds `bin` of `package` in release mode (as deployed) and returns its path.
+/// Builds `bin` of `package` in release mode (as deployed) and returns its path; with
+/// `BOOMERANG_BENCH_BINARIES`, that directory's `bin` instead.
 pub fn built_release_binary(package: &str, bin: &str) -> PathBuf {
+    // Another build's binaries, to compare it with this one under the same harness (the
+    // directory of a second clone's `target/release`, say).
+    if let Some(directory) = std::env::var_os("BOOMERANG_BENCH_BINARIES") {
+        let binary = PathBuf::from(directory).join(bin);
+        assert!(binary.is_file(), "{} is not there", binary.display());
+        eprintln!("using {}", binary.display());
+        return binary;
+    }
     let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(PathBuf::from)
@@ -101,6 +110,63 @@ pub fn built_release_binary(package: &str, bin: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));
     target.join("release").join(bin)
+}
+
+/// Waits, up to `max_wait`, until the machine's CPUs were at least `idle_share` idle over one
+/// second (Linux, /proc/stat), and says how long that took. A drain that starts while
+/// ClickHouse still merges the parts of the one before, or the broker still settles a
+/// pre-fill, pays for that work too: on 2 shared cores it moved a stage's CPU per event by up
+/// to 2 µs between rounds (benches/README.md, 2026-12-04).
+pub fn wait_for_quiet_machine(idle_share: f64, max_wait: Duration) {
+    let started = Instant::now();
+    let mut idle = idle_over(Duration::from_secs(1));
+    while idle < idle_share && started.elapsed() < max_wait {
+        idle = idle_over(Duration::from_secs(1));
+    }
+    let verdict = if idle >= idle_share {
+        "quiet"
+    } else {
+        "still busy"
+    };
+    eprintln!(
+        "machine {verdict} after {:.0} s ({:.0}% idle over the last second)",
+        started.elapsed().as_secs_f64(),
+        idle * 100.0
+    );
+}
+
+/// The share of CPU time spent idle (or waiting for I/O) over `window`.
+fn idle_over(window: Duration) -> f64 {
+    let before = cpu_times();
+    // A measurement window, not a synchronisation: the counters are read at both ends.
+    std::thread::sleep(window);
+    let after = cpu_times();
+    let total = after.0.saturating_sub(before.0);
+    let idle = after.1.saturating_sub(before.1);
+    if total == 0 {
+        return 1.0;
+    }
+    idle as f64 / total as f64
+}
+
+/// All CPUs' (total, idle + iowait) ticks since boot, from /proc/stat's `cpu` line.
+fn cpu_times() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .filter(|line| line.starts_with("cpu "))
+        .map(|line| {
+            line.split_whitespace()
+                .skip(1)
+                .filter_map(|field| field.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // user nice system idle iowait irq softirq steal (guest time is inside user already).
+    let total = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    (total, idle)
 }
 
 /// User + system CPU seconds a process has used (Linux, /proc/PID/stat; 100 ticks a second).
