@@ -198,9 +198,18 @@ pub fn pipeline_pids(
     pids
 }
 
-/// The local stack's broker and ClickHouse front end, by their pid files.
+/// The local stack's broker and ClickHouse front end, by their pid files: beside the env file
+/// `BOOMERANG_STACK_ENV` names (another clone's stack), else in this checkout's stack.
 pub fn stack_pids() -> Vec<(&'static str, u32)> {
-    let pids = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/stack/pids");
+    let pids = std::env::var_os("BOOMERANG_STACK_ENV")
+        .and_then(|env_file| {
+            std::path::Path::new(&env_file)
+                .parent()
+                .map(|dir| dir.join("pids"))
+        })
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/stack/pids")
+        });
     ["kafka", "clickhouse"]
         .into_iter()
         .filter_map(|name| {
