@@ -15,8 +15,8 @@ use boomerang_runtime::decode::{DecodeFailure, RecordDecoder, WriterSchemaSource
 use boomerang_runtime::error_kind::DeadLetterKind;
 use boomerang_runtime::pseudonym::{PseudonymCache, Pseudonymiser};
 use boomerang_runtime::stage_loop::{
-    Fence, FlushFuture, FlushResult, HISTORY_HEADER, InputRecord, Outcome, Partition, Processor,
-    RetryableError, WriteIndex, Writes,
+    Fence, FlushFuture, FlushResult, HISTORY_HEADER, InputRecord, MAX_BATCHES_IN_FLIGHT, Outcome,
+    Partition, Processor, RetryableError, WriteIndex, Writes,
 };
 use boomerang_schemas::{
     Customer, EnrichedEventRef, EnrichedPostPurchaseEvent, Order, TimestampMicros,
@@ -481,16 +481,22 @@ impl<B> Default for Spares<B> {
 }
 
 /// A batch's container that can be emptied and filled again.
-trait Reusable: Sized {
+trait Reusable: Sized + Default {
     /// An empty one with room for as many rows as `self` holds.
     fn with_room_of(&self) -> Self;
     /// Empties it, keeping its memory; `false` if it has none worth keeping.
     fn empty(&mut self) -> bool;
+    /// Whether it holds no rows.
+    fn holds_nothing(&self) -> bool;
 }
 
 impl<R> Reusable for Vec<R> {
     fn with_room_of(&self) -> Self {
         Vec::with_capacity(self.len())
+    }
+
+    fn holds_nothing(&self) -> bool {
+        self.is_empty()
     }
 
     fn empty(&mut self) -> bool {
@@ -504,14 +510,21 @@ impl Reusable for NativeEvents {
         NativeEvents::with_room_of(self)
     }
 
+    fn holds_nothing(&self) -> bool {
+        self.rows.is_empty()
+    }
+
     fn empty(&mut self) -> bool {
         self.clear();
         self.rows.capacity() > 0
     }
 }
 
-/// Spare batches kept at most, per table: one being filled while inserts are in flight.
-const MAX_SPARES: usize = 2;
+/// Spare batches kept at most, per table: one for each batch that can be in flight, so that
+/// every block comes back. With two, the blocks of the other in-flight inserts were dropped
+/// and the next batches filled fresh ones: 33 new blocks in a drain of 44 batches, and the
+/// kernel clearing their pages was a fifth of the sink's main thread (`perf`, 2026-12-04).
+const MAX_SPARES: usize = MAX_BATCHES_IN_FLIGHT + 1;
 
 impl<B: Reusable> Spares<B> {
     fn spares(&self) -> std::sync::MutexGuard<'_, Vec<B>> {
@@ -523,7 +536,13 @@ impl<B: Reusable> Spares<B> {
 
     /// Takes the filled batch out, leaving a spare one in its place (or, if none has come
     /// back yet, a new one with room for as many rows).
+    ///
+    /// A batch with no rows (a flush of only other tables', or of nothing) stays where it is,
+    /// and an empty one without memory goes to the insert: a spare is for a batch with rows.
     fn swap(&self, filled: &mut B) -> B {
+        if filled.holds_nothing() {
+            return B::default();
+        }
         let spare = self.spares().pop();
         let spare = spare.unwrap_or_else(|| filled.with_room_of());
         std::mem::replace(filled, spare)
@@ -565,11 +584,35 @@ mod tests {
     }
 
     #[test]
-    fn at_most_two_spares_are_kept() {
+    fn a_spare_for_every_batch_in_flight_is_kept_and_no_more() {
         let spares = Spares::default();
-        for _ in 0..5 {
+        for _ in 0..MAX_SPARES + 3 {
             spares.give_back(Vec::<u8>::with_capacity(16));
         }
-        assert_eq!(spares.spares().len(), 2);
+        assert_eq!(spares.spares().len(), MAX_SPARES);
+    }
+
+    #[test]
+    fn a_batch_without_rows_takes_no_spare_and_keeps_its_memory() {
+        let spares = Spares::default();
+        spares.give_back(Vec::<u8>::with_capacity(1_000));
+        let mut filling: Vec<u8> = Vec::with_capacity(500);
+        let kept = filling.as_ptr();
+        let handed = spares.swap(&mut filling);
+        assert!(handed.is_empty() && handed.capacity() == 0);
+        assert_eq!(filling.as_ptr(), kept, "the empty batch keeps its buffer");
+        assert_eq!(
+            spares.spares().len(),
+            1,
+            "the spare waits for a batch with rows"
+        );
+        filling.push(1);
+        let handed = spares.swap(&mut filling);
+        assert_eq!(handed, vec![1]);
+        assert!(
+            filling.capacity() >= 1_000,
+            "the spare replaced the filled batch"
+        );
+        assert!(spares.spares().is_empty());
     }
 }
