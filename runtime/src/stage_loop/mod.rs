@@ -46,7 +46,7 @@ use std::time::Instant;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 
-use self::collect::{CollectLimits, TopicNames, collect_batch};
+use self::collect::{BatchPool, CollectLimits, TopicNames, collect_batch};
 use self::in_flight::{InFlight, InFlightBatch, complete_acknowledged, complete_all};
 use self::process::{batch_counts, last_offsets, process_batch};
 use self::rebalance::{LoopContext, Ownership, ignore_nothing_to_commit, is_owned, set_paused};
@@ -269,6 +269,7 @@ impl Member {
         }
         let fence = Fence::new(consumer.clone(), in_flight.clone());
         let topic_names = TopicNames::new(&settings.input_topics);
+        let batch_pool = BatchPool::default();
         let producer: BatchProducer = kafka
             .producer_config()
             .create_with_context(CountingContext)?;
@@ -295,9 +296,10 @@ impl Member {
                 max_records: settings.batch_max_records.min(room.max(1)),
                 expected_records: last_batch_len,
                 return_when_idle: processor.holding() > 0 || paused,
+                wait: settings.batch_wait,
             };
             let collected = tokio::select! {
-                collected = collect_batch(&consumer, &ownership, &in_flight, &settings, &topic_names, limits, &metrics) => collected,
+                collected = collect_batch(&consumer, &ownership, &in_flight, &topic_names, limits, &metrics, &batch_pool) => collected,
                 () = context.shutdown.cancelled() => break Ok(()),
             };
             if !collected.is_empty() {
@@ -410,6 +412,7 @@ impl Member {
                 delivered,
                 flush,
                 std::mem::take(&mut batch),
+                batch_pool.clone(),
                 std::mem::take(&mut processed.writes),
                 producer.clone(),
                 settings.stage,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use rdkafka::consumer::StreamConsumer;
 
+use super::collect::BatchPool;
 use super::in_flight::{BatchResult, InFlight, complete_oldest};
 use super::process::{Counted, WriteSource, now_ms};
 use super::rebalance::LoopContext;
@@ -56,6 +57,7 @@ pub(super) fn completion(
     delivered: Delivered,
     flush: Option<FlushFuture>,
     batch: Vec<InputRecord>,
+    pool: BatchPool,
     writes: Vec<WriteSource>,
     producer: BatchProducer,
     stage: &'static str,
@@ -67,6 +69,7 @@ pub(super) fn completion(
         None => Ok(()),
     });
     let Some(flush) = flush else {
+        pool.give_back(batch);
         return Box::pin(delivered.map(|delivered| match delivered {
             Ok(()) => BatchResult::Completed {
                 rejected_writes: Vec::new(),
@@ -76,6 +79,9 @@ pub(super) fn completion(
         }));
     };
     Box::pin(async move {
+        // The batch goes back to the pool however this ends.
+        let batch = Returned { batch, pool: &pool };
+        let batch = batch.batch.as_slice();
         let delivered = delivered.await;
         let (rejected, already_stored) = match flush.await {
             FlushResult::Written {
@@ -93,7 +99,7 @@ pub(super) fn completion(
         for (index, rejection) in rejected {
             let Some(record) = writes
                 .get(index.get())
-                .and_then(|source| source.record(&batch))
+                .and_then(|source| source.record(batch))
             else {
                 return BatchResult::Failed(format!(
                     "the write rejected record {} of a batch of {} writes",
@@ -134,4 +140,16 @@ pub(super) fn completion(
             },
         }
     })
+}
+
+/// A batch that goes back to its pool when dropped.
+struct Returned<'a> {
+    batch: Vec<InputRecord>,
+    pool: &'a BatchPool,
+}
+
+impl Drop for Returned<'_> {
+    fn drop(&mut self) {
+        self.pool.give_back(std::mem::take(&mut self.batch));
+    }
 }
