@@ -143,9 +143,14 @@ pub fn hand_over<'a>(producer: &BatchProducer, record: CountedRecord<'a>) -> Han
 }
 
 /// `output` as a record for the producer, counted against `deliveries`.
+///
+/// An output without a timestamp of its own gets `produced_at_ms`: the batch's hand-over time,
+/// read once for the batch. Left to librdkafka, the clock was read for every record
+/// (`rd_uclock` in `rd_kafka_producev`, 1.3% of ingest's and enrich's main threads in `perf`).
 pub fn base_record<'a>(
     output: &'a OutputRecord,
     deliveries: &Arc<BatchDeliveries>,
+    produced_at_ms: i64,
 ) -> CountedRecord<'a> {
     let mut record = BaseRecord::with_opaque_to(&output.topic, deliveries.expect_one());
     if !output.headers.is_empty() {
@@ -164,10 +169,7 @@ pub fn base_record<'a>(
     if let Some(partition) = output.partition {
         record = record.partition(partition);
     }
-    if let Some(timestamp_ms) = output.timestamp_ms {
-        record = record.timestamp(timestamp_ms);
-    }
-    record
+    record.timestamp(output.timestamp_ms.unwrap_or(produced_at_ms))
 }
 
 #[cfg(test)]
@@ -194,6 +196,23 @@ mod tests {
         deliveries.expect_one().answered(None);
         assert_eq!(deliveries.pending.load(Ordering::Acquire), 1);
         assert_eq!(deliveries.seal().now_or_never(), Some(None));
+    }
+
+    #[test]
+    fn a_record_without_a_timestamp_gets_the_batchs_and_one_with_keeps_its_own() {
+        let deliveries = BatchDeliveries::new();
+        let mut output = OutputRecord {
+            topic: Arc::from("t"),
+            partition: None,
+            key: None,
+            value: Some(b"v".to_vec()),
+            timestamp_ms: None,
+            event_time_ms: None,
+            headers: Default::default(),
+        };
+        assert_eq!(base_record(&output, &deliveries, 42).timestamp, Some(42));
+        output.timestamp_ms = Some(7);
+        assert_eq!(base_record(&output, &deliveries, 42).timestamp, Some(7));
     }
 
     #[test]

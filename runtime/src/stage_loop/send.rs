@@ -30,8 +30,9 @@ pub(super) async fn send_all(
     crash_after_batches: Option<u64>,
 ) -> anyhow::Result<Delivered> {
     let deliveries = BatchDeliveries::new();
+    let mut produced_at_ms = now_ms();
     for (_, output) in outputs {
-        let mut record = base_record(output, &deliveries);
+        let mut record = base_record(output, &deliveries, produced_at_ms);
         loop {
             match hand_over(producer, record) {
                 Handed::Queued => break,
@@ -40,6 +41,8 @@ pub(super) async fn send_all(
                     if !complete_oldest(consumer, in_flight, metrics, crash_after_batches).await {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }
+                    // The records after a wait are produced later.
+                    produced_at_ms = now_ms();
                 }
                 Handed::Refused(error) => {
                     anyhow::bail!("cannot hand a record to the producer: {error}")
@@ -115,7 +118,7 @@ pub(super) fn completion(
                 now_ms(),
                 max_record_bytes,
             );
-            let mut record = base_record(&dead_letter, &dead_letter_deliveries);
+            let mut record = base_record(&dead_letter, &dead_letter_deliveries, now_ms());
             loop {
                 match hand_over(&producer, record) {
                     Handed::Queued => break,
