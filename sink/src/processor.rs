@@ -15,8 +15,8 @@ use boomerang_runtime::decode::{DecodeFailure, RecordDecoder, WriterSchemaSource
 use boomerang_runtime::error_kind::DeadLetterKind;
 use boomerang_runtime::pseudonym::{PseudonymCache, Pseudonymiser};
 use boomerang_runtime::stage_loop::{
-    Fence, FlushFuture, FlushResult, HISTORY_HEADER, InputRecord, MAX_BATCHES_IN_FLIGHT, Outcome,
-    Partition, Processor, RetryableError, WriteIndex, Writes,
+    Fence, FlushFuture, FlushResult, HISTORY_HEADER, InputRecord, Outcome, Partition, Pool,
+    Processor, RetryableError, Reusable, WriteIndex, Writes,
 };
 use boomerang_schemas::{
     Customer, EnrichedEventRef, EnrichedPostPurchaseEvent, Order, TimestampMicros,
@@ -80,10 +80,10 @@ pub struct SinkProcessor<Source> {
     event_rows: Vec<Keyed<EventRow>>,
     order_rows: Vec<Keyed<OrderRow>>,
     customer_rows: Vec<Keyed<CustomerRow>>,
-    spare_native_events: Spares<NativeEvents>,
-    spare_event_rows: Spares<Vec<Keyed<EventRow>>>,
-    spare_order_rows: Spares<Vec<Keyed<OrderRow>>>,
-    spare_customer_rows: Spares<Vec<Keyed<CustomerRow>>>,
+    spare_native_events: Pool<NativeEvents>,
+    spare_event_rows: Pool<Vec<Keyed<EventRow>>>,
+    spare_order_rows: Pool<Vec<Keyed<OrderRow>>>,
+    spare_customer_rows: Pool<Vec<Keyed<CustomerRow>>>,
     /// Open return cases per enriched partition, for the refund SLA's gauges.
     refund_sla: Arc<Mutex<RefundSla>>,
     /// The wall clock as the refund SLA reads it: once per batch, not per event (it is only
@@ -122,10 +122,10 @@ impl<S: WriterSchemaSource + Clone> SinkProcessor<S> {
             event_rows: Vec::new(),
             order_rows: Vec::new(),
             customer_rows: Vec::new(),
-            spare_native_events: Spares::default(),
-            spare_event_rows: Spares::default(),
-            spare_order_rows: Spares::default(),
-            spare_customer_rows: Spares::default(),
+            spare_native_events: Pool::default(),
+            spare_event_rows: Pool::default(),
+            spare_order_rows: Pool::default(),
+            spare_customer_rows: Pool::default(),
             refund_sla: Arc::new(Mutex::new(RefundSla::new(
                 72 * MICROS_PER_HOUR,
                 90 * 24 * MICROS_PER_HOUR,
@@ -390,10 +390,10 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
         if rows >= self.full_batch_rows {
             self.insert_load.full_batch();
         }
-        let mut native_events = self.spare_native_events.swap(&mut self.native_events);
-        let mut events = self.spare_event_rows.swap(&mut self.event_rows);
-        let orders = self.spare_order_rows.swap(&mut self.order_rows);
-        let customers = self.spare_customer_rows.swap(&mut self.customer_rows);
+        let mut native_events = swap_for_spare(&self.spare_native_events, &mut self.native_events);
+        let mut events = swap_for_spare(&self.spare_event_rows, &mut self.event_rows);
+        let orders = swap_for_spare(&self.spare_order_rows, &mut self.order_rows);
+        let customers = swap_for_spare(&self.spare_customer_rows, &mut self.customer_rows);
         let (spare_native_events, spare_events, spare_orders, spare_customers) = (
             self.spare_native_events.clone(),
             self.spare_event_rows.clone(),
@@ -460,37 +460,16 @@ impl<S: WriterSchemaSource + Clone> Processor for SinkProcessor<S> {
     }
 }
 
-/// Batches whose insert has finished, emptied, for the next batches to fill.
-///
-/// A batch is tens of thousands of wide rows (tens of MB). A fresh vector or block for each
-/// batch was page-faulted and zeroed by the kernel as it filled, and one grown by doubling
-/// copied every row up to five times (`perf`: a fifth of the sink's CPU in `memmove` and page
-/// clearing). A reused one's memory is already mapped and large enough.
-struct Spares<B>(Arc<Mutex<Vec<B>>>);
-
-impl<B> Clone for Spares<B> {
-    fn clone(&self) -> Self {
-        Self(self.0.clone())
-    }
-}
-
-impl<B> Default for Spares<B> {
-    fn default() -> Self {
-        Self(Arc::new(Mutex::new(Vec::new())))
-    }
-}
-
-/// A batch's container that can be emptied and filled again.
-trait Reusable: Sized + Default {
+/// A batch's container that the processor fills, and that its insert hands back to a [`Pool`]
+/// for the next batch once the rows are written.
+trait Filled: Reusable {
     /// An empty one with room for as many rows as `self` holds.
     fn with_room_of(&self) -> Self;
-    /// Empties it, keeping its memory; `false` if it has none worth keeping.
-    fn empty(&mut self) -> bool;
     /// Whether it holds no rows.
     fn holds_nothing(&self) -> bool;
 }
 
-impl<R> Reusable for Vec<R> {
+impl<R> Filled for Vec<R> {
     fn with_room_of(&self) -> Self {
         Vec::with_capacity(self.len())
     }
@@ -498,14 +477,16 @@ impl<R> Reusable for Vec<R> {
     fn holds_nothing(&self) -> bool {
         self.is_empty()
     }
-
-    fn empty(&mut self) -> bool {
-        self.clear();
-        self.capacity() > 0
-    }
 }
 
 impl Reusable for NativeEvents {
+    fn empty(&mut self) -> bool {
+        self.clear();
+        self.rows.capacity() > 0
+    }
+}
+
+impl Filled for NativeEvents {
     fn with_room_of(&self) -> Self {
         NativeEvents::with_room_of(self)
     }
@@ -513,51 +494,19 @@ impl Reusable for NativeEvents {
     fn holds_nothing(&self) -> bool {
         self.rows.is_empty()
     }
-
-    fn empty(&mut self) -> bool {
-        self.clear();
-        self.rows.capacity() > 0
-    }
 }
 
-/// Spare batches kept at most, per table: one for each batch that can be in flight, so that
-/// every block comes back. With two, the blocks of the other in-flight inserts were dropped
-/// and the next batches filled fresh ones: 33 new blocks in a drain of 44 batches, and the
-/// kernel clearing their pages was a fifth of the sink's main thread (`perf`, 2026-12-04).
-const MAX_SPARES: usize = MAX_BATCHES_IN_FLIGHT + 1;
-
-impl<B: Reusable> Spares<B> {
-    fn spares(&self) -> std::sync::MutexGuard<'_, Vec<B>> {
-        // A panic elsewhere while the lock was held leaves a list of empty batches: still valid.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Takes the filled batch out for its insert, leaving a spare from `spares` in its place (or,
+/// if none has come back yet, a new one with room for as many rows).
+///
+/// A batch with no rows (a flush of only other tables', or of nothing) stays where it is, and
+/// an empty one without memory goes to the insert: a spare is for a batch with rows.
+fn swap_for_spare<B: Filled>(spares: &Pool<B>, filled: &mut B) -> B {
+    if filled.holds_nothing() {
+        return B::default();
     }
-
-    /// Takes the filled batch out, leaving a spare one in its place (or, if none has come
-    /// back yet, a new one with room for as many rows).
-    ///
-    /// A batch with no rows (a flush of only other tables', or of nothing) stays where it is,
-    /// and an empty one without memory goes to the insert: a spare is for a batch with rows.
-    fn swap(&self, filled: &mut B) -> B {
-        if filled.holds_nothing() {
-            return B::default();
-        }
-        let spare = self.spares().pop();
-        let spare = spare.unwrap_or_else(|| filled.with_room_of());
-        std::mem::replace(filled, spare)
-    }
-
-    /// Hands back a batch whose rows are written.
-    fn give_back(&self, mut batch: B) {
-        if !batch.empty() {
-            return;
-        }
-        let mut spares = self.spares();
-        if spares.len() < MAX_SPARES {
-            spares.push(batch);
-        }
-    }
+    let spare = spares.take().unwrap_or_else(|| filled.with_room_of());
+    std::mem::replace(filled, spare)
 }
 
 #[cfg(test)]
@@ -566,17 +515,17 @@ mod tests {
 
     #[test]
     fn an_emptied_vector_comes_back_for_the_next_batch() {
-        let spares = Spares::default();
+        let spares = Pool::default();
         let mut filling: Vec<String> = (0..1_000).map(|n| n.to_string()).collect();
         // No spare yet: a new vector with room for as many rows.
-        let first = spares.swap(&mut filling);
+        let first = swap_for_spare(&spares, &mut filling);
         assert_eq!(first.len(), 1_000);
         assert!(filling.is_empty() && filling.capacity() >= 1_000);
         let first_buffer = first.as_ptr();
         spares.give_back(first);
         filling.push("next".to_string());
         // The handed-back vector, emptied, replaces the filled one: its memory is reused.
-        let second = spares.swap(&mut filling);
+        let second = swap_for_spare(&spares, &mut filling);
         assert_eq!(second, vec!["next".to_string()]);
         assert!(filling.is_empty());
         assert_eq!(filling.as_ptr(), first_buffer);
@@ -584,35 +533,22 @@ mod tests {
     }
 
     #[test]
-    fn a_spare_for_every_batch_in_flight_is_kept_and_no_more() {
-        let spares = Spares::default();
-        for _ in 0..MAX_SPARES + 3 {
-            spares.give_back(Vec::<u8>::with_capacity(16));
-        }
-        assert_eq!(spares.spares().len(), MAX_SPARES);
-    }
-
-    #[test]
     fn a_batch_without_rows_takes_no_spare_and_keeps_its_memory() {
-        let spares = Spares::default();
+        let spares = Pool::default();
         spares.give_back(Vec::<u8>::with_capacity(1_000));
         let mut filling: Vec<u8> = Vec::with_capacity(500);
         let kept = filling.as_ptr();
-        let handed = spares.swap(&mut filling);
+        let handed = swap_for_spare(&spares, &mut filling);
         assert!(handed.is_empty() && handed.capacity() == 0);
         assert_eq!(filling.as_ptr(), kept, "the empty batch keeps its buffer");
-        assert_eq!(
-            spares.spares().len(),
-            1,
-            "the spare waits for a batch with rows"
-        );
+        assert_eq!(spares.len(), 1, "the spare waits for a batch with rows");
         filling.push(1);
-        let handed = spares.swap(&mut filling);
+        let handed = swap_for_spare(&spares, &mut filling);
         assert_eq!(handed, vec![1]);
         assert!(
             filling.capacity() >= 1_000,
             "the spare replaced the filled batch"
         );
-        assert!(spares.spares().is_empty());
+        assert!(spares.is_empty());
     }
 }

@@ -12,6 +12,7 @@ use rdkafka::message::BorrowedMessage;
 
 use super::in_flight::InFlight;
 use super::rebalance::{LoopContext, Ownership};
+use super::reuse::Pool;
 use super::{BatchWait, InputRecord, lock};
 use crate::error_kind::ErrorKind;
 use crate::metrics::StageMetrics;
@@ -42,40 +43,10 @@ pub(super) fn owned_record(message: &BorrowedMessage<'_>, topics: &TopicNames) -
     InputRecord::of(message, topics.of(message.topic()))
 }
 
-/// Emptied batches whose records are done with, for the next batches to fill. A batch of tens
-/// of thousands of records is megabytes; a fresh one each time was page-faulted and zeroed by
-/// the kernel as it filled (`perf`: 4% of the sink's main thread in a drain).
-#[derive(Clone, Default)]
-pub(super) struct BatchPool(Arc<Mutex<Vec<Vec<InputRecord>>>>);
-
-impl BatchPool {
-    /// Batches kept at most: one for each that can be in flight, and the one being filled.
-    const MAX_KEPT: usize = super::MAX_BATCHES_IN_FLIGHT + 1;
-
-    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Vec<InputRecord>>> {
-        // A panic elsewhere while the lock was held leaves a list of empty vectors: still valid.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// An empty batch, with the memory of an earlier one if one came back.
-    pub(super) fn take(&self) -> Vec<InputRecord> {
-        self.kept().pop().unwrap_or_default()
-    }
-
-    /// Hands back a batch whose records are done with.
-    pub(super) fn give_back(&self, mut batch: Vec<InputRecord>) {
-        batch.clear();
-        if batch.capacity() == 0 {
-            return;
-        }
-        let mut kept = self.kept();
-        if kept.len() < Self::MAX_KEPT {
-            kept.push(batch);
-        }
-    }
-}
+/// Emptied record vectors of batches that are done with, for the next batches to fill. A
+/// fresh one of tens of thousands of records each time was page-faulted and zeroed by the
+/// kernel as it filled (`perf`: 4% of the sink's main thread in a drain).
+pub(super) type BatchPool = Pool<Vec<InputRecord>>;
 
 /// How often an idle loop looks up from the consumer to act on partition changes.
 pub(super) const IDLE_CHECK_INTERVAL: Duration = Duration::from_millis(200);
@@ -110,7 +81,7 @@ pub(super) async fn collect_batch(
     metrics: &StageMetrics,
     pool: &BatchPool,
 ) -> Vec<InputRecord> {
-    let mut batch = pool.take();
+    let mut batch = pool.take().unwrap_or_default();
     // One stream for the whole batch: `recv` builds a stream per record, and registering and
     // unregistering its waker takes a lock twice for every record.
     let mut messages = consumer.stream();
@@ -194,35 +165,4 @@ pub(super) async fn collect_batch(
         }
     }
     batch
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_batch_given_back_is_taken_again_empty_with_its_memory() {
-        let pool = BatchPool::default();
-        let topic: Arc<str> = Arc::from("t");
-        let mut batch = Vec::with_capacity(100);
-        batch.push(InputRecord::new(topic, 0, 1, None, Some(b"v")));
-        let buffer = batch.as_ptr();
-        pool.give_back(batch);
-        let again = pool.take();
-        assert!(again.is_empty());
-        assert!(again.capacity() >= 100);
-        assert_eq!(again.as_ptr(), buffer);
-        assert_eq!(pool.take().capacity(), 0, "only one came back");
-    }
-
-    #[test]
-    fn the_pool_keeps_a_batch_for_each_in_flight_and_none_without_memory() {
-        let pool = BatchPool::default();
-        pool.give_back(Vec::new());
-        assert!(pool.kept().is_empty());
-        for _ in 0..BatchPool::MAX_KEPT + 2 {
-            pool.give_back(Vec::with_capacity(4));
-        }
-        assert_eq!(pool.kept().len(), BatchPool::MAX_KEPT);
-    }
 }

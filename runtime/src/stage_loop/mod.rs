@@ -38,6 +38,7 @@ mod processor;
 mod rebalance;
 mod record;
 mod retention;
+mod reuse;
 mod send;
 mod settings;
 
@@ -65,6 +66,7 @@ pub use self::processor::{
     WriteIndex, Writes,
 };
 pub use self::record::{Headers, InputRecord, OutputRecord, Partition};
+pub use self::reuse::{Pool, Reusable};
 pub use self::settings::{
     BatchWait, CRASH_AFTER_PRODUCE_ENV, DROP_COMMITS_ENV, GroupArgs, LoopArgs, LoopSettings,
     OnRetentionGap,

@@ -83,8 +83,8 @@ pub(super) fn completion(
     };
     Box::pin(async move {
         // The batch goes back to the pool however this ends.
-        let batch = Returned { batch, pool: &pool };
-        let batch = batch.batch.as_slice();
+        let returned = Returned { batch, pool: &pool };
+        let batch = returned.batch.as_slice();
         let delivered = delivered.await;
         let (rejected, already_stored) = match flush.await {
             FlushResult::Written {
@@ -110,15 +110,16 @@ pub(super) fn completion(
                     writes.len()
                 ));
             };
+            let now = now_ms();
             let dead_letter = dead_letter::record(
                 stage,
                 &dead_letter_topic,
                 record,
                 &rejection,
-                now_ms(),
+                now,
                 max_record_bytes,
             );
-            let mut record = base_record(&dead_letter, &dead_letter_deliveries, now_ms());
+            let mut record = base_record(&dead_letter, &dead_letter_deliveries, now);
             loop {
                 match hand_over(&producer, record) {
                     Handed::Queued => break,
